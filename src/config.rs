@@ -1,0 +1,192 @@
+//! Configuration: a TOML file (every key optional, unknown keys refused), then command-line
+//! overrides. Errors name the key and line.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::core::room::RelayConfig;
+
+/// The configuration shipped as `configs/dev.toml`, also used when no file is given.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../configs/dev.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid config {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("invalid config {path}: {key}: {message}")]
+    Value {
+        path: String,
+        key: &'static str,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub http: HttpConfig,
+    pub media: MediaConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address of the signalling listener (WHIP, WHEP, stats).
+    pub listen: SocketAddr,
+    /// Largest request body accepted; larger ones get 413.
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaConfig {
+    /// UDP address for ICE, DTLS and SRTP; advertised as the ICE candidate.
+    pub listen: SocketAddr,
+    /// A session whose peer sends nothing for this long is closed (RFC 7675 consent).
+    pub consent_timeout_secs: u64,
+    /// Bitrate cap announced to video publishers with REMB.
+    pub publisher_max_bitrate_kbps: u64,
+    /// Shortest gap between keyframe requests to one publisher track.
+    pub keyframe_request_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// tracing filter, e.g. "info" or "volna=debug"; RUST_LOG wins when set.
+    pub level: String,
+    /// "text" or "json".
+    pub format: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            http: HttpConfig::default(),
+            media: MediaConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".parse().expect("literal"),
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:50000".parse().expect("literal"),
+            consent_timeout_secs: 30,
+            publisher_max_bitrate_kbps: 2500,
+            keyframe_request_interval_ms: 500,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: "text".into(),
+        }
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let c: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            message: e.to_string(),
+        })?;
+        c.validate(origin)?;
+        Ok(c)
+    }
+
+    fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let bad = |key: &'static str, message: &str| {
+            Err(ConfigError::Value {
+                path: origin.to_owned(),
+                key,
+                message: message.to_owned(),
+            })
+        };
+        if self.media.listen.ip().is_unspecified() {
+            return bad(
+                "media.listen",
+                "must be a concrete address: it is advertised to peers as the ICE candidate",
+            );
+        }
+        if self.http.max_body_bytes < 1024 {
+            return bad("http.max_body_bytes", "must be at least 1024");
+        }
+        if self.media.consent_timeout_secs == 0 {
+            return bad("media.consent_timeout_secs", "must be positive");
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return bad("log.format", "must be \"text\" or \"json\"");
+        }
+        Ok(())
+    }
+
+    pub fn relay(&self) -> RelayConfig {
+        RelayConfig {
+            keyframe_request_interval: Duration::from_millis(
+                self.media.keyframe_request_interval_ms,
+            ),
+            report_interval: Duration::from_secs(1),
+            publisher_max_bitrate_bps: self.media.publisher_max_bitrate_kbps * 1000,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_parses() {
+        let c = Config::parse(EMBEDDED_DEFAULT, "dev.toml").unwrap();
+        assert!(c.http.listen.ip().is_loopback());
+        assert!(c.media.listen.ip().is_loopback());
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            ("[http]\nlisten = 5\n", "listen"),
+            ("[media]\nlisten = \"nonsense\"\n", "listen"),
+            ("[media]\nbogus = 1\n", "bogus"),
+            ("[http]\nmax_body_bytes = 10\n", "http.max_body_bytes"),
+            ("[media]\nlisten = \"0.0.0.0:5000\"\n", "media.listen"),
+            ("[log]\nformat = \"xml\"\n", "log.format"),
+            ("[http\n", "line 1"),
+        ];
+        for (text, want) in cases {
+            let err = Config::parse(text, "t.toml").unwrap_err().to_string();
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
+    }
+}

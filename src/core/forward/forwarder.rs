@@ -1,0 +1,196 @@
+//! The forwarder of one track for one viewer. It answers one question per packet: drop, or forward
+//! with these header values. Sequence numbers and timestamps are shifted by offsets fixed when the
+//! stream starts, so a retransmission from the publisher maps to the number the viewer asked for.
+
+use crate::core::rtp::{Codec, Rewrite, RtpView};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// Video waits for a keyframe before the first packet reaches the viewer.
+    WaitingForKeyframe,
+    /// Older than the first packet forwarded to this viewer.
+    BeforeStart,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Drop(DropReason),
+    Forward(Rewrite),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Started {
+    seq_offset: u16,
+    ts_offset: u32,
+    /// Extended (roll-over counted) sequence numbers of the first and highest packets seen.
+    start_ext: i64,
+    highest_ext: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Forwarder {
+    codec: Codec,
+    ssrc: u32,
+    payload_type: u8,
+    initial_seq: u16,
+    initial_ts: u32,
+    started: Option<Started>,
+    packets: u32,
+    octets: u32,
+}
+
+impl Forwarder {
+    /// `initial_seq` and `initial_ts` are the viewer's first values (random, chosen by the caller).
+    pub fn new(
+        codec: Codec,
+        ssrc: u32,
+        payload_type: u8,
+        initial_seq: u16,
+        initial_ts: u32,
+    ) -> Self {
+        Self {
+            codec,
+            ssrc,
+            payload_type,
+            initial_seq,
+            initial_ts,
+            started: None,
+            packets: 0,
+            octets: 0,
+        }
+    }
+
+    pub fn ssrc(&self) -> u32 {
+        self.ssrc
+    }
+
+    pub fn is_started(&self) -> bool {
+        self.started.is_some()
+    }
+
+    /// Packets and payload octets forwarded, for this viewer's sender reports.
+    pub fn counts(&self) -> (u32, u32) {
+        (self.packets, self.octets)
+    }
+
+    pub fn decide(&mut self, view: &RtpView, payload: &[u8]) -> Decision {
+        let s = match &mut self.started {
+            Some(s) => s,
+            None => {
+                if self.codec.is_video() && !self.codec.starts_keyframe(payload) {
+                    return Decision::Drop(DropReason::WaitingForKeyframe);
+                }
+                let ext = i64::from(view.sequence);
+                self.started.insert(Started {
+                    seq_offset: self.initial_seq.wrapping_sub(view.sequence),
+                    ts_offset: self.initial_ts.wrapping_sub(view.timestamp),
+                    start_ext: ext,
+                    highest_ext: ext,
+                })
+            }
+        };
+        let highest = s.highest_ext as u16;
+        let ext = s.highest_ext + i64::from(view.sequence.wrapping_sub(highest) as i16);
+        if ext < s.start_ext {
+            return Decision::Drop(DropReason::BeforeStart);
+        }
+        s.highest_ext = s.highest_ext.max(ext);
+        self.packets = self.packets.wrapping_add(1);
+        self.octets = self.octets.wrapping_add(payload.len() as u32);
+        Decision::Forward(Rewrite {
+            ssrc: self.ssrc,
+            sequence: view.sequence.wrapping_add(s.seq_offset),
+            timestamp: view.timestamp.wrapping_add(s.ts_offset),
+            payload_type: self.payload_type,
+            marker: view.marker,
+        })
+    }
+
+    /// Maps a sequence number in the viewer's numbering back to the publisher's (for NACKs).
+    pub fn source_sequence(&self, viewer_seq: u16) -> Option<u16> {
+        self.started.map(|s| viewer_seq.wrapping_sub(s.seq_offset))
+    }
+
+    /// Maps a publisher RTP timestamp to the viewer's (for sender reports).
+    pub fn viewer_timestamp(&self, source_ts: u32) -> Option<u32> {
+        self.started.map(|s| source_ts.wrapping_add(s.ts_offset))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(seq: u16, ts: u32) -> RtpView {
+        RtpView {
+            marker: false,
+            payload_type: 96,
+            sequence: seq,
+            timestamp: ts,
+            ssrc: 1,
+            csrc_count: 0,
+            ext_profile: 0,
+            ext_start: 0,
+            ext_len: 0,
+            payload_start: 12,
+            payload_end: 14,
+        }
+    }
+
+    const KEY: &[u8] = &[0x10, 0x00];
+    const DELTA: &[u8] = &[0x10, 0x01];
+
+    #[test]
+    fn video_table() {
+        // (input seq, payload, expected: None = drop, Some(out seq))
+        let mut f = Forwarder::new(Codec::Vp8, 9, 100, 1000, 50);
+        let steps: &[(u16, &[u8], Option<u16>)] = &[
+            (65530, DELTA, None),     // waits for a keyframe
+            (65531, KEY, Some(1000)), // starts here
+            (65532, DELTA, Some(1001)),
+            (65535, DELTA, Some(1004)), // a gap stays a gap
+            (0, DELTA, Some(1005)),     // wraps
+            (65533, DELTA, Some(1002)), // late packet (retransmission) keeps its number
+            (65530, DELTA, None),       // before the start
+            (3, DELTA, Some(1008)),
+        ];
+        for (i, (seq, payload, want)) in steps.iter().enumerate() {
+            let got = match f.decide(&view(*seq, 7), payload) {
+                Decision::Forward(rw) => Some(rw.sequence),
+                Decision::Drop(_) => None,
+            };
+            assert_eq!(got, *want, "step {i}");
+        }
+        assert_eq!(f.counts(), (6, 12));
+        assert_eq!(f.source_sequence(1002), Some(65533));
+        assert_eq!(f.viewer_timestamp(7), Some(50));
+    }
+
+    #[test]
+    fn audio_starts_at_once_and_shifts_timestamps() {
+        let mut f = Forwarder::new(Codec::Opus, 9, 111, 0, 0);
+        assert_eq!(f.source_sequence(0), None);
+        let Decision::Forward(a) = f.decide(&view(10, 4_294_967_000), &[1]) else {
+            panic!()
+        };
+        let Decision::Forward(b) = f.decide(&view(11, 664), &[1]) else {
+            panic!()
+        };
+        assert_eq!(
+            (a.sequence, a.timestamp, a.payload_type, a.ssrc),
+            (0, 0, 111, 9)
+        );
+        assert_eq!((b.sequence, b.timestamp), (1, 960));
+    }
+
+    #[test]
+    fn long_runs_wrap_many_times() {
+        let mut f = Forwarder::new(Codec::Opus, 1, 111, 5, 0);
+        for i in 0..200_000u32 {
+            let Decision::Forward(rw) = f.decide(&view(i as u16, i * 960), &[0]) else {
+                panic!("{i}")
+            };
+            assert_eq!(rw.sequence, (i as u16).wrapping_add(5));
+        }
+    }
+}

@@ -1,0 +1,609 @@
+//! Rooms, publishers, viewers and the tracks between them: the sans-IO heart of the relay.
+//!
+//! The caller (a transport) feeds decrypted RTP and RTCP in with `handle_*`, calls
+//! [`Relay::handle_timeout`] when [`Relay::poll_timeout`] says, and receives everything to send
+//! through a [`Sink`]: rewritten RTP headers with the shared payload, and RTCP, per session.
+//! Nothing here reads a clock or touches a socket.
+
+mod stats;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crate::core::forward::{Decision, Forwarder};
+use crate::core::rtcp::{self, Compound, Pli, ReceiverReport, Remb, RtcpPacket, SenderReport};
+use crate::core::rtp::{write_header, Codec, ExtKind, ExtMap, ExtTranslation, RtpView};
+pub use stats::ReceiveStats;
+
+/// A transport session (one WebRTC peer connection), publisher or viewer.
+pub type SessionId = u64;
+
+/// Receives what the relay wants sent. Plain RTP/RTCP: the transport encrypts.
+pub trait Sink {
+    /// One forwarded packet: `header` is already rewritten; `payload` is the publisher's, shared.
+    fn rtp(&mut self, to: SessionId, header: &[u8], payload: &[u8]);
+    fn rtcp(&mut self, to: SessionId, packet: &[u8]);
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaKind {
+    Audio,
+    Video,
+}
+
+/// RTCP feedback the peer negotiated for an m-line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Feedback {
+    pub nack: bool,
+    pub pli: bool,
+    pub fir: bool,
+    pub remb: bool,
+}
+
+/// A track a publisher sends, as negotiated.
+#[derive(Debug, Clone)]
+pub struct TrackSpec {
+    pub kind: MediaKind,
+    pub mid: String,
+    pub codec: Codec,
+    pub payload_type: u8,
+    pub clock_rate: u32,
+    /// From the offer's `a=ssrc`, when it has one; otherwise learned from the first packet.
+    pub ssrc: Option<u32>,
+    pub ext: ExtMap,
+    pub feedback: Feedback,
+}
+
+/// A viewer's copy of one publisher track, as negotiated with the viewer.
+#[derive(Debug, Clone)]
+pub struct ViewerTrackSpec {
+    /// Index into the publisher's tracks.
+    pub source: usize,
+    pub mid: String,
+    pub ssrc: u32,
+    pub payload_type: u8,
+    pub ext: ExtMap,
+    pub initial_seq: u16,
+    pub initial_ts: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Shortest gap between two keyframe requests sent to one publisher track.
+    pub keyframe_request_interval: Duration,
+    /// Interval of receiver reports and bitrate caps sent to publishers.
+    pub report_interval: Duration,
+    /// Bitrate cap announced to video publishers (REMB).
+    pub publisher_max_bitrate_bps: u64,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            keyframe_request_interval: Duration::from_millis(500),
+            report_interval: Duration::from_secs(1),
+            publisher_max_bitrate_bps: 2_500_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RelayCounters {
+    pub forwarded_packets: u64,
+    pub forwarded_bytes: u64,
+    pub dropped_packets: u64,
+    pub keyframe_requests: u64,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RoomError {
+    #[error("session {0} already exists")]
+    Exists(SessionId),
+    #[error("no such publisher")]
+    NoPublisher,
+    #[error("no such room")]
+    NoRoom,
+    #[error("viewer track refers to a missing publisher track")]
+    BadSource,
+}
+
+struct PubTrack {
+    spec: TrackSpec,
+    ssrc: Option<u32>,
+    viewers: Vec<(SessionId, usize)>,
+    stats: ReceiveStats,
+    last_keyframe_request: Option<Instant>,
+    /// A keyframe request waiting for the rate limit or for the track's SSRC.
+    keyframe_due: Option<Instant>,
+    fir_seq: u8,
+}
+
+struct Publisher {
+    room: String,
+    rtcp_ssrc: u32,
+    tracks: Vec<PubTrack>,
+    next_report: Option<Instant>,
+}
+
+struct ViewerTrack {
+    spec: ViewerTrackSpec,
+    fwd: Forwarder,
+}
+
+struct Viewer {
+    room: String,
+    publisher: Option<SessionId>,
+    rtcp_ssrc: u32,
+    tracks: Vec<ViewerTrack>,
+}
+
+/// All rooms of one worker.
+pub struct Relay {
+    config: RelayConfig,
+    rooms: HashMap<String, Vec<SessionId>>,
+    publishers: HashMap<SessionId, Publisher>,
+    viewers: HashMap<SessionId, Viewer>,
+    header: [u8; 512],
+    rtcp: [u8; 1500],
+    counters: RelayCounters,
+}
+
+impl Relay {
+    pub fn new(config: RelayConfig) -> Self {
+        Self {
+            config,
+            rooms: HashMap::new(),
+            publishers: HashMap::new(),
+            viewers: HashMap::new(),
+            header: [0; 512],
+            rtcp: [0; 1500],
+            counters: RelayCounters::default(),
+        }
+    }
+
+    pub fn counters(&self) -> &RelayCounters {
+        &self.counters
+    }
+
+    pub fn room_count(&self) -> usize {
+        self.rooms.len()
+    }
+
+    pub fn publisher_count(&self) -> usize {
+        self.publishers.len()
+    }
+
+    pub fn viewer_count(&self) -> usize {
+        self.viewers.len()
+    }
+
+    /// Publishers of a room, oldest first.
+    pub fn room_publishers(&self, room: &str) -> Option<&[SessionId]> {
+        self.rooms.get(room).map(Vec::as_slice)
+    }
+
+    pub fn publisher_tracks(&self, id: SessionId) -> Option<impl Iterator<Item = &TrackSpec>> {
+        self.publishers
+            .get(&id)
+            .map(|p| p.tracks.iter().map(|t| &t.spec))
+    }
+
+    pub fn add_publisher(
+        &mut self,
+        id: SessionId,
+        room: &str,
+        rtcp_ssrc: u32,
+        tracks: Vec<TrackSpec>,
+    ) -> Result<(), RoomError> {
+        if self.publishers.contains_key(&id) || self.viewers.contains_key(&id) {
+            return Err(RoomError::Exists(id));
+        }
+        let tracks = tracks
+            .into_iter()
+            .map(|spec| PubTrack {
+                ssrc: spec.ssrc,
+                stats: ReceiveStats::new(spec.clock_rate),
+                spec,
+                viewers: Vec::new(),
+                last_keyframe_request: None,
+                keyframe_due: None,
+                fir_seq: 0,
+            })
+            .collect();
+        self.publishers.insert(
+            id,
+            Publisher {
+                room: room.to_owned(),
+                rtcp_ssrc,
+                tracks,
+                next_report: None,
+            },
+        );
+        self.rooms.entry(room.to_owned()).or_default().push(id);
+        Ok(())
+    }
+
+    /// Adds a viewer of `publisher`. Video tracks ask the publisher for a keyframe at once.
+    pub fn add_viewer(
+        &mut self,
+        now: Instant,
+        id: SessionId,
+        publisher: SessionId,
+        rtcp_ssrc: u32,
+        tracks: Vec<ViewerTrackSpec>,
+        sink: &mut impl Sink,
+    ) -> Result<(), RoomError> {
+        if self.publishers.contains_key(&id) || self.viewers.contains_key(&id) {
+            return Err(RoomError::Exists(id));
+        }
+        let p = self
+            .publishers
+            .get_mut(&publisher)
+            .ok_or(RoomError::NoPublisher)?;
+        if tracks.iter().any(|t| t.source >= p.tracks.len()) {
+            return Err(RoomError::BadSource);
+        }
+        let mut vtracks = Vec::with_capacity(tracks.len());
+        for (i, spec) in tracks.into_iter().enumerate() {
+            let src = &mut p.tracks[spec.source];
+            src.viewers.push((id, i));
+            let fwd = Forwarder::new(
+                src.spec.codec,
+                spec.ssrc,
+                spec.payload_type,
+                spec.initial_seq,
+                spec.initial_ts,
+            );
+            vtracks.push(ViewerTrack { spec, fwd });
+        }
+        let room = p.room.clone();
+        let sources: Vec<usize> = vtracks.iter().map(|t| t.spec.source).collect();
+        self.viewers.insert(
+            id,
+            Viewer {
+                room,
+                publisher: Some(publisher),
+                rtcp_ssrc,
+                tracks: vtracks,
+            },
+        );
+        for s in sources {
+            self.request_keyframe(now, publisher, s, sink);
+        }
+        Ok(())
+    }
+
+    pub fn remove_viewer(&mut self, id: SessionId) -> bool {
+        let Some(v) = self.viewers.remove(&id) else {
+            return false;
+        };
+        if let Some(p) = v.publisher.and_then(|p| self.publishers.get_mut(&p)) {
+            for t in &mut p.tracks {
+                t.viewers.retain(|(vid, _)| *vid != id);
+            }
+        }
+        self.drop_room_if_empty(&v.room);
+        true
+    }
+
+    /// Removes a publisher; its viewers get an RTCP BYE for their streams and are returned, so the
+    /// transport can end them (they have nothing left to watch).
+    pub fn remove_publisher(&mut self, id: SessionId, sink: &mut impl Sink) -> Vec<SessionId> {
+        let Some(p) = self.publishers.remove(&id) else {
+            return Vec::new();
+        };
+        if let Some(list) = self.rooms.get_mut(&p.room) {
+            list.retain(|x| *x != id);
+        }
+        let mut orphans: Vec<SessionId> = p
+            .tracks
+            .iter()
+            .flat_map(|t| t.viewers.iter().map(|(v, _)| *v))
+            .collect();
+        orphans.sort_unstable();
+        orphans.dedup();
+        for vid in &orphans {
+            if let Some(v) = self.viewers.get_mut(vid) {
+                v.publisher = None;
+                let ssrcs: Vec<u32> = v.tracks.iter().map(|t| t.fwd.ssrc()).collect();
+                if let Ok(n) = rtcp::bye::Bye::write(&ssrcs, &mut self.rtcp) {
+                    sink.rtcp(*vid, &self.rtcp[..n]);
+                }
+            }
+        }
+        self.drop_room_if_empty(&p.room);
+        orphans
+    }
+
+    fn drop_room_if_empty(&mut self, room: &str) {
+        let has_publishers = self.rooms.get(room).is_some_and(|l| !l.is_empty());
+        let has_viewers = self.viewers.values().any(|v| v.room == room);
+        if !has_publishers && !has_viewers {
+            self.rooms.remove(room);
+        }
+    }
+
+    /// One decrypted RTP packet from a publisher: forwarded to every viewer of its track.
+    pub fn handle_rtp(
+        &mut self,
+        now: Instant,
+        from: SessionId,
+        buf: &[u8],
+        view: &RtpView,
+        sink: &mut impl Sink,
+    ) {
+        let Some(p) = self.publishers.get_mut(&from) else {
+            self.counters.dropped_packets += 1;
+            return;
+        };
+        let Some(ti) = find_track(p, buf, view) else {
+            self.counters.dropped_packets += 1;
+            return;
+        };
+        let track = &mut p.tracks[ti];
+        track.ssrc = Some(view.ssrc);
+        track.stats.on_packet(now, view.sequence, view.timestamp);
+        let payload = view.payload(buf);
+        for &(vid, vti) in &track.viewers {
+            let Some(v) = self.viewers.get_mut(&vid) else {
+                continue;
+            };
+            let vt = &mut v.tracks[vti];
+            let Decision::Forward(rw) = vt.fwd.decide(view, payload) else {
+                self.counters.dropped_packets += 1;
+                continue;
+            };
+            let ext = ExtTranslation {
+                from: &track.spec.ext,
+                to: &vt.spec.ext,
+                mid: vt.spec.mid.as_bytes(),
+            };
+            match write_header(&mut self.header, buf, view, &rw, ext) {
+                Ok(n) => {
+                    sink.rtp(vid, &self.header[..n], payload);
+                    self.counters.forwarded_packets += 1;
+                    self.counters.forwarded_bytes += (n + payload.len()) as u64;
+                }
+                Err(_) => self.counters.dropped_packets += 1,
+            }
+        }
+    }
+
+    /// A decrypted RTCP compound packet from a publisher.
+    pub fn handle_publisher_rtcp(
+        &mut self,
+        now: Instant,
+        from: SessionId,
+        buf: &[u8],
+        sink: &mut impl Sink,
+    ) {
+        let Some(p) = self.publishers.get_mut(&from) else {
+            return;
+        };
+        for pkt in Compound::new(buf) {
+            let Ok(RtcpPacket::SenderReport(sr)) = pkt else {
+                continue;
+            };
+            let Some(track) = p.tracks.iter_mut().find(|t| t.ssrc == Some(sr.ssrc)) else {
+                continue;
+            };
+            track.stats.on_sender_report(now, sr.ntp_middle());
+            // Each viewer gets the report in its own SSRC and timestamp space, so its clock
+            // mapping (lip sync) and stats stay right.
+            for &(vid, vti) in &track.viewers {
+                let Some(v) = self.viewers.get(&vid) else {
+                    continue;
+                };
+                let fwd = &v.tracks[vti].fwd;
+                let Some(ts) = fwd.viewer_timestamp(sr.rtp_timestamp) else {
+                    continue;
+                };
+                let (packets, octets) = fwd.counts();
+                let out = SenderReport {
+                    ssrc: fwd.ssrc(),
+                    ntp: sr.ntp,
+                    rtp_timestamp: ts,
+                    packets,
+                    octets,
+                };
+                if let Ok(n) = out.write(&mut self.rtcp) {
+                    sink.rtcp(vid, &self.rtcp[..n]);
+                }
+            }
+        }
+    }
+
+    /// A decrypted RTCP compound packet from a viewer: keyframe requests and NACKs go upstream.
+    pub fn handle_viewer_rtcp(
+        &mut self,
+        now: Instant,
+        from: SessionId,
+        buf: &[u8],
+        sink: &mut impl Sink,
+    ) {
+        let Some(v) = self.viewers.get(&from) else {
+            return;
+        };
+        let Some(pid) = v.publisher else { return };
+        let mut keyframes = [false; 16];
+        for pkt in Compound::new(buf) {
+            let media = match pkt {
+                Ok(RtcpPacket::Pli(pli)) => pli.media_ssrc,
+                Ok(RtcpPacket::Fir(fir)) => match fir.entries().next() {
+                    Some((ssrc, _)) => ssrc,
+                    None => continue,
+                },
+                Ok(RtcpPacket::Nack(nack)) => {
+                    let Some(vt) = v.tracks.iter().find(|t| t.fwd.ssrc() == nack.media_ssrc) else {
+                        continue;
+                    };
+                    let Some(p) = self.publishers.get(&pid) else {
+                        continue;
+                    };
+                    let src = &p.tracks[vt.spec.source];
+                    let (Some(ssrc), true) = (src.ssrc, src.spec.feedback.nack) else {
+                        continue;
+                    };
+                    let fwd = &vt.fwd;
+                    let map = |s: u16| fwd.source_sequence(s).unwrap_or(s);
+                    if let Ok(n) = nack.write_mapped(p.rtcp_ssrc, ssrc, map, &mut self.rtcp) {
+                        sink.rtcp(pid, &self.rtcp[..n]);
+                    }
+                    continue;
+                }
+                _ => continue,
+            };
+            if let Some(vt) = v.tracks.iter().find(|t| t.fwd.ssrc() == media) {
+                if let Some(k) = keyframes.get_mut(vt.spec.source) {
+                    *k = true;
+                }
+            }
+        }
+        for (src, _) in keyframes.iter().enumerate().filter(|(_, k)| **k) {
+            self.request_keyframe(now, pid, src, sink);
+        }
+    }
+
+    /// Asks a publisher track for a keyframe, at most once per configured interval; a request
+    /// inside the interval is remembered and sent when the interval ends.
+    pub fn request_keyframe(
+        &mut self,
+        now: Instant,
+        publisher: SessionId,
+        track: usize,
+        sink: &mut impl Sink,
+    ) {
+        let Some(p) = self.publishers.get_mut(&publisher) else {
+            return;
+        };
+        let Some(t) = p.tracks.get_mut(track) else {
+            return;
+        };
+        if t.spec.kind != MediaKind::Video {
+            return;
+        }
+        let due = t
+            .last_keyframe_request
+            .map_or(now, |l| l + self.config.keyframe_request_interval);
+        if now < due || t.ssrc.is_none() {
+            t.keyframe_due = Some(t.keyframe_due.map_or(due, |d| d.min(due)));
+            return;
+        }
+        send_keyframe_request(p.rtcp_ssrc, t, now, &mut self.rtcp, sink, publisher);
+        self.counters.keyframe_requests += 1;
+    }
+
+    /// When [`Relay::handle_timeout`] next has work.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        for p in self.publishers.values() {
+            let mut consider = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
+            if let Some(r) = p.next_report {
+                consider(r);
+            }
+            for t in p.tracks.iter().filter(|t| t.ssrc.is_some()) {
+                if let Some(d) = t.keyframe_due {
+                    consider(d);
+                }
+            }
+        }
+        next
+    }
+
+    /// Periodic work: receiver reports and bitrate caps to publishers, deferred keyframe requests.
+    pub fn handle_timeout(&mut self, now: Instant, sink: &mut impl Sink) {
+        for (&pid, p) in self.publishers.iter_mut() {
+            for t in &mut p.tracks {
+                if t.ssrc.is_some() && t.keyframe_due.is_some_and(|d| now >= d) {
+                    send_keyframe_request(p.rtcp_ssrc, t, now, &mut self.rtcp, sink, pid);
+                    self.counters.keyframe_requests += 1;
+                }
+            }
+            let report_due = p.next_report.is_none_or(|r| now >= r);
+            if !report_due {
+                continue;
+            }
+            p.next_report = Some(now + self.config.report_interval);
+            let mut blocks = [rtcp::ReportBlock::default(); 8];
+            let mut n_blocks = 0;
+            for t in p
+                .tracks
+                .iter_mut()
+                .filter(|t| t.ssrc.is_some())
+                .take(blocks.len())
+            {
+                blocks[n_blocks] = t.stats.report_block(now, t.ssrc.unwrap_or_default());
+                n_blocks += 1;
+            }
+            if n_blocks == 0 {
+                continue;
+            }
+            let Ok(mut len) =
+                ReceiverReport::write(p.rtcp_ssrc, &blocks[..n_blocks], &mut self.rtcp)
+            else {
+                continue;
+            };
+            if let Some(video) = p
+                .tracks
+                .iter()
+                .find(|t| t.spec.kind == MediaKind::Video && t.spec.feedback.remb)
+            {
+                if let Some(ssrc) = video.ssrc {
+                    let remb = Remb {
+                        sender_ssrc: p.rtcp_ssrc,
+                        bitrate_bps: self.config.publisher_max_bitrate_bps,
+                        ssrc,
+                    };
+                    len += remb.write(&mut self.rtcp[len..]).unwrap_or(0);
+                }
+            }
+            sink.rtcp(pid, &self.rtcp[..len]);
+        }
+    }
+}
+
+fn send_keyframe_request(
+    rtcp_ssrc: u32,
+    t: &mut PubTrack,
+    now: Instant,
+    buf: &mut [u8],
+    sink: &mut impl Sink,
+    to: SessionId,
+) {
+    let Some(ssrc) = t.ssrc else { return };
+    t.keyframe_due = None;
+    t.last_keyframe_request = Some(now);
+    let n = if t.spec.feedback.pli || !t.spec.feedback.fir {
+        Pli {
+            sender_ssrc: rtcp_ssrc,
+            media_ssrc: ssrc,
+        }
+        .write(buf)
+    } else {
+        t.fir_seq = t.fir_seq.wrapping_add(1);
+        rtcp::Fir::write(rtcp_ssrc, ssrc, t.fir_seq, buf)
+    };
+    if let Ok(n) = n {
+        sink.rtcp(to, &buf[..n]);
+    }
+}
+
+/// Finds the track a packet belongs to: by SSRC, else by its MID extension, else by payload type.
+fn find_track(p: &Publisher, buf: &[u8], view: &RtpView) -> Option<usize> {
+    if let Some(i) = p.tracks.iter().position(|t| t.ssrc == Some(view.ssrc)) {
+        return Some(i);
+    }
+    for (i, t) in p.tracks.iter().enumerate() {
+        if let Some(mid_id) = t.spec.ext.id(ExtKind::Mid) {
+            if view
+                .extensions(buf)
+                .any(|(id, data)| id == mid_id && data == t.spec.mid.as_bytes())
+            {
+                return (t.ssrc.is_none() && t.spec.payload_type == view.payload_type).then_some(i);
+            }
+        }
+    }
+    p.tracks
+        .iter()
+        .position(|t| t.ssrc.is_none() && t.spec.payload_type == view.payload_type)
+}

@@ -1,0 +1,233 @@
+//! Per-viewer header rewrite: a new fixed header (SSRC, sequence, timestamp, payload type), the
+//! publisher's CSRCs, and the header extensions translated to the viewer's negotiated ids.
+
+use super::ext::{ExtKind, ExtMap, ExtWriter};
+use super::{RtpError, RtpView};
+
+/// Values that replace the publisher's in one forwarded packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rewrite {
+    pub ssrc: u32,
+    pub sequence: u16,
+    pub timestamp: u32,
+    pub payload_type: u8,
+    pub marker: bool,
+}
+
+/// How extensions are translated from one publisher m-line to one viewer m-line.
+#[derive(Debug, Clone, Copy)]
+pub struct ExtTranslation<'a> {
+    pub from: &'a ExtMap,
+    pub to: &'a ExtMap,
+    /// The viewer's MID for this m-line, written when the viewer negotiated the MID extension.
+    pub mid: &'a [u8],
+}
+
+/// Writes the rewritten RTP header for `view` (parsed from `src`) into `out`; returns its length.
+/// The payload is not touched: the caller appends `view.payload(src)` after the header.
+pub fn write_header(
+    out: &mut [u8],
+    src: &[u8],
+    view: &RtpView,
+    rw: &Rewrite,
+    ext: ExtTranslation<'_>,
+) -> Result<usize, RtpError> {
+    let csrcs = view.csrcs(src);
+    let fixed = 12 + csrcs.len();
+    if out.len() < fixed {
+        return Err(RtpError::BufferTooSmall);
+    }
+    out[1] = (u8::from(rw.marker) << 7) | (rw.payload_type & 0x7f);
+    out[2..4].copy_from_slice(&rw.sequence.to_be_bytes());
+    out[4..8].copy_from_slice(&rw.timestamp.to_be_bytes());
+    out[8..12].copy_from_slice(&rw.ssrc.to_be_bytes());
+    out[12..fixed].copy_from_slice(csrcs);
+
+    // Two-byte form only when some element cannot be written in the one-byte form.
+    let mid_id = ext.to.id(ExtKind::Mid);
+    let mut two_byte = mid_id.is_some_and(|id| !ExtWriter::fits_one_byte(id, ext.mid.len()));
+    for (id, data) in view.extensions(src) {
+        if let Some(to_id) = translated(ext, id) {
+            two_byte |= !ExtWriter::fits_one_byte(to_id, data.len());
+        }
+    }
+    let mut w = ExtWriter::new(&mut out[fixed..], two_byte);
+    if let Some(id) = mid_id {
+        if !ext.mid.is_empty() && !w.push(id, ext.mid) {
+            return Err(RtpError::BufferTooSmall);
+        }
+    }
+    for (id, data) in view.extensions(src) {
+        if let Some(to_id) = translated(ext, id) {
+            if !w.push(to_id, data) {
+                return Err(RtpError::BufferTooSmall);
+            }
+        }
+    }
+    let ext_len = w.finish();
+    out[0] = 0x80 | (u8::from(ext_len > 0) << 4) | view.csrc_count;
+    Ok(fixed + ext_len)
+}
+
+fn translated(ext: ExtTranslation<'_>, id: u8) -> Option<u8> {
+    let kind = ext.from.kind(id)?;
+    if !kind.forwarded() {
+        return None;
+    }
+    ext.to.id(kind)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn maps() -> (ExtMap, ExtMap) {
+        let mut from = ExtMap::default();
+        from.insert(1, ExtKind::AudioLevel);
+        from.insert(4, ExtKind::Mid);
+        from.insert(10, ExtKind::RtpStreamId);
+        let mut to = ExtMap::default();
+        to.insert(3, ExtKind::AudioLevel);
+        to.insert(9, ExtKind::Mid);
+        (from, to)
+    }
+
+    fn source() -> Vec<u8> {
+        // marker, pt 111, seq 7, ts 1000, ssrc 0x11, ext: id1 [0x85], id4 "0", id10 "h"
+        let mut p = vec![0x90, 0x80 | 111, 0, 7, 0, 0, 0x03, 0xe8, 0, 0, 0, 0x11];
+        p.extend_from_slice(&[0xbe, 0xde, 0, 2, 0x10, 0x85, 0x40, b'0', 0xa0, b'h', 0, 0]);
+        p.extend_from_slice(&[1, 2, 3, 4]);
+        p
+    }
+
+    #[test]
+    fn rewrites_fields_and_translates_extensions() {
+        let (from, to) = maps();
+        let src = source();
+        let view = RtpView::parse(&src).unwrap();
+        let rw = Rewrite {
+            ssrc: 0xabcd,
+            sequence: 500,
+            timestamp: 9,
+            payload_type: 109,
+            marker: true,
+        };
+        let mut out = [0u8; 64];
+        let n = write_header(
+            &mut out,
+            &src,
+            &view,
+            &rw,
+            ExtTranslation {
+                from: &from,
+                to: &to,
+                mid: b"1",
+            },
+        )
+        .unwrap();
+        let mut pkt = out[..n].to_vec();
+        pkt.extend_from_slice(view.payload(&src));
+        let got = RtpView::parse(&pkt).unwrap();
+        assert_eq!(
+            (got.ssrc, got.sequence, got.timestamp, got.payload_type),
+            (0xabcd, 500, 9, 109)
+        );
+        assert!(got.marker);
+        assert_eq!(got.payload(&pkt), &[1, 2, 3, 4]);
+        let exts: Vec<_> = got.extensions(&pkt).collect();
+        // Our MID first, the level under its new id, the RID dropped.
+        assert_eq!(exts, vec![(9, &b"1"[..]), (3, &[0x85][..])]);
+    }
+
+    #[test]
+    fn no_extensions_when_viewer_negotiated_none() {
+        let (from, _) = maps();
+        let to = ExtMap::default();
+        let src = source();
+        let view = RtpView::parse(&src).unwrap();
+        let rw = Rewrite {
+            ssrc: 1,
+            sequence: 1,
+            timestamp: 1,
+            payload_type: 111,
+            marker: false,
+        };
+        let mut out = [0u8; 64];
+        let n = write_header(
+            &mut out,
+            &src,
+            &view,
+            &rw,
+            ExtTranslation {
+                from: &from,
+                to: &to,
+                mid: b"0",
+            },
+        )
+        .unwrap();
+        assert_eq!(n, 12);
+        assert_eq!(out[0], 0x80);
+    }
+
+    #[test]
+    fn large_ids_use_two_byte_form() {
+        let (from, _) = maps();
+        let mut to = ExtMap::default();
+        to.insert(20, ExtKind::AudioLevel);
+        let src = source();
+        let view = RtpView::parse(&src).unwrap();
+        let rw = Rewrite {
+            ssrc: 1,
+            sequence: 1,
+            timestamp: 1,
+            payload_type: 111,
+            marker: false,
+        };
+        let mut out = [0u8; 64];
+        let n = write_header(
+            &mut out,
+            &src,
+            &view,
+            &rw,
+            ExtTranslation {
+                from: &from,
+                to: &to,
+                mid: b"",
+            },
+        )
+        .unwrap();
+        let got = RtpView::parse(&out[..n]).unwrap();
+        assert_eq!(got.ext_profile, 0x1000);
+        assert_eq!(
+            got.extensions(&out[..n]).collect::<Vec<_>>(),
+            vec![(20, &[0x85][..])]
+        );
+    }
+
+    #[test]
+    fn small_buffer_is_an_error() {
+        let (from, to) = maps();
+        let src = source();
+        let view = RtpView::parse(&src).unwrap();
+        let rw = Rewrite {
+            ssrc: 1,
+            sequence: 1,
+            timestamp: 1,
+            payload_type: 111,
+            marker: false,
+        };
+        let mut out = [0u8; 14];
+        let r = write_header(
+            &mut out,
+            &src,
+            &view,
+            &rw,
+            ExtTranslation {
+                from: &from,
+                to: &to,
+                mid: b"0",
+            },
+        );
+        assert_eq!(r, Err(RtpError::BufferTooSmall));
+    }
+}

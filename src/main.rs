@@ -1,0 +1,85 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+use volna::config::{Config, EMBEDDED_DEFAULT};
+
+/// volna: selective forwarding unit for voice and video calls.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// TOML configuration file (default: the embedded configs/dev.toml).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// HTTP signalling listener, overriding http.listen.
+    #[arg(long, value_name = "ADDR")]
+    http: Option<SocketAddr>,
+    /// UDP media listener (ICE, DTLS, SRTP), overriding media.listen; advertised in ICE candidates.
+    #[arg(long, value_name = "ADDR")]
+    media: Option<SocketAddr>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let loaded = match &cli.config {
+        Some(path) => Config::load(path),
+        None => Config::parse(EMBEDDED_DEFAULT, "embedded configs/dev.toml"),
+    };
+    let mut config = match loaded {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("volna: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(a) = cli.http {
+        config.http.listen = a;
+    }
+    if let Some(a) = cli.media {
+        if a.ip().is_unspecified() {
+            eprintln!("volna: --media must be a concrete address: it is advertised to peers as the ICE candidate");
+            return ExitCode::from(2);
+        }
+        config.media.listen = a;
+    }
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if config.log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("volna: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async {
+        let running = match volna::server::start(&config).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("volna: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        tokio::select! {
+            r = running.serve => {
+                eprintln!("volna: HTTP server stopped: {r:?}");
+                ExitCode::FAILURE
+            }
+            _ = tokio::signal::ctrl_c() => {
+                tracing::info!("shutting down");
+                ExitCode::SUCCESS
+            }
+        }
+    })
+}

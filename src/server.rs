@@ -1,0 +1,70 @@
+//! Starting a node: bind the listeners, start the worker, serve HTTP. Used by the binary and by
+//! integration tests (which bind port 0 and read the addresses back).
+
+use std::net::SocketAddr;
+
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::signal::http::{router, serve, AppState};
+use crate::transport::webrtc::{DtlsIdentity, Shard, ShardConfig};
+use crate::worker;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot bind {what} on {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("DTLS identity: {0}")]
+    Identity(String),
+    #[error("worker: {0}")]
+    Worker(std::io::Error),
+}
+
+pub struct Running {
+    pub http_addr: SocketAddr,
+    pub media_addr: SocketAddr,
+    pub serve: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// Binds and starts everything; returns once listeners are bound.
+pub async fn start(config: &Config) -> Result<Running, ServerError> {
+    let provider =
+        rtc_crypto::default_provider().map_err(|e| ServerError::Identity(e.to_string()))?;
+    let identity =
+        DtlsIdentity::generate(provider).map_err(|e| ServerError::Identity(e.to_string()))?;
+    let udp =
+        std::net::UdpSocket::bind(config.media.listen).map_err(|source| ServerError::Bind {
+            what: "media (UDP)",
+            addr: config.media.listen,
+            source,
+        })?;
+    let media_addr = udp.local_addr().map_err(ServerError::Worker)?;
+    let shard_config = ShardConfig {
+        media_addr,
+        consent_timeout: std::time::Duration::from_secs(config.media.consent_timeout_secs),
+        relay: config.relay(),
+    };
+    let (handle, _join) =
+        worker::spawn(udp, Shard::new(shard_config, identity)).map_err(ServerError::Worker)?;
+    let tcp = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .map_err(|source| ServerError::Bind {
+            what: "HTTP",
+            addr: config.http.listen,
+            source,
+        })?;
+    let http_addr = tcp.local_addr().map_err(ServerError::Worker)?;
+    let app = router(AppState { worker: handle }, config.http.max_body_bytes);
+    info!(http = %http_addr, media = %media_addr, "volna listening");
+    warn!("auth is off: anyone who can reach the HTTP listener may publish and watch (dev mode)");
+    let serve = tokio::spawn(serve(tcp, app));
+    Ok(Running {
+        http_addr,
+        media_addr,
+        serve,
+    })
+}

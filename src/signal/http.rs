@@ -1,0 +1,312 @@
+//! WHIP (RFC 9725) and WHEP over HTTP/1.1, plus /health and /stats. Every response carries CORS
+//! headers so pages from other origins can publish and watch.
+
+use std::net::SocketAddr;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use tracing::{info, warn};
+
+use super::sdp::Offer;
+use crate::transport::webrtc::session::Role;
+use crate::transport::webrtc::ShardError;
+use crate::worker::{Command, WorkerHandle};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub worker: WorkerHandle,
+}
+
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/health", get(|| async { "ok\n" }))
+        .route("/stats", get(stats))
+        .route("/whip/{room}", post(whip).options(preflight))
+        .route("/whep/{room}", post(whep_latest).options(preflight))
+        .route(
+            "/whep/{room}/{publisher}",
+            post(whep_chosen).options(preflight),
+        )
+        .route(
+            "/whip/{room}/session/{resource}",
+            axum::routing::delete(whip_delete)
+                .patch(no_trickle)
+                .options(preflight),
+        )
+        .route(
+            "/whep/{room}/session/{resource}",
+            axum::routing::delete(whep_delete)
+                .patch(no_trickle)
+                .options(preflight),
+        )
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(middleware::from_fn(cors))
+        .with_state(state)
+}
+
+async fn cors(req: Request, next: Next) -> Response {
+    let mut res = next.run(req).await;
+    let h = res.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST, DELETE, PATCH, OPTIONS"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("Content-Type, Authorization, If-Match"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static(
+            "Location, Link, ETag, Accept-Post, Accept-Patch, X-Volna-Publisher",
+        ),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("86400"),
+    );
+    res
+}
+
+async fn preflight() -> Response {
+    let mut res = StatusCode::NO_CONTENT.into_response();
+    res.headers_mut()
+        .insert("accept-post", HeaderValue::from_static("application/sdp"));
+    res
+}
+
+/// Trickle ICE and ICE restarts are not supported yet (RFC 9725 §4.3.1 allows 405).
+async fn no_trickle() -> Response {
+    let mut res = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "trickle ICE and ICE restart are not supported; send a complete offer",
+    );
+    res.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("DELETE, OPTIONS"));
+    res
+}
+
+fn error(status: StatusCode, reason: &str) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        format!("{reason}\n"),
+    )
+        .into_response()
+}
+
+fn shard_error(e: ShardError) -> Response {
+    let status = match e {
+        ShardError::Sdp(_) => StatusCode::BAD_REQUEST,
+        ShardError::NoRoom | ShardError::NoPublisher | ShardError::NoSession => {
+            StatusCode::NOT_FOUND
+        }
+        ShardError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error(status, &e.to_string())
+}
+
+fn valid_name(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+/// Checks the media type and decodes the offer; the error is the response to send.
+fn read_offer(headers: &HeaderMap, body: &Bytes) -> Result<Offer, Response> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let media_type = ct.split(';').next().unwrap_or("").trim();
+    if !media_type.eq_ignore_ascii_case("application/sdp") {
+        return Err(error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            &format!("Content-Type must be application/sdp, got {ct:?}"),
+        ));
+    }
+    let text = std::str::from_utf8(body)
+        .map_err(|_| error(StatusCode::BAD_REQUEST, "SDP is not UTF-8"))?;
+    Offer::parse(text).map_err(|e| error(StatusCode::BAD_REQUEST, &format!("bad offer: {e}")))
+}
+
+fn created(location: String, answer: String, publisher: &str) -> Response {
+    let mut res = (
+        StatusCode::CREATED,
+        [(header::CONTENT_TYPE, "application/sdp")],
+        answer,
+    )
+        .into_response();
+    let h = res.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        h.insert(header::LOCATION, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(publisher) {
+        h.insert("x-volna-publisher", v);
+    }
+    res
+}
+
+fn worker_gone() -> Response {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "media worker is not running",
+    )
+}
+
+async fn whip(
+    State(st): State<AppState>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !valid_name(&room) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "room names are 1-64 characters of A-Z a-z 0-9 - _ .",
+        );
+    }
+    let offer = match read_offer(&headers, &body) {
+        Ok(o) => o,
+        Err(res) => {
+            warn!(room, "WHIP offer refused");
+            return res;
+        }
+    };
+    match st
+        .worker
+        .call(|reply| Command::Publish {
+            room: room.clone(),
+            offer: Box::new(offer),
+            reply,
+        })
+        .await
+    {
+        Some(Ok(c)) => {
+            info!(room, publisher = %c.public_id, "WHIP session created");
+            created(
+                format!("/whip/{room}/session/{}", c.resource),
+                c.answer,
+                &c.public_id,
+            )
+        }
+        Some(Err(e)) => shard_error(e),
+        None => worker_gone(),
+    }
+}
+
+async fn whep(
+    st: AppState,
+    room: String,
+    publisher: Option<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !valid_name(&room) || publisher.as_deref().is_some_and(|p| !valid_name(p)) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "room and publisher names are 1-64 characters of A-Z a-z 0-9 - _ .",
+        );
+    }
+    let offer = match read_offer(&headers, &body) {
+        Ok(o) => o,
+        Err(res) => return res,
+    };
+    match st
+        .worker
+        .call(|reply| Command::View {
+            room: room.clone(),
+            publisher,
+            offer: Box::new(offer),
+            reply,
+        })
+        .await
+    {
+        Some(Ok(c)) => created(
+            format!("/whep/{room}/session/{}", c.resource),
+            c.answer,
+            &c.public_id,
+        ),
+        Some(Err(e)) => shard_error(e),
+        None => worker_gone(),
+    }
+}
+
+async fn whep_latest(
+    State(st): State<AppState>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    whep(st, room, None, headers, body).await
+}
+
+async fn whep_chosen(
+    State(st): State<AppState>,
+    Path((room, publisher)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    whep(st, room, Some(publisher), headers, body).await
+}
+
+async fn delete(st: AppState, role: Role, room: String, resource: String) -> Response {
+    match st
+        .worker
+        .call(|reply| Command::Delete {
+            role,
+            room,
+            resource,
+            reply,
+        })
+        .await
+    {
+        Some(Ok(())) => StatusCode::OK.into_response(),
+        Some(Err(e)) => shard_error(e),
+        None => worker_gone(),
+    }
+}
+
+async fn whip_delete(
+    State(st): State<AppState>,
+    Path((room, resource)): Path<(String, String)>,
+) -> Response {
+    delete(st, Role::Publisher, room, resource).await
+}
+
+async fn whep_delete(
+    State(st): State<AppState>,
+    Path((room, resource)): Path<(String, String)>,
+) -> Response {
+    delete(st, Role::Viewer, room, resource).await
+}
+
+async fn stats(State(st): State<AppState>) -> Response {
+    match st.worker.call(|reply| Command::Stats { reply }).await {
+        Some(s) => (
+            [(header::CONTENT_TYPE, "application/json")],
+            serde_json::to_string_pretty(&s).unwrap_or_else(|_| "{}".into()),
+        )
+            .into_response(),
+        None => worker_gone(),
+    }
+}
+
+/// Serves the router on a bound listener until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener, app: Router) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await
+}

@@ -1,0 +1,662 @@
+//! SDP offers from WHIP/WHEP clients (RFC 8829 JSEP, RFC 8866) and the answers volna builds.
+//! Offers are parsed with `rtc-sdp`; the answer is written here, line by line, so that every
+//! attribute volna promises is one it honours.
+
+use std::fmt::Write as _;
+use std::io::Cursor;
+use std::net::SocketAddr;
+
+use rtc_sdp::description::media::MediaDescription;
+use rtc_sdp::SessionDescription;
+
+use crate::core::room::{Feedback, MediaKind};
+use crate::core::rtp::{Codec, ExtKind, ExtMap};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SdpError {
+    #[error("SDP does not parse: {0}")]
+    Parse(String),
+    #[error("offer has no ice-ufrag/ice-pwd")]
+    MissingIceCredentials,
+    #[error("offer has no a=fingerprint")]
+    MissingFingerprint,
+    #[error("offer has no sha-256 fingerprint (only sha-256 is supported)")]
+    UnsupportedFingerprint,
+    #[error("offer has no audio or video m-line")]
+    NoMedia,
+    #[error("m-line {0} is not UDP/TLS/RTP/SAVPF")]
+    Protocol(String),
+    #[error("m-line {0} does not use rtcp-mux, which is required")]
+    NoRtcpMux(String),
+    #[error("m-line {0} has no a=mid")]
+    NoMid(usize),
+    #[error("offer has a=setup:{0}; expected actpass, active or passive")]
+    Setup(String),
+    #[error("{0}")]
+    Unacceptable(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Setup {
+    Actpass,
+    Active,
+    Passive,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    SendRecv,
+    SendOnly,
+    RecvOnly,
+    Inactive,
+}
+
+impl Direction {
+    pub fn sends(self) -> bool {
+        matches!(self, Direction::SendRecv | Direction::SendOnly)
+    }
+
+    pub fn receives(self) -> bool {
+        matches!(self, Direction::SendRecv | Direction::RecvOnly)
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Direction::SendRecv => "sendrecv",
+            Direction::SendOnly => "sendonly",
+            Direction::RecvOnly => "recvonly",
+            Direction::Inactive => "inactive",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfferedCodec {
+    pub payload_type: u8,
+    pub codec: Option<Codec>,
+    pub name: String,
+    pub clock_rate: u32,
+    pub channels: String,
+    pub fmtp: String,
+    pub feedback: Vec<String>,
+}
+
+impl OfferedCodec {
+    fn fmtp_param(&self, key: &str) -> Option<&str> {
+        self.fmtp
+            .split(';')
+            .filter_map(|kv| kv.trim().split_once('='))
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v)
+    }
+
+    /// Whether a stream of codec `other` can be sent to a peer that offered `self` unchanged.
+    pub fn compatible(&self, other: &OfferedCodec) -> bool {
+        if self.codec.is_none() || self.codec != other.codec || self.clock_rate != other.clock_rate
+        {
+            return false;
+        }
+        match self.codec {
+            Some(Codec::H264) => {
+                let mode =
+                    |c: &OfferedCodec| c.fmtp_param("packetization-mode").unwrap_or("0").to_owned();
+                // profile_idc and profile-iop must match; the level may differ.
+                let profile = |c: &OfferedCodec| {
+                    c.fmtp_param("profile-level-id")
+                        .map(|p| p.get(..4).unwrap_or(p).to_ascii_lowercase())
+                };
+                mode(self) == mode(other) && profile(self) == profile(other)
+            }
+            Some(Codec::Vp9) | Some(Codec::Av1) => {
+                self.fmtp_param("profile-id")
+                    .or(self.fmtp_param("profile"))
+                    .unwrap_or("0")
+                    == other
+                        .fmtp_param("profile-id")
+                        .or(other.fmtp_param("profile"))
+                        .unwrap_or("0")
+            }
+            _ => true,
+        }
+    }
+
+    /// Feedback volna supports on this codec, in the peer's words, and as flags.
+    fn supported_feedback(&self, remb: bool) -> (Vec<&str>, Feedback) {
+        let mut fb = Feedback::default();
+        let mut lines = Vec::new();
+        for f in &self.feedback {
+            let keep = match f.as_str() {
+                "nack" => {
+                    fb.nack = true;
+                    true
+                }
+                "nack pli" => {
+                    fb.pli = true;
+                    true
+                }
+                "ccm fir" => {
+                    fb.fir = true;
+                    true
+                }
+                "goog-remb" if remb => {
+                    fb.remb = true;
+                    true
+                }
+                _ => false,
+            };
+            if keep {
+                lines.push(f.as_str());
+            }
+        }
+        (lines, fb)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfferedMedia {
+    pub media: String,
+    pub kind: Option<MediaKind>,
+    pub port: isize,
+    pub protos: Vec<String>,
+    pub formats: Vec<String>,
+    pub mid: String,
+    pub direction: Direction,
+    pub codecs: Vec<OfferedCodec>,
+    pub extmaps: Vec<(u8, String)>,
+    pub ssrc: Option<u32>,
+    pub simulcast: bool,
+}
+
+impl OfferedMedia {
+    /// The negotiated extension ids volna understands, as a lookup table.
+    pub fn ext_map(&self) -> ExtMap {
+        let mut m = ExtMap::default();
+        for (id, uri) in &self.extmaps {
+            if let Some(kind) = ExtKind::from_uri(uri) {
+                m.insert(*id, kind);
+            }
+        }
+        m
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Offer {
+    pub ice_ufrag: String,
+    pub ice_pwd: String,
+    pub fingerprint: String,
+    pub setup: Setup,
+    pub extmap_allow_mixed: bool,
+    pub media: Vec<OfferedMedia>,
+}
+
+fn attr<'a>(md: &'a MediaDescription, sd: &'a SessionDescription, key: &str) -> Option<&'a str> {
+    md.attribute(key)
+        .flatten()
+        .or_else(|| sd.attribute(key).map(String::as_str))
+}
+
+impl Offer {
+    pub fn parse(text: &str) -> Result<Self, SdpError> {
+        let sd = SessionDescription::unmarshal(&mut Cursor::new(text.as_bytes()))
+            .map_err(|e| SdpError::Parse(e.to_string()))?;
+        let mut media = Vec::new();
+        let (mut ufrag, mut pwd, mut fingerprint, mut setup) = (None, None, None, None);
+        for (i, md) in sd.media_descriptions.iter().enumerate() {
+            let kind = match md.media_name.media.as_str() {
+                "audio" => Some(MediaKind::Audio),
+                "video" => Some(MediaKind::Video),
+                _ => None,
+            };
+            let mid = md
+                .attribute("mid")
+                .flatten()
+                .ok_or(SdpError::NoMid(i))?
+                .to_owned();
+            let bundled_away = md.media_name.port.value == 0;
+            if kind.is_some() && !bundled_away {
+                if md.media_name.protos.join("/") != "UDP/TLS/RTP/SAVPF" {
+                    return Err(SdpError::Protocol(mid));
+                }
+                if !md.has_attribute("rtcp-mux") {
+                    return Err(SdpError::NoRtcpMux(mid));
+                }
+                ufrag = ufrag.or(attr(md, &sd, "ice-ufrag"));
+                pwd = pwd.or(attr(md, &sd, "ice-pwd"));
+                fingerprint = fingerprint.or(attr(md, &sd, "fingerprint"));
+                setup = setup.or(attr(md, &sd, "setup"));
+            }
+            let direction = if md.has_attribute("sendonly") {
+                Direction::SendOnly
+            } else if md.has_attribute("recvonly") {
+                Direction::RecvOnly
+            } else if md.has_attribute("inactive") {
+                Direction::Inactive
+            } else {
+                Direction::SendRecv
+            };
+            let table = md.codecs();
+            let codecs = md
+                .media_name
+                .formats
+                .iter()
+                .filter_map(|f| f.parse::<u8>().ok())
+                .filter_map(|pt| table.get(&pt))
+                .map(|c| OfferedCodec {
+                    payload_type: c.payload_type,
+                    codec: Codec::from_name(&c.name),
+                    name: c.name.clone(),
+                    clock_rate: c.clock_rate,
+                    channels: c.encoding_parameters.clone(),
+                    fmtp: c.fmtp.clone(),
+                    feedback: c.rtcp_feedback.clone(),
+                })
+                .collect();
+            let extmaps = md
+                .attributes
+                .iter()
+                .filter(|a| a.key == "extmap")
+                .filter_map(|a| {
+                    let v = a.value.as_deref()?;
+                    let (id, rest) = v.split_once(' ')?;
+                    let id: u8 = id.split('/').next()?.parse().ok()?;
+                    let uri = rest.split_whitespace().next()?;
+                    Some((id, uri.to_owned()))
+                })
+                .collect();
+            let ssrc = md
+                .attributes
+                .iter()
+                .filter(|a| a.key == "ssrc")
+                .find_map(|a| a.value.as_deref()?.split_whitespace().next()?.parse().ok());
+            media.push(OfferedMedia {
+                media: md.media_name.media.clone(),
+                kind,
+                port: md.media_name.port.value,
+                protos: md.media_name.protos.clone(),
+                formats: md.media_name.formats.clone(),
+                mid,
+                direction,
+                codecs,
+                extmaps,
+                ssrc,
+                simulcast: md.has_attribute("simulcast"),
+            });
+        }
+        if !media.iter().any(|m| m.kind.is_some() && m.port != 0) {
+            return Err(SdpError::NoMedia);
+        }
+        let (Some(ufrag), Some(pwd)) = (ufrag, pwd) else {
+            return Err(SdpError::MissingIceCredentials);
+        };
+        let fingerprint = fingerprint.ok_or(SdpError::MissingFingerprint)?;
+        let fingerprint = match fingerprint.split_once(' ') {
+            Some((alg, value)) if alg.eq_ignore_ascii_case("sha-256") => {
+                value.trim().to_ascii_lowercase()
+            }
+            _ => return Err(SdpError::UnsupportedFingerprint),
+        };
+        let setup = match setup.unwrap_or("actpass") {
+            "actpass" => Setup::Actpass,
+            "active" => Setup::Active,
+            "passive" => Setup::Passive,
+            other => return Err(SdpError::Setup(other.to_owned())),
+        };
+        Ok(Self {
+            ice_ufrag: ufrag.to_owned(),
+            ice_pwd: pwd.to_owned(),
+            fingerprint,
+            setup,
+            extmap_allow_mixed: sd.has_attribute("extmap-allow-mixed"),
+            media,
+        })
+    }
+}
+
+/// What volna says about itself in every answer.
+#[derive(Debug, Clone)]
+pub struct Local {
+    pub ice_ufrag: String,
+    pub ice_pwd: String,
+    /// sha-256 fingerprint of the DTLS certificate, colon-separated upper-case hex.
+    pub fingerprint: String,
+    pub candidate: SocketAddr,
+    pub session_id: u64,
+}
+
+/// What volna sends on an accepted m-line of a viewer.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub ssrc: u32,
+    pub cname: String,
+    pub stream_id: String,
+    pub track_id: String,
+}
+
+/// The answer to one offered m-line.
+#[derive(Debug, Clone)]
+pub enum AnswerMedia {
+    Rejected,
+    Accepted {
+        codec: OfferedCodec,
+        direction: Direction,
+        /// Extensions accepted (subset of the offer's, same ids).
+        ext: Vec<(u8, String)>,
+        source: Option<Source>,
+        /// Whether goog-remb may be kept (volna sends REMB to publishers).
+        remb: bool,
+    },
+}
+
+impl AnswerMedia {
+    /// Accepts `codec` on `offered` with the extensions volna handles from `wanted`.
+    pub fn accept(
+        offered: &OfferedMedia,
+        codec: OfferedCodec,
+        direction: Direction,
+        wanted: &[ExtKind],
+        source: Option<Source>,
+        remb: bool,
+    ) -> Self {
+        let ext = offered
+            .extmaps
+            .iter()
+            .filter(|(_, uri)| ExtKind::from_uri(uri).is_some_and(|k| wanted.contains(&k)))
+            .cloned()
+            .collect();
+        AnswerMedia::Accepted {
+            codec,
+            direction,
+            ext,
+            source,
+            remb,
+        }
+    }
+
+    pub fn feedback(&self) -> Feedback {
+        match self {
+            AnswerMedia::Accepted { codec, remb, .. } => codec.supported_feedback(*remb).1,
+            AnswerMedia::Rejected => Feedback::default(),
+        }
+    }
+}
+
+/// Setup attribute of the answer: volna is the DTLS server unless the offerer insists on it.
+pub fn answer_setup(offer: Setup) -> &'static str {
+    match offer {
+        Setup::Passive => "active",
+        Setup::Actpass | Setup::Active => "passive",
+    }
+}
+
+/// Writes the answer. `media` has one entry per offered m-line, in order.
+pub fn build_answer(offer: &Offer, local: &Local, media: &[AnswerMedia]) -> String {
+    let mut s = String::with_capacity(2048);
+    let ip = local.candidate.ip();
+    let ipv = if ip.is_ipv4() { "IP4" } else { "IP6" };
+    let _ = write!(
+        s,
+        "v=0\r\no=volna {} 2 IN {ipv} {ip}\r\ns=-\r\nt=0 0\r\n",
+        local.session_id
+    );
+    let accepted: Vec<&str> = offer
+        .media
+        .iter()
+        .zip(media)
+        .filter(|(_, a)| matches!(a, AnswerMedia::Accepted { .. }))
+        .map(|(m, _)| m.mid.as_str())
+        .collect();
+    if !accepted.is_empty() {
+        let _ = write!(s, "a=group:BUNDLE {}\r\n", accepted.join(" "));
+    }
+    s.push_str("a=ice-lite\r\n");
+    if offer.extmap_allow_mixed {
+        s.push_str("a=extmap-allow-mixed\r\n");
+    }
+    let _ = write!(s, "a=msid-semantic: WMS *\r\n");
+    let mut first = true;
+    for (m, a) in offer.media.iter().zip(media) {
+        match a {
+            AnswerMedia::Rejected => {
+                let fmt = m.formats.first().map_or("0", String::as_str);
+                let _ = write!(
+                    s,
+                    "m={} 0 {} {fmt}\r\nc=IN {ipv} {ip}\r\na=mid:{}\r\na=inactive\r\n",
+                    m.media,
+                    m.protos.join("/"),
+                    m.mid
+                );
+            }
+            AnswerMedia::Accepted {
+                codec,
+                direction,
+                ext,
+                source,
+                remb,
+            } => {
+                let _ = write!(
+                    s,
+                    "m={} 9 UDP/TLS/RTP/SAVPF {}\r\nc=IN {ipv} {ip}\r\n",
+                    m.media, codec.payload_type
+                );
+                let _ = write!(s, "a=mid:{}\r\n", m.mid);
+                let _ = write!(
+                    s,
+                    "a=ice-ufrag:{}\r\na=ice-pwd:{}\r\n",
+                    local.ice_ufrag, local.ice_pwd
+                );
+                let _ = write!(
+                    s,
+                    "a=fingerprint:sha-256 {}\r\na=setup:{}\r\n",
+                    local.fingerprint,
+                    answer_setup(offer.setup)
+                );
+                for (id, uri) in ext {
+                    let _ = write!(s, "a=extmap:{id} {uri}\r\n");
+                }
+                let _ = write!(s, "a={}\r\na=rtcp-mux\r\n", direction.as_str());
+                if m.kind == Some(MediaKind::Video) {
+                    s.push_str("a=rtcp-rsize\r\n");
+                }
+                let pt = codec.payload_type;
+                if codec.channels.is_empty() {
+                    let _ = write!(s, "a=rtpmap:{pt} {}/{}\r\n", codec.name, codec.clock_rate);
+                } else {
+                    let _ = write!(
+                        s,
+                        "a=rtpmap:{pt} {}/{}/{}\r\n",
+                        codec.name, codec.clock_rate, codec.channels
+                    );
+                }
+                for fb in codec.supported_feedback(*remb).0 {
+                    let _ = write!(s, "a=rtcp-fb:{pt} {fb}\r\n");
+                }
+                if !codec.fmtp.is_empty() {
+                    let _ = write!(s, "a=fmtp:{pt} {}\r\n", codec.fmtp);
+                }
+                if let Some(src) = source {
+                    let _ = write!(s, "a=msid:{} {}\r\n", src.stream_id, src.track_id);
+                    let _ = write!(s, "a=ssrc:{} cname:{}\r\n", src.ssrc, src.cname);
+                    let _ = write!(
+                        s,
+                        "a=ssrc:{} msid:{} {}\r\n",
+                        src.ssrc, src.stream_id, src.track_id
+                    );
+                }
+                if first {
+                    let _ = write!(
+                        s,
+                        "a=candidate:1 1 udp 2130706431 {ip} {} typ host\r\n",
+                        local.candidate.port()
+                    );
+                    s.push_str("a=end-of-candidates\r\n");
+                    first = false;
+                }
+            }
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) const CHROME_OFFER: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\na=extmap-allow-mixed\r\na=msid-semantic: WMS s\r\n\
+m=audio 9 UDP/TLS/RTP/SAVPF 111 0\r\nc=IN IP4 0.0.0.0\r\na=rtcp:9 IN IP4 0.0.0.0\r\na=ice-ufrag:abcd\r\na=ice-pwd:0123456789012345678901\r\na=ice-options:trickle\r\n\
+a=fingerprint:sha-256 AA:BB:CC\r\na=setup:actpass\r\na=mid:0\r\na=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level\r\na=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid\r\n\
+a=extmap:3 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01\r\na=sendonly\r\na=msid:s a\r\na=rtcp-mux\r\na=rtpmap:111 opus/48000/2\r\na=rtcp-fb:111 transport-cc\r\n\
+a=fmtp:111 minptime=10;useinbandfec=1\r\na=rtpmap:0 PCMU/8000\r\na=ssrc:1111 cname:x\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 96 97 102\r\nc=IN IP4 0.0.0.0\r\na=ice-ufrag:abcd\r\na=ice-pwd:0123456789012345678901\r\na=fingerprint:sha-256 AA:BB:CC\r\na=setup:actpass\r\na=mid:1\r\n\
+a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid\r\na=extmap:13 urn:3gpp:video-orientation\r\na=sendonly\r\na=rtcp-mux\r\na=rtcp-rsize\r\na=rtpmap:96 VP8/90000\r\n\
+a=rtcp-fb:96 goog-remb\r\na=rtcp-fb:96 transport-cc\r\na=rtcp-fb:96 ccm fir\r\na=rtcp-fb:96 nack\r\na=rtcp-fb:96 nack pli\r\na=rtpmap:97 rtx/90000\r\na=fmtp:97 apt=96\r\n\
+a=rtpmap:102 H264/90000\r\na=fmtp:102 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f\r\na=ssrc-group:FID 2222 3333\r\na=ssrc:2222 cname:x\r\na=ssrc:3333 cname:x\r\n";
+
+    #[test]
+    fn parses_a_browser_offer() {
+        let o = Offer::parse(CHROME_OFFER).unwrap();
+        assert_eq!(
+            (o.ice_ufrag.as_str(), o.fingerprint.as_str(), o.setup),
+            ("abcd", "aa:bb:cc", Setup::Actpass)
+        );
+        assert_eq!(o.media.len(), 2);
+        let a = &o.media[0];
+        assert_eq!(
+            (a.kind, a.mid.as_str(), a.direction, a.ssrc),
+            (Some(MediaKind::Audio), "0", Direction::SendOnly, Some(1111))
+        );
+        assert_eq!(a.codecs[0].codec, Some(Codec::Opus));
+        assert_eq!(a.codecs[1].name, "PCMU");
+        assert_eq!(a.ext_map().id(ExtKind::Mid), Some(4));
+        let v = &o.media[1];
+        assert_eq!(
+            v.codecs.iter().map(|c| c.payload_type).collect::<Vec<_>>(),
+            vec![96, 97, 102]
+        );
+        assert_eq!(v.ssrc, Some(2222));
+        assert!(v.codecs[0].feedback.contains(&"nack pli".to_owned()));
+    }
+
+    #[test]
+    fn rejects_bad_offers() {
+        let cases: Vec<(&str, String, &str)> = vec![
+            ("garbage", "hello".into(), "does not parse"),
+            (
+                "no ice",
+                CHROME_OFFER.replace("a=ice-ufrag:abcd\r\n", ""),
+                "ice-ufrag",
+            ),
+            (
+                "no fingerprint",
+                CHROME_OFFER.replace("a=fingerprint:sha-256 AA:BB:CC\r\n", ""),
+                "fingerprint",
+            ),
+            (
+                "sha-1 only",
+                CHROME_OFFER.replace("sha-256 AA", "sha-1 AA"),
+                "sha-256",
+            ),
+            (
+                "no rtcp-mux",
+                CHROME_OFFER.replace("a=rtcp-mux\r\n", ""),
+                "rtcp-mux",
+            ),
+            (
+                "plain RTP",
+                CHROME_OFFER.replace("UDP/TLS/RTP/SAVPF", "RTP/AVP"),
+                "UDP/TLS/RTP/SAVPF",
+            ),
+            ("no mid", CHROME_OFFER.replace("a=mid:0\r\n", ""), "a=mid"),
+            (
+                "bad setup",
+                CHROME_OFFER.replace("setup:actpass", "setup:holdconn"),
+                "setup",
+            ),
+        ];
+        for (name, sdp, want) in cases {
+            let err = Offer::parse(&sdp).expect_err(name).to_string();
+            assert!(err.contains(want), "{name}: {err}");
+        }
+    }
+
+    #[test]
+    fn answer_mirrors_offer() {
+        let o = Offer::parse(CHROME_OFFER).unwrap();
+        let local = Local {
+            ice_ufrag: "uf".into(),
+            ice_pwd: "pw".into(),
+            fingerprint: "01:02".into(),
+            candidate: "127.0.0.1:5000".parse().unwrap(),
+            session_id: 7,
+        };
+        let audio = AnswerMedia::accept(
+            &o.media[0],
+            o.media[0].codecs[0].clone(),
+            Direction::RecvOnly,
+            &[ExtKind::Mid, ExtKind::AudioLevel],
+            None,
+            true,
+        );
+        let video = AnswerMedia::accept(
+            &o.media[1],
+            o.media[1].codecs[0].clone(),
+            Direction::RecvOnly,
+            &[ExtKind::Mid],
+            None,
+            true,
+        );
+        assert_eq!(
+            video.feedback(),
+            Feedback {
+                nack: true,
+                pli: true,
+                fir: true,
+                remb: true
+            }
+        );
+        let text = build_answer(&o, &local, &[audio, video]);
+        for line in [
+            "a=group:BUNDLE 0 1",
+            "a=ice-lite",
+            "m=audio 9 UDP/TLS/RTP/SAVPF 111",
+            "a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level",
+            "a=setup:passive",
+            "a=recvonly",
+            "a=rtcp-fb:96 nack pli",
+            "a=rtcp-fb:96 goog-remb",
+            "a=candidate:1 1 udp 2130706431 127.0.0.1 5000 typ host",
+        ] {
+            assert!(
+                text.contains(&format!("{line}\r\n")),
+                "missing {line}\n{text}"
+            );
+        }
+        assert!(
+            !text.contains("transport-cc"),
+            "unsupported feedback must not be echoed"
+        );
+        assert!(
+            !text.contains("a=extmap:13"),
+            "unrequested extension must not be echoed"
+        );
+        // The answer is valid SDP to our own parser too (as a round trip check of syntax).
+        SessionDescription::unmarshal(&mut Cursor::new(text.as_bytes())).unwrap();
+    }
+
+    #[test]
+    fn h264_compatibility() {
+        let c = |fmtp: &str| OfferedCodec {
+            payload_type: 102,
+            codec: Some(Codec::H264),
+            name: "H264".into(),
+            clock_rate: 90000,
+            channels: String::new(),
+            fmtp: fmtp.into(),
+            feedback: vec![],
+        };
+        let base = c("packetization-mode=1;profile-level-id=42e01f");
+        assert!(base.compatible(&c("profile-level-id=42e034;packetization-mode=1")));
+        assert!(!base.compatible(&c("packetization-mode=0;profile-level-id=42e01f")));
+        assert!(!base.compatible(&c("packetization-mode=1;profile-level-id=640c1f")));
+    }
+}

@@ -1,0 +1,3 @@
+//! Transports that carry media to and from the relay core.
+
+pub mod webrtc;

@@ -1,0 +1,141 @@
+//! The media worker: one thread owning the UDP socket and a [`Shard`]. Commands from signalling
+//! arrive on a channel; packets never leave the thread.
+
+use std::net::SocketAddr;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, warn};
+
+use crate::signal::sdp::Offer;
+use crate::transport::webrtc::session::Role;
+use crate::transport::webrtc::{Created, Shard, ShardError, ShardStats};
+
+pub enum Command {
+    Publish {
+        room: String,
+        offer: Box<Offer>,
+        reply: oneshot::Sender<Result<Created, ShardError>>,
+    },
+    View {
+        room: String,
+        publisher: Option<String>,
+        offer: Box<Offer>,
+        reply: oneshot::Sender<Result<Created, ShardError>>,
+    },
+    Delete {
+        role: Role,
+        room: String,
+        resource: String,
+        reply: oneshot::Sender<Result<(), ShardError>>,
+    },
+    Stats {
+        reply: oneshot::Sender<ShardStats>,
+    },
+}
+
+/// Handle to a running worker.
+#[derive(Clone)]
+pub struct WorkerHandle {
+    tx: mpsc::Sender<Command>,
+    pub media_addr: SocketAddr,
+}
+
+impl WorkerHandle {
+    pub async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(make(reply)).await.ok()?;
+        rx.await.ok()
+    }
+}
+
+pub fn apply(shard: &mut Shard, now: Instant, cmd: Command) {
+    // A dropped receiver means the HTTP request went away; nothing to do then.
+    match cmd {
+        Command::Publish { room, offer, reply } => {
+            let _ = reply.send(shard.publish(now, &room, &offer));
+        }
+        Command::View {
+            room,
+            publisher,
+            offer,
+            reply,
+        } => {
+            let _ = reply.send(shard.view(now, &room, publisher.as_deref(), &offer));
+        }
+        Command::Delete {
+            role,
+            room,
+            resource,
+            reply,
+        } => {
+            let _ = reply.send(shard.delete(now, role, &room, &resource));
+        }
+        Command::Stats { reply } => {
+            let _ = reply.send(shard.stats());
+        }
+    }
+}
+
+/// Starts the worker thread on an already bound socket.
+pub fn spawn(
+    socket: std::net::UdpSocket,
+    shard: Shard,
+) -> std::io::Result<(WorkerHandle, JoinHandle<()>)> {
+    let media_addr = socket.local_addr()?;
+    socket.set_nonblocking(true)?;
+    let (tx, rx) = mpsc::channel(256);
+    let join = std::thread::Builder::new()
+        .name("volna-worker-0".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    error!(error = %e, "worker runtime failed to start");
+                    return;
+                }
+            };
+            rt.block_on(run(socket, shard, rx));
+        })?;
+    Ok((WorkerHandle { tx, media_addr }, join))
+}
+
+async fn run(socket: std::net::UdpSocket, mut shard: Shard, mut rx: mpsc::Receiver<Command>) {
+    let socket = match tokio::net::UdpSocket::from_std(socket) {
+        Ok(s) => s,
+        Err(e) => {
+            error!(error = %e, "worker socket");
+            return;
+        }
+    };
+    let mut buf = vec![0u8; 2048];
+    loop {
+        while let Some((to, data)) = shard.poll_transmit() {
+            if let Err(e) = socket.send_to(&data, to).await {
+                warn!(peer = %to, error = %e, "send failed");
+            }
+        }
+        let now = Instant::now();
+        let deadline = shard.poll_timeout().unwrap_or(now + Duration::from_secs(1));
+        if deadline <= now {
+            shard.handle_timeout(now);
+            continue;
+        }
+        tokio::select! {
+            r = socket.recv_from(&mut buf) => match r {
+                Ok((n, from)) => shard.handle_datagram(Instant::now(), from, &buf[..n]),
+                // ICMP errors for earlier sends surface here on some systems; keep going.
+                Err(e) => warn!(error = %e, "recv failed"),
+            },
+            c = rx.recv() => match c {
+                Some(cmd) => apply(&mut shard, Instant::now(), cmd),
+                None => break,
+            },
+            _ = tokio::time::sleep_until(deadline.into()) => shard.handle_timeout(Instant::now()),
+        }
+    }
+}

@@ -1,0 +1,153 @@
+// Helpers for the end-to-end tests: a network namespace per test file, the relay and the clients
+// started inside it, and polling with deadlines. Everything started here is stopped in `cleanup`.
+import { spawn, execFileSync } from 'node:child_process';
+import { mkdtempSync, writeFileSync, chmodSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, dirname, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import puppeteer from 'puppeteer-core';
+
+const here = dirname(fileURLToPath(import.meta.url));
+export const repo = resolve(here, '..', '..');
+export const volnaBin = process.env.VOLNA_BIN || join(repo, 'target', 'debug', 'volna');
+
+export function isRoot() {
+  return typeof process.getuid === 'function' && process.getuid() === 0;
+}
+
+export class Netns {
+  constructor(tag, { veth } = {}) {
+    this.name = `volna-${tag}-${process.pid}`;
+    this.procs = [];
+    this.dirs = [];
+    execFileSync('ip', ['netns', 'add', this.name]);
+    this.exec(['ip', 'link', 'set', 'lo', 'up']);
+    if (veth) {
+      // libnice-based clients skip loopback: give them an address of their own on a veth pair.
+      this.exec(['ip', 'link', 'add', 'vt0', 'type', 'veth', 'peer', 'name', 'vt1']);
+      this.exec(['ip', 'addr', 'add', `${veth}/24`, 'dev', 'vt0']);
+      this.exec(['ip', 'link', 'set', 'vt0', 'up']);
+      this.exec(['ip', 'link', 'set', 'vt1', 'up']);
+    }
+  }
+
+  exec(argv) {
+    return execFileSync('ip', ['netns', 'exec', this.name, ...argv], { encoding: 'utf8' });
+  }
+
+  spawn(argv, { log } = {}) {
+    const p = spawn('ip', ['netns', 'exec', this.name, ...argv], { stdio: ['ignore', 'pipe', 'pipe'] });
+    p.output = '';
+    const keep = (d) => {
+      p.output += d.toString();
+      if (log) process.stderr.write(`[${log}] ${d}`);
+    };
+    p.stdout.on('data', keep);
+    p.stderr.on('data', keep);
+    this.procs.push(p);
+    return p;
+  }
+
+  tempDir() {
+    const d = mkdtempSync(join(tmpdir(), 'volna-test-'));
+    this.dirs.push(d);
+    return d;
+  }
+
+  async cleanup() {
+    for (const p of this.procs.reverse()) {
+      if (p.exitCode === null) p.kill('SIGKILL');
+    }
+    await sleep(200);
+    try {
+      execFileSync('ip', ['netns', 'del', this.name]);
+    } catch (e) {
+      process.stderr.write(`netns del ${this.name}: ${e}\n`);
+    }
+    for (const d of this.dirs) rmSync(d, { recursive: true, force: true });
+  }
+}
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Polls `fn` until it returns a truthy value or `ms` passes; returns the last value. */
+export async function waitFor(fn, ms, every = 250) {
+  const end = Date.now() + ms;
+  let last;
+  while (Date.now() < end) {
+    last = await fn();
+    if (last) return last;
+    await sleep(every);
+  }
+  return last;
+}
+
+/** Starts volna in the namespace and waits for /health. */
+export async function startVolna(ns, { http, media, extra = [] }) {
+  const p = ns.spawn([volnaBin, '--http', http, '--media', media, ...extra], { log: process.env.VOLNA_LOG ? 'volna' : undefined });
+  const ok = await waitFor(() => {
+    if (p.exitCode !== null) throw new Error(`volna exited: ${p.output}`);
+    try {
+      return ns.exec(['curl', '-fsS', `http://${http}/health`]).includes('ok');
+    } catch {
+      return false;
+    }
+  }, 15000);
+  if (!ok) throw new Error(`volna did not start: ${p.output}`);
+  return p;
+}
+
+/** Serves pages/ from inside the namespace on a second origin (so CORS is exercised). */
+export async function startPages(ns, addr) {
+  const [host, port] = addr.split(':');
+  const p = ns.spawn(['python3', '-m', 'http.server', port, '--bind', host, '--directory', join(here, 'pages')]);
+  const ok = await waitFor(() => {
+    try {
+      return ns.exec(['curl', '-fsS', `http://${addr}/index.html`]).includes('volna');
+    } catch {
+      return false;
+    }
+  }, 10000);
+  if (!ok) throw new Error(`page server did not start: ${p.output}`);
+  return p;
+}
+
+/** Launches Debian's Chromium inside the namespace, driven over a pipe. */
+export async function launchChromium(ns) {
+  const dir = ns.tempDir();
+  const wrapper = join(dir, 'chromium-in-netns');
+  writeFileSync(wrapper, `#!/bin/sh\nexec ip netns exec ${ns.name} /usr/bin/chromium "$@"\n`);
+  chmodSync(wrapper, 0o755);
+  return puppeteer.launch({
+    executablePath: wrapper,
+    pipe: true,
+    headless: true,
+    userDataDir: join(dir, 'profile'),
+    args: [
+      '--no-sandbox',
+      '--disable-gpu',
+      '--no-first-run',
+      '--disable-quic',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+      '--use-fake-device-for-media-stream',
+      '--use-fake-ui-for-media-stream',
+      '--allow-loopback-in-peer-connection',
+      '--autoplay-policy=no-user-gesture-required',
+    ],
+  });
+}
+
+export async function openPage(browser, origin) {
+  const page = await browser.newPage();
+  page.on('console', (m) => {
+    if (process.env.VOLNA_LOG) process.stderr.write(`[page] ${m.text()}\n`);
+  });
+  await page.goto(`${origin}/index.html`);
+  return page;
+}
+
+export async function relayStats(page, http) {
+  return page.evaluate(async (u) => (await fetch(u)).json(), `http://${http}/stats`);
+}

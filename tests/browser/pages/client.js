@@ -1,0 +1,77 @@
+// WHIP/WHEP client used by the browser tests: plain RTCPeerConnection, non-trickle ICE.
+'use strict';
+
+async function gathered(pc) {
+  if (pc.iceGatheringState === 'complete') return;
+  await new Promise((resolve) => {
+    pc.addEventListener('icegatheringstatechange', () => {
+      if (pc.iceGatheringState === 'complete') resolve();
+    });
+  });
+}
+
+async function negotiate(pc, url) {
+  await pc.setLocalDescription(await pc.createOffer());
+  await gathered(pc);
+  const res = await fetch(url, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/sdp' },
+    body: pc.localDescription.sdp,
+  });
+  const text = await res.text();
+  if (res.status !== 201) throw new Error(`${url}: ${res.status} ${text}`);
+  await pc.setRemoteDescription({ type: 'answer', sdp: text });
+  return { location: new URL(res.headers.get('Location'), url).href, publisher: res.headers.get('X-Volna-Publisher') };
+}
+
+window.events = [];
+
+window.publish = async (url) => {
+  const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: true });
+  const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
+  for (const track of stream.getTracks()) pc.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
+  window.pc = pc;
+  const r = await negotiate(pc, url);
+  window.session = r.location;
+  return r;
+};
+
+window.view = async (url) => {
+  const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
+  pc.addTransceiver('video', { direction: 'recvonly' });
+  pc.addTransceiver('audio', { direction: 'recvonly' });
+  pc.ontrack = (ev) => {
+    const el = document.getElementById(ev.track.kind === 'video' ? 'v' : 'a');
+    el.srcObject = new MediaStream([ev.track]);
+    el.play().catch(() => {});
+    ev.track.onended = () => window.events.push(`${ev.track.kind}:ended`);
+    ev.track.onmute = () => window.events.push(`${ev.track.kind}:mute`);
+  };
+  pc.onconnectionstatechange = () => window.events.push(`pc:${pc.connectionState}`);
+  window.pc = pc;
+  const r = await negotiate(pc, url);
+  window.session = r.location;
+  const dtls = pc.getTransceivers()[0].receiver.transport;
+  if (dtls) dtls.onstatechange = () => window.events.push(`dtls:${dtls.state}`);
+  return r;
+};
+
+window.inbound = async () => {
+  const out = { video: {}, audio: {} };
+  const stats = await window.pc.getStats();
+  stats.forEach((s) => {
+    if (s.type === 'inbound-rtp') out[s.kind] = s;
+  });
+  return {
+    framesDecoded: out.video.framesDecoded || 0,
+    videoPackets: out.video.packetsReceived || 0,
+    audioPackets: out.audio.packetsReceived || 0,
+    frameWidth: out.video.frameWidth || 0,
+    connectionState: window.pc.connectionState,
+  };
+};
+
+window.hangUp = async () => {
+  const res = await fetch(window.session, { method: 'DELETE' });
+  return res.status;
+};
