@@ -165,9 +165,16 @@ pub struct OfferedMedia {
     pub extmaps: Vec<(u8, String)>,
     pub ssrc: Option<u32>,
     pub simulcast: bool,
+    /// RFC 8843 §6: port 0 with `a=bundle-only` is a live m-line inside the BUNDLE group.
+    pub bundle_only: bool,
 }
 
 impl OfferedMedia {
+    /// Whether the m-line is live (not rejected by the offerer with port 0).
+    pub fn active(&self) -> bool {
+        self.port != 0 || self.bundle_only
+    }
+
     /// The negotiated extension ids volna understands, as a lookup table.
     pub fn ext_map(&self) -> ExtMap {
         let mut m = ExtMap::default();
@@ -213,8 +220,9 @@ impl Offer {
                 .flatten()
                 .ok_or(SdpError::NoMid(i))?
                 .to_owned();
-            let bundled_away = md.media_name.port.value == 0;
-            if kind.is_some() && !bundled_away {
+            let bundle_only = md.has_attribute("bundle-only");
+            let active = md.media_name.port.value != 0 || bundle_only;
+            if kind.is_some() && active {
                 if md.media_name.protos.join("/") != "UDP/TLS/RTP/SAVPF" {
                     return Err(SdpError::Protocol(mid));
                 }
@@ -281,9 +289,10 @@ impl Offer {
                 extmaps,
                 ssrc,
                 simulcast: md.has_attribute("simulcast"),
+                bundle_only,
             });
         }
-        if !media.iter().any(|m| m.kind.is_some() && m.port != 0) {
+        if !media.iter().any(|m| m.kind.is_some() && m.active()) {
             return Err(SdpError::NoMedia);
         }
         let (Some(ufrag), Some(pwd)) = (ufrag, pwd) else {
@@ -641,6 +650,15 @@ a=rtpmap:102 H264/90000\r\na=fmtp:102 level-asymmetry-allowed=1;packetization-mo
         );
         // The answer is valid SDP to our own parser too (as a round trip check of syntax).
         SessionDescription::unmarshal(&mut Cursor::new(text.as_bytes())).unwrap();
+    }
+
+    #[test]
+    fn bundle_only_m_line_is_live() {
+        let sdp = CHROME_OFFER.replace("m=video 9 UDP", "m=video 0 UDP").replace("a=mid:1\r\n", "a=mid:1\r\na=bundle-only\r\n");
+        let o = Offer::parse(&sdp).unwrap();
+        assert!(o.media[1].active());
+        let rejected = CHROME_OFFER.replace("m=video 9 UDP", "m=video 0 UDP");
+        assert!(!Offer::parse(&rejected).unwrap().media[1].active());
     }
 
     #[test]

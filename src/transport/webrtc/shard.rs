@@ -278,7 +278,7 @@ impl Shard {
         for m in &offer.media {
             let codec = m
                 .kind
-                .filter(|_| m.direction.sends() && m.port != 0)
+                .filter(|_| m.direction.sends() && m.active())
                 .and_then(|k| m.codecs.iter().find(|c| forwardable(k, c)));
             let (Some(kind), Some(codec)) = (m.kind, codec) else {
                 answers.push(AnswerMedia::Rejected);
@@ -362,7 +362,7 @@ impl Shard {
         let mut vtracks = Vec::new();
         let mut rng = rand::thread_rng();
         for m in &offer.media {
-            let Some(kind) = m.kind.filter(|_| m.direction.receives() && m.port != 0) else {
+            let Some(kind) = m.kind.filter(|_| m.direction.receives() && m.active()) else {
                 answers.push(AnswerMedia::Rejected);
                 continue;
             };

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs what it needs (Debian packages when root,
+# npm packages always), then runs format and lint checks, unit and scenario tests, a bench smoke
+# run, and the end-to-end tests with real Chromium and GStreamer in network namespaces.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(chromium fonts-liberation iproute2 curl python3-gi
+  gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
+  gstreamer1.0-nice gir1.2-gst-plugins-base-1.0 gir1.2-gst-plugins-bad-1.0)
+if [ "$(id -u)" = 0 ]; then
+  missing=()
+  for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+else
+  echo "not root: Debian packages are not installed and the end-to-end tests will be skipped"
+fi
+command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
+
+(cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+
+echo "== format and lint"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+
+echo "== unit and scenario tests"
+cargo build --workspace --bins
+cargo nextest run --workspace --no-fail-fast
+cargo test --workspace --doc
+
+echo "== benches compile and run once"
+cargo bench --bench rtp -- --test
+
+echo "== end-to-end: Chromium and GStreamer through volna"
+export VOLNA_BIN="$PWD/target/debug/volna"
+(cd tests/browser && node --test --test-concurrency=1 --test-reporter=spec)
