@@ -654,7 +654,9 @@ a=rtpmap:102 H264/90000\r\na=fmtp:102 level-asymmetry-allowed=1;packetization-mo
 
     #[test]
     fn bundle_only_m_line_is_live() {
-        let sdp = CHROME_OFFER.replace("m=video 9 UDP", "m=video 0 UDP").replace("a=mid:1\r\n", "a=mid:1\r\na=bundle-only\r\n");
+        let sdp = CHROME_OFFER
+            .replace("m=video 9 UDP", "m=video 0 UDP")
+            .replace("a=mid:1\r\n", "a=mid:1\r\na=bundle-only\r\n");
         let o = Offer::parse(&sdp).unwrap();
         assert!(o.media[1].active());
         let rejected = CHROME_OFFER.replace("m=video 9 UDP", "m=video 0 UDP");

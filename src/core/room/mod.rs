@@ -133,7 +133,6 @@ struct ViewerTrack {
 struct Viewer {
     room: String,
     publisher: Option<SessionId>,
-    rtcp_ssrc: u32,
     tracks: Vec<ViewerTrack>,
 }
 
@@ -229,7 +228,6 @@ impl Relay {
         now: Instant,
         id: SessionId,
         publisher: SessionId,
-        rtcp_ssrc: u32,
         tracks: Vec<ViewerTrackSpec>,
         sink: &mut impl Sink,
     ) -> Result<(), RoomError> {
@@ -263,7 +261,6 @@ impl Relay {
             Viewer {
                 room,
                 publisher: Some(publisher),
-                rtcp_ssrc,
                 tracks: vtracks,
             },
         );

@@ -36,7 +36,7 @@ pub struct Session {
     pub last_rx: Instant,
     /// A viewer's tracks wait here until SRTP is up, so its first keyframe is not sent into
     /// a connection that cannot carry it yet.
-    pub pending_viewer: Option<(SessionId, u32, Vec<ViewerTrackSpec>)>,
+    pub pending_viewer: Option<(SessionId, Vec<ViewerTrackSpec>)>,
     pub rtcp_ssrc: u32,
     /// A publisher's tracks: kind and negotiated codec, in the relay's track order.
     pub published: Vec<(MediaKind, OfferedCodec)>,

@@ -415,7 +415,7 @@ impl Shard {
             .into());
         }
         let mut s = self.new_session(now, Role::Viewer, room, offer)?;
-        s.pending_viewer = Some((pub_id, s.rtcp_ssrc, vtracks));
+        s.pending_viewer = Some((pub_id, vtracks));
         let answer = build_answer(offer, &self.local(&s), &answers);
         info!(session = s.id, room, publisher = %pub_public, "viewer created");
         let created = Created {
@@ -464,6 +464,15 @@ impl Shard {
                     self.relay.remove_viewer(id);
                 }
             }
+        }
+        if role == Role::Publisher {
+            // Viewers still in their handshake are not in the relay yet, but watch this publisher.
+            orphans.extend(
+                self.sessions
+                    .values()
+                    .filter(|s| s.pending_viewer.as_ref().is_some_and(|(p, _)| *p == id))
+                    .map(|s| s.id),
+            );
         }
         if let Some(mut s) = self.sessions.remove(&id) {
             s.dtls.close(now);
@@ -572,16 +581,13 @@ impl Shard {
                 };
                 info!(session = id, room = %s.room, peer = %from, profile = ?keys.profile, elapsed_ms = now.duration_since(s.created).as_millis() as u64, "DTLS connected");
                 s.srtp = Some(*keys);
-                if let Some((pub_id, rtcp_ssrc, tracks)) = s.pending_viewer.take() {
+                if let Some((pub_id, tracks)) = s.pending_viewer.take() {
                     let mut out = Out {
                         sessions: &mut self.sessions,
                         queue: &mut self.queue,
                         scratch: &mut self.scratch,
                     };
-                    if let Err(e) = self
-                        .relay
-                        .add_viewer(now, id, pub_id, rtcp_ssrc, tracks, &mut out)
-                    {
+                    if let Err(e) = self.relay.add_viewer(now, id, pub_id, tracks, &mut out) {
                         warn!(session = id, error = %e, "viewer's publisher is gone");
                         self.close(now, id, "publisher left");
                     }

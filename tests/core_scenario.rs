@@ -1,0 +1,375 @@
+//! The relay core on virtual time: one publisher (Opus + VP8), two viewers joining at different
+//! moments. Every output goes through a recording sink, so each step's effect is checked exactly.
+
+use std::time::{Duration, Instant};
+
+use volna::core::room::{
+    Feedback, MediaKind, Relay, RelayConfig, SessionId, Sink, TrackSpec, ViewerTrackSpec,
+};
+use volna::core::rtcp::{Compound, Pli, RtcpPacket, SenderReport};
+use volna::core::rtp::{Codec, ExtKind, ExtMap, RtpView};
+
+const PUB: SessionId = 1;
+const V1: SessionId = 2;
+const V2: SessionId = 3;
+const AUDIO_SSRC: u32 = 0xa0d1;
+const VIDEO_SSRC: u32 = 0x7e0;
+
+#[derive(Default)]
+struct Recorder {
+    rtp: Vec<(SessionId, Vec<u8>)>,
+    rtcp: Vec<(SessionId, Vec<u8>)>,
+}
+
+impl Sink for Recorder {
+    fn rtp(&mut self, to: SessionId, header: &[u8], payload: &[u8]) {
+        let mut p = header.to_vec();
+        p.extend_from_slice(payload);
+        self.rtp.push((to, p));
+    }
+    fn rtcp(&mut self, to: SessionId, packet: &[u8]) {
+        self.rtcp.push((to, packet.to_vec()));
+    }
+}
+
+impl Recorder {
+    fn take(&mut self) -> (Vec<(SessionId, Vec<u8>)>, Vec<(SessionId, Vec<u8>)>) {
+        (
+            std::mem::take(&mut self.rtp),
+            std::mem::take(&mut self.rtcp),
+        )
+    }
+}
+
+fn ext(pairs: &[(u8, ExtKind)]) -> ExtMap {
+    let mut m = ExtMap::default();
+    for (id, k) in pairs {
+        m.insert(*id, *k);
+    }
+    m
+}
+
+fn publisher_tracks() -> Vec<TrackSpec> {
+    let fb = Feedback {
+        nack: true,
+        pli: true,
+        fir: true,
+        remb: true,
+    };
+    vec![
+        TrackSpec {
+            kind: MediaKind::Audio,
+            mid: "0".into(),
+            codec: Codec::Opus,
+            payload_type: 111,
+            clock_rate: 48000,
+            ssrc: Some(AUDIO_SSRC),
+            ext: ext(&[(1, ExtKind::AudioLevel), (4, ExtKind::Mid)]),
+            feedback: Feedback::default(),
+        },
+        TrackSpec {
+            kind: MediaKind::Video,
+            mid: "1".into(),
+            codec: Codec::Vp8,
+            payload_type: 96,
+            clock_rate: 90000,
+            ssrc: Some(VIDEO_SSRC),
+            ext: ext(&[(4, ExtKind::Mid)]),
+            feedback: fb,
+        },
+    ]
+}
+
+fn viewer_tracks(base_ssrc: u32) -> Vec<ViewerTrackSpec> {
+    vec![
+        ViewerTrackSpec {
+            source: 1,
+            mid: "0".into(),
+            ssrc: base_ssrc + 1,
+            payload_type: 98,
+            ext: ext(&[(2, ExtKind::Mid)]),
+            initial_seq: 100,
+            initial_ts: 5000,
+        },
+        ViewerTrackSpec {
+            source: 0,
+            mid: "1".into(),
+            ssrc: base_ssrc + 2,
+            payload_type: 109,
+            ext: ext(&[(2, ExtKind::Mid), (3, ExtKind::AudioLevel)]),
+            initial_seq: 7,
+            initial_ts: 0,
+        },
+    ]
+}
+
+fn rtp(ssrc: u32, pt: u8, seq: u16, ts: u32, ext_elems: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut p = vec![0x80, pt, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    p[2..4].copy_from_slice(&seq.to_be_bytes());
+    p[4..8].copy_from_slice(&ts.to_be_bytes());
+    p[8..12].copy_from_slice(&ssrc.to_be_bytes());
+    if !ext_elems.is_empty() {
+        p[0] |= 0x10;
+        let words = ext_elems.len().div_ceil(4);
+        p.extend_from_slice(&[0xbe, 0xde, 0, words as u8]);
+        p.extend_from_slice(ext_elems);
+        p.resize(p.len() + words * 4 - ext_elems.len(), 0);
+    }
+    p.extend_from_slice(payload);
+    p
+}
+
+fn feed(relay: &mut Relay, now: Instant, pkt: &[u8], sink: &mut Recorder) {
+    let view = RtpView::parse(pkt).expect("test packet parses");
+    relay.handle_rtp(now, PUB, pkt, &view, sink);
+}
+
+fn rtcp_of(out: &[(SessionId, Vec<u8>)], to: SessionId) -> Vec<String> {
+    out.iter()
+        .filter(|(s, _)| *s == to)
+        .flat_map(|(_, p)| {
+            Compound::new(p)
+                .map(|r| format!("{:?}", r.expect("relay writes valid RTCP")))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+const KEY: &[u8] = &[0x10, 0x00, 0x9d, 0x01, 0x2a];
+const DELTA: &[u8] = &[0x10, 0x01, 0x00];
+
+#[test]
+fn meeting_on_virtual_time() {
+    let t0 = Instant::now();
+    let at = |ms: u64| t0 + Duration::from_millis(ms);
+    let mut relay = Relay::new(RelayConfig::default());
+    let mut sink = Recorder::default();
+    relay
+        .add_publisher(PUB, "room", 0x5e1f, publisher_tracks())
+        .unwrap();
+    assert_eq!(relay.room_publishers("room"), Some(&[PUB][..]));
+
+    // Viewer 1 joins: the publisher is asked for a keyframe at once.
+    relay
+        .add_viewer(at(0), V1, PUB, viewer_tracks(1000), &mut sink)
+        .unwrap();
+    let (_, rtcp) = sink.take();
+    assert_eq!(
+        rtcp_of(&rtcp, PUB),
+        vec![format!(
+            "{:?}",
+            RtcpPacket::Pli(Pli {
+                sender_ssrc: 0x5e1f,
+                media_ssrc: VIDEO_SSRC
+            })
+        )]
+    );
+
+    // Viewer 2 joins 100 ms later: within the rate limit, so no second request yet.
+    relay
+        .add_viewer(at(100), V2, PUB, viewer_tracks(2000), &mut sink)
+        .unwrap();
+    assert!(
+        sink.take().1.is_empty(),
+        "keyframe requests are rate-limited per publisher track"
+    );
+    let due = relay.poll_timeout().expect("deferred request is scheduled");
+    assert_eq!(
+        due,
+        at(0) + RelayConfig::default().keyframe_request_interval
+    );
+
+    // Audio reaches both at once, with their SSRC, PT, MID and the level under their id.
+    feed(
+        &mut relay,
+        at(120),
+        &rtp(
+            AUDIO_SSRC,
+            111,
+            40,
+            96000,
+            &[0x10, 0x85, 0x40, b'0'],
+            &[0xfc, 1, 2],
+        ),
+        &mut sink,
+    );
+    let (out, _) = sink.take();
+    assert_eq!(out.len(), 2);
+    for (to, pkt) in &out {
+        let v = RtpView::parse(pkt).unwrap();
+        let base = if *to == V1 { 1000 } else { 2000 };
+        assert_eq!(
+            (v.ssrc, v.payload_type, v.sequence, v.timestamp),
+            (base + 2, 109, 7, 0)
+        );
+        let exts: Vec<_> = v.extensions(pkt).collect();
+        assert_eq!(exts, vec![(2, &b"1"[..]), (3, &[0x85][..])]);
+        assert_eq!(v.payload(pkt), &[0xfc, 1, 2]);
+    }
+
+    // Video: a delta frame is held back, the keyframe starts the stream, numbering is continuous.
+    feed(
+        &mut relay,
+        at(130),
+        &rtp(VIDEO_SSRC, 96, 65535, 1_000, &[], DELTA),
+        &mut sink,
+    );
+    assert!(sink.take().0.is_empty(), "no video before a keyframe");
+    feed(
+        &mut relay,
+        at(140),
+        &rtp(VIDEO_SSRC, 96, 0, 4_000, &[], KEY),
+        &mut sink,
+    );
+    feed(
+        &mut relay,
+        at(150),
+        &rtp(VIDEO_SSRC, 96, 1, 4_000, &[], DELTA),
+        &mut sink,
+    );
+    let (out, _) = sink.take();
+    let v1: Vec<(u16, u32)> = out
+        .iter()
+        .filter(|(s, _)| *s == V1)
+        .map(|(_, p)| {
+            RtpView::parse(p)
+                .map(|v| (v.sequence, v.timestamp))
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(v1, vec![(100, 5000), (101, 5000)]);
+
+    // The deferred keyframe request goes out when its interval ends.
+    relay.handle_timeout(due, &mut sink);
+    let (_, rtcp) = sink.take();
+    let to_pub = rtcp_of(&rtcp, PUB);
+    assert!(
+        to_pub.iter().any(|s| s.starts_with("Pli")),
+        "deferred PLI sent: {to_pub:?}"
+    );
+    assert!(
+        to_pub.iter().any(|s| s.starts_with("ReceiverReport")),
+        "receiver report sent: {to_pub:?}"
+    );
+    assert!(
+        to_pub.iter().any(|s| s.contains("bitrate_bps: 2500000")),
+        "REMB cap sent: {to_pub:?}"
+    );
+
+    // A sender report is translated into each viewer's SSRC and timestamp space.
+    let mut sr = [0u8; 28];
+    SenderReport {
+        ssrc: VIDEO_SSRC,
+        ntp: 0xdead_beef_0000_0000,
+        rtp_timestamp: 4_000 + 900,
+        packets: 9,
+        octets: 99,
+    }
+    .write(&mut sr)
+    .unwrap();
+    relay.handle_publisher_rtcp(at(600), PUB, &sr, &mut sink);
+    let (_, rtcp) = sink.take();
+    let to_v1 = rtcp_of(&rtcp, V1);
+    assert_eq!(
+        to_v1,
+        vec![format!(
+            "{:?}",
+            RtcpPacket::SenderReport(SenderReport {
+                ssrc: 1001,
+                ntp: 0xdead_beef_0000_0000,
+                rtp_timestamp: 5900,
+                packets: 2,
+                octets: (KEY.len() + DELTA.len()) as u32
+            })
+        )]
+    );
+
+    // Viewer 1 NACKs its seq 101: the publisher is asked for its own seq 1.
+    let mut nack_buf = vec![0x81, 205, 0, 3, 0, 0, 0, 9, 0, 0, 0x03, 0xe9, 0, 101, 0, 0];
+    nack_buf[8..12].copy_from_slice(&1001u32.to_be_bytes());
+    relay.handle_viewer_rtcp(at(700), V1, &nack_buf, &mut sink);
+    let (_, rtcp) = sink.take();
+    let (to, pkt) = &rtcp[0];
+    assert_eq!(*to, PUB);
+    let Some(Ok(RtcpPacket::Nack(n))) = Compound::new(pkt).next() else {
+        panic!("expected a NACK")
+    };
+    assert_eq!(
+        (n.media_ssrc, n.pairs().collect::<Vec<_>>()),
+        (VIDEO_SSRC, vec![(1, 0)])
+    );
+
+    // A viewer's PLI is passed upstream (outside the rate-limit window).
+    let mut pli = [0u8; 12];
+    Pli {
+        sender_ssrc: 9,
+        media_ssrc: 2001,
+    }
+    .write(&mut pli)
+    .unwrap();
+    relay.handle_viewer_rtcp(at(2000), V2, &pli, &mut sink);
+    let (_, rtcp) = sink.take();
+    assert_eq!(
+        rtcp_of(&rtcp, PUB),
+        vec![format!(
+            "{:?}",
+            RtcpPacket::Pli(Pli {
+                sender_ssrc: 0x5e1f,
+                media_ssrc: VIDEO_SSRC
+            })
+        )]
+    );
+
+    // Viewer 2 leaves: only viewer 1 receives from now on.
+    assert!(relay.remove_viewer(V2));
+    feed(
+        &mut relay,
+        at(2100),
+        &rtp(VIDEO_SSRC, 96, 2, 7_000, &[], DELTA),
+        &mut sink,
+    );
+    let (out, _) = sink.take();
+    assert_eq!(out.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![V1]);
+
+    // The publisher leaves: viewer 1 gets a BYE for its streams and is reported as orphaned.
+    let orphans = relay.remove_publisher(PUB, &mut sink);
+    assert_eq!(orphans, vec![V1]);
+    let (_, rtcp) = sink.take();
+    let bye = rtcp_of(&rtcp, V1);
+    assert_eq!(bye.len(), 1);
+    assert!(bye[0].starts_with("Bye"));
+    assert!(relay.remove_viewer(V1));
+    assert_eq!(
+        (
+            relay.room_count(),
+            relay.publisher_count(),
+            relay.viewer_count()
+        ),
+        (0, 0, 0)
+    );
+}
+
+#[test]
+fn packets_of_unknown_streams_are_dropped_and_counted() {
+    let t0 = Instant::now();
+    let mut relay = Relay::new(RelayConfig::default());
+    let mut sink = Recorder::default();
+    relay
+        .add_publisher(PUB, "room", 1, publisher_tracks())
+        .unwrap();
+    relay
+        .add_viewer(t0, V1, PUB, viewer_tracks(1000), &mut sink)
+        .unwrap();
+    sink.take();
+    // Unknown SSRC with an unknown payload type.
+    feed(&mut relay, t0, &rtp(0x999, 55, 1, 1, &[], &[1]), &mut sink);
+    assert!(sink.take().0.is_empty());
+    assert_eq!(relay.counters().dropped_packets, 1);
+    // From a session that is not a publisher.
+    let pkt = rtp(AUDIO_SSRC, 111, 1, 1, &[], &[1]);
+    relay.handle_rtp(t0, 42, &pkt, &RtpView::parse(&pkt).unwrap(), &mut sink);
+    assert_eq!(relay.counters().dropped_packets, 2);
+    // Garbage RTCP from a viewer changes nothing.
+    relay.handle_viewer_rtcp(t0, V1, &[0x81, 206, 0, 9, 1, 2], &mut sink);
+    assert!(sink.take().1.is_empty());
+}

@@ -1,0 +1,343 @@
+//! WHIP/WHEP over real HTTP against a relay started in-process on ephemeral ports: the success
+//! path's headers and every bad-input case the signalling must refuse with a reason.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use volna::config::Config;
+
+const OFFER: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\n\
+m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=ice-ufrag:abcd\r\na=ice-pwd:0123456789012345678901\r\n\
+a=fingerprint:sha-256 AA:BB:CC\r\na=setup:actpass\r\na=mid:0\r\na=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid\r\nDIR_A\r\na=rtcp-mux\r\n\
+a=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10;useinbandfec=1\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=ice-ufrag:abcd\r\na=ice-pwd:0123456789012345678901\r\n\
+a=fingerprint:sha-256 AA:BB:CC\r\na=setup:actpass\r\na=mid:1\r\nDIR_V\r\na=rtcp-mux\r\na=rtpmap:96 VP8/90000\r\na=rtcp-fb:96 nack pli\r\n";
+
+fn offer(dir: &str) -> String {
+    OFFER.replace("DIR_A", dir).replace("DIR_V", dir)
+}
+
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Reply {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nOrigin: http://example.test\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    if let Some(ct) = content_type {
+        req.push_str(&format!("Content-Type: {ct}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    // A server may answer (413) before reading the whole body; a failed write is fine then.
+    let _ = s.write_all(body).await;
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    Reply {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
+}
+
+async fn start() -> (SocketAddr, SocketAddr) {
+    let mut config = Config::default();
+    config.http.listen = "127.0.0.1:0".parse().unwrap();
+    config.media.listen = "127.0.0.1:0".parse().unwrap();
+    config.http.max_body_bytes = 8192;
+    let r = volna::server::start(&config).await.unwrap();
+    (r.http_addr, r.media_addr)
+}
+
+#[tokio::test]
+async fn whip_and_whep_success_path() {
+    let (http, media) = start().await;
+    let r = request(
+        http,
+        "POST",
+        "/whip/room1",
+        Some("application/sdp"),
+        offer("a=sendonly").as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.header("content-type"), Some("application/sdp"));
+    let location = r.header("location").unwrap().to_owned();
+    assert!(location.starts_with("/whip/room1/session/"), "{location}");
+    assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+    assert!(r
+        .header("access-control-expose-headers")
+        .unwrap()
+        .contains("Location"));
+    assert!(r.body.contains("a=ice-lite\r\n"));
+    assert!(r.body.contains(&format!(
+        "a=candidate:1 1 udp 2130706431 127.0.0.1 {} typ host",
+        media.port()
+    )));
+    assert!(r.body.contains("a=recvonly\r\n"));
+    let publisher = r.header("x-volna-publisher").unwrap().to_owned();
+
+    let v = request(
+        http,
+        "POST",
+        &format!("/whep/room1/{publisher}"),
+        Some("application/sdp"),
+        offer("a=recvonly").as_bytes(),
+    )
+    .await;
+    assert_eq!(v.status, 201, "{}", v.body);
+    assert!(v.body.contains("a=sendonly\r\n"));
+    assert!(
+        v.body.contains("a=ssrc:"),
+        "viewer answer announces the SSRCs it will receive"
+    );
+    let latest = request(
+        http,
+        "POST",
+        "/whep/room1",
+        Some("application/sdp; charset=utf-8"),
+        offer("a=recvonly").as_bytes(),
+    )
+    .await;
+    assert_eq!(latest.status, 201, "{}", latest.body);
+
+    let p = request(
+        http,
+        "PATCH",
+        &location,
+        Some("application/trickle-ice-sdpfrag"),
+        b"a=end-of-candidates\r\n",
+    )
+    .await;
+    assert_eq!(p.status, 405);
+
+    let pre = request(http, "OPTIONS", "/whip/room1", None, b"").await;
+    assert_eq!(pre.status, 204);
+    assert_eq!(pre.header("accept-post"), Some("application/sdp"));
+    assert!(pre
+        .header("access-control-allow-methods")
+        .unwrap()
+        .contains("DELETE"));
+
+    // The WHEP URL cannot end a WHIP session, and each session ends once.
+    let wrong = request(
+        http,
+        "DELETE",
+        &location.replace("/whip/", "/whep/"),
+        None,
+        b"",
+    )
+    .await;
+    assert_eq!(wrong.status, 404);
+    assert_eq!(
+        request(http, "DELETE", &location, None, b"").await.status,
+        200
+    );
+    assert_eq!(
+        request(http, "DELETE", &location, None, b"").await.status,
+        404
+    );
+
+    // Its viewers were ended with it: the room is gone.
+    let stats = request(http, "GET", "/stats", None, b"").await;
+    let json: serde_json::Value = serde_json::from_str(&stats.body).unwrap();
+    assert_eq!(json["sessions"], 0, "{json}");
+    assert_eq!(json["rooms"], 0, "{json}");
+}
+
+#[tokio::test]
+async fn bad_input_gets_clear_errors() {
+    let (http, media) = start().await;
+    let sendonly = offer("a=sendonly");
+    let big = vec![b'a'; 20_000];
+    let cases: Vec<(&str, &str, Option<&str>, Vec<u8>, u16, &str)> = vec![
+        (
+            "wrong media type",
+            "/whip/r",
+            Some("text/plain"),
+            sendonly.clone().into_bytes(),
+            415,
+            "application/sdp",
+        ),
+        (
+            "no media type",
+            "/whip/r",
+            None,
+            sendonly.clone().into_bytes(),
+            415,
+            "application/sdp",
+        ),
+        (
+            "garbage SDP",
+            "/whip/r",
+            Some("application/sdp"),
+            b"hello world".to_vec(),
+            400,
+            "bad offer",
+        ),
+        (
+            "not UTF-8",
+            "/whip/r",
+            Some("application/sdp"),
+            vec![0xff, 0xfe, 0x00],
+            400,
+            "UTF-8",
+        ),
+        (
+            "no fingerprint",
+            "/whip/r",
+            Some("application/sdp"),
+            sendonly
+                .replace("a=fingerprint:sha-256 AA:BB:CC\r\n", "")
+                .into_bytes(),
+            400,
+            "fingerprint",
+        ),
+        (
+            "receive-only WHIP offer",
+            "/whip/r",
+            Some("application/sdp"),
+            offer("a=recvonly").into_bytes(),
+            400,
+            "sends no audio or video",
+        ),
+        (
+            "too large",
+            "/whip/r",
+            Some("application/sdp"),
+            big,
+            413,
+            "",
+        ),
+        (
+            "bad room name",
+            "/whip/no%20spaces",
+            Some("application/sdp"),
+            sendonly.clone().into_bytes(),
+            400,
+            "room",
+        ),
+        (
+            "unknown room",
+            "/whep/nobody-here",
+            Some("application/sdp"),
+            offer("a=recvonly").into_bytes(),
+            404,
+            "room not found",
+        ),
+        (
+            "unknown endpoint",
+            "/whatever",
+            Some("application/sdp"),
+            Vec::new(),
+            404,
+            "no such endpoint",
+        ),
+        (
+            "unknown session",
+            "/whip/r/session/0123",
+            None,
+            Vec::new(),
+            404,
+            "session not found",
+        ),
+    ];
+    for (name, path, ct, body, status, reason) in cases {
+        let method = if name == "unknown session" {
+            "DELETE"
+        } else {
+            "POST"
+        };
+        let r = request(http, method, path, ct, &body).await;
+        assert_eq!(r.status, status, "{name}: {}", r.body);
+        assert!(
+            r.body.contains(reason),
+            "{name}: body {:?} lacks {reason:?}",
+            r.body
+        );
+    }
+    // A publisher exists; WHEP for a publisher id that is not there is 404.
+    assert_eq!(
+        request(
+            http,
+            "POST",
+            "/whip/r",
+            Some("application/sdp"),
+            sendonly.as_bytes()
+        )
+        .await
+        .status,
+        201
+    );
+    let r = request(
+        http,
+        "POST",
+        "/whep/r/nosuchpublisher",
+        Some("application/sdp"),
+        offer("a=recvonly").as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 404);
+    assert!(r.body.contains("publisher not found"), "{}", r.body);
+
+    // Junk on the media port is counted, and signalling keeps working.
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for junk in [
+        &[][..],
+        &[0xff; 40][..],
+        &[0, 1, 0, 0][..],
+        &[22, 0xfe, 0xfd, 1][..],
+        &[0x80, 96, 0, 1, 2, 3][..],
+    ] {
+        udp.send_to(junk, media).await.unwrap();
+    }
+    let mut counted = 0;
+    for _ in 0..50 {
+        let s = request(http, "GET", "/stats", None, b"").await;
+        let json: serde_json::Value = serde_json::from_str(&s.body).unwrap();
+        counted = json["junk_datagrams"].as_u64().unwrap();
+        if counted >= 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(counted, 5);
+    assert_eq!(request(http, "GET", "/health", None, b"").await.status, 200);
+}
