@@ -29,7 +29,7 @@ pub enum ConfigError {
     },
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub http: HttpConfig,
@@ -66,16 +66,6 @@ pub struct LogConfig {
     pub level: String,
     /// "text" or "json".
     pub format: String,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            http: HttpConfig::default(),
-            media: MediaConfig::default(),
-            log: LogConfig::default(),
-        }
-    }
 }
 
 impl Default for HttpConfig {

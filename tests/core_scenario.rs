@@ -15,10 +15,13 @@ const V2: SessionId = 3;
 const AUDIO_SSRC: u32 = 0xa0d1;
 const VIDEO_SSRC: u32 = 0x7e0;
 
+/// Packets sent, with the session each went to.
+type Sent = Vec<(SessionId, Vec<u8>)>;
+
 #[derive(Default)]
 struct Recorder {
-    rtp: Vec<(SessionId, Vec<u8>)>,
-    rtcp: Vec<(SessionId, Vec<u8>)>,
+    rtp: Sent,
+    rtcp: Sent,
 }
 
 impl Sink for Recorder {
@@ -33,7 +36,7 @@ impl Sink for Recorder {
 }
 
 impl Recorder {
-    fn take(&mut self) -> (Vec<(SessionId, Vec<u8>)>, Vec<(SessionId, Vec<u8>)>) {
+    fn take(&mut self) -> (Sent, Sent) {
         (
             std::mem::take(&mut self.rtp),
             std::mem::take(&mut self.rtcp),

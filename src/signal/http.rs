@@ -123,21 +123,22 @@ fn valid_name(s: &str) -> bool {
 }
 
 /// Checks the media type and decodes the offer; the error is the response to send.
-fn read_offer(headers: &HeaderMap, body: &Bytes) -> Result<Offer, Response> {
+fn read_offer(headers: &HeaderMap, body: &Bytes) -> Result<Offer, Box<Response>> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let media_type = ct.split(';').next().unwrap_or("").trim();
     if !media_type.eq_ignore_ascii_case("application/sdp") {
-        return Err(error(
+        return Err(Box::new(error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             &format!("Content-Type must be application/sdp, got {ct:?}"),
-        ));
+        )));
     }
     let text = std::str::from_utf8(body)
-        .map_err(|_| error(StatusCode::BAD_REQUEST, "SDP is not UTF-8"))?;
-    Offer::parse(text).map_err(|e| error(StatusCode::BAD_REQUEST, &format!("bad offer: {e}")))
+        .map_err(|_| Box::new(error(StatusCode::BAD_REQUEST, "SDP is not UTF-8")))?;
+    Offer::parse(text)
+        .map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, &format!("bad offer: {e}"))))
 }
 
 fn created(location: String, answer: String, publisher: &str) -> Response {
@@ -180,7 +181,7 @@ async fn whip(
         Ok(o) => o,
         Err(res) => {
             warn!(room, "WHIP offer refused");
-            return res;
+            return *res;
         }
     };
     match st
@@ -220,7 +221,7 @@ async fn whep(
     }
     let offer = match read_offer(&headers, &body) {
         Ok(o) => o,
-        Err(res) => return res,
+        Err(res) => return *res,
     };
     match st
         .worker

@@ -347,7 +347,7 @@ pub struct Source {
 pub enum AnswerMedia {
     Rejected,
     Accepted {
-        codec: OfferedCodec,
+        codec: Box<OfferedCodec>,
         direction: Direction,
         /// Extensions accepted (subset of the offer's, same ids).
         ext: Vec<(u8, String)>,
@@ -374,7 +374,7 @@ impl AnswerMedia {
             .cloned()
             .collect();
         AnswerMedia::Accepted {
-            codec,
+            codec: Box::new(codec),
             direction,
             ext,
             source,

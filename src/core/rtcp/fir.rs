@@ -12,7 +12,7 @@ pub struct Fir<'a> {
 
 impl<'a> Fir<'a> {
     pub fn parse(body: &'a [u8]) -> Result<Self, RtcpError> {
-        if body.len() < 8 || (body.len() - 8) % 8 != 0 {
+        if body.len() < 8 || !(body.len() - 8).is_multiple_of(8) {
             return Err(RtcpError::TooShort);
         }
         Ok(Self {

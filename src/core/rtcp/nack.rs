@@ -13,7 +13,7 @@ pub struct Nack<'a> {
 
 impl<'a> Nack<'a> {
     pub fn parse(body: &'a [u8]) -> Result<Self, RtcpError> {
-        if body.len() < 12 || body.len() % 4 != 0 {
+        if body.len() < 12 || !body.len().is_multiple_of(4) {
             return Err(RtcpError::TooShort);
         }
         Ok(Self {

@@ -120,11 +120,13 @@ mod tests {
         v
     }
 
+    type Case = (&'static str, Vec<u8>, Result<(usize, usize), RtpError>);
+
     #[test]
     fn parses_table() {
         // (name, bytes, expected payload range or error)
         let ext = [0xbe, 0xde, 0, 1, 0x10, 0xaa, 0, 0];
-        let cases: Vec<(&str, Vec<u8>, Result<(usize, usize), RtpError>)> = vec![
+        let cases: Vec<Case> = vec![
             ("plain", packet(0x80, &[], &[1, 2, 3]), Ok((12, 15))),
             ("empty payload", packet(0x80, &[], &[]), Ok((12, 12))),
             ("one csrc", packet(0x81, &[0, 0, 0, 7], &[9]), Ok((16, 17))),
