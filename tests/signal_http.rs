@@ -182,12 +182,22 @@ async fn whip_and_whep_success_path() {
     assert_eq!(json["rooms"], 0, "{json}");
 }
 
+/// (name, path, content type, body, expected status, text the reason must contain)
+type BadCase = (
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+    Vec<u8>,
+    u16,
+    &'static str,
+);
+
 #[tokio::test]
 async fn bad_input_gets_clear_errors() {
     let (http, media) = start().await;
     let sendonly = offer("a=sendonly");
     let big = vec![b'a'; 20_000];
-    let cases: Vec<(&str, &str, Option<&str>, Vec<u8>, u16, &str)> = vec![
+    let cases: Vec<BadCase> = vec![
         (
             "wrong media type",
             "/whip/r",
