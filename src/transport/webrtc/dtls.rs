@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 use rtc_crypto::{HashAlgorithm, RTCCryptoProvider};
-use rtc_dtls::config::{ClientAuthType, ConfigBuilder, ExtendedMasterSecretType};
+use rtc_dtls::config::{ClientAuthType, ConfigBuilder, ExtendedMasterSecretType, HandshakeConfig};
 use rtc_dtls::crypto::Certificate;
 use rtc_dtls::endpoint::{Endpoint, EndpointEvent};
 use rtc_dtls::extension::extension_use_srtp::SrtpProtectionProfile;
@@ -87,6 +87,46 @@ pub struct Dtls {
     endpoint: Endpoint,
     provider: Arc<dyn RTCCryptoProvider>,
     connected: bool,
+    /// Server role: the configuration is chosen when the ClientHello arrives (see
+    /// [`client_offers_gcm`]); `None` once chosen, and always for the client role.
+    pending_server: Option<(Arc<HandshakeConfig>, Arc<HandshakeConfig>)>,
+}
+
+/// Whether a datagram holds a DTLS ClientHello whose use_srtp extension (RFC 5764 §4.1.1) lists
+/// SRTP_AEAD_AES_128_GCM. The DTLS library takes the client's order, and browsers list
+/// AES_CM_128_HMAC_SHA1_80 first; volna prefers GCM (half the cost), so when the client can do
+/// GCM the server offers only GCM.
+pub fn client_offers_gcm(d: &[u8]) -> bool {
+    fn inner(d: &[u8]) -> Option<bool> {
+        // Record header (13) then handshake header (12); content type 22, handshake type 1.
+        if *d.first()? != 22 || *d.get(13)? != 1 {
+            return None;
+        }
+        let mut b = d.get(25..)?;
+        b = b.get(2 + 32..)?; // client_version, random
+        b = b.get(1 + *b.first()? as usize..)?; // session_id
+        b = b.get(1 + *b.first()? as usize..)?; // cookie
+        let suites = u16::from_be_bytes([*b.first()?, *b.get(1)?]) as usize;
+        b = b.get(2 + suites..)?; // cipher_suites
+        b = b.get(1 + *b.first()? as usize..)?; // compression_methods
+        let ext_len = u16::from_be_bytes([*b.first()?, *b.get(1)?]) as usize;
+        // A large ClientHello (post-quantum key shares) arrives in fragments: read the extensions
+        // this fragment holds.
+        let mut e = b.get(2..(2 + ext_len).min(b.len()))?;
+        while e.len() >= 4 {
+            let typ = u16::from_be_bytes([e[0], e[1]]);
+            let len = u16::from_be_bytes([e[2], e[3]]) as usize;
+            let data = e.get(4..4 + len)?;
+            if typ == 14 {
+                let n = u16::from_be_bytes([*data.first()?, *data.get(1)?]) as usize;
+                let list = data.get(2..2 + n)?;
+                return Some(list.chunks_exact(2).any(|p| p == [0x00, 0x07]));
+            }
+            e = &e[4 + len..];
+        }
+        Some(false)
+    }
+    inner(d).unwrap_or(false)
 }
 
 impl Dtls {
@@ -113,35 +153,41 @@ impl Dtls {
                 }
             },
         );
-        let config = ConfigBuilder::default()
-            .with_crypto_provider(provider.clone())
-            .with_certificates(vec![identity.certificate.clone()])
-            .with_srtp_protection_profiles(vec![
-                SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
-                SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
-            ])
-            .with_client_auth(ClientAuthType::RequireAnyClientCert)
-            .with_insecure_skip_verify(true)
-            .with_verify_peer_certificate(Some(verify))
-            .with_extended_master_secret(ExtendedMasterSecretType::Request)
-            .build(client, None)
-            .map_err(|e| DtlsError::Handshake(e.to_string()))?;
-        let config = Arc::new(config);
+        let verify: rtc_dtls::config::VerifyPeerCertificateFn = verify;
+        let build =
+            |profiles: Vec<SrtpProtectionProfile>| -> Result<Arc<HandshakeConfig>, DtlsError> {
+                ConfigBuilder::default()
+                    .with_crypto_provider(provider.clone())
+                    .with_certificates(vec![identity.certificate.clone()])
+                    .with_srtp_protection_profiles(profiles)
+                    .with_client_auth(ClientAuthType::RequireAnyClientCert)
+                    .with_insecure_skip_verify(true)
+                    .with_verify_peer_certificate(Some(verify.clone()))
+                    .with_extended_master_secret(ExtendedMasterSecretType::Request)
+                    .build(client, None)
+                    .map(Arc::new)
+                    .map_err(|e| DtlsError::Handshake(e.to_string()))
+            };
+        let both = build(vec![
+            SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
+            SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
+        ])?;
         let local: SocketAddr = "0.0.0.0:0".parse().expect("literal address");
-        let mut endpoint = Endpoint::new(
-            local,
-            TransportProtocol::UDP,
-            (!client).then(|| config.clone()),
-        );
+        let mut endpoint = Endpoint::new(local, TransportProtocol::UDP, None);
+        let mut pending_server = None;
         if client {
             endpoint
-                .connect(now, PEER, config, None)
+                .connect(now, PEER, both, None)
                 .map_err(|e| DtlsError::Handshake(e.to_string()))?;
+        } else {
+            let gcm_only = build(vec![SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm])?;
+            pending_server = Some((gcm_only, both));
         }
         Ok(Self {
             endpoint,
             provider,
             connected: false,
+            pending_server,
         })
     }
 
@@ -155,6 +201,14 @@ impl Dtls {
         now: Instant,
         data: &[u8],
     ) -> Result<Option<DtlsOutput>, DtlsError> {
+        if let Some((gcm_only, both)) = self.pending_server.take() {
+            let config = if client_offers_gcm(data) {
+                gcm_only
+            } else {
+                both
+            };
+            self.endpoint.set_server_config(Some(config));
+        }
         let events = self
             .endpoint
             .read(now, PEER, None, BytesMut::from(data))
@@ -246,5 +300,80 @@ impl Dtls {
     /// The next datagram to send to the peer.
     pub fn poll_transmit(&mut self) -> Option<BytesMut> {
         self.endpoint.poll_transmit().map(|t| t.message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::client_offers_gcm;
+
+    /// A minimal ClientHello with the given use_srtp profiles (or none).
+    fn hello(profiles: Option<&[u16]>) -> Vec<u8> {
+        let mut body = vec![0xfe, 0xfd];
+        body.extend_from_slice(&[0; 32]); // random
+        body.push(0); // session id
+        body.push(0); // cookie
+        body.extend_from_slice(&[0, 2, 0xc0, 0x2b]); // one cipher suite
+        body.extend_from_slice(&[1, 0]); // null compression
+        let mut ext = vec![0, 23, 0, 0]; // extended_master_secret, empty
+        if let Some(p) = profiles {
+            let mut data = ((p.len() * 2) as u16).to_be_bytes().to_vec();
+            for x in p {
+                data.extend_from_slice(&x.to_be_bytes());
+            }
+            data.push(0); // no MKI
+            ext.extend_from_slice(&[0, 14]);
+            ext.extend_from_slice(&(data.len() as u16).to_be_bytes());
+            ext.extend_from_slice(&data);
+        }
+        body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
+        body.extend_from_slice(&ext);
+        let mut d = vec![22, 0xfe, 0xff, 0, 0, 0, 0, 0, 0, 0, 0];
+        d.extend_from_slice(&((body.len() + 12) as u16).to_be_bytes());
+        d.push(1);
+        let len = (body.len() as u32).to_be_bytes();
+        d.extend_from_slice(&len[1..]);
+        d.extend_from_slice(&[0, 0, 0, 0, 0]);
+        d.extend_from_slice(&len[1..]);
+        d.extend_from_slice(&body);
+        d
+    }
+
+    /// The same ClientHello as the first fragment of a larger one: its extension block claims more
+    /// bytes than the datagram holds.
+    fn fragment(mut h: Vec<u8>) -> Vec<u8> {
+        let at = 13 + 12 + 2 + 32 + 1 + 1 + 4 + 2;
+        let len = u16::from_be_bytes([h[at], h[at + 1]]) + 400;
+        h[at..at + 2].copy_from_slice(&len.to_be_bytes());
+        h
+    }
+
+    #[test]
+    fn table() {
+        let cases: &[(&str, Vec<u8>, bool)] = &[
+            (
+                "browser order, GCM listed",
+                hello(Some(&[0x0001, 0x0007, 0x0008])),
+                true,
+            ),
+            ("GCM only", hello(Some(&[0x0007])), true),
+            ("CM only", hello(Some(&[0x0001])), false),
+            ("no use_srtp", hello(None), false),
+            ("not a handshake", vec![23, 0xfe, 0xfd], false),
+            (
+                "truncated before extensions",
+                hello(Some(&[0x0007]))[..40].to_vec(),
+                false,
+            ),
+            (
+                "first fragment holds use_srtp",
+                fragment(hello(Some(&[0x0001, 0x0007]))),
+                true,
+            ),
+            ("empty", vec![], false),
+        ];
+        for (name, d, want) in cases {
+            assert_eq!(client_offers_gcm(d), *want, "{name}");
+        }
     }
 }
