@@ -44,8 +44,11 @@ fn main() -> ExitCode {
         }
         config.media.listen = a;
     }
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        // The DTLS library warns about every TLS extension it does not know (browsers send
+        // several per handshake); its errors still show.
+        EnvFilter::new(format!("{},rtc_dtls=error", config.log.level))
+    });
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     if config.log.format == "json" {
         builder.json().init();
