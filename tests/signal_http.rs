@@ -78,7 +78,10 @@ async fn request(
 }
 
 async fn start() -> (SocketAddr, SocketAddr) {
-    let mut config = Config::default();
+    start_with(Config::default()).await
+}
+
+async fn start_with(mut config: Config) -> (SocketAddr, SocketAddr) {
     config.http.listen = "127.0.0.1:0".parse().unwrap();
     config.media.listen = "127.0.0.1:0".parse().unwrap();
     config.http.max_body_bytes = 8192;
@@ -350,4 +353,39 @@ async fn bad_input_gets_clear_errors() {
     }
     assert_eq!(counted, 5);
     assert_eq!(request(http, "GET", "/health", None, b"").await.status, 200);
+}
+
+#[tokio::test]
+async fn silent_sessions_are_closed_after_the_consent_timeout() {
+    let mut config = Config::default();
+    config.media.consent_timeout_secs = 1;
+    let (http, _) = start_with(config).await;
+    let r = request(
+        http,
+        "POST",
+        "/whip/quiet",
+        Some("application/sdp"),
+        offer("a=sendonly").as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    let stats = |body: String| serde_json::from_str::<serde_json::Value>(&body).unwrap();
+    let s = stats(request(http, "GET", "/stats", None, b"").await.body);
+    assert_eq!(s["sessions"], 1);
+    // The peer never sends a packet: after the timeout (checked once a second) the session is gone.
+    let mut gone = false;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let s = stats(request(http, "GET", "/stats", None, b"").await.body);
+        if s["sessions"] == 0 && s["rooms"] == 0 && s["sessions_closed"] == 1 {
+            gone = true;
+            break;
+        }
+    }
+    assert!(gone, "session freed after the consent timeout");
+    let location = r.header("location").unwrap();
+    assert_eq!(
+        request(http, "DELETE", location, None, b"").await.status,
+        404
+    );
 }

@@ -177,14 +177,19 @@ impl OfferedMedia {
 
     /// The negotiated extension ids volna understands, as a lookup table.
     pub fn ext_map(&self) -> ExtMap {
-        let mut m = ExtMap::default();
-        for (id, uri) in &self.extmaps {
-            if let Some(kind) = ExtKind::from_uri(uri) {
-                m.insert(*id, kind);
-            }
-        }
-        m
+        ext_table(&self.extmaps)
     }
+}
+
+/// `a=extmap` pairs as a lookup table of the extensions volna understands.
+fn ext_table(list: &[(u8, String)]) -> ExtMap {
+    let mut m = ExtMap::default();
+    for (id, uri) in list {
+        if let Some(kind) = ExtKind::from_uri(uri) {
+            m.insert(*id, kind);
+        }
+    }
+    m
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -379,6 +384,14 @@ impl AnswerMedia {
             ext,
             source,
             remb,
+        }
+    }
+
+    /// The accepted extensions as a lookup table (empty when rejected).
+    pub fn ext_map(&self) -> ExtMap {
+        match self {
+            AnswerMedia::Accepted { ext, .. } => ext_table(ext),
+            AnswerMedia::Rejected => ExtMap::default(),
         }
     }
 

@@ -19,18 +19,9 @@ use crate::core::room::{
 use crate::core::rtp::{is_rtcp, ExtKind, RtpView};
 use crate::signal::sdp::{build_answer, AnswerMedia, Direction, Local, Offer, SdpError, Source};
 
-/// Extensions volna accepts from publishers.
-const PUBLISHER_EXTS: &[ExtKind] = &[
-    ExtKind::Mid,
-    ExtKind::AudioLevel,
-    ExtKind::AbsSendTime,
-    ExtKind::TransmissionOffset,
-    ExtKind::VideoOrientation,
-    ExtKind::PlayoutDelay,
-];
-
-/// Extensions volna writes or passes on to viewers.
-const VIEWER_EXTS: &[ExtKind] = &[
+/// Extensions volna accepts from publishers and writes or passes on to viewers. RIDs wait for
+/// simulcast: without them in the answer, a publisher sends a single layer.
+const NEGOTIATED_EXTS: &[ExtKind] = &[
     ExtKind::Mid,
     ExtKind::AudioLevel,
     ExtKind::AbsSendTime,
@@ -222,6 +213,9 @@ impl Shard {
         room: &str,
         offer: &Offer,
     ) -> Result<Session, ShardError> {
+        // Consent expiry is checked on the housekeeping timer; arm it as soon as a session exists.
+        self.next_housekeeping
+            .get_or_insert(now + Duration::from_secs(1));
         let id = self.next_id;
         self.next_id += 1;
         let client = offer.setup == crate::signal::sdp::Setup::Passive;
@@ -288,18 +282,11 @@ impl Shard {
                 m,
                 codec.clone(),
                 Direction::RecvOnly,
-                PUBLISHER_EXTS,
+                NEGOTIATED_EXTS,
                 None,
                 true,
             );
-            let mut ext = crate::core::rtp::ExtMap::default();
-            if let AnswerMedia::Accepted { ext: list, .. } = &a {
-                for (id, uri) in list {
-                    if let Some(k) = ExtKind::from_uri(uri) {
-                        ext.insert(*id, k);
-                    }
-                }
-            }
+            let ext = a.ext_map();
             tracks.push(TrackSpec {
                 kind,
                 mid: m.mid.clone(),
@@ -386,16 +373,15 @@ impl Shard {
                 track_id: format!("{pub_public}-{source}"),
             };
             let pt = codec.payload_type;
-            let a =
-                AnswerMedia::accept(m, codec, Direction::SendOnly, VIEWER_EXTS, Some(src), false);
-            let mut ext = crate::core::rtp::ExtMap::default();
-            if let AnswerMedia::Accepted { ext: list, .. } = &a {
-                for (id, uri) in list {
-                    if let Some(k) = ExtKind::from_uri(uri) {
-                        ext.insert(*id, k);
-                    }
-                }
-            }
+            let a = AnswerMedia::accept(
+                m,
+                codec,
+                Direction::SendOnly,
+                NEGOTIATED_EXTS,
+                Some(src),
+                false,
+            );
+            let ext = a.ext_map();
             vtracks.push(ViewerTrackSpec {
                 source,
                 mid: m.mid.clone(),

@@ -1,0 +1,62 @@
+//! The binary's command line: bad configuration is refused with the key or line at fault.
+
+use std::io::Write;
+use std::process::Command;
+
+fn run_with(config: &str) -> (i32, String) {
+    let mut f = tempfile();
+    f.1.write_all(config.as_bytes()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_volna"))
+        .arg("--config")
+        .arg(&f.0)
+        .output()
+        .unwrap();
+    std::fs::remove_file(&f.0).ok();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn tempfile() -> (std::path::PathBuf, std::fs::File) {
+    let path = std::env::temp_dir().join(format!(
+        "volna-cli-{}-{}.toml",
+        std::process::id(),
+        rand_suffix()
+    ));
+    let f = std::fs::File::create(&path).unwrap();
+    (path, f)
+}
+
+fn rand_suffix() -> u64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+#[test]
+fn bad_config_names_the_key_and_exits_non_zero() {
+    let cases = [
+        ("[media]\nlisten = \"not an address\"\n", "listen"),
+        ("[http]\nunknown_key = 1\n", "unknown_key"),
+        ("[media]\nlisten = \"0.0.0.0:5000\"\n", "media.listen"),
+        ("this is = = not toml\n", "line 1"),
+    ];
+    for (text, want) in cases {
+        let (code, stderr) = run_with(text);
+        assert_eq!(code, 2, "{text:?}: {stderr}");
+        assert!(stderr.contains(want), "{text:?}: {stderr}");
+    }
+}
+
+#[test]
+fn missing_config_file_is_an_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_volna"))
+        .args(["--config", "/nonexistent/volna.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/volna.toml"));
+}
