@@ -26,10 +26,19 @@ async function negotiate(pc, url) {
 
 window.events = [];
 
-window.publish = async (url) => {
+// `videoCodec` (e.g. 'video/VP9') is put first in the offer when given.
+window.publish = async (url, videoCodec) => {
   const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: true });
   const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
-  for (const track of stream.getTracks()) pc.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
+  for (const track of stream.getTracks()) {
+    const t = pc.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
+    if (videoCodec && track.kind === 'video') {
+      const all = RTCRtpSender.getCapabilities('video').codecs;
+      const first = all.filter((c) => c.mimeType.toLowerCase() === videoCodec.toLowerCase());
+      if (first.length === 0) throw new Error(`this browser cannot send ${videoCodec}`);
+      t.setCodecPreferences([...first, ...all.filter((c) => !first.includes(c))]);
+    }
+  }
   window.pc = pc;
   const r = await negotiate(pc, url);
   window.session = r.location;
@@ -62,7 +71,10 @@ window.inbound = async () => {
   stats.forEach((s) => {
     if (s.type === 'inbound-rtp') out[s.kind] = s;
   });
+  let codec = '';
+  if (out.video.codecId) codec = stats.get(out.video.codecId)?.mimeType || '';
   return {
+    codec,
     framesDecoded: out.video.framesDecoded || 0,
     videoPackets: out.video.packetsReceived || 0,
     audioPackets: out.audio.packetsReceived || 0,
