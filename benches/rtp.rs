@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use volna::core::room::{
-    Feedback, MediaKind, Relay, RelayConfig, SessionId, Sink, TrackSpec, ViewerTrackSpec,
+    Feedback, MediaKind, Relay, RelayConfig, SessionId, Sink, TrackRef, TrackSpec, ViewerTrackSpec,
 };
 use volna::core::rtp::{write_header, Codec, ExtKind, ExtMap, ExtTranslation, Rewrite, RtpView};
 
@@ -116,7 +116,10 @@ fn relay_with(viewers: u64) -> Relay {
     };
     for v in 0..viewers {
         let spec = ViewerTrackSpec {
-            source: 0,
+            source: TrackRef {
+                publisher: 1,
+                track: 0,
+            },
             mid: "0".into(),
             ssrc: 100 + v as u32,
             payload_type: 96,
@@ -124,8 +127,9 @@ fn relay_with(viewers: u64) -> Relay {
             initial_seq: 0,
             initial_ts: 0,
         };
+        relay.add_viewer(10 + v, "bench").unwrap();
         relay
-            .add_viewer(Instant::now(), 10 + v, 1, vec![spec], &mut sink)
+            .add_viewer_track(Instant::now(), 10 + v, spec, &mut sink)
             .unwrap();
     }
     relay

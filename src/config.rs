@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::core::room::RelayConfig;
+use crate::transport::webrtc::Limits;
 
 /// The configuration shipped as `configs/dev.toml`, also used when no file is given.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../configs/dev.toml");
@@ -34,7 +35,41 @@ pub enum ConfigError {
 pub struct Config {
     pub http: HttpConfig,
     pub media: MediaConfig,
+    pub auth: AuthConfig,
+    pub limits: LimitsConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// HS256 secrets for JWTs; several allow rotation (the first signs `volna token`). Empty:
+    /// dev mode, no tokens needed.
+    pub keys: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub max_rooms: usize,
+    pub max_participants_per_room: usize,
+    pub max_tracks_per_participant: usize,
+    /// Largest room-protocol message accepted on the WebSocket.
+    pub ws_max_message_bytes: usize,
+    /// Room-protocol messages a client may send per second (burst of the same size).
+    pub ws_messages_per_second: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_rooms: 1000,
+            max_participants_per_room: 50,
+            max_tracks_per_participant: 4,
+            ws_max_message_bytes: 64 * 1024,
+            ws_messages_per_second: 50,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -135,10 +170,30 @@ impl Config {
         if self.media.consent_timeout_secs == 0 {
             return bad("media.consent_timeout_secs", "must be positive");
         }
+        if self.auth.keys.iter().any(|k| k.len() < 16) {
+            return bad("auth.keys", "each key must be at least 16 bytes");
+        }
+        if self.limits.max_participants_per_room == 0 || self.limits.max_rooms == 0 {
+            return bad(
+                "limits",
+                "max_rooms and max_participants_per_room must be positive",
+            );
+        }
+        if self.limits.ws_max_message_bytes < 1024 {
+            return bad("limits.ws_max_message_bytes", "must be at least 1024");
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return bad("log.format", "must be \"text\" or \"json\"");
         }
         Ok(())
+    }
+
+    pub fn shard_limits(&self) -> Limits {
+        Limits {
+            max_rooms: self.limits.max_rooms,
+            max_participants_per_room: self.limits.max_participants_per_room,
+            max_tracks_per_participant: self.limits.max_tracks_per_participant,
+        }
     }
 
     pub fn relay(&self) -> RelayConfig {
@@ -148,6 +203,7 @@ impl Config {
             ),
             report_interval: Duration::from_secs(1),
             publisher_max_bitrate_bps: self.media.publisher_max_bitrate_kbps * 1000,
+            speaker_interval: Duration::from_millis(300),
         }
     }
 }
@@ -172,6 +228,8 @@ mod tests {
             ("[http]\nmax_body_bytes = 10\n", "http.max_body_bytes"),
             ("[media]\nlisten = \"0.0.0.0:5000\"\n", "media.listen"),
             ("[log]\nformat = \"xml\"\n", "log.format"),
+            ("[auth]\nkeys = [\"short\"]\n", "auth.keys"),
+            ("[limits]\nmax_rooms = 0\n", "limits"),
             ("[http\n", "line 1"),
         ];
         for (text, want) in cases {

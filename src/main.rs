@@ -19,6 +19,64 @@ struct Cli {
     /// UDP media listener (ICE, DTLS, SRTP), overriding media.listen; advertised in ICE candidates.
     #[arg(long, value_name = "ADDR")]
     media: Option<SocketAddr>,
+    #[command(subcommand)]
+    command: Option<Sub>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Sub {
+    /// Print an access token (JWT, HS256) signed with the first [auth] key of the config.
+    Token {
+        /// Room the token is for.
+        #[arg(long)]
+        room: String,
+        /// Identity of the participant.
+        #[arg(long)]
+        identity: String,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+        /// Do not allow publishing.
+        #[arg(long)]
+        no_publish: bool,
+        /// Do not allow subscribing.
+        #[arg(long)]
+        no_subscribe: bool,
+    },
+}
+
+fn token(
+    config: &Config,
+    room: String,
+    identity: String,
+    ttl: u64,
+    publish: bool,
+    subscribe: bool,
+) -> ExitCode {
+    let auth = volna::signal::auth::Auth::new(config.auth.keys.clone());
+    if auth.dev_mode() {
+        eprintln!(
+            "volna: the config has no [auth] keys (dev mode needs no tokens); add keys to sign one"
+        );
+        return ExitCode::from(2);
+    }
+    let claims = volna::signal::auth::Claims {
+        room,
+        sub: identity,
+        publish,
+        subscribe,
+        exp: volna::signal::auth::unix_now() + ttl,
+    };
+    match auth.sign(&claims) {
+        Ok(t) => {
+            println!("{t}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("volna: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -34,6 +92,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(Sub::Token {
+        room,
+        identity,
+        ttl,
+        no_publish,
+        no_subscribe,
+    }) = cli.command
+    {
+        return token(&config, room, identity, ttl, !no_publish, !no_subscribe);
+    }
     if let Some(a) = cli.http {
         config.http.listen = a;
     }

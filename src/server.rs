@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::signal::auth::Auth;
 use crate::signal::http::{router, serve, AppState};
 use crate::transport::webrtc::{DtlsIdentity, Shard, ShardConfig};
 use crate::worker;
@@ -47,6 +48,7 @@ pub async fn start(config: &Config) -> Result<Running, ServerError> {
         media_addr,
         consent_timeout: std::time::Duration::from_secs(config.media.consent_timeout_secs),
         relay: config.relay(),
+        limits: config.shard_limits(),
     };
     let (handle, _join) =
         worker::spawn(udp, Shard::new(shard_config, identity)).map_err(ServerError::Worker)?;
@@ -58,9 +60,23 @@ pub async fn start(config: &Config) -> Result<Running, ServerError> {
             source,
         })?;
     let http_addr = tcp.local_addr().map_err(ServerError::Worker)?;
-    let app = router(AppState { worker: handle }, config.http.max_body_bytes);
+    let auth = Auth::new(config.auth.keys.clone());
+    if auth.dev_mode() {
+        warn!("auth is off: anyone who can reach the HTTP listener may publish and watch (dev mode, no [auth] keys)");
+    } else {
+        info!(
+            keys = config.auth.keys.len(),
+            "auth on: JWT (HS256) required for /rtc, WHIP and WHEP"
+        );
+    }
+    let state = AppState {
+        worker: handle,
+        auth,
+        ws_max_message_bytes: config.limits.ws_max_message_bytes,
+        ws_messages_per_second: config.limits.ws_messages_per_second,
+    };
+    let app = router(state, config.http.max_body_bytes);
     info!(http = %http_addr, media = %media_addr, "volna listening");
-    warn!("auth is off: anyone who can reach the HTTP listener may publish and watch (dev mode)");
     let serve = tokio::spawn(serve(tcp, app));
     Ok(Running {
         http_addr,

@@ -8,11 +8,52 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, warn};
 
+use crate::signal::protocol::{Refusal, ServerMessage};
 use crate::signal::sdp::Offer;
-use crate::transport::webrtc::session::Role;
-use crate::transport::webrtc::{Created, Shard, ShardError, ShardStats};
+use crate::transport::webrtc::session::{ParticipantId, Role};
+use crate::transport::webrtc::{Created, Grants, Shard, ShardError, ShardStats};
+
+type Reply<T> = oneshot::Sender<Result<T, Refusal>>;
 
 pub enum Command {
+    Join {
+        room: String,
+        identity: String,
+        name: String,
+        grants: Grants,
+        auto_subscribe: bool,
+        tx: mpsc::Sender<ServerMessage>,
+        reply: Reply<(ParticipantId, ServerMessage)>,
+    },
+    /// The `joined` message reached the client: offers may follow.
+    JoinedDelivered {
+        pid: ParticipantId,
+    },
+    RoomPublish {
+        pid: ParticipantId,
+        offer: Box<Offer>,
+        reply: Reply<String>,
+    },
+    Answer {
+        pid: ParticipantId,
+        sdp: String,
+        reply: Reply<()>,
+    },
+    Subscribe {
+        pid: ParticipantId,
+        tracks: Vec<String>,
+        on: bool,
+        reply: Reply<()>,
+    },
+    Mute {
+        pid: ParticipantId,
+        track: String,
+        muted: bool,
+        reply: Reply<()>,
+    },
+    Leave {
+        pid: ParticipantId,
+    },
     Publish {
         room: String,
         offer: Box<Offer>,
@@ -38,7 +79,7 @@ pub enum Command {
 /// Handle to a running worker.
 #[derive(Clone)]
 pub struct WorkerHandle {
-    tx: mpsc::Sender<Command>,
+    pub tx: mpsc::Sender<Command>,
     pub media_addr: SocketAddr,
 }
 
@@ -75,6 +116,42 @@ pub fn apply(shard: &mut Shard, now: Instant, cmd: Command) {
         Command::Stats { reply } => {
             let _ = reply.send(shard.stats());
         }
+        Command::Join {
+            room,
+            identity,
+            name,
+            grants,
+            auto_subscribe,
+            tx,
+            reply,
+        } => {
+            let _ =
+                reply.send(shard.join(now, &room, &identity, &name, grants, auto_subscribe, tx));
+        }
+        Command::JoinedDelivered { pid } => shard.joined_delivered(now, pid),
+        Command::RoomPublish { pid, offer, reply } => {
+            let _ = reply.send(shard.participant_publish(now, pid, &offer));
+        }
+        Command::Answer { pid, sdp, reply } => {
+            let _ = reply.send(shard.participant_answer(now, pid, &sdp));
+        }
+        Command::Subscribe {
+            pid,
+            tracks,
+            on,
+            reply,
+        } => {
+            let _ = reply.send(shard.participant_subscribe(now, pid, &tracks, on));
+        }
+        Command::Mute {
+            pid,
+            track,
+            muted,
+            reply,
+        } => {
+            let _ = reply.send(shard.participant_mute(pid, &track, muted));
+        }
+        Command::Leave { pid } => shard.leave(now, pid),
     }
 }
 

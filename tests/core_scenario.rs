@@ -4,7 +4,8 @@
 use std::time::{Duration, Instant};
 
 use volna::core::room::{
-    Feedback, MediaKind, Relay, RelayConfig, SessionId, Sink, TrackSpec, ViewerTrackSpec,
+    Feedback, MediaKind, Relay, RelayConfig, RelayEvent, SessionId, Sink, TrackRef, TrackSpec,
+    ViewerTrackSpec,
 };
 use volna::core::rtcp::{Compound, Pli, RtcpPacket, SenderReport};
 use volna::core::rtp::{Codec, ExtKind, ExtMap, RtpView};
@@ -86,7 +87,10 @@ fn publisher_tracks() -> Vec<TrackSpec> {
 fn viewer_tracks(base_ssrc: u32) -> Vec<ViewerTrackSpec> {
     vec![
         ViewerTrackSpec {
-            source: 1,
+            source: TrackRef {
+                publisher: PUB,
+                track: 1,
+            },
             mid: "0".into(),
             ssrc: base_ssrc + 1,
             payload_type: 98,
@@ -95,7 +99,10 @@ fn viewer_tracks(base_ssrc: u32) -> Vec<ViewerTrackSpec> {
             initial_ts: 5000,
         },
         ViewerTrackSpec {
-            source: 0,
+            source: TrackRef {
+                publisher: PUB,
+                track: 0,
+            },
             mid: "1".into(),
             ssrc: base_ssrc + 2,
             payload_type: 109,
@@ -120,6 +127,20 @@ fn rtp(ssrc: u32, pt: u8, seq: u16, ts: u32, ext_elems: &[u8], payload: &[u8]) -
     }
     p.extend_from_slice(payload);
     p
+}
+
+/// A viewer of all the given tracks, as WHEP makes one.
+fn add_viewer(
+    relay: &mut Relay,
+    now: Instant,
+    id: SessionId,
+    tracks: Vec<ViewerTrackSpec>,
+    sink: &mut Recorder,
+) {
+    relay.add_viewer(id, "room").unwrap();
+    for t in tracks {
+        relay.add_viewer_track(now, id, t, sink).unwrap();
+    }
 }
 
 fn feed(relay: &mut Relay, now: Instant, pkt: &[u8], sink: &mut Recorder) {
@@ -153,9 +174,7 @@ fn meeting_on_virtual_time() {
     assert_eq!(relay.room_publishers("room"), Some(&[PUB][..]));
 
     // Viewer 1 joins: the publisher is asked for a keyframe at once.
-    relay
-        .add_viewer(at(0), V1, PUB, viewer_tracks(1000), &mut sink)
-        .unwrap();
+    add_viewer(&mut relay, at(0), V1, viewer_tracks(1000), &mut sink);
     let (_, rtcp) = sink.take();
     assert_eq!(
         rtcp_of(&rtcp, PUB),
@@ -169,9 +188,7 @@ fn meeting_on_virtual_time() {
     );
 
     // Viewer 2 joins 100 ms later: within the rate limit, so no second request yet.
-    relay
-        .add_viewer(at(100), V2, PUB, viewer_tracks(2000), &mut sink)
-        .unwrap();
+    add_viewer(&mut relay, at(100), V2, viewer_tracks(2000), &mut sink);
     assert!(
         sink.take().1.is_empty(),
         "keyframe requests are rate-limited per publisher track"
@@ -335,8 +352,9 @@ fn meeting_on_virtual_time() {
     assert_eq!(out.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![V1]);
 
     // The publisher leaves: viewer 1 gets a BYE for its streams and is reported as orphaned.
-    let orphans = relay.remove_publisher(PUB, &mut sink);
-    assert_eq!(orphans, vec![V1]);
+    let ended = relay.remove_publisher(PUB, &mut sink);
+    assert_eq!(ended, vec![(V1, vec![0, 1])]);
+    assert_eq!(relay.live_viewer_tracks(V1), 0);
     let (_, rtcp) = sink.take();
     let bye = rtcp_of(&rtcp, V1);
     assert_eq!(bye.len(), 1);
@@ -360,9 +378,7 @@ fn packets_of_unknown_streams_are_dropped_and_counted() {
     relay
         .add_publisher(PUB, "room", 1, publisher_tracks())
         .unwrap();
-    relay
-        .add_viewer(t0, V1, PUB, viewer_tracks(1000), &mut sink)
-        .unwrap();
+    add_viewer(&mut relay, t0, V1, viewer_tracks(1000), &mut sink);
     sink.take();
     // Unknown SSRC with an unknown payload type.
     feed(&mut relay, t0, &rtp(0x999, 55, 1, 1, &[], &[1]), &mut sink);
@@ -375,4 +391,165 @@ fn packets_of_unknown_streams_are_dropped_and_counted() {
     // Garbage RTCP from a viewer changes nothing.
     relay.handle_viewer_rtcp(t0, V1, &[0x81, 206, 0, 9, 1, 2], &mut sink);
     assert!(sink.take().1.is_empty());
+}
+
+/// One publisher of audio only, with the audio-level extension under id 1.
+fn talker(relay: &mut Relay, id: SessionId, ssrc: u32) {
+    let track = TrackSpec {
+        kind: MediaKind::Audio,
+        mid: "0".into(),
+        codec: Codec::Opus,
+        payload_type: 111,
+        clock_rate: 48000,
+        ssrc: Some(ssrc),
+        ext: ext(&[(1, ExtKind::AudioLevel)]),
+        feedback: Feedback::default(),
+    };
+    relay.add_publisher(id, "room", 1, vec![track]).unwrap();
+}
+
+#[test]
+fn active_speaker_follows_audio_levels_with_hysteresis() {
+    let t0 = Instant::now();
+    let mut relay = Relay::new(RelayConfig::default());
+    let mut sink = Recorder::default();
+    talker(&mut relay, 10, 100);
+    talker(&mut relay, 11, 101);
+    let mut seq = 0u16;
+    // Levels in -dBov: 127 is silence, smaller is louder.
+    let mut speak =
+        |relay: &mut Relay, sink: &mut Recorder, ms: u64, levels: [(u32, SessionId, u8); 2]| {
+            for (ssrc, from, level) in levels {
+                seq = seq.wrapping_add(1);
+                let pkt = rtp(ssrc, 111, seq, 960 * u32::from(seq), &[0x10, level], &[1]);
+                let view = RtpView::parse(&pkt).unwrap();
+                relay.handle_rtp(t0 + Duration::from_millis(ms), from, &pkt, &view, sink);
+            }
+        };
+    let mut events = Vec::new();
+    let mut run =
+        |relay: &mut Relay, sink: &mut Recorder, from_ms: u64, to_ms: u64, a: u8, b: u8| {
+            for ms in (from_ms..to_ms).step_by(20) {
+                speak(relay, sink, ms, [(100, 10, a), (101, 11, b)]);
+                relay.handle_timeout(t0 + Duration::from_millis(ms), sink);
+                while let Some(e) = relay.poll_event() {
+                    events.push((ms, e));
+                }
+            }
+        };
+    // Both silent: no speaker.
+    run(&mut relay, &mut sink, 0, 1000, 127, 127);
+    // 10 talks (-20 dBov), 11 is quiet: 10 becomes the speaker.
+    run(&mut relay, &mut sink, 1000, 2000, 20, 110);
+    // 11 barely louder than 10: not enough to take over.
+    run(&mut relay, &mut sink, 2000, 3000, 21, 20);
+    // 11 clearly louder: it takes over.
+    run(&mut relay, &mut sink, 3000, 4000, 60, 10);
+    let who: Vec<Option<SessionId>> = events
+        .iter()
+        .map(|(_, e)| match e {
+            RelayEvent::ActiveSpeaker { publisher, .. } => *publisher,
+        })
+        .collect();
+    assert_eq!(who, vec![Some(10), Some(11)], "{events:?}");
+    assert!(
+        events[0].0 >= 1000 && events[0].0 < 1400,
+        "speaker found within 400 ms: {events:?}"
+    );
+    assert_eq!(relay.active_speaker("room"), Some(11));
+    // The speaker leaves: the room has none.
+    relay.remove_publisher(11, &mut sink);
+    assert_eq!(
+        relay.poll_event(),
+        Some(RelayEvent::ActiveSpeaker {
+            room: "room".into(),
+            publisher: None
+        })
+    );
+}
+
+#[test]
+fn one_viewer_receives_tracks_of_several_publishers() {
+    let t0 = Instant::now();
+    let mut relay = Relay::new(RelayConfig::default());
+    let mut sink = Recorder::default();
+    talker(&mut relay, 10, 100);
+    talker(&mut relay, 11, 101);
+    relay.add_viewer(20, "room").unwrap();
+    let spec = |publisher, ssrc| ViewerTrackSpec {
+        source: TrackRef {
+            publisher,
+            track: 0,
+        },
+        mid: "0".into(),
+        ssrc,
+        payload_type: 111,
+        ext: ExtMap::default(),
+        initial_seq: 0,
+        initial_ts: 0,
+    };
+    let a = relay
+        .add_viewer_track(t0, 20, spec(10, 500), &mut sink)
+        .unwrap();
+    let b = relay
+        .add_viewer_track(t0, 20, spec(11, 501), &mut sink)
+        .unwrap();
+    assert_eq!((a, b), (0, 1));
+    feed_from(
+        &mut relay,
+        t0,
+        10,
+        &rtp(100, 111, 1, 0, &[], &[1]),
+        &mut sink,
+    );
+    feed_from(
+        &mut relay,
+        t0,
+        11,
+        &rtp(101, 111, 1, 0, &[], &[2]),
+        &mut sink,
+    );
+    let ssrcs: Vec<u32> = sink
+        .take()
+        .0
+        .iter()
+        .map(|(_, p)| RtpView::parse(p).unwrap().ssrc)
+        .collect();
+    assert_eq!(ssrcs, vec![500, 501]);
+    // Unsubscribing one track stops only that one; the other keeps its index.
+    assert!(relay.remove_viewer_track(20, a));
+    assert!(
+        !relay.remove_viewer_track(20, a),
+        "removing twice reports nothing to do"
+    );
+    feed_from(
+        &mut relay,
+        t0,
+        10,
+        &rtp(100, 111, 2, 960, &[], &[1]),
+        &mut sink,
+    );
+    feed_from(
+        &mut relay,
+        t0,
+        11,
+        &rtp(101, 111, 2, 960, &[], &[2]),
+        &mut sink,
+    );
+    let ssrcs: Vec<u32> = sink
+        .take()
+        .0
+        .iter()
+        .map(|(_, p)| RtpView::parse(p).unwrap().ssrc)
+        .collect();
+    assert_eq!(ssrcs, vec![501]);
+    assert_eq!(relay.live_viewer_tracks(20), 1);
+    // Publisher 11 leaves: the viewer learns which of its tracks ended.
+    assert_eq!(relay.remove_publisher(11, &mut sink), vec![(20, vec![1])]);
+    assert_eq!(relay.live_viewer_tracks(20), 0);
+}
+
+fn feed_from(relay: &mut Relay, now: Instant, from: SessionId, pkt: &[u8], sink: &mut Recorder) {
+    let view = RtpView::parse(pkt).unwrap();
+    relay.handle_rtp(now, from, pkt, &view, sink);
 }

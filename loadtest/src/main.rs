@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use volna::core::room::{
-    Feedback, MediaKind, Relay, RelayConfig, SessionId, Sink, TrackSpec, ViewerTrackSpec,
+    Feedback, MediaKind, Relay, RelayConfig, SessionId, Sink, TrackRef, TrackSpec, ViewerTrackSpec,
 };
 use volna::core::rtp::{Codec, ExtKind, ExtMap, RtpView};
 
@@ -73,7 +73,10 @@ fn main() {
     let start = Instant::now();
     for v in 0..args.viewers {
         let spec = ViewerTrackSpec {
-            source: 0,
+            source: TrackRef {
+                publisher: 1,
+                track: 0,
+            },
             mid: "0".into(),
             ssrc: 1000 + v as u32,
             payload_type: 96,
@@ -81,8 +84,9 @@ fn main() {
             initial_seq: 0,
             initial_ts: 0,
         };
+        relay.add_viewer(100 + v, "load").expect("fresh viewer id");
         relay
-            .add_viewer(start, 100 + v, 1, vec![spec], &mut sink)
+            .add_viewer_track(start, 100 + v, spec, &mut sink)
             .expect("publisher exists");
     }
     let mut pkt = vec![0x80u8, 96, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0x10, 0x00];

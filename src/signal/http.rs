@@ -12,7 +12,13 @@ use axum::routing::{get, post};
 use axum::Router;
 use tracing::{info, warn};
 
+use super::auth::{bearer, unix_now, Auth};
 use super::sdp::Offer;
+use axum::response::Html;
+
+/// The demo page: join a room with camera and microphone (docs/protocol.md is its contract).
+const DEMO_HTML: &str = include_str!("../../web/index.html");
+const DEMO_JS: &str = include_str!("../../web/app.js");
 use crate::transport::webrtc::session::Role;
 use crate::transport::webrtc::ShardError;
 use crate::worker::{Command, WorkerHandle};
@@ -20,10 +26,24 @@ use crate::worker::{Command, WorkerHandle};
 #[derive(Clone)]
 pub struct AppState {
     pub worker: WorkerHandle,
+    pub auth: Auth,
+    pub ws_max_message_bytes: usize,
+    pub ws_messages_per_second: u32,
 }
 
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     Router::new()
+        .route("/", get(|| async { Html(DEMO_HTML) }))
+        .route(
+            "/app.js",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+                    DEMO_JS,
+                )
+            }),
+        )
+        .route("/rtc", get(super::ws::rtc))
         .route("/health", get(|| async { "ok\n" }))
         .route("/stats", get(stats))
         .route("/whip/{room}", post(whip).options(preflight))
@@ -96,6 +116,32 @@ async fn no_trickle() -> Response {
     res
 }
 
+/// A plain-text error response with a numeric status.
+pub fn error_response(status: u16, reason: &str) -> Response {
+    error(
+        StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+        reason,
+    )
+}
+
+/// Checks the bearer token of a WHIP (`publish`) or WHEP request for `room`; the response to
+/// send when it does not pass.
+fn refused(st: &AppState, headers: &HeaderMap, room: &str, publish: bool) -> Option<Response> {
+    let access = match st.auth.check(bearer(headers), Some(room), unix_now()) {
+        Ok(a) => a,
+        Err(e) => return Some(error_response(e.status(), &e.to_string())),
+    };
+    let granted = if publish {
+        access.grants.publish
+    } else {
+        access.grants.subscribe
+    };
+    (!granted).then(|| {
+        let what = if publish { "publishing" } else { "subscribing" };
+        error_response(403, &format!("token does not allow {what}"))
+    })
+}
+
 fn error(status: StatusCode, reason: &str) -> Response {
     (
         status,
@@ -111,12 +157,13 @@ fn shard_error(e: ShardError) -> Response {
         ShardError::NoRoom | ShardError::NoPublisher | ShardError::NoSession => {
             StatusCode::NOT_FOUND
         }
+        ShardError::Limit(_) => StatusCode::TOO_MANY_REQUESTS,
         ShardError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     error(status, &e.to_string())
 }
 
-fn valid_name(s: &str) -> bool {
+pub fn valid_name(s: &str) -> bool {
     (1..=64).contains(&s.len())
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
@@ -177,6 +224,9 @@ async fn whip(
             "room names are 1-64 characters of A-Z a-z 0-9 - _ .",
         );
     }
+    if let Some(res) = refused(&st, &headers, &room, true) {
+        return res;
+    }
     let offer = match read_offer(&headers, &body) {
         Ok(o) => o,
         Err(res) => {
@@ -218,6 +268,9 @@ async fn whep(
             StatusCode::BAD_REQUEST,
             "room and publisher names are 1-64 characters of A-Z a-z 0-9 - _ .",
         );
+    }
+    if let Some(res) = refused(&st, &headers, &room, false) {
+        return res;
     }
     let offer = match read_offer(&headers, &body) {
         Ok(o) => o,

@@ -1,4 +1,7 @@
 //! Signalling: WHIP and WHEP over HTTP, with the SDP they carry.
 
+pub mod auth;
 pub mod http;
+pub mod protocol;
 pub mod sdp;
+pub mod ws;

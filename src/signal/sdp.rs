@@ -411,16 +411,126 @@ pub fn answer_setup(offer: Setup) -> &'static str {
     }
 }
 
-/// Writes the answer. `media` has one entry per offered m-line, in order.
-pub fn build_answer(offer: &Offer, local: &Local, media: &[AnswerMedia]) -> String {
-    let mut s = String::with_capacity(2048);
+/// One live m-line to write, in an offer or an answer.
+struct MediaLine<'a> {
+    media: &'a str,
+    mid: &'a str,
+    kind: Option<MediaKind>,
+    codec: &'a OfferedCodec,
+    feedback: Vec<&'a str>,
+    ext: &'a [(u8, String)],
+    direction: Direction,
+    source: Option<&'a Source>,
+}
+
+/// The session part: origin, BUNDLE group, ICE-lite.
+fn write_session(s: &mut String, local: &Local, version: u64, bundle: &[&str], allow_mixed: bool) {
     let ip = local.candidate.ip();
     let ipv = if ip.is_ipv4() { "IP4" } else { "IP6" };
     let _ = write!(
         s,
-        "v=0\r\no=volna {} 2 IN {ipv} {ip}\r\ns=-\r\nt=0 0\r\n",
+        "v=0\r\no=volna {} {version} IN {ipv} {ip}\r\ns=-\r\nt=0 0\r\n",
         local.session_id
     );
+    if !bundle.is_empty() {
+        let _ = write!(s, "a=group:BUNDLE {}\r\n", bundle.join(" "));
+    }
+    s.push_str("a=ice-lite\r\n");
+    if allow_mixed {
+        s.push_str("a=extmap-allow-mixed\r\n");
+    }
+    s.push_str("a=msid-semantic: WMS *\r\n");
+}
+
+/// A rejected (port 0) m-line. Fingerprint and setup are repeated because some stacks
+/// (GStreamer webrtcbin) look for them on every m-line.
+fn write_rejected(
+    s: &mut String,
+    local: &Local,
+    setup: &str,
+    media: &str,
+    proto: &str,
+    fmt: &str,
+    mid: &str,
+) {
+    let ip = local.candidate.ip();
+    let ipv = if ip.is_ipv4() { "IP4" } else { "IP6" };
+    let _ = write!(
+        s,
+        "m={media} 0 {proto} {fmt}\r\nc=IN {ipv} {ip}\r\na=mid:{mid}\r\na=inactive\r\n"
+    );
+    let _ = write!(
+        s,
+        "a=fingerprint:sha-256 {}\r\na=setup:{setup}\r\n",
+        local.fingerprint
+    );
+}
+
+fn write_media(s: &mut String, local: &Local, setup: &str, m: &MediaLine<'_>, candidate: bool) {
+    let ip = local.candidate.ip();
+    let ipv = if ip.is_ipv4() { "IP4" } else { "IP6" };
+    let codec = m.codec;
+    let pt = codec.payload_type;
+    let _ = write!(
+        s,
+        "m={} 9 UDP/TLS/RTP/SAVPF {pt}\r\nc=IN {ipv} {ip}\r\n",
+        m.media
+    );
+    let _ = write!(s, "a=mid:{}\r\n", m.mid);
+    let _ = write!(
+        s,
+        "a=ice-ufrag:{}\r\na=ice-pwd:{}\r\n",
+        local.ice_ufrag, local.ice_pwd
+    );
+    let _ = write!(
+        s,
+        "a=fingerprint:sha-256 {}\r\na=setup:{setup}\r\n",
+        local.fingerprint
+    );
+    for (id, uri) in m.ext {
+        let _ = write!(s, "a=extmap:{id} {uri}\r\n");
+    }
+    let _ = write!(s, "a={}\r\na=rtcp-mux\r\n", m.direction.as_str());
+    if m.kind == Some(MediaKind::Video) {
+        s.push_str("a=rtcp-rsize\r\n");
+    }
+    if codec.channels.is_empty() {
+        let _ = write!(s, "a=rtpmap:{pt} {}/{}\r\n", codec.name, codec.clock_rate);
+    } else {
+        let _ = write!(
+            s,
+            "a=rtpmap:{pt} {}/{}/{}\r\n",
+            codec.name, codec.clock_rate, codec.channels
+        );
+    }
+    for fb in &m.feedback {
+        let _ = write!(s, "a=rtcp-fb:{pt} {fb}\r\n");
+    }
+    if !codec.fmtp.is_empty() {
+        let _ = write!(s, "a=fmtp:{pt} {}\r\n", codec.fmtp);
+    }
+    if let Some(src) = m.source {
+        let _ = write!(s, "a=msid:{} {}\r\n", src.stream_id, src.track_id);
+        let _ = write!(s, "a=ssrc:{} cname:{}\r\n", src.ssrc, src.cname);
+        let _ = write!(
+            s,
+            "a=ssrc:{} msid:{} {}\r\n",
+            src.ssrc, src.stream_id, src.track_id
+        );
+    }
+    if candidate {
+        let _ = write!(
+            s,
+            "a=candidate:1 1 udp 2130706431 {ip} {} typ host\r\n",
+            local.candidate.port()
+        );
+        s.push_str("a=end-of-candidates\r\n");
+    }
+}
+
+/// Writes the answer. `media` has one entry per offered m-line, in order.
+pub fn build_answer(offer: &Offer, local: &Local, media: &[AnswerMedia]) -> String {
+    let mut s = String::with_capacity(2048);
     let accepted: Vec<&str> = offer
         .media
         .iter()
@@ -428,25 +538,21 @@ pub fn build_answer(offer: &Offer, local: &Local, media: &[AnswerMedia]) -> Stri
         .filter(|(_, a)| matches!(a, AnswerMedia::Accepted { .. }))
         .map(|(m, _)| m.mid.as_str())
         .collect();
-    if !accepted.is_empty() {
-        let _ = write!(s, "a=group:BUNDLE {}\r\n", accepted.join(" "));
-    }
-    s.push_str("a=ice-lite\r\n");
-    if offer.extmap_allow_mixed {
-        s.push_str("a=extmap-allow-mixed\r\n");
-    }
-    let _ = write!(s, "a=msid-semantic: WMS *\r\n");
+    write_session(&mut s, local, 2, &accepted, offer.extmap_allow_mixed);
+    let setup = answer_setup(offer.setup);
     let mut first = true;
     for (m, a) in offer.media.iter().zip(media) {
         match a {
             AnswerMedia::Rejected => {
                 let fmt = m.formats.first().map_or("0", String::as_str);
-                let _ = write!(
-                    s,
-                    "m={} 0 {} {fmt}\r\nc=IN {ipv} {ip}\r\na=mid:{}\r\na=inactive\r\n",
-                    m.media,
-                    m.protos.join("/"),
-                    m.mid
+                write_rejected(
+                    &mut s,
+                    local,
+                    setup,
+                    &m.media,
+                    &m.protos.join("/"),
+                    fmt,
+                    &m.mid,
                 );
             }
             AnswerMedia::Accepted {
@@ -456,64 +562,76 @@ pub fn build_answer(offer: &Offer, local: &Local, media: &[AnswerMedia]) -> Stri
                 source,
                 remb,
             } => {
-                let _ = write!(
-                    s,
-                    "m={} 9 UDP/TLS/RTP/SAVPF {}\r\nc=IN {ipv} {ip}\r\n",
-                    m.media, codec.payload_type
+                let line = MediaLine {
+                    media: &m.media,
+                    mid: &m.mid,
+                    kind: m.kind,
+                    codec,
+                    feedback: codec.supported_feedback(*remb).0,
+                    ext,
+                    direction: *direction,
+                    source: source.as_ref(),
+                };
+                write_media(&mut s, local, setup, &line, first);
+                first = false;
+            }
+        }
+    }
+    s
+}
+
+/// One m-line of an offer volna makes to a room subscriber.
+#[derive(Debug, Clone)]
+pub struct OfferLine {
+    pub mid: String,
+    pub kind: MediaKind,
+    pub codec: OfferedCodec,
+    pub ext: Vec<(u8, String)>,
+    /// `None` for an m-line whose track has ended: it is offered with port 0 (stopped).
+    pub source: Option<Source>,
+}
+
+/// Writes an offer (volna sends, the peer receives). `version` must grow with each offer.
+pub fn build_offer(local: &Local, version: u64, lines: &[OfferLine]) -> String {
+    let mut s = String::with_capacity(1024 + 512 * lines.len());
+    let live: Vec<&str> = lines
+        .iter()
+        .filter(|l| l.source.is_some())
+        .map(|l| l.mid.as_str())
+        .collect();
+    write_session(&mut s, local, version, &live, false);
+    let mut first = true;
+    for l in lines {
+        let media = match l.kind {
+            MediaKind::Audio => "audio",
+            MediaKind::Video => "video",
+        };
+        match &l.source {
+            None => {
+                let fmt = l.codec.payload_type.to_string();
+                write_rejected(
+                    &mut s,
+                    local,
+                    "actpass",
+                    media,
+                    "UDP/TLS/RTP/SAVPF",
+                    &fmt,
+                    &l.mid,
                 );
-                let _ = write!(s, "a=mid:{}\r\n", m.mid);
-                let _ = write!(
-                    s,
-                    "a=ice-ufrag:{}\r\na=ice-pwd:{}\r\n",
-                    local.ice_ufrag, local.ice_pwd
-                );
-                let _ = write!(
-                    s,
-                    "a=fingerprint:sha-256 {}\r\na=setup:{}\r\n",
-                    local.fingerprint,
-                    answer_setup(offer.setup)
-                );
-                for (id, uri) in ext {
-                    let _ = write!(s, "a=extmap:{id} {uri}\r\n");
-                }
-                let _ = write!(s, "a={}\r\na=rtcp-mux\r\n", direction.as_str());
-                if m.kind == Some(MediaKind::Video) {
-                    s.push_str("a=rtcp-rsize\r\n");
-                }
-                let pt = codec.payload_type;
-                if codec.channels.is_empty() {
-                    let _ = write!(s, "a=rtpmap:{pt} {}/{}\r\n", codec.name, codec.clock_rate);
-                } else {
-                    let _ = write!(
-                        s,
-                        "a=rtpmap:{pt} {}/{}/{}\r\n",
-                        codec.name, codec.clock_rate, codec.channels
-                    );
-                }
-                for fb in codec.supported_feedback(*remb).0 {
-                    let _ = write!(s, "a=rtcp-fb:{pt} {fb}\r\n");
-                }
-                if !codec.fmtp.is_empty() {
-                    let _ = write!(s, "a=fmtp:{pt} {}\r\n", codec.fmtp);
-                }
-                if let Some(src) = source {
-                    let _ = write!(s, "a=msid:{} {}\r\n", src.stream_id, src.track_id);
-                    let _ = write!(s, "a=ssrc:{} cname:{}\r\n", src.ssrc, src.cname);
-                    let _ = write!(
-                        s,
-                        "a=ssrc:{} msid:{} {}\r\n",
-                        src.ssrc, src.stream_id, src.track_id
-                    );
-                }
-                if first {
-                    let _ = write!(
-                        s,
-                        "a=candidate:1 1 udp 2130706431 {ip} {} typ host\r\n",
-                        local.candidate.port()
-                    );
-                    s.push_str("a=end-of-candidates\r\n");
-                    first = false;
-                }
+            }
+            Some(src) => {
+                let line = MediaLine {
+                    media,
+                    mid: &l.mid,
+                    kind: Some(l.kind),
+                    codec: &l.codec,
+                    feedback: l.codec.feedback.iter().map(String::as_str).collect(),
+                    ext: &l.ext,
+                    direction: Direction::SendOnly,
+                    source: Some(src),
+                };
+                write_media(&mut s, local, "actpass", &line, first);
+                first = false;
             }
         }
     }
@@ -674,6 +792,56 @@ a=rtpmap:102 H264/90000\r\na=fmtp:102 level-asymmetry-allowed=1;packetization-mo
         assert!(o.media[1].active());
         let rejected = CHROME_OFFER.replace("m=video 9 UDP", "m=video 0 UDP");
         assert!(!Offer::parse(&rejected).unwrap().media[1].active());
+    }
+
+    #[test]
+    fn offer_with_a_stopped_line() {
+        let local = Local {
+            ice_ufrag: "uf".into(),
+            ice_pwd: "pw".into(),
+            fingerprint: "01:02".into(),
+            candidate: "127.0.0.1:5000".parse().unwrap(),
+            session_id: 7,
+        };
+        let codec = Offer::parse(CHROME_OFFER).unwrap().media[1].codecs[0].clone();
+        let src = Source {
+            ssrc: 42,
+            cname: "c".into(),
+            stream_id: "s".into(),
+            track_id: "t".into(),
+        };
+        let lines = [
+            OfferLine {
+                mid: "0".into(),
+                kind: MediaKind::Video,
+                codec: codec.clone(),
+                ext: vec![(1, ExtKind::Mid.uri().into())],
+                source: None,
+            },
+            OfferLine {
+                mid: "1".into(),
+                kind: MediaKind::Video,
+                codec,
+                ext: vec![(1, ExtKind::Mid.uri().into())],
+                source: Some(src),
+            },
+        ];
+        let text = build_offer(&local, 3, &lines);
+        for line in [
+            "o=volna 7 3 IN IP4",
+            "a=group:BUNDLE 1\r\n",
+            "m=video 0 UDP/TLS/RTP/SAVPF 96",
+            "m=video 9 UDP/TLS/RTP/SAVPF 96",
+            "a=setup:actpass",
+            "a=sendonly",
+            "a=ssrc:42 msid:s t",
+        ] {
+            assert!(text.contains(line), "missing {line}\n{text}");
+        }
+        // A browser would parse it: so does our parser, with both m-lines.
+        let parsed = Offer::parse(&text).unwrap();
+        assert_eq!(parsed.media.len(), 2);
+        assert!(!parsed.media[0].active() && parsed.media[1].active());
     }
 
     #[test]

@@ -89,6 +89,8 @@ test('DELETE of the WHIP session ends the viewer and frees both sessions', { ski
   }, 5000);
   const ev = await viewer.evaluate(() => window.events);
   assert.ok(ended, `viewer's connection ends; events: ${JSON.stringify(ev)}`);
+  // getStats figures can trail the wire by a moment: let them settle, then they must not move.
+  await sleep(1000);
   const a = (await viewer.evaluate(() => window.inbound())).videoPackets;
   await sleep(1000);
   const b = (await viewer.evaluate(() => window.inbound())).videoPackets;

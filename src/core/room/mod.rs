@@ -54,11 +54,18 @@ pub struct TrackSpec {
     pub feedback: Feedback,
 }
 
+/// One track of one publisher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TrackRef {
+    pub publisher: SessionId,
+    /// Index into the publisher's tracks.
+    pub track: usize,
+}
+
 /// A viewer's copy of one publisher track, as negotiated with the viewer.
 #[derive(Debug, Clone)]
 pub struct ViewerTrackSpec {
-    /// Index into the publisher's tracks.
-    pub source: usize,
+    pub source: TrackRef,
     pub mid: String,
     pub ssrc: u32,
     pub payload_type: u8,
@@ -75,6 +82,8 @@ pub struct RelayConfig {
     pub report_interval: Duration,
     /// Bitrate cap announced to video publishers (REMB).
     pub publisher_max_bitrate_bps: u64,
+    /// How often each room's active speaker is re-evaluated.
+    pub speaker_interval: Duration,
 }
 
 impl Default for RelayConfig {
@@ -83,6 +92,7 @@ impl Default for RelayConfig {
             keyframe_request_interval: Duration::from_millis(500),
             report_interval: Duration::from_secs(1),
             publisher_max_bitrate_bps: 2_500_000,
+            speaker_interval: Duration::from_millis(300),
         }
     }
 }
@@ -105,6 +115,8 @@ pub enum RoomError {
     NoRoom,
     #[error("viewer track refers to a missing publisher track")]
     BadSource,
+    #[error("no such viewer")]
+    NoViewer,
 }
 
 struct PubTrack {
@@ -116,6 +128,8 @@ struct PubTrack {
     /// A keyframe request waiting for the rate limit or for the track's SSRC.
     keyframe_due: Option<Instant>,
     fir_seq: u8,
+    /// Smoothed loudness from the audio-level extension (127 - dBov; louder is larger).
+    loudness: f32,
 }
 
 struct Publisher {
@@ -128,23 +142,47 @@ struct Publisher {
 struct ViewerTrack {
     spec: ViewerTrackSpec,
     fwd: Forwarder,
+    /// False once the track was removed or its publisher left; the slot keeps indices stable.
+    live: bool,
 }
 
 struct Viewer {
     room: String,
-    publisher: Option<SessionId>,
     tracks: Vec<ViewerTrack>,
 }
+
+#[derive(Default)]
+struct RoomState {
+    publishers: Vec<SessionId>,
+    speaker: Option<SessionId>,
+}
+
+/// Something the transport or signalling should know about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayEvent {
+    /// The loudest publisher of a room changed (RFC 6464 audio levels); `None` when it left.
+    ActiveSpeaker {
+        room: String,
+        publisher: Option<SessionId>,
+    },
+}
+
+/// Loudness (127 - dBov) a speaker must exceed: quieter than -60 dBov is background.
+const SPEAKING_LOUDNESS: f32 = 67.0;
+/// A new speaker must be this much louder than the current one to take over.
+const SPEAKER_HYSTERESIS: f32 = 3.0;
 
 /// All rooms of one worker.
 pub struct Relay {
     config: RelayConfig,
-    rooms: HashMap<String, Vec<SessionId>>,
+    rooms: HashMap<String, RoomState>,
     publishers: HashMap<SessionId, Publisher>,
     viewers: HashMap<SessionId, Viewer>,
     header: [u8; 512],
     rtcp: [u8; 1500],
     counters: RelayCounters,
+    events: std::collections::VecDeque<RelayEvent>,
+    next_speaker_check: Option<Instant>,
 }
 
 impl Relay {
@@ -157,6 +195,8 @@ impl Relay {
             header: [0; 512],
             rtcp: [0; 1500],
             counters: RelayCounters::default(),
+            events: std::collections::VecDeque::new(),
+            next_speaker_check: None,
         }
     }
 
@@ -178,7 +218,7 @@ impl Relay {
 
     /// Publishers of a room, oldest first.
     pub fn room_publishers(&self, room: &str) -> Option<&[SessionId]> {
-        self.rooms.get(room).map(Vec::as_slice)
+        self.rooms.get(room).map(|r| r.publishers.as_slice())
     }
 
     pub fn publisher_tracks(&self, id: SessionId) -> Option<impl Iterator<Item = &TrackSpec>> {
@@ -207,6 +247,7 @@ impl Relay {
                 last_keyframe_request: None,
                 keyframe_due: None,
                 fir_seq: 0,
+                loudness: 0.0,
             })
             .collect();
         self.publishers.insert(
@@ -218,106 +259,178 @@ impl Relay {
                 next_report: None,
             },
         );
-        self.rooms.entry(room.to_owned()).or_default().push(id);
+        self.rooms
+            .entry(room.to_owned())
+            .or_default()
+            .publishers
+            .push(id);
         Ok(())
     }
 
-    /// Adds a viewer of `publisher`. Video tracks ask the publisher for a keyframe at once.
-    pub fn add_viewer(
-        &mut self,
-        now: Instant,
-        id: SessionId,
-        publisher: SessionId,
-        tracks: Vec<ViewerTrackSpec>,
-        sink: &mut impl Sink,
-    ) -> Result<(), RoomError> {
+    /// Adds a viewer (a session that receives) to a room, with no tracks yet.
+    pub fn add_viewer(&mut self, id: SessionId, room: &str) -> Result<(), RoomError> {
         if self.publishers.contains_key(&id) || self.viewers.contains_key(&id) {
             return Err(RoomError::Exists(id));
         }
-        let p = self
-            .publishers
-            .get_mut(&publisher)
-            .ok_or(RoomError::NoPublisher)?;
-        if tracks.iter().any(|t| t.source >= p.tracks.len()) {
-            return Err(RoomError::BadSource);
-        }
-        let mut vtracks = Vec::with_capacity(tracks.len());
-        for (i, spec) in tracks.into_iter().enumerate() {
-            let src = &mut p.tracks[spec.source];
-            src.viewers.push((id, i));
-            let fwd = Forwarder::new(
-                src.spec.codec,
-                spec.ssrc,
-                spec.payload_type,
-                spec.initial_seq,
-                spec.initial_ts,
-            );
-            vtracks.push(ViewerTrack { spec, fwd });
-        }
-        let room = p.room.clone();
-        let sources: Vec<usize> = vtracks.iter().map(|t| t.spec.source).collect();
+        self.rooms.entry(room.to_owned()).or_default();
         self.viewers.insert(
             id,
             Viewer {
-                room,
-                publisher: Some(publisher),
-                tracks: vtracks,
+                room: room.to_owned(),
+                tracks: Vec::new(),
             },
         );
-        for s in sources {
-            self.request_keyframe(now, publisher, s, sink);
-        }
         Ok(())
+    }
+
+    /// Starts forwarding a publisher track to a viewer; returns the viewer track's index.
+    /// Video asks the publisher for a keyframe at once (rate-limited per publisher track).
+    pub fn add_viewer_track(
+        &mut self,
+        now: Instant,
+        viewer: SessionId,
+        spec: ViewerTrackSpec,
+        sink: &mut impl Sink,
+    ) -> Result<usize, RoomError> {
+        let v = self.viewers.get_mut(&viewer).ok_or(RoomError::NoViewer)?;
+        let p = self
+            .publishers
+            .get_mut(&spec.source.publisher)
+            .ok_or(RoomError::NoPublisher)?;
+        let src = p
+            .tracks
+            .get_mut(spec.source.track)
+            .ok_or(RoomError::BadSource)?;
+        let index = v.tracks.len();
+        src.viewers.push((viewer, index));
+        let fwd = Forwarder::new(
+            src.spec.codec,
+            spec.ssrc,
+            spec.payload_type,
+            spec.initial_seq,
+            spec.initial_ts,
+        );
+        let source = spec.source;
+        v.tracks.push(ViewerTrack {
+            spec,
+            fwd,
+            live: true,
+        });
+        self.request_keyframe(now, source.publisher, source.track, sink);
+        Ok(index)
+    }
+
+    /// Stops forwarding one viewer track (its slot stays, so other indices do not move).
+    pub fn remove_viewer_track(&mut self, viewer: SessionId, index: usize) -> bool {
+        let Some(t) = self
+            .viewers
+            .get_mut(&viewer)
+            .and_then(|v| v.tracks.get_mut(index))
+        else {
+            return false;
+        };
+        let was_live = std::mem::replace(&mut t.live, false);
+        if let Some(src) = self
+            .publishers
+            .get_mut(&t.spec.source.publisher)
+            .and_then(|p| p.tracks.get_mut(t.spec.source.track))
+        {
+            src.viewers.retain(|&(v, i)| (v, i) != (viewer, index));
+        }
+        was_live
+    }
+
+    /// How many of a viewer's tracks still forward.
+    pub fn live_viewer_tracks(&self, viewer: SessionId) -> usize {
+        self.viewers
+            .get(&viewer)
+            .map_or(0, |v| v.tracks.iter().filter(|t| t.live).count())
     }
 
     pub fn remove_viewer(&mut self, id: SessionId) -> bool {
         let Some(v) = self.viewers.remove(&id) else {
             return false;
         };
-        if let Some(p) = v.publisher.and_then(|p| self.publishers.get_mut(&p)) {
-            for t in &mut p.tracks {
-                t.viewers.retain(|(vid, _)| *vid != id);
+        for t in v.tracks.iter().filter(|t| t.live) {
+            if let Some(src) = self
+                .publishers
+                .get_mut(&t.spec.source.publisher)
+                .and_then(|p| p.tracks.get_mut(t.spec.source.track))
+            {
+                src.viewers.retain(|(vid, _)| *vid != id);
             }
         }
         self.drop_room_if_empty(&v.room);
         true
     }
 
-    /// Removes a publisher; its viewers get an RTCP BYE for their streams and are returned, so the
-    /// transport can end them (they have nothing left to watch).
-    pub fn remove_publisher(&mut self, id: SessionId, sink: &mut impl Sink) -> Vec<SessionId> {
+    /// Removes a publisher. Each viewer of its tracks gets an RTCP BYE for those streams; the
+    /// viewers and the indices of their ended tracks are returned, so the transport can
+    /// renegotiate them away or end a viewer left with nothing.
+    pub fn remove_publisher(
+        &mut self,
+        id: SessionId,
+        sink: &mut impl Sink,
+    ) -> Vec<(SessionId, Vec<usize>)> {
         let Some(p) = self.publishers.remove(&id) else {
             return Vec::new();
         };
-        if let Some(list) = self.rooms.get_mut(&p.room) {
-            list.retain(|x| *x != id);
+        if let Some(r) = self.rooms.get_mut(&p.room) {
+            r.publishers.retain(|x| *x != id);
+            if r.speaker == Some(id) {
+                r.speaker = None;
+                self.events.push_back(RelayEvent::ActiveSpeaker {
+                    room: p.room.clone(),
+                    publisher: None,
+                });
+            }
         }
-        let mut orphans: Vec<SessionId> = p
-            .tracks
-            .iter()
-            .flat_map(|t| t.viewers.iter().map(|(v, _)| *v))
-            .collect();
-        orphans.sort_unstable();
-        orphans.dedup();
-        for vid in &orphans {
-            if let Some(v) = self.viewers.get_mut(vid) {
-                v.publisher = None;
-                let ssrcs: Vec<u32> = v.tracks.iter().map(|t| t.fwd.ssrc()).collect();
-                if let Ok(n) = rtcp::bye::Bye::write(&ssrcs, &mut self.rtcp) {
-                    sink.rtcp(*vid, &self.rtcp[..n]);
+        let mut ended: Vec<(SessionId, Vec<usize>)> = Vec::new();
+        for &(vid, index) in p.tracks.iter().flat_map(|t| t.viewers.iter()) {
+            match ended.iter_mut().find(|(v, _)| *v == vid) {
+                Some((_, list)) => list.push(index),
+                None => ended.push((vid, vec![index])),
+            }
+        }
+        for (vid, indices) in &mut ended {
+            indices.sort_unstable();
+            let Some(v) = self.viewers.get_mut(vid) else {
+                continue;
+            };
+            let mut ssrcs = Vec::with_capacity(indices.len());
+            for &i in indices.iter() {
+                if let Some(t) = v.tracks.get_mut(i) {
+                    t.live = false;
+                    ssrcs.push(t.fwd.ssrc());
                 }
+            }
+            if let Ok(n) = rtcp::bye::Bye::write(&ssrcs, &mut self.rtcp) {
+                sink.rtcp(*vid, &self.rtcp[..n]);
             }
         }
         self.drop_room_if_empty(&p.room);
-        orphans
+        ended
     }
 
     fn drop_room_if_empty(&mut self, room: &str) {
-        let has_publishers = self.rooms.get(room).is_some_and(|l| !l.is_empty());
+        let has_publishers = self
+            .rooms
+            .get(room)
+            .is_some_and(|r| !r.publishers.is_empty());
         let has_viewers = self.viewers.values().any(|v| v.room == room);
         if !has_publishers && !has_viewers {
             self.rooms.remove(room);
         }
+    }
+
+    /// The next event, if any. Poll after each `handle_*` call.
+    pub fn poll_event(&mut self) -> Option<RelayEvent> {
+        self.events.pop_front()
+    }
+
+    /// A room's current active speaker.
+    pub fn active_speaker(&self, room: &str) -> Option<SessionId> {
+        self.rooms.get(room).and_then(|r| r.speaker)
     }
 
     /// One decrypted RTP packet from a publisher: forwarded to every viewer of its track.
@@ -340,6 +453,13 @@ impl Relay {
         let track = &mut p.tracks[ti];
         track.ssrc = Some(view.ssrc);
         track.stats.on_packet(now, view.sequence, view.timestamp);
+        if let Some(level_id) = track.spec.ext.id(ExtKind::AudioLevel) {
+            if let Some((_, data)) = view.extensions(buf).find(|(id, _)| *id == level_id) {
+                // RFC 6464: 0 is the loudest, 127 silence, in -dBov.
+                let loudness = f32::from(127 - (data.first().copied().unwrap_or(127) & 0x7f));
+                track.loudness += (loudness - track.loudness) * 0.2;
+            }
+        }
         let payload = view.payload(buf);
         for &(vid, vti) in &track.viewers {
             let Some(v) = self.viewers.get_mut(&vid) else {
@@ -421,8 +541,8 @@ impl Relay {
         let Some(v) = self.viewers.get(&from) else {
             return;
         };
-        let Some(pid) = v.publisher else { return };
-        let mut keyframes = [false; 16];
+        let live = |ssrc: u32| v.tracks.iter().find(|t| t.live && t.fwd.ssrc() == ssrc);
+        let mut keyframes: Vec<TrackRef> = Vec::new();
         for pkt in Compound::new(buf) {
             let media = match pkt {
                 Ok(RtcpPacket::Pli(pli)) => pli.media_ssrc,
@@ -431,13 +551,14 @@ impl Relay {
                     None => continue,
                 },
                 Ok(RtcpPacket::Nack(nack)) => {
-                    let Some(vt) = v.tracks.iter().find(|t| t.fwd.ssrc() == nack.media_ssrc) else {
+                    let Some(vt) = live(nack.media_ssrc) else {
                         continue;
                     };
+                    let pid = vt.spec.source.publisher;
                     let Some(p) = self.publishers.get(&pid) else {
                         continue;
                     };
-                    let src = &p.tracks[vt.spec.source];
+                    let src = &p.tracks[vt.spec.source.track];
                     let (Some(ssrc), true) = (src.ssrc, src.spec.feedback.nack) else {
                         continue;
                     };
@@ -450,14 +571,14 @@ impl Relay {
                 }
                 _ => continue,
             };
-            if let Some(vt) = v.tracks.iter().find(|t| t.fwd.ssrc() == media) {
-                if let Some(k) = keyframes.get_mut(vt.spec.source) {
-                    *k = true;
+            if let Some(vt) = live(media) {
+                if !keyframes.contains(&vt.spec.source) {
+                    keyframes.push(vt.spec.source);
                 }
             }
         }
-        for (src, _) in keyframes.iter().enumerate().filter(|(_, k)| **k) {
-            self.request_keyframe(now, pid, src, sink);
+        for src in keyframes {
+            self.request_keyframe(now, src.publisher, src.track, sink);
         }
     }
 
@@ -492,7 +613,7 @@ impl Relay {
 
     /// When [`Relay::handle_timeout`] next has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let mut next: Option<Instant> = None;
+        let mut next: Option<Instant> = self.next_speaker_check.filter(|_| !self.rooms.is_empty());
         for p in self.publishers.values() {
             let mut consider = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
             if let Some(r) = p.next_report {
@@ -509,6 +630,10 @@ impl Relay {
 
     /// Periodic work: receiver reports and bitrate caps to publishers, deferred keyframe requests.
     pub fn handle_timeout(&mut self, now: Instant, sink: &mut impl Sink) {
+        if self.next_speaker_check.is_none_or(|t| now >= t) {
+            self.next_speaker_check = Some(now + self.config.speaker_interval);
+            self.update_speakers();
+        }
         for (&pid, p) in self.publishers.iter_mut() {
             for t in &mut p.tracks {
                 if t.ssrc.is_some() && t.keyframe_due.is_some_and(|d| now >= d) {
@@ -555,6 +680,42 @@ impl Relay {
                 }
             }
             sink.rtcp(pid, &self.rtcp[..len]);
+        }
+    }
+}
+
+impl Relay {
+    /// Picks each room's loudest publisher above the speaking threshold, with hysteresis.
+    fn update_speakers(&mut self) {
+        for (name, room) in self.rooms.iter_mut() {
+            let loudness = |id: &SessionId| {
+                self.publishers.get(id).map_or(0.0, |p| {
+                    p.tracks
+                        .iter()
+                        .filter(|t| t.spec.kind == MediaKind::Audio)
+                        .map(|t| t.loudness)
+                        .fold(0.0, f32::max)
+                })
+            };
+            let Some((best, level)) = room
+                .publishers
+                .iter()
+                .map(|id| (*id, loudness(id)))
+                .max_by(|a, b| a.1.total_cmp(&b.1))
+            else {
+                continue;
+            };
+            if level < SPEAKING_LOUDNESS || room.speaker == Some(best) {
+                continue;
+            }
+            let current = room.speaker.as_ref().map_or(0.0, loudness);
+            if level > current + SPEAKER_HYSTERESIS {
+                room.speaker = Some(best);
+                self.events.push_back(RelayEvent::ActiveSpeaker {
+                    room: name.clone(),
+                    publisher: Some(best),
+                });
+            }
         }
     }
 }

@@ -2,10 +2,12 @@
 //! worker's sessions and its share of the relay core. Sans-IO like the core: datagrams and `now`
 //! in, datagrams out; the worker thread does the socket work.
 
+pub mod conference;
 pub mod dtls;
 pub mod ice;
 pub mod session;
 pub mod shard;
 
+pub use conference::Grants;
 pub use dtls::DtlsIdentity;
-pub use shard::{Created, Shard, ShardConfig, ShardError, ShardStats};
+pub use shard::{Created, Limits, Shard, ShardConfig, ShardError, ShardStats};

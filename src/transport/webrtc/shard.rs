@@ -1,5 +1,6 @@
 //! A shard: the sessions, the relay core and the address tables of one worker. Everything here is
 //! driven by `handle_*` calls with `now`; outgoing datagrams are collected with `poll_transmit`.
+//! Room participants (the WebSocket protocol) are in `conference.rs`.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -10,18 +11,21 @@ use rand::distributions::Alphanumeric;
 use rand::Rng;
 use tracing::{debug, info, warn};
 
+use super::conference::Participant;
 use super::dtls::{Dtls, DtlsIdentity, DtlsOutput};
 use super::ice::BindingRequest;
-use super::session::{Role, Session};
+use super::session::{Negotiation, ParticipantId, Role, Session};
 use crate::core::room::{
-    MediaKind, Relay, RelayConfig, SessionId, Sink, TrackSpec, ViewerTrackSpec,
+    MediaKind, Relay, RelayConfig, SessionId, Sink, TrackRef, TrackSpec, ViewerTrackSpec,
 };
 use crate::core::rtp::{is_rtcp, ExtKind, RtpView};
-use crate::signal::sdp::{build_answer, AnswerMedia, Direction, Local, Offer, SdpError, Source};
+use crate::signal::sdp::{
+    build_answer, AnswerMedia, Direction, Local, Offer, OfferedCodec, SdpError, Setup, Source,
+};
 
 /// Extensions volna accepts from publishers and writes or passes on to viewers. RIDs wait for
 /// simulcast: without them in the answer, a publisher sends a single layer.
-const NEGOTIATED_EXTS: &[ExtKind] = &[
+pub(super) const NEGOTIATED_EXTS: &[ExtKind] = &[
     ExtKind::Mid,
     ExtKind::AudioLevel,
     ExtKind::AbsSendTime,
@@ -30,12 +34,31 @@ const NEGOTIATED_EXTS: &[ExtKind] = &[
     ExtKind::PlayoutDelay,
 ];
 
+/// Limits that keep one client from using up a node.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_rooms: usize,
+    pub max_participants_per_room: usize,
+    pub max_tracks_per_participant: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_rooms: 1000,
+            max_participants_per_room: 50,
+            max_tracks_per_participant: 4,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ShardConfig {
     /// The media address: bound by the worker and advertised as the only ICE candidate.
     pub media_addr: SocketAddr,
     pub consent_timeout: Duration,
     pub relay: RelayConfig,
+    pub limits: Limits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +71,8 @@ pub enum ShardError {
     NoPublisher,
     #[error("session not found")]
     NoSession,
+    #[error("{0}")]
+    Limit(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -66,6 +91,7 @@ pub struct ShardStats {
     pub sessions: usize,
     pub publishers: usize,
     pub viewers: usize,
+    pub participants: usize,
     pub datagrams_in: u64,
     pub junk_datagrams: u64,
     pub forwarded_packets: u64,
@@ -76,16 +102,49 @@ pub struct ShardStats {
     pub publisher_ids: Vec<(String, String)>,
 }
 
-struct Transmit {
+/// Why a session ends; decides what else ends with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseCause {
+    Deleted,
+    PeerClosed,
+    ConsentExpired,
+    HandshakeFailed,
+    PublisherLeft,
+    /// Its participant left or published anew.
+    Participant,
+}
+
+impl CloseCause {
+    fn as_str(self) -> &'static str {
+        match self {
+            CloseCause::Deleted => "deleted by client",
+            CloseCause::PeerClosed => "peer closed DTLS",
+            CloseCause::ConsentExpired => "consent expired (peer silent)",
+            CloseCause::HandshakeFailed => "DTLS handshake failed",
+            CloseCause::PublisherLeft => "publisher left",
+            CloseCause::Participant => "participant left",
+        }
+    }
+
+    /// Media loss of a participant's connection ends the participant.
+    pub(super) fn ends_participant(self) -> bool {
+        matches!(
+            self,
+            CloseCause::PeerClosed | CloseCause::ConsentExpired | CloseCause::HandshakeFailed
+        )
+    }
+}
+
+pub(super) struct Transmit {
     to: SocketAddr,
     data: Bytes,
 }
 
 /// The relay's sink: encrypts for each session and queues the datagram.
-struct Out<'a> {
-    sessions: &'a mut HashMap<SessionId, Session>,
-    queue: &'a mut VecDeque<Transmit>,
-    scratch: &'a mut Vec<u8>,
+pub(super) struct Out<'a> {
+    pub(super) sessions: &'a mut HashMap<SessionId, Session>,
+    pub(super) queue: &'a mut VecDeque<Transmit>,
+    pub(super) scratch: &'a mut Vec<u8>,
 }
 
 impl Sink for Out<'_> {
@@ -126,23 +185,25 @@ impl Sink for Out<'_> {
 }
 
 pub struct Shard {
-    config: ShardConfig,
-    identity: DtlsIdentity,
-    relay: Relay,
-    sessions: HashMap<SessionId, Session>,
+    pub(super) config: ShardConfig,
+    pub(super) identity: DtlsIdentity,
+    pub(super) relay: Relay,
+    pub(super) sessions: HashMap<SessionId, Session>,
     by_addr: HashMap<SocketAddr, SessionId>,
     by_ufrag: HashMap<String, SessionId>,
     by_resource: HashMap<String, SessionId>,
-    queue: VecDeque<Transmit>,
-    scratch: Vec<u8>,
+    pub(super) queue: VecDeque<Transmit>,
+    pub(super) scratch: Vec<u8>,
     next_id: SessionId,
     next_housekeeping: Option<Instant>,
     datagrams_in: u64,
     junk: u64,
     closed: u64,
+    pub(super) participants: HashMap<ParticipantId, Participant>,
+    pub(super) next_participant: ParticipantId,
 }
 
-fn random_string(len: usize) -> String {
+pub(super) fn random_string(len: usize) -> String {
     rand::thread_rng()
         .sample_iter(&Alphanumeric)
         .take(len)
@@ -150,7 +211,7 @@ fn random_string(len: usize) -> String {
         .collect()
 }
 
-fn random_hex(bytes: usize) -> String {
+pub(super) fn random_hex(bytes: usize) -> String {
     let mut rng = rand::thread_rng();
     (0..bytes)
         .map(|_| format!("{:02x}", rng.gen::<u8>()))
@@ -158,9 +219,38 @@ fn random_hex(bytes: usize) -> String {
 }
 
 /// A codec volna can forward for this kind of media.
-fn forwardable(kind: MediaKind, c: &crate::signal::sdp::OfferedCodec) -> bool {
+fn forwardable(kind: MediaKind, c: &OfferedCodec) -> bool {
     c.codec
         .is_some_and(|codec| codec.is_video() == (kind == MediaKind::Video))
+}
+
+/// The remote side of a session as an offer or answer describes it.
+pub(super) struct Remote<'a> {
+    pub ufrag: &'a str,
+    pub fingerprint: &'a str,
+    /// Whether volna is the DTLS client.
+    pub dtls_client: bool,
+}
+
+impl<'a> Remote<'a> {
+    /// From an offer volna answers: volna is the client only if the offerer insists on being server.
+    pub fn of_offer(o: &'a Offer) -> Self {
+        Self {
+            ufrag: &o.ice_ufrag,
+            fingerprint: &o.fingerprint,
+            dtls_client: o.setup == Setup::Passive,
+        }
+    }
+
+    /// From an answer to volna's offer (`a=setup:actpass`): the answerer chose its role, and
+    /// `passive` makes volna the client.
+    pub fn of_answer(a: &'a Offer) -> Self {
+        Self {
+            ufrag: &a.ice_ufrag,
+            fingerprint: &a.fingerprint,
+            dtls_client: a.setup == Setup::Passive,
+        }
+    }
 }
 
 impl Shard {
@@ -180,6 +270,8 @@ impl Shard {
             datagrams_in: 0,
             junk: 0,
             closed: 0,
+            participants: HashMap::new(),
+            next_participant: 1,
         }
     }
 
@@ -190,6 +282,7 @@ impl Shard {
             sessions: self.sessions.len(),
             publishers: self.relay.publisher_count(),
             viewers: self.relay.viewer_count(),
+            participants: self.participants.len(),
             datagrams_in: self.datagrams_in,
             junk_datagrams: self.junk,
             forwarded_packets: c.forwarded_packets,
@@ -206,30 +299,36 @@ impl Shard {
         }
     }
 
-    fn new_session(
+    /// A new session. `remote` is `None` for a subscriber, whose peer is known from its answer.
+    pub(super) fn new_session(
         &mut self,
         now: Instant,
         role: Role,
         room: &str,
-        offer: &Offer,
+        remote: Option<Remote<'_>>,
     ) -> Result<Session, ShardError> {
         // Consent expiry is checked on the housekeeping timer; arm it as soon as a session exists.
         self.next_housekeeping
             .get_or_insert(now + Duration::from_secs(1));
         let id = self.next_id;
         self.next_id += 1;
-        let client = offer.setup == crate::signal::sdp::Setup::Passive;
-        let dtls = Dtls::new(now, &self.identity, &offer.fingerprint, client)
-            .map_err(|e| ShardError::Internal(e.to_string()))?;
+        let dtls = match &remote {
+            Some(r) => Some(
+                Dtls::new(now, &self.identity, r.fingerprint, r.dtls_client)
+                    .map_err(|e| ShardError::Internal(e.to_string()))?,
+            ),
+            None => None,
+        };
         Ok(Session {
             id,
             role,
             room: room.to_owned(),
             resource: random_hex(16),
             public_id: random_hex(6),
+            participant: None,
             local_ufrag: random_string(8),
             local_pwd: random_string(24),
-            remote_ufrag: offer.ice_ufrag.clone(),
+            remote_ufrag: remote.map(|r| r.ufrag.to_owned()).unwrap_or_default(),
             remote: None,
             nominated: false,
             dtls,
@@ -237,12 +336,13 @@ impl Shard {
             created: now,
             last_rx: now,
             pending_viewer: None,
-            published: Vec::new(),
             rtcp_ssrc: rand::random(),
+            published: Vec::new(),
+            negotiation: Negotiation::default(),
         })
     }
 
-    fn local(&self, s: &Session) -> Local {
+    pub(super) fn local(&self, s: &Session) -> Local {
         Local {
             ice_ufrag: s.local_ufrag.clone(),
             ice_pwd: s.local_pwd.clone(),
@@ -252,7 +352,7 @@ impl Shard {
         }
     }
 
-    fn register(&mut self, s: Session) {
+    pub(super) fn register(&mut self, s: Session) {
         self.by_ufrag.insert(s.local_ufrag.clone(), s.id);
         self.by_resource.insert(s.resource.clone(), s.id);
         self.sessions.insert(s.id, s);
@@ -266,6 +366,26 @@ impl Shard {
         room: &str,
         offer: &Offer,
     ) -> Result<Created, ShardError> {
+        self.publish_session(now, room, offer, usize::MAX)
+            .map(|(_, c)| c)
+    }
+
+    /// Creates a publisher session with at most `max_tracks` tracks.
+    pub(super) fn publish_session(
+        &mut self,
+        now: Instant,
+        room: &str,
+        offer: &Offer,
+        max_tracks: usize,
+    ) -> Result<(SessionId, Created), ShardError> {
+        if self.relay.room_publishers(room).is_none()
+            && self.relay.room_count() >= self.config.limits.max_rooms
+        {
+            return Err(ShardError::Limit(format!(
+                "this node has its maximum of {} rooms",
+                self.config.limits.max_rooms
+            )));
+        }
         let mut answers = Vec::with_capacity(offer.media.len());
         let mut tracks = Vec::new();
         let mut published = Vec::new();
@@ -278,6 +398,11 @@ impl Shard {
                 answers.push(AnswerMedia::Rejected);
                 continue;
             };
+            if tracks.len() >= max_tracks {
+                return Err(ShardError::Limit(format!(
+                    "at most {max_tracks} tracks per participant"
+                )));
+            }
             let a = AnswerMedia::accept(
                 m,
                 codec.clone(),
@@ -286,7 +411,6 @@ impl Shard {
                 None,
                 true,
             );
-            let ext = a.ext_map();
             tracks.push(TrackSpec {
                 kind,
                 mid: m.mid.clone(),
@@ -294,29 +418,34 @@ impl Shard {
                 payload_type: codec.payload_type,
                 clock_rate: codec.clock_rate,
                 ssrc: m.ssrc,
-                ext,
+                ext: a.ext_map(),
                 feedback: a.feedback(),
             });
-            published.push((kind, codec.clone()));
+            published.push((kind, codec.clone(), m.mid.clone()));
             answers.push(a);
         }
         if tracks.is_empty() {
-            return Err(SdpError::Unacceptable("offer sends no audio or video in a codec volna forwards (Opus, VP8, VP9, H264, AV1)".into()).into());
+            return Err(SdpError::Unacceptable(
+                "offer sends no audio or video in a codec volna forwards (Opus, VP8, VP9, H264, AV1)"
+                    .into(),
+            )
+            .into());
         }
-        let mut s = self.new_session(now, Role::Publisher, room, offer)?;
+        let mut s = self.new_session(now, Role::Publisher, room, Some(Remote::of_offer(offer)))?;
         s.published = published;
         let answer = build_answer(offer, &self.local(&s), &answers);
         self.relay
             .add_publisher(s.id, room, s.rtcp_ssrc, tracks)
             .map_err(|e| ShardError::Internal(e.to_string()))?;
         info!(session = s.id, room, publisher = %s.public_id, "publisher created");
+        let id = s.id;
         let created = Created {
             answer,
             resource: s.resource.clone(),
             public_id: s.public_id.clone(),
         };
         self.register(s);
-        Ok(created)
+        Ok((id, created))
     }
 
     /// WHEP: a viewer's offer for one publisher of the room (the most recent one when `publisher`
@@ -353,24 +482,24 @@ impl Shard {
                 answers.push(AnswerMedia::Rejected);
                 continue;
             };
-            let pick = sources.iter().enumerate().find_map(|(i, (k, src))| {
+            let pick = sources.iter().enumerate().find_map(|(i, (k, src, _))| {
                 if used[i] || *k != kind {
                     return None;
                 }
                 let theirs = m.codecs.iter().find(|c| c.compatible(src))?;
                 Some((i, theirs.clone()))
             });
-            let Some((source, codec)) = pick else {
+            let Some((track, codec)) = pick else {
                 answers.push(AnswerMedia::Rejected);
                 continue;
             };
-            used[source] = true;
+            used[track] = true;
             let ssrc: u32 = rng.gen();
             let src = Source {
                 ssrc,
                 cname: format!("volna-{pub_public}"),
                 stream_id: format!("volna-{pub_public}"),
-                track_id: format!("{pub_public}-{source}"),
+                track_id: format!("{pub_public}-{track}"),
             };
             let pt = codec.payload_type;
             let a = AnswerMedia::accept(
@@ -381,13 +510,15 @@ impl Shard {
                 Some(src),
                 false,
             );
-            let ext = a.ext_map();
             vtracks.push(ViewerTrackSpec {
-                source,
+                source: TrackRef {
+                    publisher: pub_id,
+                    track,
+                },
                 mid: m.mid.clone(),
                 ssrc,
                 payload_type: pt,
-                ext,
+                ext: a.ext_map(),
                 initial_seq: rng.gen(),
                 initial_ts: rng.gen(),
             });
@@ -400,8 +531,8 @@ impl Shard {
             )
             .into());
         }
-        let mut s = self.new_session(now, Role::Viewer, room, offer)?;
-        s.pending_viewer = Some((pub_id, vtracks));
+        let mut s = self.new_session(now, Role::Viewer, room, Some(Remote::of_offer(offer)))?;
+        s.pending_viewer = Some(vtracks);
         let answer = build_answer(offer, &self.local(&s), &answers);
         info!(session = s.id, room, publisher = %pub_public, "viewer created");
         let created = Created {
@@ -426,18 +557,19 @@ impl Shard {
             .get(resource)
             .ok_or(ShardError::NoSession)?;
         let s = self.sessions.get(&id).ok_or(ShardError::NoSession)?;
-        if s.role != role || s.room != room {
+        if s.role != role || s.room != room || s.participant.is_some() {
             return Err(ShardError::NoSession);
         }
-        self.close(now, id, "deleted by client");
+        self.close(now, id, CloseCause::Deleted);
         Ok(())
     }
 
-    fn close(&mut self, now: Instant, id: SessionId, reason: &str) {
-        let Some(role) = self.sessions.get(&id).map(|s| s.role) else {
+    pub(super) fn close(&mut self, now: Instant, id: SessionId, cause: CloseCause) {
+        let Some((role, participant)) = self.sessions.get(&id).map(|s| (s.role, s.participant))
+        else {
             return;
         };
-        let mut orphans = Vec::new();
+        let mut ended = Vec::new();
         {
             let mut out = Out {
                 sessions: &mut self.sessions,
@@ -445,39 +577,58 @@ impl Shard {
                 scratch: &mut self.scratch,
             };
             match role {
-                Role::Publisher => orphans = self.relay.remove_publisher(id, &mut out),
-                Role::Viewer => {
+                Role::Publisher => ended = self.relay.remove_publisher(id, &mut out),
+                Role::Viewer | Role::Subscriber => {
                     self.relay.remove_viewer(id);
                 }
             }
         }
+        let mut orphans = Vec::new();
         if role == Role::Publisher {
             // Viewers still in their handshake are not in the relay yet, but watch this publisher.
             orphans.extend(
                 self.sessions
                     .values()
-                    .filter(|s| s.pending_viewer.as_ref().is_some_and(|(p, _)| *p == id))
+                    .filter(|s| {
+                        s.pending_viewer
+                            .as_ref()
+                            .is_some_and(|t| t.iter().any(|t| t.source.publisher == id))
+                    })
                     .map(|s| s.id),
             );
         }
         if let Some(mut s) = self.sessions.remove(&id) {
-            s.dtls.close(now);
-            if let Some(addr) = s.remote {
-                while let Some(d) = s.dtls.poll_transmit() {
-                    self.queue.push_back(Transmit {
-                        to: addr,
-                        data: d.freeze(),
-                    });
+            if let Some(d) = s.dtls.as_mut() {
+                d.close(now);
+                if let Some(addr) = s.remote {
+                    while let Some(data) = d.poll_transmit() {
+                        self.queue.push_back(Transmit {
+                            to: addr,
+                            data: data.freeze(),
+                        });
+                    }
                 }
             }
             self.by_ufrag.remove(&s.local_ufrag);
             self.by_resource.remove(&s.resource);
             self.by_addr.retain(|_, v| *v != id);
             self.closed += 1;
-            info!(session = id, room = %s.room, role = ?s.role, peer = ?s.remote, reason, "session closed");
+            info!(session = id, room = %s.room, role = ?s.role, peer = ?s.remote, reason = cause.as_str(), "session closed");
+        }
+        for (viewer, indices) in ended {
+            match self.sessions.get(&viewer).map(|s| s.role) {
+                Some(Role::Viewer) if self.relay.live_viewer_tracks(viewer) == 0 => {
+                    orphans.push(viewer)
+                }
+                Some(Role::Subscriber) => self.tracks_ended(now, viewer, &indices),
+                _ => {}
+            }
         }
         for o in orphans {
-            self.close(now, o, "publisher left");
+            self.close(now, o, CloseCause::PublisherLeft);
+        }
+        if let Some(pid) = participant {
+            self.session_closed_for_participant(now, pid, id, role, cause);
         }
     }
 
@@ -512,6 +663,11 @@ impl Shard {
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
+        // A subscriber's checks can arrive before its answer: learn the ufrag from them, and
+        // hold the answer to it (see `apply_answer`).
+        if s.remote_ufrag.is_empty() {
+            s.remote_ufrag = req.remote_ufrag.clone();
+        }
         if req.remote_ufrag != s.remote_ufrag {
             return self.junk(from, "STUN with wrong remote ufrag");
         }
@@ -537,15 +693,17 @@ impl Shard {
         self.flush_dtls(id);
     }
 
-    fn flush_dtls(&mut self, id: SessionId) {
+    pub(super) fn flush_dtls(&mut self, id: SessionId) {
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
-        let Some(addr) = s.remote else { return };
-        while let Some(d) = s.dtls.poll_transmit() {
+        let (Some(addr), Some(d)) = (s.remote, s.dtls.as_mut()) else {
+            return;
+        };
+        while let Some(data) = d.poll_transmit() {
             self.queue.push_back(Transmit {
                 to: addr,
-                data: d.freeze(),
+                data: data.freeze(),
             });
         }
     }
@@ -554,11 +712,23 @@ impl Shard {
         let Some(&id) = self.by_addr.get(&from) else {
             return self.junk(from, "DTLS from unknown address");
         };
+        self.feed_dtls(now, id, from, buf);
+    }
+
+    /// One DTLS datagram for session `id`.
+    pub(super) fn feed_dtls(&mut self, now: Instant, id: SessionId, from: SocketAddr, buf: &[u8]) {
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
-        let result = s.dtls.handle_datagram(now, buf);
         s.last_rx = now;
+        let Some(dtls) = s.dtls.as_mut() else {
+            // Before a subscriber's answer: keep a few datagrams for when it comes.
+            if s.negotiation.early_dtls.len() < 8 {
+                s.negotiation.early_dtls.push(buf.to_vec());
+            }
+            return;
+        };
+        let result = dtls.handle_datagram(now, buf);
         self.flush_dtls(id);
         match result {
             Ok(Some(DtlsOutput::Connected(keys))) => {
@@ -567,24 +737,46 @@ impl Shard {
                 };
                 info!(session = id, room = %s.room, peer = %from, profile = ?keys.profile, elapsed_ms = now.duration_since(s.created).as_millis() as u64, "DTLS connected");
                 s.srtp = Some(*keys);
-                if let Some((pub_id, tracks)) = s.pending_viewer.take() {
-                    let mut out = Out {
-                        sessions: &mut self.sessions,
-                        queue: &mut self.queue,
-                        scratch: &mut self.scratch,
-                    };
-                    if let Err(e) = self.relay.add_viewer(now, id, pub_id, tracks, &mut out) {
-                        warn!(session = id, error = %e, "viewer's publisher is gone");
-                        self.close(now, id, "publisher left");
-                    }
-                }
+                self.on_connected(now, id);
             }
-            Ok(Some(DtlsOutput::PeerClosed)) => self.close(now, id, "peer closed DTLS"),
+            Ok(Some(DtlsOutput::PeerClosed)) => self.close(now, id, CloseCause::PeerClosed),
             Ok(None) => {}
             Err(e) => {
                 self.junk += 1;
                 warn!(session = id, peer = %from, error = %e, "DTLS error");
             }
+        }
+    }
+
+    /// SRTP is up: a viewer starts receiving; a subscriber gets the tracks its answer accepted.
+    fn on_connected(&mut self, now: Instant, id: SessionId) {
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        match s.role {
+            Role::Viewer => {
+                let tracks = s.pending_viewer.take().unwrap_or_default();
+                let room = s.room.clone();
+                if let Err(e) = self.relay.add_viewer(id, &room) {
+                    warn!(session = id, error = %e, "viewer not added");
+                    return;
+                }
+                let mut out = Out {
+                    sessions: &mut self.sessions,
+                    queue: &mut self.queue,
+                    scratch: &mut self.scratch,
+                };
+                for t in tracks {
+                    if let Err(e) = self.relay.add_viewer_track(now, id, t, &mut out) {
+                        warn!(session = id, error = %e, "viewer track not added");
+                    }
+                }
+                if self.relay.live_viewer_tracks(id) == 0 {
+                    self.close(now, id, CloseCause::PublisherLeft);
+                }
+            }
+            Role::Subscriber => self.attach_accepted_lines(now, id),
+            Role::Publisher => {}
         }
     }
 
@@ -612,12 +804,14 @@ impl Shard {
             };
             match role {
                 Role::Publisher => self.relay.handle_publisher_rtcp(now, id, &plain, &mut out),
-                Role::Viewer => self.relay.handle_viewer_rtcp(now, id, &plain, &mut out),
+                Role::Viewer | Role::Subscriber => {
+                    self.relay.handle_viewer_rtcp(now, id, &plain, &mut out)
+                }
             }
             return;
         }
         if role != Role::Publisher {
-            return self.junk(from, "RTP from a viewer");
+            return self.junk(from, "RTP from a receiving session");
         }
         let plain = match keys.remote.decrypt_rtp(buf) {
             Ok(p) => p,
@@ -634,6 +828,7 @@ impl Shard {
             scratch: &mut self.scratch,
         };
         self.relay.handle_rtp(now, id, &plain, &view, &mut out);
+        self.drain_relay_events();
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
@@ -645,7 +840,7 @@ impl Shard {
         };
         consider(self.relay.poll_timeout());
         for s in self.sessions.values() {
-            consider(s.dtls.poll_timeout());
+            consider(s.dtls.as_ref().and_then(Dtls::poll_timeout));
         }
         next
     }
@@ -657,17 +852,23 @@ impl Shard {
             scratch: &mut self.scratch,
         };
         self.relay.handle_timeout(now, &mut out);
+        self.drain_relay_events();
         let ids: Vec<SessionId> = self
             .sessions
             .iter()
-            .filter(|(_, s)| s.dtls.poll_timeout().is_some_and(|t| t <= now))
+            .filter(|(_, s)| {
+                s.dtls
+                    .as_ref()
+                    .and_then(Dtls::poll_timeout)
+                    .is_some_and(|t| t <= now)
+            })
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
-            if let Some(s) = self.sessions.get_mut(&id) {
-                if let Err(e) = s.dtls.handle_timeout(now) {
+            if let Some(d) = self.sessions.get_mut(&id).and_then(|s| s.dtls.as_mut()) {
+                if let Err(e) = d.handle_timeout(now) {
                     warn!(session = id, error = %e, "DTLS handshake failed");
-                    self.close(now, id, "DTLS handshake failed");
+                    self.close(now, id, CloseCause::HandshakeFailed);
                     continue;
                 }
             }
@@ -683,7 +884,7 @@ impl Shard {
                 .map(|s| s.id)
                 .collect();
             for id in expired {
-                self.close(now, id, "consent expired (peer silent)");
+                self.close(now, id, CloseCause::ConsentExpired);
             }
         }
     }

@@ -1,0 +1,228 @@
+//! The room protocol's messages (docs/protocol.md): JSON objects over a WebSocket, one per text
+//! frame, tagged by `type`. Version 1.
+
+use serde::{Deserialize, Serialize};
+
+pub const VERSION: u32 = 1;
+
+/// What a client sends.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientMessage {
+    Join {
+        #[serde(default)]
+        id: Option<serde_json::Value>,
+        v: u32,
+        room: String,
+        #[serde(default)]
+        name: Option<String>,
+        #[serde(default)]
+        token: Option<String>,
+        #[serde(default = "yes")]
+        auto_subscribe: bool,
+    },
+    Publish {
+        #[serde(default)]
+        id: Option<serde_json::Value>,
+        sdp: String,
+    },
+    Answer {
+        #[serde(default)]
+        id: Option<serde_json::Value>,
+        sdp: String,
+    },
+    Subscribe {
+        #[serde(default)]
+        id: Option<serde_json::Value>,
+        tracks: Vec<String>,
+    },
+    Unsubscribe {
+        #[serde(default)]
+        id: Option<serde_json::Value>,
+        tracks: Vec<String>,
+    },
+    Mute {
+        #[serde(default)]
+        id: Option<serde_json::Value>,
+        track: String,
+        muted: bool,
+    },
+    Leave {
+        #[serde(default)]
+        id: Option<serde_json::Value>,
+    },
+    Ping {
+        #[serde(default)]
+        id: Option<serde_json::Value>,
+    },
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl ClientMessage {
+    pub fn request_id(&self) -> Option<serde_json::Value> {
+        match self {
+            ClientMessage::Join { id, .. }
+            | ClientMessage::Publish { id, .. }
+            | ClientMessage::Answer { id, .. }
+            | ClientMessage::Subscribe { id, .. }
+            | ClientMessage::Unsubscribe { id, .. }
+            | ClientMessage::Mute { id, .. }
+            | ClientMessage::Leave { id }
+            | ClientMessage::Ping { id } => id.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TrackInfo {
+    pub id: String,
+    pub kind: &'static str,
+    pub muted: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ParticipantInfo {
+    pub id: String,
+    pub identity: String,
+    pub name: String,
+    pub tracks: Vec<TrackInfo>,
+}
+
+/// What the server sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    Joined {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<serde_json::Value>,
+        v: u32,
+        room: String,
+        participant: ParticipantInfo,
+        participants: Vec<ParticipantInfo>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        active_speaker: Option<String>,
+    },
+    ParticipantJoined {
+        participant: ParticipantInfo,
+    },
+    ParticipantLeft {
+        participant: String,
+    },
+    TrackPublished {
+        participant: String,
+        track: TrackInfo,
+    },
+    TrackUnpublished {
+        participant: String,
+        track: String,
+    },
+    Mute {
+        participant: String,
+        track: String,
+        muted: bool,
+    },
+    ActiveSpeaker {
+        participant: Option<String>,
+    },
+    /// The subscriber connection's offer; `tracks` maps each live mid to its track id.
+    Offer {
+        sdp: String,
+        tracks: std::collections::BTreeMap<String, String>,
+    },
+    PublishAnswer {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<serde_json::Value>,
+        sdp: String,
+    },
+    Ok {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<serde_json::Value>,
+    },
+    Pong {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<serde_json::Value>,
+    },
+    Error {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<serde_json::Value>,
+        code: u16,
+        reason: &'static str,
+        message: String,
+    },
+}
+
+/// A refused request: an HTTP-like status, a stable machine-readable reason, and text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: u16,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            reason,
+            message: message.into(),
+        }
+    }
+
+    pub fn to_message(&self, id: Option<serde_json::Value>) -> ServerMessage {
+        ServerMessage::Error {
+            id,
+            code: self.code,
+            reason: self.reason,
+            message: self.message.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_client_messages() {
+        let cases = [
+            (r#"{"type":"join","v":1,"room":"r"}"#, true),
+            (
+                r#"{"type":"join","v":1,"room":"r","token":"t","name":"A","auto_subscribe":false,"id":5}"#,
+                true,
+            ),
+            (r#"{"type":"publish","sdp":"v=0"}"#, true),
+            (r#"{"type":"mute","track":"a","muted":true}"#, true),
+            (r#"{"type":"ping"}"#, true),
+            (r#"{"type":"join","room":"r"}"#, false),
+            (r#"{"type":"fly"}"#, false),
+            (r#"{"type":"mute","track":"a","muted":"yes"}"#, false),
+            (r#"{"type":"ping","extra":1}"#, false),
+            (r#"[1,2]"#, false),
+            (r#"not json"#, false),
+        ];
+        for (text, ok) in cases {
+            assert_eq!(
+                serde_json::from_str::<ClientMessage>(text).is_ok(),
+                ok,
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn serializes_server_messages() {
+        let m = Refusal::new(403, "forbidden", "no").to_message(Some(serde_json::json!(3)));
+        assert_eq!(
+            serde_json::to_string(&m).unwrap(),
+            r#"{"type":"error","id":3,"code":403,"reason":"forbidden","message":"no"}"#
+        );
+        let m = ServerMessage::ActiveSpeaker { participant: None };
+        assert_eq!(
+            serde_json::to_string(&m).unwrap(),
+            r#"{"type":"active_speaker","participant":null}"#
+        );
+    }
+}

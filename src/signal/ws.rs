@@ -1,0 +1,329 @@
+//! The room protocol's WebSocket endpoint (`/rtc`): one task per socket, reading client messages,
+//! asking the worker, and writing replies and the participant's events. Bad input gets an
+//! `error` message; the socket and the rest of the room carry on.
+
+use std::time::Instant;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tracing::{debug, info};
+
+use super::auth::{bearer, unix_now};
+use super::http::{error_response, valid_name, AppState};
+use super::protocol::{ClientMessage, Refusal, ServerMessage, VERSION};
+use super::sdp::Offer;
+use crate::transport::webrtc::session::ParticipantId;
+use crate::worker::Command;
+
+/// Events waiting for a slow client; past this the client is cut off rather than waited for.
+const EVENT_QUEUE: usize = 256;
+
+#[derive(Debug, Deserialize)]
+pub struct RtcQuery {
+    token: Option<String>,
+}
+
+pub async fn rtc(
+    ws: WebSocketUpgrade,
+    State(st): State<AppState>,
+    Query(q): Query<RtcQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let token = q.token.or_else(|| bearer(&headers).map(str::to_owned));
+    // A token given with the upgrade is checked now (its room at `join`), so a bad one gets 401.
+    if let Some(t) = &token {
+        if let Err(e) = st.auth.check(Some(t), None, unix_now()) {
+            return error_response(e.status(), &e.to_string());
+        }
+    }
+    let limit = st.ws_max_message_bytes;
+    // Frames up to 4x the limit are read so they can be answered with an error; larger ones
+    // end the connection.
+    ws.max_message_size(limit * 4)
+        .max_frame_size(limit * 4)
+        .on_upgrade(move |socket| run(socket, st, token))
+        .into_response()
+}
+
+/// Token bucket for the message rate.
+struct Bucket {
+    tokens: f64,
+    rate: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn take(&mut self, now: Instant) -> bool {
+        self.tokens =
+            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.rate);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+async fn send(socket: &mut WebSocket, msg: &ServerMessage) -> bool {
+    match serde_json::to_string(msg) {
+        Ok(text) => socket.send(Message::Text(text.into())).await.is_ok(),
+        Err(_) => true,
+    }
+}
+
+async fn run(mut socket: WebSocket, st: AppState, upgrade_token: Option<String>) {
+    let mut joined: Option<(ParticipantId, mpsc::Receiver<ServerMessage>)> = None;
+    let rate = f64::from(st.ws_messages_per_second.max(1));
+    let mut bucket = Bucket {
+        tokens: rate,
+        rate,
+        last: Instant::now(),
+    };
+    loop {
+        let event = async {
+            match joined.as_mut() {
+                Some((_, rx)) => rx.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            incoming = socket.recv() => {
+                let text = match incoming {
+                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                    Some(Ok(Message::Text(t))) => t,
+                    Some(Ok(Message::Binary(_))) => {
+                        let r = Refusal::new(400, "bad_message", "binary frames are not part of the protocol; send JSON text");
+                        if !send(&mut socket, &r.to_message(None)).await { break; }
+                        continue;
+                    }
+                    Some(Ok(_)) => continue,
+                };
+                if !bucket.take(Instant::now()) {
+                    let r = Refusal::new(429, "rate_limited", format!("more than {} messages per second", st.ws_messages_per_second));
+                    if !send(&mut socket, &r.to_message(None)).await { break; }
+                    continue;
+                }
+                if text.len() > st.ws_max_message_bytes {
+                    let r = Refusal::new(413, "message_too_large", format!("messages are limited to {} bytes", st.ws_max_message_bytes));
+                    if !send(&mut socket, &r.to_message(None)).await { break; }
+                    continue;
+                }
+                let msg = match serde_json::from_str::<ClientMessage>(&text) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        debug!(error = %e, "bad room-protocol message");
+                        let r = Refusal::new(400, "bad_message", e.to_string());
+                        if !send(&mut socket, &r.to_message(None)).await { break; }
+                        continue;
+                    }
+                };
+                let leaving = matches!(msg, ClientMessage::Leave { .. });
+                let id = msg.request_id();
+                let reply = match handle(&st, msg, &mut joined, upgrade_token.as_deref()).await {
+                    Ok(reply) => reply,
+                    Err(r) => r.to_message(id),
+                };
+                if !send(&mut socket, &reply).await { break; }
+                if let (ServerMessage::Joined { .. }, Some((pid, _))) = (&reply, &joined) {
+                    let pid = *pid;
+                    let _ = st.worker.tx.send(Command::JoinedDelivered { pid }).await;
+                }
+                if leaving {
+                    break;
+                }
+            }
+            ev = event => match ev {
+                Some(m) => {
+                    let lost = matches!(m, ServerMessage::Error { .. });
+                    if !send(&mut socket, &m).await || lost { break; }
+                }
+                // The worker dropped this participant (media lost).
+                None => break,
+            },
+        }
+    }
+    if let Some((pid, _)) = joined {
+        let _ = st.worker.tx.send(Command::Leave { pid }).await;
+    }
+    let _ = socket.send(Message::Close(None)).await;
+}
+
+fn not_joined() -> Refusal {
+    Refusal::new(409, "not_joined", "join a room first")
+}
+
+async fn handle(
+    st: &AppState,
+    msg: ClientMessage,
+    joined: &mut Option<(ParticipantId, mpsc::Receiver<ServerMessage>)>,
+    upgrade_token: Option<&str>,
+) -> Result<ServerMessage, Refusal> {
+    let gone = || Refusal::new(503, "unavailable", "media worker is not running");
+    let pid = joined.as_ref().map(|(p, _)| *p);
+    match msg {
+        ClientMessage::Join {
+            id,
+            v,
+            room,
+            name,
+            token,
+            auto_subscribe,
+        } => {
+            if pid.is_some() {
+                return Err(Refusal::new(
+                    409,
+                    "already_joined",
+                    "this socket has joined a room already",
+                ));
+            }
+            if v != VERSION {
+                return Err(Refusal::new(
+                    400,
+                    "unsupported_version",
+                    format!("protocol version {v} is not supported; use {VERSION}"),
+                ));
+            }
+            if !valid_name(&room) {
+                return Err(Refusal::new(
+                    400,
+                    "bad_room",
+                    "room names are 1-64 characters of A-Z a-z 0-9 - _ .",
+                ));
+            }
+            let name = name.unwrap_or_default();
+            if name.chars().count() > 64 {
+                return Err(Refusal::new(
+                    400,
+                    "bad_name",
+                    "names are at most 64 characters",
+                ));
+            }
+            let token = token.as_deref().or(upgrade_token);
+            let access = st
+                .auth
+                .check(token, Some(&room), unix_now())
+                .map_err(|e| Refusal::new(e.status(), e.reason(), e.to_string()))?;
+            let identity = access.identity.unwrap_or_else(|| {
+                if name.is_empty() {
+                    "guest".into()
+                } else {
+                    name.clone()
+                }
+            });
+            let display = if name.is_empty() {
+                identity.clone()
+            } else {
+                name
+            };
+            let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+            let (reply, wait) = tokio::sync::oneshot::channel();
+            st.worker
+                .tx
+                .send(Command::Join {
+                    room: room.clone(),
+                    identity: identity.clone(),
+                    name: display,
+                    grants: access.grants,
+                    auto_subscribe,
+                    tx,
+                    reply,
+                })
+                .await
+                .map_err(|_| gone())?;
+            let (pid, mut joined_msg) = wait.await.map_err(|_| gone())??;
+            if let ServerMessage::Joined { id: slot, .. } = &mut joined_msg {
+                *slot = id;
+            }
+            info!(room, identity, "room protocol join");
+            *joined = Some((pid, rx));
+            Ok(joined_msg)
+        }
+        ClientMessage::Publish { id, sdp } => {
+            let pid = pid.ok_or_else(not_joined)?;
+            let offer =
+                Offer::parse(&sdp).map_err(|e| Refusal::new(400, "bad_sdp", e.to_string()))?;
+            let sdp = call(st, |reply| Command::RoomPublish {
+                pid,
+                offer: Box::new(offer),
+                reply,
+            })
+            .await??;
+            Ok(ServerMessage::PublishAnswer { id, sdp })
+        }
+        ClientMessage::Answer { id, sdp } => {
+            let pid = pid.ok_or_else(not_joined)?;
+            call(st, |reply| Command::Answer { pid, sdp, reply }).await??;
+            Ok(ServerMessage::Ok { id })
+        }
+        ClientMessage::Subscribe { id, tracks } | ClientMessage::Unsubscribe { id, tracks }
+            if tracks.len() > 256 =>
+        {
+            let _ = id;
+            Err(Refusal::new(
+                400,
+                "bad_message",
+                "at most 256 tracks per request",
+            ))
+        }
+        ClientMessage::Subscribe { id, tracks } => {
+            let pid = pid.ok_or_else(not_joined)?;
+            call(st, |reply| Command::Subscribe {
+                pid,
+                tracks,
+                on: true,
+                reply,
+            })
+            .await??;
+            Ok(ServerMessage::Ok { id })
+        }
+        ClientMessage::Unsubscribe { id, tracks } => {
+            let pid = pid.ok_or_else(not_joined)?;
+            call(st, |reply| Command::Subscribe {
+                pid,
+                tracks,
+                on: false,
+                reply,
+            })
+            .await??;
+            Ok(ServerMessage::Ok { id })
+        }
+        ClientMessage::Mute { id, track, muted } => {
+            let pid = pid.ok_or_else(not_joined)?;
+            call(st, |reply| Command::Mute {
+                pid,
+                track,
+                muted,
+                reply,
+            })
+            .await??;
+            Ok(ServerMessage::Ok { id })
+        }
+        ClientMessage::Leave { id } => {
+            let pid = pid.ok_or_else(not_joined)?;
+            *joined = None;
+            st.worker
+                .tx
+                .send(Command::Leave { pid })
+                .await
+                .map_err(|_| gone())?;
+            Ok(ServerMessage::Ok { id })
+        }
+        ClientMessage::Ping { id } => Ok(ServerMessage::Pong { id }),
+    }
+}
+
+async fn call<T>(
+    st: &AppState,
+    make: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> Command,
+) -> Result<T, Refusal> {
+    st.worker
+        .call(make)
+        .await
+        .ok_or_else(|| Refusal::new(503, "unavailable", "media worker is not running"))
+}

@@ -1,0 +1,791 @@
+//! Room participants (the WebSocket room protocol, docs/protocol.md): each has a publisher
+//! connection it offers, and a subscriber connection volna offers, renegotiated as tracks come
+//! and go. Events (joins, leaves, tracks, mutes, active speaker) go to each participant's socket
+//! through a bounded channel; a participant that stops reading is dropped, never waited for.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Instant;
+
+use rand::Rng;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use super::session::{ParticipantId, Role, SubLine};
+use super::shard::{CloseCause, Out, Remote, Shard, ShardError};
+use crate::core::room::{MediaKind, RelayEvent, SessionId, TrackRef, ViewerTrackSpec};
+use crate::core::rtp::{ExtKind, ExtMap};
+use crate::signal::protocol::{ParticipantInfo, Refusal, ServerMessage, TrackInfo, VERSION};
+use crate::signal::sdp::{build_offer, Offer, OfferLine, OfferedCodec, Setup, Source};
+
+/// What a token (or dev mode) allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grants {
+    pub publish: bool,
+    pub subscribe: bool,
+}
+
+pub struct Participant {
+    pub id: ParticipantId,
+    pub public_id: String,
+    pub identity: String,
+    pub name: String,
+    pub room: String,
+    pub grants: Grants,
+    pub auto_subscribe: bool,
+    pub tx: mpsc::Sender<ServerMessage>,
+    pub publisher: Option<SessionId>,
+    pub subscriber: Option<SessionId>,
+    /// Tracks asked for with `subscribe` (used when `auto_subscribe` is off).
+    pub wanted: BTreeSet<String>,
+    pub muted: HashMap<String, bool>,
+}
+
+/// A published track as the room sees it.
+struct RoomTrack {
+    owner: ParticipantId,
+    info: TrackInfo,
+    source: TrackRef,
+    kind: MediaKind,
+    codec: OfferedCodec,
+    stream_id: String,
+}
+
+/// Queues an event for a participant's socket. A full queue means the client stopped reading;
+/// a closed one that its socket is going away (its leave follows).
+fn deliver(p: &Participant, msg: ServerMessage) {
+    match p.tx.try_send(msg) {
+        Ok(()) => {}
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            warn!(participant = %p.public_id, "event queue full: client is not reading")
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => {
+            debug!(participant = %p.public_id, "event for a closing socket dropped")
+        }
+    }
+}
+
+fn kind_str(k: MediaKind) -> &'static str {
+    match k {
+        MediaKind::Audio => "audio",
+        MediaKind::Video => "video",
+    }
+}
+
+/// Header extensions offered to subscribers; ids are shared by all m-lines of the bundle.
+fn subscriber_exts(kind: MediaKind) -> Vec<(u8, String)> {
+    let list: &[(u8, ExtKind)] = match kind {
+        MediaKind::Audio => &[
+            (1, ExtKind::Mid),
+            (2, ExtKind::AudioLevel),
+            (3, ExtKind::AbsSendTime),
+        ],
+        MediaKind::Video => &[
+            (1, ExtKind::Mid),
+            (3, ExtKind::AbsSendTime),
+            (4, ExtKind::VideoOrientation),
+            (5, ExtKind::PlayoutDelay),
+        ],
+    };
+    list.iter()
+        .map(|(id, k)| (*id, k.uri().to_owned()))
+        .collect()
+}
+
+impl Shard {
+    fn send(&self, pid: ParticipantId, msg: ServerMessage) {
+        if let Some(p) = self.participants.get(&pid) {
+            deliver(p, msg);
+        }
+    }
+
+    fn broadcast(&self, room: &str, except: ParticipantId, msg: &ServerMessage) {
+        for p in self
+            .participants
+            .values()
+            .filter(|p| p.room == room && p.id != except)
+        {
+            deliver(p, msg.clone());
+        }
+    }
+
+    fn room_tracks(&self, room: &str) -> Vec<RoomTrack> {
+        let mut out = Vec::new();
+        for p in self.participants.values().filter(|p| p.room == room) {
+            let Some(s) = p.publisher.and_then(|sid| self.sessions.get(&sid)) else {
+                continue;
+            };
+            for (i, (kind, codec, mid)) in s.published.iter().enumerate() {
+                let id = format!("{}-{mid}", p.public_id);
+                out.push(RoomTrack {
+                    owner: p.id,
+                    info: TrackInfo {
+                        muted: p.muted.get(&id).copied().unwrap_or(false),
+                        id,
+                        kind: kind_str(*kind),
+                    },
+                    source: TrackRef {
+                        publisher: s.id,
+                        track: i,
+                    },
+                    kind: *kind,
+                    codec: codec.clone(),
+                    stream_id: p.public_id.clone(),
+                });
+            }
+        }
+        out
+    }
+
+    fn info(&self, pid: ParticipantId) -> Option<ParticipantInfo> {
+        let p = self.participants.get(&pid)?;
+        let tracks = self
+            .room_tracks(&p.room)
+            .into_iter()
+            .filter(|t| t.owner == pid)
+            .map(|t| t.info)
+            .collect();
+        Some(ParticipantInfo {
+            id: p.public_id.clone(),
+            identity: p.identity.clone(),
+            name: p.name.clone(),
+            tracks,
+        })
+    }
+
+    /// A participant joins a room. Returns its id and the `joined` message for it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn join(
+        &mut self,
+        _now: Instant,
+        room: &str,
+        identity: &str,
+        name: &str,
+        grants: Grants,
+        auto_subscribe: bool,
+        tx: mpsc::Sender<ServerMessage>,
+    ) -> Result<(ParticipantId, ServerMessage), Refusal> {
+        let limits = &self.config.limits;
+        let in_room = self
+            .participants
+            .values()
+            .filter(|p| p.room == room)
+            .count();
+        if in_room >= limits.max_participants_per_room {
+            return Err(Refusal::new(
+                429,
+                "room_full",
+                format!(
+                    "room {room} has its maximum of {} participants",
+                    limits.max_participants_per_room
+                ),
+            ));
+        }
+        let mut rooms: BTreeSet<&str> = self
+            .participants
+            .values()
+            .map(|p| p.room.as_str())
+            .collect();
+        let relay_rooms = self.relay.room_count();
+        if in_room == 0
+            && self.relay.room_publishers(room).is_none()
+            && rooms.len().max(relay_rooms) >= limits.max_rooms
+        {
+            return Err(Refusal::new(
+                429,
+                "too_many_rooms",
+                format!("this node has its maximum of {} rooms", limits.max_rooms),
+            ));
+        }
+        rooms.clear();
+        let id = self.next_participant;
+        self.next_participant += 1;
+        let p = Participant {
+            id,
+            public_id: super::shard::random_hex(6),
+            identity: identity.to_owned(),
+            name: name.to_owned(),
+            room: room.to_owned(),
+            grants,
+            auto_subscribe,
+            tx,
+            publisher: None,
+            subscriber: None,
+            wanted: BTreeSet::new(),
+            muted: HashMap::new(),
+        };
+        info!(participant = %p.public_id, identity, room, "participant joined");
+        self.participants.insert(id, p);
+        let me = self.info(id).expect("just inserted");
+        self.broadcast(
+            room,
+            id,
+            &ServerMessage::ParticipantJoined {
+                participant: me.clone(),
+            },
+        );
+        let others: Vec<ParticipantId> = self
+            .participants
+            .values()
+            .filter(|p| p.room == room && p.id != id)
+            .map(|p| p.id)
+            .collect();
+        let participants = others.iter().filter_map(|o| self.info(*o)).collect();
+        let speaker = self
+            .relay
+            .active_speaker(room)
+            .and_then(|sid| {
+                self.participants
+                    .values()
+                    .find(|p| p.publisher == Some(sid))
+            })
+            .map(|p| p.public_id.clone());
+        let joined = ServerMessage::Joined {
+            id: None,
+            v: VERSION,
+            room: room.to_owned(),
+            participant: me,
+            participants,
+            active_speaker: speaker,
+        };
+        Ok((id, joined))
+    }
+
+    /// After `joined` has reached the client: offer it what it should receive.
+    pub fn joined_delivered(&mut self, now: Instant, pid: ParticipantId) {
+        self.sync_subscriber(now, pid);
+    }
+
+    pub fn participant_publish(
+        &mut self,
+        now: Instant,
+        pid: ParticipantId,
+        offer: &Offer,
+    ) -> Result<String, Refusal> {
+        let p = self
+            .participants
+            .get(&pid)
+            .ok_or_else(|| Refusal::new(409, "not_joined", "join a room first"))?;
+        if !p.grants.publish {
+            return Err(Refusal::new(
+                403,
+                "forbidden",
+                "this token does not allow publishing",
+            ));
+        }
+        let room = p.room.clone();
+        if let Some(old) = p.publisher {
+            self.close(now, old, CloseCause::Participant);
+        }
+        let max = self.config.limits.max_tracks_per_participant;
+        let (sid, created) = self
+            .publish_session(now, &room, offer, max)
+            .map_err(|e| match e {
+                ShardError::Limit(m) => Refusal::new(429, "too_many_tracks", m),
+                ShardError::Sdp(e) => Refusal::new(400, "bad_sdp", e.to_string()),
+                e => Refusal::new(500, "internal", e.to_string()),
+            })?;
+        if let Some(s) = self.sessions.get_mut(&sid) {
+            s.participant = Some(pid);
+        }
+        if let Some(p) = self.participants.get_mut(&pid) {
+            p.publisher = Some(sid);
+        }
+        let public = self.participants[&pid].public_id.clone();
+        for t in self
+            .room_tracks(&room)
+            .into_iter()
+            .filter(|t| t.owner == pid)
+        {
+            self.broadcast(
+                &room,
+                pid,
+                &ServerMessage::TrackPublished {
+                    participant: public.clone(),
+                    track: t.info,
+                },
+            );
+        }
+        self.sync_room(now, &room, pid);
+        Ok(created.answer)
+    }
+
+    pub fn participant_subscribe(
+        &mut self,
+        now: Instant,
+        pid: ParticipantId,
+        tracks: &[String],
+        on: bool,
+    ) -> Result<(), Refusal> {
+        let p = self
+            .participants
+            .get(&pid)
+            .ok_or_else(|| Refusal::new(409, "not_joined", "join a room first"))?;
+        if !p.grants.subscribe {
+            return Err(Refusal::new(
+                403,
+                "forbidden",
+                "this token does not allow subscribing",
+            ));
+        }
+        let known: BTreeSet<String> = self
+            .room_tracks(&p.room)
+            .into_iter()
+            .map(|t| t.info.id)
+            .collect();
+        if let Some(bad) = tracks.iter().find(|t| on && !known.contains(*t)) {
+            return Err(Refusal::new(
+                404,
+                "no_such_track",
+                format!("no track {bad} in this room"),
+            ));
+        }
+        let p = self.participants.get_mut(&pid).expect("checked above");
+        for t in tracks {
+            if on {
+                p.wanted.insert(t.clone());
+            } else {
+                p.wanted.remove(t);
+            }
+        }
+        // Explicit choices replace the automatic "everything".
+        p.auto_subscribe = false;
+        self.sync_subscriber(now, pid);
+        Ok(())
+    }
+
+    pub fn participant_mute(
+        &mut self,
+        pid: ParticipantId,
+        track: &str,
+        muted: bool,
+    ) -> Result<(), Refusal> {
+        let p = self
+            .participants
+            .get(&pid)
+            .ok_or_else(|| Refusal::new(409, "not_joined", "join a room first"))?;
+        let room = p.room.clone();
+        let public = p.public_id.clone();
+        if !self
+            .room_tracks(&room)
+            .iter()
+            .any(|t| t.owner == pid && t.info.id == track)
+        {
+            return Err(Refusal::new(
+                404,
+                "no_such_track",
+                format!("you publish no track {track}"),
+            ));
+        }
+        if let Some(p) = self.participants.get_mut(&pid) {
+            p.muted.insert(track.to_owned(), muted);
+        }
+        self.broadcast(
+            &room,
+            pid,
+            &ServerMessage::Mute {
+                participant: public,
+                track: track.to_owned(),
+                muted,
+            },
+        );
+        Ok(())
+    }
+
+    /// The participant leaves (by message, closed socket, or lost media). Idempotent.
+    pub fn leave(&mut self, now: Instant, pid: ParticipantId) {
+        let Some(p) = self.participants.remove(&pid) else {
+            return;
+        };
+        info!(participant = %p.public_id, room = %p.room, "participant left");
+        for sid in [p.publisher, p.subscriber].into_iter().flatten() {
+            self.close(now, sid, CloseCause::Participant);
+        }
+        self.broadcast(
+            &p.room,
+            pid,
+            &ServerMessage::ParticipantLeft {
+                participant: p.public_id.clone(),
+            },
+        );
+        self.sync_room(now, &p.room, pid);
+    }
+
+    /// A participant's session ended on its own (consent, DTLS close): the others are told.
+    pub(super) fn session_closed_for_participant(
+        &mut self,
+        now: Instant,
+        pid: ParticipantId,
+        sid: SessionId,
+        role: Role,
+        cause: CloseCause,
+    ) {
+        let Some(p) = self.participants.get_mut(&pid) else {
+            return;
+        };
+        match role {
+            Role::Publisher if p.publisher == Some(sid) => p.publisher = None,
+            Role::Subscriber if p.subscriber == Some(sid) => p.subscriber = None,
+            _ => {}
+        }
+        if cause.ends_participant() {
+            self.send(
+                pid,
+                Refusal::new(
+                    408,
+                    "media_lost",
+                    format!("media connection ended: {cause:?}"),
+                )
+                .to_message(None),
+            );
+            self.leave(now, pid);
+        }
+    }
+
+    /// Re-syncs every other participant's subscriptions in a room.
+    fn sync_room(&mut self, now: Instant, room: &str, except: ParticipantId) {
+        let others: Vec<ParticipantId> = self
+            .participants
+            .values()
+            .filter(|p| p.room == room && p.id != except)
+            .map(|p| p.id)
+            .collect();
+        for o in others {
+            self.sync_subscriber(now, o);
+        }
+    }
+
+    /// Brings a participant's subscriber connection in line with what it should receive.
+    fn sync_subscriber(&mut self, now: Instant, pid: ParticipantId) {
+        let Some(p) = self.participants.get(&pid) else {
+            return;
+        };
+        if !p.grants.subscribe {
+            return;
+        }
+        let room = p.room.clone();
+        let desired: Vec<RoomTrack> = self
+            .room_tracks(&room)
+            .into_iter()
+            .filter(|t| t.owner != pid && (p.auto_subscribe || p.wanted.contains(&t.info.id)))
+            .collect();
+        let sid = match p.subscriber {
+            Some(sid) => sid,
+            None if desired.is_empty() => return,
+            None => {
+                let Ok(mut s) = self.new_session(now, Role::Subscriber, &room, None) else {
+                    return;
+                };
+                s.participant = Some(pid);
+                let sid = s.id;
+                self.register(s);
+                if let Some(p) = self.participants.get_mut(&pid) {
+                    p.subscriber = Some(sid);
+                }
+                sid
+            }
+        };
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        let neg = &mut s.negotiation;
+        let mut removed = Vec::new();
+        for line in neg.lines.iter_mut() {
+            let Some(src) = line.source else { continue };
+            if !desired.iter().any(|d| d.source == src) {
+                line.source = None;
+                if let Some(i) = line.relay_index.take() {
+                    removed.push(i);
+                }
+                neg.dirty = true;
+            }
+        }
+        let mut rng = rand::thread_rng();
+        for d in &desired {
+            if neg.lines.iter().any(|l| l.source == Some(d.source)) {
+                continue;
+            }
+            let mut codec = d.codec.clone();
+            codec.feedback = match d.kind {
+                MediaKind::Video => vec!["nack".into(), "nack pli".into(), "ccm fir".into()],
+                MediaKind::Audio => Vec::new(),
+            };
+            codec.payload_type = assign_payload_type(&neg.lines, &codec);
+            neg.lines.push(SubLine {
+                mid: neg.lines.len().to_string(),
+                kind: d.kind,
+                source: Some(d.source),
+                track_id: d.info.id.clone(),
+                stream_id: d.stream_id.clone(),
+                ssrc: rng.gen(),
+                codec,
+                ext: subscriber_exts(d.kind),
+                relay_index: None,
+                accepted: false,
+            });
+            neg.dirty = true;
+        }
+        for i in removed {
+            self.relay.remove_viewer_track(sid, i);
+        }
+        self.offer_if_needed(sid);
+    }
+
+    /// Sends a new offer when lines changed and no offer is outstanding.
+    fn offer_if_needed(&mut self, sid: SessionId) {
+        let Some(s) = self.sessions.get(&sid) else {
+            return;
+        };
+        if !s.negotiation.dirty || s.negotiation.awaiting_answer {
+            return;
+        }
+        let Some(pid) = s.participant else { return };
+        let lines: Vec<OfferLine> = s
+            .negotiation
+            .lines
+            .iter()
+            .map(|l| OfferLine {
+                mid: l.mid.clone(),
+                kind: l.kind,
+                codec: l.codec.clone(),
+                ext: l.ext.clone(),
+                source: l.source.map(|_| Source {
+                    ssrc: l.ssrc,
+                    cname: format!("volna-{}", l.stream_id),
+                    stream_id: l.stream_id.clone(),
+                    track_id: l.track_id.clone(),
+                }),
+            })
+            .collect();
+        let tracks: BTreeMap<String, String> = s
+            .negotiation
+            .lines
+            .iter()
+            .filter(|l| l.source.is_some())
+            .map(|l| (l.mid.clone(), l.track_id.clone()))
+            .collect();
+        let version = s.negotiation.version + 1;
+        let sdp = build_offer(&self.local(s), version, &lines);
+        if let Some(s) = self.sessions.get_mut(&sid) {
+            s.negotiation.version = version;
+            s.negotiation.awaiting_answer = true;
+            s.negotiation.dirty = false;
+        }
+        self.send(pid, ServerMessage::Offer { sdp, tracks });
+    }
+
+    /// The participant's answer to the subscriber offer.
+    pub fn participant_answer(
+        &mut self,
+        now: Instant,
+        pid: ParticipantId,
+        sdp: &str,
+    ) -> Result<(), Refusal> {
+        let p = self
+            .participants
+            .get(&pid)
+            .ok_or_else(|| Refusal::new(409, "not_joined", "join a room first"))?;
+        let sid = p
+            .subscriber
+            .ok_or_else(|| Refusal::new(409, "no_offer", "no offer is outstanding"))?;
+        let answer = Offer::parse(sdp).map_err(|e| Refusal::new(400, "bad_sdp", e.to_string()))?;
+        let s = self
+            .sessions
+            .get(&sid)
+            .ok_or_else(|| Refusal::new(409, "no_offer", "no offer is outstanding"))?;
+        if !s.negotiation.awaiting_answer {
+            return Err(Refusal::new(409, "no_offer", "no offer is outstanding"));
+        }
+        if answer.media.len() != s.negotiation.lines.len()
+            || answer
+                .media
+                .iter()
+                .zip(&s.negotiation.lines)
+                .any(|(a, l)| a.mid != l.mid)
+        {
+            return Err(Refusal::new(
+                400,
+                "bad_sdp",
+                "the answer's m-lines do not match the offer",
+            ));
+        }
+        if answer.setup == Setup::Actpass {
+            return Err(Refusal::new(
+                400,
+                "bad_sdp",
+                "an answer must say a=setup:active or passive",
+            ));
+        }
+        if !s.remote_ufrag.is_empty() && s.remote_ufrag != answer.ice_ufrag {
+            return Err(Refusal::new(
+                400,
+                "bad_sdp",
+                "ICE restarts are not supported",
+            ));
+        }
+        let first = s.dtls.is_none();
+        let dtls = if first {
+            Some(
+                super::dtls::Dtls::new(
+                    now,
+                    &self.identity,
+                    &answer.fingerprint,
+                    Remote::of_answer(&answer).dtls_client,
+                )
+                .map_err(|e| Refusal::new(500, "internal", e.to_string()))?,
+            )
+        } else {
+            None
+        };
+        let s = self.sessions.get_mut(&sid).expect("looked up above");
+        s.remote_ufrag = answer.ice_ufrag.clone();
+        if let Some(d) = dtls {
+            s.dtls = Some(d);
+        }
+        for (line, m) in s.negotiation.lines.iter_mut().zip(&answer.media) {
+            line.accepted = line.source.is_some()
+                && m.active()
+                && m.codecs
+                    .iter()
+                    .any(|c| c.payload_type == line.codec.payload_type);
+        }
+        s.negotiation.awaiting_answer = false;
+        let early = std::mem::take(&mut s.negotiation.early_dtls);
+        let remote = s.remote;
+        if first {
+            self.flush_dtls(sid);
+            if let Some(from) = remote {
+                for d in early {
+                    self.feed_dtls(now, sid, from, &d);
+                }
+            }
+        }
+        self.attach_accepted_lines(now, sid);
+        self.offer_if_needed(sid);
+        Ok(())
+    }
+
+    /// Once SRTP is up, accepted lines start forwarding.
+    pub(super) fn attach_accepted_lines(&mut self, now: Instant, sid: SessionId) {
+        let Some(s) = self.sessions.get(&sid) else {
+            return;
+        };
+        if s.srtp.is_none() {
+            return;
+        }
+        let room = s.room.clone();
+        let _ = self.relay.add_viewer(sid, &room);
+        let todo: Vec<(usize, ViewerTrackSpec)> = s
+            .negotiation
+            .lines
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.accepted && l.relay_index.is_none())
+            .filter_map(|(i, l)| {
+                let mut ext = ExtMap::default();
+                for (id, uri) in &l.ext {
+                    if let Some(k) = ExtKind::from_uri(uri) {
+                        ext.insert(*id, k);
+                    }
+                }
+                Some((
+                    i,
+                    ViewerTrackSpec {
+                        source: l.source?,
+                        mid: l.mid.clone(),
+                        ssrc: l.ssrc,
+                        payload_type: l.codec.payload_type,
+                        ext,
+                        initial_seq: rand::random(),
+                        initial_ts: rand::random(),
+                    },
+                ))
+            })
+            .collect();
+        let mut failed = false;
+        for (line, spec) in todo {
+            let mut out = Out {
+                sessions: &mut self.sessions,
+                queue: &mut self.queue,
+                scratch: &mut self.scratch,
+            };
+            let r = self.relay.add_viewer_track(now, sid, spec, &mut out);
+            let Some(l) = self
+                .sessions
+                .get_mut(&sid)
+                .and_then(|s| s.negotiation.lines.get_mut(line))
+            else {
+                continue;
+            };
+            match r {
+                Ok(idx) => l.relay_index = Some(idx),
+                Err(_) => {
+                    // Its publisher left meanwhile.
+                    l.source = None;
+                    failed = true;
+                }
+            }
+        }
+        if failed {
+            if let Some(s) = self.sessions.get_mut(&sid) {
+                s.negotiation.dirty = true;
+            }
+            self.offer_if_needed(sid);
+        }
+    }
+
+    /// The relay ended some of a subscriber's tracks (their publisher left).
+    pub(super) fn tracks_ended(&mut self, _now: Instant, sid: SessionId, indices: &[usize]) {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        for l in s.negotiation.lines.iter_mut() {
+            if l.relay_index.is_some_and(|i| indices.contains(&i)) {
+                l.relay_index = None;
+                l.source = None;
+                s.negotiation.dirty = true;
+            }
+        }
+        self.offer_if_needed(sid);
+    }
+
+    /// Relay events to participants: active speaker changes.
+    pub(super) fn drain_relay_events(&mut self) {
+        while let Some(ev) = self.relay.poll_event() {
+            match ev {
+                RelayEvent::ActiveSpeaker { room, publisher } => {
+                    let who = publisher
+                        .and_then(|sid| {
+                            self.participants
+                                .values()
+                                .find(|p| p.publisher == Some(sid))
+                        })
+                        .map(|p| p.public_id.clone());
+                    if publisher.is_some() && who.is_none() {
+                        continue; // a WHIP publisher, not a participant
+                    }
+                    self.broadcast(&room, 0, &ServerMessage::ActiveSpeaker { participant: who });
+                }
+            }
+        }
+    }
+}
+
+/// A payload type for `codec` that no other m-line of the bundle uses for something else.
+fn assign_payload_type(lines: &[SubLine], codec: &OfferedCodec) -> u8 {
+    let same = |l: &SubLine| {
+        l.codec.name.eq_ignore_ascii_case(&codec.name)
+            && l.codec.clock_rate == codec.clock_rate
+            && l.codec.fmtp == codec.fmtp
+    };
+    if let Some(l) = lines.iter().find(|l| same(l)) {
+        return l.codec.payload_type;
+    }
+    let taken = |pt: u8| lines.iter().any(|l| l.codec.payload_type == pt);
+    if !taken(codec.payload_type) {
+        return codec.payload_type;
+    }
+    (96..=127)
+        .chain(35..=63)
+        .find(|pt| !taken(*pt))
+        .unwrap_or(codec.payload_type)
+}

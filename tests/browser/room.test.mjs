@@ -1,0 +1,113 @@
+// Conference rooms end to end: Chromium pages join through the relay's own demo page and its room
+// protocol, see and hear each other, mute, leave, and a late joiner gets video promptly.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { Netns, isRoot, startVolna, launchChromium, waitFor, sleep } from './lib.mjs';
+
+const HTTP = '127.0.0.1:18110';
+const MEDIA = '127.0.0.1:15030';
+const ROOM = 'meeting';
+const skip = isRoot() ? false : 'skipped: needs root (network namespaces)';
+if (skip) console.log(skip);
+
+let ns, browser;
+const pages = [];
+
+async function openDemo() {
+  const page = await browser.newPage();
+  await page.setViewport({ width: 1280, height: 800 });
+  await page.goto(`http://${HTTP}/?room=${ROOM}`);
+  return page;
+}
+
+/** Remote tracks this page decodes: videos with frames, audios with packets. */
+async function receiving(page) {
+  const list = await page.evaluate(() => window.app.inbound());
+  return {
+    videos: list.filter((t) => t.kind === 'video' && t.framesDecoded > 0).length,
+    audios: list.filter((t) => t.kind === 'audio' && t.packetsReceived > 0).length,
+    frames: list.filter((t) => t.kind === 'video').reduce((n, t) => n + t.framesDecoded, 0),
+  };
+}
+
+const events = (page, type) => page.evaluate((t) => window.app.events.filter((e) => e.type === t), type);
+
+before(async () => {
+  if (skip) return;
+  ns = new Netns('room');
+  await startVolna(ns, { http: HTTP, media: MEDIA });
+  browser = await launchChromium(ns);
+});
+
+after(async () => {
+  if (browser) await browser.close().catch(() => {});
+  if (ns) await ns.cleanup();
+});
+
+test('four participants see and hear each other', { skip, timeout: 60000 }, async () => {
+  // The first joins through the page's form, like a person; the others through its API.
+  const first = await openDemo();
+  await first.type('#name', 'Ada');
+  await first.click('#join button[type=submit]');
+  await waitFor(() => first.evaluate(() => !!(window.app.me && window.app.pub)), 10000);
+  pages.push(first);
+  for (const name of ['Brook', 'Cai', 'Dana']) {
+    const p = await openDemo();
+    await p.evaluate((room, n) => window.app.join(room, n), ROOM, name);
+    pages.push(p);
+  }
+  for (const [i, p] of pages.entries()) {
+    const ok = await waitFor(async () => {
+      const r = await receiving(p);
+      return r.videos >= 3 && r.audios >= 3 ? r : null;
+    }, 20000, 500);
+    assert.ok(ok, `participant ${i} decodes 3 remote videos and receives 3 audios: ${JSON.stringify(await receiving(p))}`);
+  }
+  // Decoding goes on (frames keep growing).
+  const before = await receiving(pages[0]);
+  await sleep(1500);
+  const after = await receiving(pages[0]);
+  assert.ok(after.frames > before.frames + 10, `frames keep coming: ${before.frames} -> ${after.frames}`);
+  if (process.env.SCREENSHOT) await pages[0].screenshot({ path: process.env.SCREENSHOT });
+});
+
+test('a participant mutes: the others are told', { skip }, async () => {
+  const who = await pages[1].evaluate(() => window.app.me.id);
+  await pages[1].evaluate(() => window.app.setMuted('audio', true));
+  for (const p of [pages[0], pages[2], pages[3]]) {
+    const got = await waitFor(async () => (await events(p, 'mute')).find((e) => e.participant === who && e.muted), 2000, 100);
+    assert.ok(got, 'mute event reaches every other participant');
+  }
+});
+
+test('a participant leaves: the others are told and its tracks end within 2 s', { skip }, async () => {
+  const leaver = pages[3];
+  const who = await leaver.evaluate(() => window.app.me.id);
+  const itsTracks = await leaver.evaluate(() => window.app.pub.getTransceivers().map((t) => `${window.app.me.id}-${t.mid}`));
+  const t0 = Date.now();
+  await leaver.evaluate(() => window.app.leave());
+  for (const p of pages.slice(0, 3)) {
+    const ok = await waitFor(async () => {
+      const left = (await events(p, 'participant_left')).some((e) => e.participant === who);
+      const ended = (await events(p, 'track_ended')).map((e) => e.track);
+      return left && itsTracks.every((t) => ended.includes(t));
+    }, 2000, 100);
+    const ended = (await events(p, 'track_ended')).map((e) => e.track);
+    assert.ok(ok, `left event and ended tracks ${JSON.stringify(itsTracks)} within 2 s; ended: ${JSON.stringify(ended)}`);
+  }
+  assert.ok(Date.now() - t0 < 4000);
+  pages.pop();
+});
+
+test('a late joiner decodes the others within 2 s of joining', { skip }, async () => {
+  const late = await openDemo();
+  const t0 = Date.now();
+  await late.evaluate((room) => window.app.join(room, 'Eve'), ROOM);
+  const ok = await waitFor(async () => {
+    const r = await receiving(late);
+    return r.videos >= 3 ? r : null;
+  }, 2000, 100);
+  const elapsed = Date.now() - t0;
+  assert.ok(ok, `late joiner decodes 3 videos within 2 s (after ${elapsed} ms: ${JSON.stringify(await receiving(late))})`);
+  pages.push(late);
+});

@@ -1,0 +1,213 @@
+// volna demo client: the room protocol (docs/protocol.md) with one publishing and one receiving
+// RTCPeerConnection. `window.app` is the state, for people in devtools and for the tests.
+'use strict';
+
+const app = {
+  ws: null, me: null, room: null,
+  pub: null, sub: null, local: null,
+  participants: new Map(), // id -> { info, tile, stream }
+  tracks: {},              // subscriber mid -> track id
+  events: [],              // every event received, in order
+  speaker: null,
+};
+window.app = app;
+
+const $ = (id) => document.getElementById(id);
+let nextId = 1;
+const pending = new Map();
+
+function request(msg) {
+  const id = nextId++;
+  app.ws.send(JSON.stringify({ ...msg, id }));
+  return new Promise((resolve, reject) => pending.set(id, { resolve, reject }));
+}
+
+function tile(id, label) {
+  let t = document.querySelector(`.tile[data-id="${id}"]`);
+  if (!t) {
+    t = document.createElement('div');
+    t.className = 'tile';
+    t.dataset.id = id;
+    t.innerHTML = '<video autoplay playsinline></video><span class="label"></span><span class="mic">muted</span>';
+    $('grid').appendChild(t);
+  }
+  t.querySelector('.label').textContent = label;
+  return t;
+}
+
+function refresh() {
+  $('count').textContent = `${app.participants.size + 1} in the call`;
+  document.querySelectorAll('.tile').forEach((t) => t.classList.toggle('speaking', t.dataset.id === app.speaker));
+}
+
+function addParticipant(p) {
+  const entry = app.participants.get(p.id) || { stream: new MediaStream() };
+  entry.info = p;
+  entry.tile = tile(p.id, p.name || p.identity);
+  entry.tile.querySelector('video').srcObject = entry.stream;
+  entry.tile.classList.toggle('muted', p.tracks.some((t) => t.kind === 'audio' && t.muted));
+  app.participants.set(p.id, entry);
+  refresh();
+}
+
+function removeParticipant(id) {
+  const p = app.participants.get(id);
+  if (p) p.tile.remove();
+  app.participants.delete(id);
+  refresh();
+}
+
+async function onOffer(msg) {
+  app.tracks = msg.tracks;
+  await app.sub.setRemoteDescription({ type: 'offer', sdp: msg.sdp });
+  const answer = await app.sub.createAnswer();
+  await app.sub.setLocalDescription(answer);
+  // volna is ICE-lite: it needs no candidates from us, the answer can go at once.
+  await request({ type: 'answer', sdp: app.sub.localDescription.sdp });
+}
+
+function onMessage(ev) {
+  const msg = JSON.parse(ev.data);
+  app.events.push(msg);
+  if (msg.id !== undefined && pending.has(msg.id)) {
+    const p = pending.get(msg.id);
+    pending.delete(msg.id);
+    if (msg.type === 'error') p.reject(new Error(`${msg.code} ${msg.reason}: ${msg.message}`));
+    else p.resolve(msg);
+    return;
+  }
+  switch (msg.type) {
+    case 'participant_joined': addParticipant(msg.participant); break;
+    case 'participant_left': removeParticipant(msg.participant); break;
+    case 'track_published': {
+      const p = app.participants.get(msg.participant);
+      if (p) { p.info.tracks.push(msg.track); addParticipant(p.info); }
+      break;
+    }
+    case 'mute': {
+      const p = app.participants.get(msg.participant);
+      const t = p && p.info.tracks.find((x) => x.id === msg.track);
+      if (t) { t.muted = msg.muted; addParticipant(p.info); }
+      break;
+    }
+    case 'active_speaker': app.speaker = msg.participant; refresh(); break;
+    case 'offer': onOffer(msg).catch((e) => console.error('answer failed', e)); break;
+    case 'error': console.warn('server error', msg); break;
+    default: break;
+  }
+}
+
+app.join = async (room, name, token) => {
+  const url = new URL('/rtc', location.href);
+  url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
+  app.ws = new WebSocket(url);
+  app.ws.onmessage = onMessage;
+  app.ws.onclose = () => app.events.push({ type: 'socket_closed' });
+  await new Promise((resolve, reject) => { app.ws.onopen = resolve; app.ws.onerror = () => reject(new Error('cannot reach the server')); });
+
+  app.sub = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
+  app.sub.ontrack = (ev) => {
+    const owner = ev.streams[0] ? ev.streams[0].id : null;
+    const trackId = app.tracks[ev.transceiver.mid];
+    const p = app.participants.get(owner);
+    if (p) {
+      p.stream.addTrack(ev.track);
+      if (ev.track.kind === 'audio') {
+        const a = new Audio();
+        a.srcObject = new MediaStream([ev.track]);
+        a.play().catch(() => {});
+        p.audio = a;
+      }
+    }
+    ev.track.onended = () => {
+      app.events.push({ type: 'track_ended', track: trackId });
+      if (p) p.stream.removeTrack(ev.track);
+    };
+  };
+
+  const joinMsg = { type: 'join', v: 1, room, name };
+  if (token) joinMsg.token = token;
+  const joined = await request(joinMsg);
+  app.me = joined.participant;
+  app.room = room;
+  app.speaker = joined.active_speaker || null;
+  joined.participants.forEach(addParticipant);
+
+  app.local = await navigator.mediaDevices.getUserMedia({ audio: true, video: { width: 320, height: 240 } });
+  const mine = tile(app.me.id, `${app.me.name || app.me.identity} (you)`);
+  mine.querySelector('video').srcObject = app.local;
+  mine.querySelector('video').muted = true;
+  app.pub = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
+  for (const track of app.local.getTracks()) app.pub.addTransceiver(track, { direction: 'sendonly', streams: [app.local] });
+  await app.pub.setLocalDescription(await app.pub.createOffer());
+  const answer = await request({ type: 'publish', sdp: app.pub.localDescription.sdp });
+  await app.pub.setRemoteDescription({ type: 'answer', sdp: answer.sdp });
+  refresh();
+  return joined;
+};
+
+app.trackId = (kind) => {
+  const t = app.pub.getTransceivers().find((x) => x.sender.track && x.sender.track.kind === kind);
+  return `${app.me.id}-${t.mid}`;
+};
+
+app.setMuted = async (kind, muted) => {
+  app.local.getTracks().filter((t) => t.kind === kind).forEach((t) => { t.enabled = !muted; });
+  await request({ type: 'mute', track: app.trackId(kind), muted });
+  if (kind === 'audio') tile(app.me.id, `${app.me.name || app.me.identity} (you)`).classList.toggle('muted', muted);
+};
+
+app.leave = async () => {
+  try { await request({ type: 'leave' }); } catch (e) { console.warn(e); }
+  app.ws.close();
+  [app.pub, app.sub].forEach((pc) => pc && pc.close());
+  app.local && app.local.getTracks().forEach((t) => t.stop());
+};
+
+/** Receive-side figures: per remote track, what was decoded. */
+app.inbound = async () => {
+  const out = [];
+  if (!app.sub) return out;
+  (await app.sub.getStats()).forEach((s) => {
+    if (s.type === 'inbound-rtp') {
+      out.push({ kind: s.kind, mid: s.mid, track: app.tracks[s.mid], framesDecoded: s.framesDecoded || 0, packetsReceived: s.packetsReceived || 0 });
+    }
+  });
+  return out;
+};
+
+// The page's own controls.
+if (document.getElementById('join')) {
+  const params = new URLSearchParams(location.search);
+  if (params.get('room')) $('room').value = params.get('room');
+  $('join').addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    $('error').textContent = '';
+    try {
+      await app.join($('room').value.trim(), $('name').value.trim(), $('token').value.trim());
+      $('join').style.display = 'none';
+      $('call').style.display = 'block';
+      $('roomName').textContent = `room ${app.room}`;
+    } catch (e) {
+      $('error').textContent = e.message;
+    }
+  });
+  let micOff = false;
+  let camOff = false;
+  $('micBtn').onclick = async () => {
+    micOff = !micOff;
+    await app.setMuted('audio', micOff);
+    $('micBtn').textContent = micOff ? 'Unmute' : 'Mute';
+    $('micBtn').classList.toggle('off', micOff);
+  };
+  $('camBtn').onclick = async () => {
+    camOff = !camOff;
+    await app.setMuted('video', camOff);
+    $('camBtn').textContent = camOff ? 'Start video' : 'Stop video';
+    $('camBtn').classList.toggle('off', camOff);
+  };
+  $('leaveBtn').onclick = async () => {
+    await app.leave();
+    location.reload();
+  };
+}
