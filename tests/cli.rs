@@ -60,3 +60,49 @@ fn missing_config_file_is_an_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/volna.toml"));
 }
+
+#[test]
+fn token_subcommand_signs_a_token_the_relay_accepts() {
+    let (path, mut f) = tempfile();
+    f.write_all(b"[auth]\nkeys = [\"cli-test-key-0123456789\"]\n")
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_volna"))
+        .arg("--config")
+        .arg(&path)
+        .args([
+            "token",
+            "--room",
+            "r1",
+            "--identity",
+            "ida",
+            "--ttl",
+            "60",
+            "--no-publish",
+        ])
+        .output()
+        .unwrap();
+    std::fs::remove_file(&path).ok();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap();
+    let auth = volna::signal::auth::Auth::new(vec!["cli-test-key-0123456789".into()]);
+    let access = auth
+        .check(
+            Some(token.trim()),
+            Some("r1"),
+            volna::signal::auth::unix_now(),
+        )
+        .unwrap();
+    assert_eq!(access.identity.as_deref(), Some("ida"));
+    assert!(!access.grants.publish && access.grants.subscribe);
+    // Without keys there is nothing to sign with.
+    let out = Command::new(env!("CARGO_BIN_EXE_volna"))
+        .args(["token", "--room", "r", "--identity", "i"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("[auth] keys"));
+}

@@ -41,10 +41,24 @@ async fn request(
     content_type: Option<&str>,
     body: &[u8],
 ) -> Reply {
+    request_with(addr, method, path, content_type, None, body).await
+}
+
+async fn request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    bearer: Option<&str>,
+    body: &[u8],
+) -> Reply {
     let mut s = TcpStream::connect(addr).await.unwrap();
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nOrigin: http://example.test\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
     if let Some(ct) = content_type {
         req.push_str(&format!("Content-Type: {ct}\r\n"));
+    }
+    if let Some(t) = bearer {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
     }
     req.push_str("\r\n");
     s.write_all(req.as_bytes()).await.unwrap();
@@ -388,4 +402,110 @@ async fn silent_sessions_are_closed_after_the_consent_timeout() {
         request(http, "DELETE", location, None, b"").await.status,
         404
     );
+}
+
+#[tokio::test]
+async fn whip_and_whep_require_tokens_when_auth_is_on() {
+    use volna::signal::auth::{unix_now, Auth, Claims};
+    const KEY: &str = "whip-test-key-0123456789";
+    let mut config = Config::default();
+    config.auth.keys = vec![KEY.into()];
+    let (http, _) = start_with(config).await;
+    let sign = |room: &str, publish: bool, subscribe: bool, exp: u64| {
+        Auth::new(vec![KEY.into()])
+            .sign(&Claims {
+                room: room.into(),
+                sub: "t".into(),
+                publish,
+                subscribe,
+                exp,
+            })
+            .unwrap()
+    };
+    let now = unix_now();
+    let publisher = sign("a", true, false, now + 60);
+    let viewer = sign("a", false, true, now + 60);
+    let cases: Vec<(&str, &str, Option<String>, String, u16, &str)> = vec![
+        (
+            "no token",
+            "/whip/a",
+            None,
+            offer("a=sendonly"),
+            401,
+            "missing token",
+        ),
+        (
+            "expired",
+            "/whip/a",
+            Some(sign("a", true, true, now - 5)),
+            offer("a=sendonly"),
+            401,
+            "expired",
+        ),
+        (
+            "garbage",
+            "/whip/a",
+            Some("x.y.z".into()),
+            offer("a=sendonly"),
+            401,
+            "invalid token",
+        ),
+        (
+            "other room",
+            "/whip/b",
+            Some(publisher.clone()),
+            offer("a=sendonly"),
+            403,
+            "room",
+        ),
+        (
+            "viewer publishing",
+            "/whip/a",
+            Some(viewer.clone()),
+            offer("a=sendonly"),
+            403,
+            "publishing",
+        ),
+        (
+            "publisher publishing",
+            "/whip/a",
+            Some(publisher.clone()),
+            offer("a=sendonly"),
+            201,
+            "",
+        ),
+        (
+            "publisher watching",
+            "/whep/a",
+            Some(publisher.clone()),
+            offer("a=recvonly"),
+            403,
+            "subscribing",
+        ),
+        (
+            "viewer watching",
+            "/whep/a",
+            Some(viewer.clone()),
+            offer("a=recvonly"),
+            201,
+            "",
+        ),
+    ];
+    for (name, path, token, body, status, reason) in cases {
+        let r = request_with(
+            http,
+            "POST",
+            path,
+            Some("application/sdp"),
+            token.as_deref(),
+            body.as_bytes(),
+        )
+        .await;
+        assert_eq!(r.status, status, "{name}: {}", r.body);
+        assert!(
+            r.body.contains(reason),
+            "{name}: {:?} lacks {reason:?}",
+            r.body
+        );
+    }
 }

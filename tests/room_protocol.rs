@@ -1,0 +1,446 @@
+//! The room protocol over a real WebSocket against an in-process relay: the message flow between
+//! participants, auth failures with their codes, limits, and malformed input (which must get an
+//! error reply and leave the connection and the room working).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use volna::config::Config;
+use volna::signal::auth::{unix_now, Auth, Claims};
+
+const KEY: &str = "room-protocol-test-key-0123";
+
+/// A browser-like publish offer: audio + video, sendonly.
+const OFFER: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\n\
+m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=ice-ufrag:abcd\r\na=ice-pwd:0123456789012345678901\r\n\
+a=fingerprint:sha-256 AA:BB:CC\r\na=setup:actpass\r\na=mid:0\r\na=sendonly\r\na=rtcp-mux\r\n\
+a=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10;useinbandfec=1\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=ice-ufrag:abcd\r\na=ice-pwd:0123456789012345678901\r\n\
+a=fingerprint:sha-256 AA:BB:CC\r\na=setup:actpass\r\na=mid:1\r\na=sendonly\r\na=rtcp-mux\r\na=rtpmap:96 VP8/90000\r\na=rtcp-fb:96 nack pli\r\n";
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+async fn start(keys: &[&str], tweak: impl FnOnce(&mut Config)) -> SocketAddr {
+    let mut config = Config::default();
+    config.http.listen = "127.0.0.1:0".parse().unwrap();
+    config.media.listen = "127.0.0.1:0".parse().unwrap();
+    config.auth.keys = keys.iter().map(|k| k.to_string()).collect();
+    tweak(&mut config);
+    volna::server::start(&config).await.unwrap().http_addr
+}
+
+async fn connect(addr: SocketAddr, query: &str) -> Ws {
+    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/rtc{query}"))
+        .await
+        .unwrap();
+    ws
+}
+
+async fn send(ws: &mut Ws, v: Value) {
+    ws.send(Message::Text(v.to_string().into())).await.unwrap();
+}
+
+/// The next JSON message, within 5 s.
+async fn recv(ws: &mut Ws) -> Value {
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("a message within 5 s")
+            .expect("socket open")
+            .unwrap();
+        if let Message::Text(t) = m {
+            return serde_json::from_str(&t).unwrap();
+        }
+    }
+}
+
+/// Waits for a message of the given type, skipping others.
+async fn expect_type(ws: &mut Ws, t: &str) -> Value {
+    loop {
+        let v = recv(ws).await;
+        if v["type"] == t {
+            return v;
+        }
+    }
+}
+
+fn token(room: &str, sub: &str, publish: bool, subscribe: bool, exp: u64) -> String {
+    Auth::new(vec![KEY.into()])
+        .sign(&Claims {
+            room: room.into(),
+            sub: sub.into(),
+            publish,
+            subscribe,
+            exp,
+        })
+        .unwrap()
+}
+
+async fn join(ws: &mut Ws, room: &str, name: &str, token: Option<&str>) -> Value {
+    let mut m = json!({"type": "join", "v": 1, "room": room, "name": name, "id": 1});
+    if let Some(t) = token {
+        m["token"] = json!(t);
+    }
+    send(ws, m).await;
+    recv(ws).await
+}
+
+#[tokio::test]
+async fn participants_see_each_other_publish_mute_and_leave() {
+    let addr = start(&[], |_| {}).await;
+    let mut a = connect(addr, "").await;
+    let mut b = connect(addr, "").await;
+    let ja = join(&mut a, "r", "Ann", None).await;
+    assert_eq!(ja["type"], "joined", "{ja}");
+    assert_eq!(ja["id"], 1);
+    assert_eq!(ja["v"], 1);
+    let a_id = ja["participant"]["id"].as_str().unwrap().to_owned();
+    let jb = join(&mut b, "r", "Ben", None).await;
+    assert_eq!(jb["participants"][0]["id"], a_id.as_str(), "{jb}");
+    let joined = expect_type(&mut a, "participant_joined").await;
+    assert_eq!(joined["participant"]["name"], "Ben");
+
+    // Ann publishes: she gets an answer, Ben gets the tracks and an offer to receive them.
+    send(&mut a, json!({"type": "publish", "id": 2, "sdp": OFFER})).await;
+    let ans = expect_type(&mut a, "publish_answer").await;
+    assert_eq!(ans["id"], 2);
+    assert!(ans["sdp"].as_str().unwrap().contains("a=recvonly"));
+    let t1 = expect_type(&mut b, "track_published").await;
+    let t2 = expect_type(&mut b, "track_published").await;
+    let kinds = [
+        t1["track"]["kind"].as_str().unwrap(),
+        t2["track"]["kind"].as_str().unwrap(),
+    ];
+    assert_eq!(kinds, ["audio", "video"]);
+    let offer = expect_type(&mut b, "offer").await;
+    let sdp = offer["sdp"].as_str().unwrap();
+    assert!(
+        sdp.contains("a=sendonly") && sdp.contains("a=setup:actpass") && sdp.contains("a=ice-lite"),
+        "{sdp}"
+    );
+    assert_eq!(offer["tracks"].as_object().unwrap().len(), 2);
+    let audio_track = t1["track"]["id"].as_str().unwrap().to_owned();
+
+    // Ben answers (a minimal valid answer mirroring the two m-lines).
+    let answer = "v=0\r\no=- 9 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\n\
+m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=ice-ufrag:bbbb\r\na=ice-pwd:0123456789012345678901\r\n\
+a=fingerprint:sha-256 AA:BB:CC\r\na=setup:active\r\na=mid:0\r\na=recvonly\r\na=rtcp-mux\r\na=rtpmap:111 opus/48000/2\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=ice-ufrag:bbbb\r\na=ice-pwd:0123456789012345678901\r\n\
+a=fingerprint:sha-256 AA:BB:CC\r\na=setup:active\r\na=mid:1\r\na=recvonly\r\na=rtcp-mux\r\na=rtpmap:96 VP8/90000\r\n";
+    send(&mut b, json!({"type": "answer", "id": 3, "sdp": answer})).await;
+    assert_eq!(expect_type(&mut b, "ok").await["id"], 3);
+    // A second answer has no offer to answer.
+    send(&mut b, json!({"type": "answer", "id": 4, "sdp": answer})).await;
+    let e = expect_type(&mut b, "error").await;
+    assert_eq!(
+        (e["code"].as_u64(), e["reason"].as_str(), e["id"].as_u64()),
+        (Some(409), Some("no_offer"), Some(4))
+    );
+
+    // Mute: only one's own tracks; the other side hears of it.
+    send(
+        &mut b,
+        json!({"type": "mute", "id": 5, "track": audio_track, "muted": true}),
+    )
+    .await;
+    assert_eq!(
+        expect_type(&mut b, "error").await["reason"],
+        "no_such_track"
+    );
+    send(
+        &mut a,
+        json!({"type": "mute", "id": 6, "track": audio_track, "muted": true}),
+    )
+    .await;
+    assert_eq!(expect_type(&mut a, "ok").await["id"], 6);
+    let m = expect_type(&mut b, "mute").await;
+    assert_eq!(
+        (m["participant"].as_str(), m["muted"].as_bool()),
+        (Some(a_id.as_str()), Some(true))
+    );
+
+    // Ann leaves: Ben is told, and offered his connection again with both m-lines stopped.
+    send(&mut a, json!({"type": "leave", "id": 7})).await;
+    assert_eq!(expect_type(&mut a, "ok").await["id"], 7);
+    let left = expect_type(&mut b, "participant_left").await;
+    assert_eq!(left["participant"], a_id.as_str());
+    let again = expect_type(&mut b, "offer").await;
+    let sdp = again["sdp"].as_str().unwrap();
+    assert_eq!(
+        sdp.matches("m=audio 0 ").count() + sdp.matches("m=video 0 ").count(),
+        2,
+        "{sdp}"
+    );
+    assert!(again["tracks"].as_object().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn auth_failures_get_their_codes() {
+    let addr = start(&[KEY], |_| {}).await;
+    let now = unix_now();
+    let cases: Vec<(&str, Option<String>, u64, &str)> = vec![
+        ("no token", None, 401, "missing_token"),
+        (
+            "expired",
+            Some(token("r", "x", true, true, now - 10)),
+            401,
+            "token_expired",
+        ),
+        ("garbage", Some("not.a.jwt".into()), 401, "invalid_token"),
+        (
+            "wrong key",
+            Some(
+                Auth::new(vec!["another-key-0123456789".into()])
+                    .sign(&Claims {
+                        room: "r".into(),
+                        sub: "x".into(),
+                        publish: true,
+                        subscribe: true,
+                        exp: now + 60,
+                    })
+                    .unwrap(),
+            ),
+            401,
+            "invalid_token",
+        ),
+        (
+            "other room",
+            Some(token("elsewhere", "x", true, true, now + 60)),
+            403,
+            "wrong_room",
+        ),
+    ];
+    for (name, t, code, reason) in cases {
+        let mut ws = connect(addr, "").await;
+        let r = join(&mut ws, "r", "x", t.as_deref()).await;
+        assert_eq!(
+            (r["type"].as_str(), r["code"].as_u64(), r["reason"].as_str()),
+            (Some("error"), Some(code), Some(reason)),
+            "{name}: {r}"
+        );
+    }
+    // A good token without the publish grant joins, but cannot publish.
+    let mut ws = connect(addr, "").await;
+    let r = join(
+        &mut ws,
+        "r",
+        "viewer",
+        Some(&token("r", "vic", false, true, now + 60)),
+    )
+    .await;
+    assert_eq!(r["type"], "joined", "{r}");
+    assert_eq!(
+        r["participant"]["identity"], "vic",
+        "identity comes from the token"
+    );
+    send(&mut ws, json!({"type": "publish", "id": 9, "sdp": OFFER})).await;
+    let e = expect_type(&mut ws, "error").await;
+    assert_eq!(
+        (e["code"].as_u64(), e["reason"].as_str()),
+        (Some(403), Some("forbidden"))
+    );
+    // A token in the upgrade request is checked before the upgrade.
+    let err = tokio_tungstenite::connect_async(format!("ws://{addr}/rtc?token=bad.token.here"))
+        .await
+        .unwrap_err();
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(res) => assert_eq!(res.status(), 401),
+        other => panic!("expected HTTP 401, got {other}"),
+    }
+    // The upgrade token serves the join.
+    let mut ws = connect(
+        addr,
+        &format!("?token={}", token("r", "uma", true, true, now + 60)),
+    )
+    .await;
+    assert_eq!(
+        join(&mut ws, "r", "", None).await["participant"]["identity"],
+        "uma"
+    );
+}
+
+#[tokio::test]
+async fn room_limit_refuses_the_extra_participant_only() {
+    let addr = start(&[], |c| c.limits.max_participants_per_room = 2).await;
+    let mut a = connect(addr, "").await;
+    let mut b = connect(addr, "").await;
+    let mut c = connect(addr, "").await;
+    assert_eq!(join(&mut a, "small", "a", None).await["type"], "joined");
+    assert_eq!(join(&mut b, "small", "b", None).await["type"], "joined");
+    let r = join(&mut c, "small", "c", None).await;
+    assert_eq!(
+        (r["code"].as_u64(), r["reason"].as_str()),
+        (Some(429), Some("room_full")),
+        "{r}"
+    );
+    // Another room is fine, and the first two are unaffected.
+    assert_eq!(join(&mut c, "other", "c", None).await["type"], "joined");
+    send(&mut a, json!({"type": "ping", "id": 1})).await;
+    assert_eq!(expect_type(&mut a, "pong").await["id"], 1);
+}
+
+#[tokio::test]
+async fn malformed_and_unexpected_messages_get_errors_never_a_crash() {
+    let addr = start(&[], |c| {
+        c.limits.ws_max_message_bytes = 2048;
+        c.limits.ws_messages_per_second = 1000;
+    })
+    .await;
+    let mut ws = connect(addr, "").await;
+    let cases: Vec<(Message, u64, &str)> = vec![
+        (Message::Text("not json".into()), 400, "bad_message"),
+        (Message::Text("[1,2,3]".into()), 400, "bad_message"),
+        (
+            Message::Text(r#"{"type":"teleport"}"#.into()),
+            400,
+            "bad_message",
+        ),
+        (
+            Message::Text(r#"{"type":"join","v":"one","room":"r"}"#.into()),
+            400,
+            "bad_message",
+        ),
+        (
+            Message::Text(r#"{"type":"join","v":2,"room":"r"}"#.into()),
+            400,
+            "unsupported_version",
+        ),
+        (
+            Message::Text(r#"{"type":"join","v":1,"room":"no spaces"}"#.into()),
+            400,
+            "bad_room",
+        ),
+        (
+            Message::Text(r#"{"type":"publish","sdp":"v=0"}"#.into()),
+            409,
+            "not_joined",
+        ),
+        (
+            Message::Text(r#"{"type":"mute","track":"x","muted":true}"#.into()),
+            409,
+            "not_joined",
+        ),
+        (Message::Binary(vec![1, 2, 3].into()), 400, "bad_message"),
+        (
+            Message::Text("x".repeat(5000).into()),
+            413,
+            "message_too_large",
+        ),
+    ];
+    for (msg, code, reason) in cases {
+        let shown = format!("{msg:?}").chars().take(60).collect::<String>();
+        ws.send(msg).await.unwrap();
+        let r = recv(&mut ws).await;
+        assert_eq!(
+            (r["type"].as_str(), r["code"].as_u64(), r["reason"].as_str()),
+            (Some("error"), Some(code), Some(reason)),
+            "{shown}: {r}"
+        );
+    }
+    assert_eq!(join(&mut ws, "fuzz", "f", None).await["type"], "joined");
+    // After joining: a second join, bad SDP, subscribing to nothing that exists.
+    let cases = [
+        (
+            json!({"type": "join", "v": 1, "room": "fuzz"}),
+            409,
+            "already_joined",
+        ),
+        (json!({"type": "publish", "sdp": "garbage"}), 400, "bad_sdp"),
+        (
+            json!({"type": "subscribe", "tracks": ["nope"]}),
+            404,
+            "no_such_track",
+        ),
+        (json!({"type": "answer", "sdp": OFFER}), 409, "no_offer"),
+    ];
+    for (msg, code, reason) in cases {
+        send(&mut ws, msg.clone()).await;
+        let r = recv(&mut ws).await;
+        assert_eq!(
+            (r["code"].as_u64(), r["reason"].as_str()),
+            (Some(code), Some(reason)),
+            "{msg}: {r}"
+        );
+    }
+    // A burst of pseudo-random printable junk: each gets an error.
+    let mut x: u32 = 12345;
+    for _ in 0..200 {
+        let len = 1 + (x % 300) as usize;
+        let s: String = (0..len)
+            .map(|_| {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                (b' ' + (x >> 16) as u8 % 94) as char
+            })
+            .collect();
+        ws.send(Message::Text(s.into())).await.unwrap();
+        assert_eq!(recv(&mut ws).await["type"], "error");
+    }
+    send(&mut ws, json!({"type": "ping", "id": 77})).await;
+    assert_eq!(
+        expect_type(&mut ws, "pong").await["id"],
+        77,
+        "the connection still works"
+    );
+}
+
+#[tokio::test]
+async fn message_rate_is_limited() {
+    let addr = start(&[], |c| c.limits.ws_messages_per_second = 5).await;
+    let mut ws = connect(addr, "").await;
+    for i in 0..20 {
+        send(&mut ws, json!({"type": "ping", "id": i})).await;
+    }
+    let mut limited = 0;
+    for _ in 0..20 {
+        let r = recv(&mut ws).await;
+        if r["reason"] == "rate_limited" {
+            limited += 1;
+        }
+    }
+    assert!(
+        limited >= 10,
+        "most of a 20-message burst over a 5/s limit is refused ({limited})"
+    );
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    send(&mut ws, json!({"type": "ping", "id": 99})).await;
+    assert_eq!(
+        expect_type(&mut ws, "pong").await["id"],
+        99,
+        "allowed again after a pause"
+    );
+}
+
+#[tokio::test]
+async fn track_and_room_limits() {
+    let addr = start(&[], |c| {
+        c.limits.max_tracks_per_participant = 1;
+        c.limits.max_rooms = 1;
+    })
+    .await;
+    let mut a = connect(addr, "").await;
+    assert_eq!(join(&mut a, "one", "a", None).await["type"], "joined");
+    send(&mut a, json!({"type": "publish", "id": 1, "sdp": OFFER})).await;
+    let e = expect_type(&mut a, "error").await;
+    assert_eq!(
+        (e["code"].as_u64(), e["reason"].as_str()),
+        (Some(429), Some("too_many_tracks")),
+        "{e}"
+    );
+    let mut b = connect(addr, "").await;
+    let r = join(&mut b, "two", "b", None).await;
+    assert_eq!(
+        (r["code"].as_u64(), r["reason"].as_str()),
+        (Some(429), Some("too_many_rooms")),
+        "{r}"
+    );
+    assert_eq!(
+        join(&mut b, "one", "b", None).await["type"],
+        "joined",
+        "the existing room still takes people"
+    );
+}
