@@ -425,7 +425,16 @@ async fn whip_and_whep_require_tokens_when_auth_is_on() {
     let now = unix_now();
     let publisher = sign("a", true, false, now + 60);
     let viewer = sign("a", false, true, now + 60);
-    let cases: Vec<(&str, &str, Option<String>, String, u16, &str)> = vec![
+    // (name, path, token, body, expected status, text the reason must contain)
+    type AuthCase = (
+        &'static str,
+        &'static str,
+        Option<String>,
+        String,
+        u16,
+        &'static str,
+    );
+    let cases: Vec<AuthCase> = vec![
         (
             "no token",
             "/whip/a",
