@@ -35,9 +35,34 @@ pub enum ConfigError {
 pub struct Config {
     pub http: HttpConfig,
     pub media: MediaConfig,
+    pub quic: QuicConfig,
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuicConfig {
+    /// Whether to listen for RTP over QUIC.
+    pub enabled: bool,
+    /// UDP address of the QUIC listener.
+    pub listen: SocketAddr,
+    /// PEM certificate chain and PKCS#8 key; both empty: a self-signed certificate is made at
+    /// start, its SHA-256 logged and served at /quic/cert-hash for clients to pin.
+    pub cert_file: String,
+    pub key_file: String,
+}
+
+impl Default for QuicConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: "127.0.0.1:4433".parse().expect("literal"),
+            cert_file: String::new(),
+            key_file: String::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -169,6 +194,12 @@ impl Config {
         }
         if self.media.consent_timeout_secs == 0 {
             return bad("media.consent_timeout_secs", "must be positive");
+        }
+        if self.quic.cert_file.is_empty() != self.quic.key_file.is_empty() {
+            return bad(
+                "quic.cert_file",
+                "give both cert_file and key_file, or neither",
+            );
         }
         if self.auth.keys.iter().any(|k| k.len() < 16) {
             return bad("auth.keys", "each key must be at least 16 bytes");

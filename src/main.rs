@@ -19,6 +19,9 @@ struct Cli {
     /// UDP media listener (ICE, DTLS, SRTP), overriding media.listen; advertised in ICE candidates.
     #[arg(long, value_name = "ADDR")]
     media: Option<SocketAddr>,
+    /// QUIC listener (RTP over QUIC), overriding quic.listen and enabling it.
+    #[arg(long, value_name = "ADDR")]
+    quic: Option<SocketAddr>,
     #[command(subcommand)]
     command: Option<Sub>,
 }
@@ -101,6 +104,10 @@ fn main() -> ExitCode {
     }) = cli.command
     {
         return token(&config, room, identity, ttl, !no_publish, !no_subscribe);
+    }
+    if let Some(a) = cli.quic {
+        config.quic.listen = a;
+        config.quic.enabled = true;
     }
     if let Some(a) = cli.http {
         config.http.listen = a;

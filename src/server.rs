@@ -8,6 +8,7 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::signal::auth::Auth;
 use crate::signal::http::{router, serve, AppState};
+use crate::transport::quic::endpoint::QuicIdentity;
 use crate::transport::webrtc::{DtlsIdentity, Shard, ShardConfig};
 use crate::worker;
 
@@ -28,6 +29,9 @@ pub enum ServerError {
 pub struct Running {
     pub http_addr: SocketAddr,
     pub media_addr: SocketAddr,
+    pub quic_addr: Option<SocketAddr>,
+    /// Hex SHA-256 of the QUIC certificate.
+    pub quic_cert_sha256: Option<String>,
     pub serve: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
@@ -50,8 +54,42 @@ pub async fn start(config: &Config) -> Result<Running, ServerError> {
         relay: config.relay(),
         limits: config.shard_limits(),
     };
-    let (handle, _join) =
-        worker::spawn(udp, Shard::new(shard_config, identity)).map_err(ServerError::Worker)?;
+    let auth = Auth::new(config.auth.keys.clone());
+    let (quic, quic_addr, quic_hash) = if config.quic.enabled {
+        let id = if config.quic.cert_file.is_empty() {
+            QuicIdentity::self_signed()
+        } else {
+            let read = |p: &str| {
+                std::fs::read_to_string(p).map_err(|e| ServerError::Identity(format!("{p}: {e}")))
+            };
+            QuicIdentity::from_pem(
+                &read(&config.quic.cert_file)?,
+                &read(&config.quic.key_file)?,
+            )
+        }
+        .map_err(|e| ServerError::Identity(e.to_string()))?;
+        let server_config = id
+            .server_config()
+            .map_err(|e| ServerError::Identity(e.to_string()))?;
+        let socket =
+            std::net::UdpSocket::bind(config.quic.listen).map_err(|source| ServerError::Bind {
+                what: "QUIC (UDP)",
+                addr: config.quic.listen,
+                source,
+            })?;
+        let addr = socket.local_addr().map_err(ServerError::Worker)?;
+        info!(quic = %addr, cert_sha256 = %id.cert_sha256, "QUIC listener");
+        let listener = worker::QuicListener {
+            socket,
+            config: server_config,
+            auth: auth.clone(),
+        };
+        (Some(listener), Some(addr), Some(id.cert_sha256))
+    } else {
+        (None, None, None)
+    };
+    let (handle, _join) = worker::spawn(udp, Shard::new(shard_config, identity), quic)
+        .map_err(ServerError::Worker)?;
     let tcp = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .map_err(|source| ServerError::Bind {
@@ -60,7 +98,6 @@ pub async fn start(config: &Config) -> Result<Running, ServerError> {
             source,
         })?;
     let http_addr = tcp.local_addr().map_err(ServerError::Worker)?;
-    let auth = Auth::new(config.auth.keys.clone());
     if auth.dev_mode() {
         warn!("auth is off: anyone who can reach the HTTP listener may publish and watch (dev mode, no [auth] keys)");
     } else {
@@ -74,6 +111,7 @@ pub async fn start(config: &Config) -> Result<Running, ServerError> {
         auth,
         ws_max_message_bytes: config.limits.ws_max_message_bytes,
         ws_messages_per_second: config.limits.ws_messages_per_second,
+        quic_cert_sha256: quic_hash.clone(),
     };
     let app = router(state, config.http.max_body_bytes);
     info!(http = %http_addr, media = %media_addr, "volna listening");
@@ -81,6 +119,8 @@ pub async fn start(config: &Config) -> Result<Running, ServerError> {
     Ok(Running {
         http_addr,
         media_addr,
+        quic_addr,
+        quic_cert_sha256: quic_hash,
         serve,
     })
 }

@@ -444,3 +444,56 @@ async fn track_and_room_limits() {
         "the existing room still takes people"
     );
 }
+
+#[tokio::test]
+async fn republishing_unpublishes_the_old_tracks() {
+    let addr = start(&[], |_| {}).await;
+    let mut a = connect(addr, "").await;
+    let mut b = connect(addr, "").await;
+    join(&mut a, "re", "a", None).await;
+    join(&mut b, "re", "b", None).await;
+    send(&mut a, json!({"type": "publish", "id": 1, "sdp": OFFER})).await;
+    expect_type(&mut a, "publish_answer").await;
+    let first = expect_type(&mut b, "track_published").await["track"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    send(&mut a, json!({"type": "publish", "id": 2, "sdp": OFFER})).await;
+    expect_type(&mut a, "publish_answer").await;
+    let un = expect_type(&mut b, "track_unpublished").await;
+    assert_eq!(un["track"], first.as_str());
+}
+
+#[tokio::test]
+async fn losing_media_removes_the_participant_and_tells_the_others() {
+    // Nobody ever sends media here, so the publishing connection times out.
+    let addr = start(&[], |c| c.media.consent_timeout_secs = 1).await;
+    let mut a = connect(addr, "").await;
+    let mut b = connect(addr, "").await;
+    let a_id = join(&mut a, "quiet", "a", None).await["participant"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    join(&mut b, "quiet", "b", None).await;
+    send(&mut a, json!({"type": "publish", "id": 1, "sdp": OFFER})).await;
+    expect_type(&mut a, "publish_answer").await;
+    let e = expect_type(&mut a, "error").await;
+    assert_eq!(
+        (e["code"].as_u64(), e["reason"].as_str()),
+        (Some(408), Some("media_lost")),
+        "{e}"
+    );
+    let left = expect_type(&mut b, "participant_left").await;
+    assert_eq!(left["participant"], a_id.as_str());
+    // A's socket is closed by the server.
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match a.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                Some(Ok(_)) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "socket closed after media_lost");
+}

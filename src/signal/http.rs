@@ -29,6 +29,8 @@ pub struct AppState {
     pub auth: Auth,
     pub ws_max_message_bytes: usize,
     pub ws_messages_per_second: u32,
+    /// Hex SHA-256 of the QUIC certificate, for clients to pin; `None` without QUIC.
+    pub quic_cert_sha256: Option<String>,
 }
 
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
@@ -45,6 +47,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         )
         .route("/rtc", get(super::ws::rtc))
         .route("/health", get(|| async { "ok\n" }))
+        .route("/quic/cert-hash", get(cert_hash))
         .route("/stats", get(stats))
         .route("/whip/{room}", post(whip).options(preflight))
         .route("/whep/{room}", post(whep_latest).options(preflight))
@@ -343,6 +346,13 @@ async fn whep_delete(
     Path((room, resource)): Path<(String, String)>,
 ) -> Response {
     delete(st, Role::Viewer, room, resource).await
+}
+
+async fn cert_hash(State(st): State<AppState>) -> Response {
+    match st.quic_cert_sha256 {
+        Some(h) => ([(header::CONTENT_TYPE, "text/plain")], format!("{h}\n")).into_response(),
+        None => error(StatusCode::NOT_FOUND, "QUIC is not enabled on this node"),
+    }
 }
 
 async fn stats(State(st): State<AppState>) -> Response {

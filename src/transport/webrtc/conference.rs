@@ -274,7 +274,29 @@ impl Shard {
         }
         let room = p.room.clone();
         if let Some(old) = p.publisher {
+            // Publishing again replaces the publishing connection: its tracks end first.
+            let public = p.public_id.clone();
+            let gone: Vec<String> = self
+                .room_tracks(&room)
+                .into_iter()
+                .filter(|t| t.owner == pid)
+                .map(|t| t.info.id)
+                .collect();
             self.close(now, old, CloseCause::Participant);
+            if let Some(p) = self.participants.get_mut(&pid) {
+                p.publisher = None;
+            }
+            for track in gone {
+                self.broadcast(
+                    &room,
+                    pid,
+                    &ServerMessage::TrackUnpublished {
+                        participant: public.clone(),
+                        track,
+                    },
+                );
+            }
+            self.sync_room(now, &room, pid);
         }
         let max = self.config.limits.max_tracks_per_participant;
         let (sid, created) = self
@@ -707,6 +729,7 @@ impl Shard {
                 sessions: &mut self.sessions,
                 queue: &mut self.queue,
                 scratch: &mut self.scratch,
+                quic: &mut self.quic_queue,
             };
             let r = self.relay.add_viewer_track(now, sid, spec, &mut out);
             let Some(l) = self

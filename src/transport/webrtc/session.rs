@@ -85,4 +85,6 @@ pub struct Session {
     pub published: Vec<(MediaKind, OfferedCodec, String)>,
     /// A subscriber's m-lines and offer state.
     pub negotiation: Negotiation,
+    /// For a QUIC session: the RoQ flow id of its datagrams (no ICE, DTLS or SRTP then).
+    pub quic_flow: Option<u64>,
 }

@@ -22,6 +22,7 @@ use crate::core::rtp::{is_rtcp, ExtKind, RtpView};
 use crate::signal::sdp::{
     build_answer, AnswerMedia, Direction, Local, Offer, OfferedCodec, SdpError, Setup, Source,
 };
+use crate::transport::quic::roq::datagram;
 
 /// Extensions volna accepts from publishers and writes or passes on to viewers. RIDs wait for
 /// simulcast: without them in the answer, a publisher sends a single layer.
@@ -145,6 +146,8 @@ pub(super) struct Out<'a> {
     pub(super) sessions: &'a mut HashMap<SessionId, Session>,
     pub(super) queue: &'a mut VecDeque<Transmit>,
     pub(super) scratch: &'a mut Vec<u8>,
+    /// Datagrams for QUIC sessions (plain RTP/RTCP behind the flow id; QUIC encrypts).
+    pub(super) quic: &'a mut VecDeque<(SessionId, Bytes)>,
 }
 
 impl Sink for Out<'_> {
@@ -152,6 +155,11 @@ impl Sink for Out<'_> {
         let Some(s) = self.sessions.get_mut(&to) else {
             return;
         };
+        if let Some(flow) = s.quic_flow {
+            self.quic
+                .push_back((to, Bytes::from(datagram(flow, &[header, payload]))));
+            return;
+        }
         let (Some(keys), Some(addr)) = (s.srtp.as_mut(), s.remote) else {
             return;
         };
@@ -171,6 +179,11 @@ impl Sink for Out<'_> {
         let Some(s) = self.sessions.get_mut(&to) else {
             return;
         };
+        if let Some(flow) = s.quic_flow {
+            self.quic
+                .push_back((to, Bytes::from(datagram(flow, &[packet]))));
+            return;
+        }
         let (Some(keys), Some(addr)) = (s.srtp.as_mut(), s.remote) else {
             return;
         };
@@ -201,6 +214,7 @@ pub struct Shard {
     closed: u64,
     pub(super) participants: HashMap<ParticipantId, Participant>,
     pub(super) next_participant: ParticipantId,
+    pub(super) quic_queue: VecDeque<(SessionId, Bytes)>,
 }
 
 pub(super) fn random_string(len: usize) -> String {
@@ -272,6 +286,7 @@ impl Shard {
             closed: 0,
             participants: HashMap::new(),
             next_participant: 1,
+            quic_queue: VecDeque::new(),
         }
     }
 
@@ -339,6 +354,7 @@ impl Shard {
             rtcp_ssrc: rand::random(),
             published: Vec::new(),
             negotiation: Negotiation::default(),
+            quic_flow: None,
         })
     }
 
@@ -575,6 +591,7 @@ impl Shard {
                 sessions: &mut self.sessions,
                 queue: &mut self.queue,
                 scratch: &mut self.scratch,
+                quic: &mut self.quic_queue,
             };
             match role {
                 Role::Publisher => ended = self.relay.remove_publisher(id, &mut out),
@@ -645,6 +662,11 @@ impl Shard {
             128..=191 => self.handle_srtp(now, from, buf),
             _ => self.junk(from, "unknown first byte"),
         }
+    }
+
+    /// Counts a dropped datagram (QUIC flows report theirs here).
+    pub fn count_junk(&mut self) {
+        self.junk += 1;
     }
 
     fn junk(&mut self, from: SocketAddr, why: &str) {
@@ -765,6 +787,7 @@ impl Shard {
                     sessions: &mut self.sessions,
                     queue: &mut self.queue,
                     scratch: &mut self.scratch,
+                    quic: &mut self.quic_queue,
                 };
                 for t in tracks {
                     if let Err(e) = self.relay.add_viewer_track(now, id, t, &mut out) {
@@ -801,6 +824,7 @@ impl Shard {
                 sessions: &mut self.sessions,
                 queue: &mut self.queue,
                 scratch: &mut self.scratch,
+                quic: &mut self.quic_queue,
             };
             match role {
                 Role::Publisher => self.relay.handle_publisher_rtcp(now, id, &plain, &mut out),
@@ -826,6 +850,7 @@ impl Shard {
             sessions: &mut self.sessions,
             queue: &mut self.queue,
             scratch: &mut self.scratch,
+            quic: &mut self.quic_queue,
         };
         self.relay.handle_rtp(now, id, &plain, &view, &mut out);
         self.drain_relay_events();
@@ -850,6 +875,7 @@ impl Shard {
             sessions: &mut self.sessions,
             queue: &mut self.queue,
             scratch: &mut self.scratch,
+            quic: &mut self.quic_queue,
         };
         self.relay.handle_timeout(now, &mut out);
         self.drain_relay_events();
@@ -880,7 +906,8 @@ impl Shard {
             let expired: Vec<SessionId> = self
                 .sessions
                 .values()
-                .filter(|s| now.duration_since(s.last_rx) >= timeout)
+                // QUIC sessions live as long as their connection (QUIC has its own idle timeout).
+                .filter(|s| s.quic_flow.is_none() && now.duration_since(s.last_rx) >= timeout)
                 .map(|s| s.id)
                 .collect();
             for id in expired {

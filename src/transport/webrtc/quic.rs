@@ -1,0 +1,249 @@
+//! QUIC sessions in the shard. A QUIC publisher or subscriber is a session like a WebRTC one,
+//! without ICE, DTLS or SRTP (QUIC authenticates and encrypts): its packets come and go as RoQ
+//! datagrams with the flow id the client chose, and the worker owns the connection.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use rand::Rng;
+use tracing::info;
+
+use super::session::Role;
+use super::shard::{CloseCause, Out, Shard};
+use crate::core::room::{MediaKind, SessionId, TrackRef, TrackSpec, ViewerTrackSpec};
+use crate::core::rtp::{is_rtcp, Codec, ExtMap, RtpView};
+use crate::signal::protocol::Refusal;
+use crate::signal::sdp::OfferedCodec;
+use crate::transport::quic::control::QuicTrack;
+use crate::transport::quic::roq::split_datagram;
+
+fn kind_of(t: &QuicTrack) -> Option<MediaKind> {
+    match t.kind.as_str() {
+        "audio" => Some(MediaKind::Audio),
+        "video" => Some(MediaKind::Video),
+        _ => None,
+    }
+}
+
+impl Shard {
+    /// A QUIC client publishes `tracks` on datagram flow `flow`.
+    pub fn quic_publish(
+        &mut self,
+        now: Instant,
+        room: &str,
+        flow: u64,
+        tracks: &[QuicTrack],
+    ) -> Result<(SessionId, String), Refusal> {
+        if tracks.is_empty() || tracks.len() > self.config.limits.max_tracks_per_participant {
+            return Err(Refusal::new(
+                400,
+                "bad_tracks",
+                format!(
+                    "publish 1 to {} tracks",
+                    self.config.limits.max_tracks_per_participant
+                ),
+            ));
+        }
+        let mut specs = Vec::new();
+        let mut published = Vec::new();
+        for (i, t) in tracks.iter().enumerate() {
+            let kind = kind_of(t).ok_or_else(|| {
+                Refusal::new(
+                    400,
+                    "bad_tracks",
+                    format!("track {i}: kind must be audio or video"),
+                )
+            })?;
+            let codec = Codec::from_name(&t.codec)
+                .filter(|c| c.is_video() == (kind == MediaKind::Video))
+                .ok_or_else(|| {
+                    Refusal::new(
+                        400,
+                        "bad_tracks",
+                        format!(
+                            "track {i}: codec {} is not forwarded for {}",
+                            t.codec, t.kind
+                        ),
+                    )
+                })?;
+            if t.payload_type > 127 || t.clock_rate == 0 {
+                return Err(Refusal::new(
+                    400,
+                    "bad_tracks",
+                    format!("track {i}: bad payload type or clock rate"),
+                ));
+            }
+            let mid = i.to_string();
+            specs.push(TrackSpec {
+                kind,
+                mid: mid.clone(),
+                codec,
+                payload_type: t.payload_type,
+                clock_rate: t.clock_rate,
+                ssrc: Some(t.ssrc),
+                ext: ExtMap::default(),
+                // Native clients answer NACK and PLI; there is no REMB on QUIC (its congestion
+                // controller paces the connection).
+                feedback: crate::core::room::Feedback {
+                    nack: true,
+                    pli: true,
+                    fir: false,
+                    remb: false,
+                },
+            });
+            let offered = OfferedCodec {
+                payload_type: t.payload_type,
+                codec: Some(codec),
+                name: t.codec.clone(),
+                clock_rate: t.clock_rate,
+                channels: t.channels.map(|c| c.to_string()).unwrap_or_default(),
+                fmtp: t.fmtp.clone(),
+                feedback: vec!["nack".into(), "nack pli".into()],
+            };
+            published.push((kind, offered, mid));
+        }
+        let mut s = self
+            .new_session(now, Role::Publisher, room, None)
+            .map_err(|e| Refusal::new(500, "internal", e.to_string()))?;
+        s.quic_flow = Some(flow);
+        s.published = published;
+        self.relay
+            .add_publisher(s.id, room, s.rtcp_ssrc, specs)
+            .map_err(|e| Refusal::new(500, "internal", e.to_string()))?;
+        let (id, public) = (s.id, s.public_id.clone());
+        info!(session = id, room, publisher = %public, "QUIC publisher created");
+        self.register(s);
+        Ok((id, public))
+    }
+
+    /// A QUIC client subscribes, on flow `flow`, to one publisher of the room (the most recent
+    /// when `publisher` is `None`). Returns the tracks as they will arrive.
+    pub fn quic_subscribe(
+        &mut self,
+        now: Instant,
+        room: &str,
+        publisher: Option<&str>,
+        flow: u64,
+    ) -> Result<(SessionId, String, Vec<QuicTrack>), Refusal> {
+        let list = self
+            .relay
+            .room_publishers(room)
+            .filter(|l| !l.is_empty())
+            .ok_or_else(|| Refusal::new(404, "no_room", "room not found"))?;
+        let pub_id = match publisher {
+            None => *list.last().expect("not empty"),
+            Some(p) => *list
+                .iter()
+                .find(|id| self.sessions.get(id).is_some_and(|s| s.public_id == p))
+                .ok_or_else(|| {
+                    Refusal::new(404, "no_publisher", "publisher not found in this room")
+                })?,
+        };
+        let (public, published) = {
+            let p = &self.sessions[&pub_id];
+            (p.public_id.clone(), p.published.clone())
+        };
+        let mut s = self
+            .new_session(now, Role::Viewer, room, None)
+            .map_err(|e| Refusal::new(500, "internal", e.to_string()))?;
+        s.quic_flow = Some(flow);
+        let sid = s.id;
+        self.register(s);
+        self.relay
+            .add_viewer(sid, room)
+            .map_err(|e| Refusal::new(500, "internal", e.to_string()))?;
+        let mut rng = rand::thread_rng();
+        let mut tracks = Vec::new();
+        for (i, (kind, codec, mid)) in published.iter().enumerate() {
+            let ssrc: u32 = rng.gen();
+            let spec = ViewerTrackSpec {
+                source: TrackRef {
+                    publisher: pub_id,
+                    track: i,
+                },
+                mid: mid.clone(),
+                ssrc,
+                payload_type: codec.payload_type,
+                ext: ExtMap::default(),
+                initial_seq: rng.gen(),
+                initial_ts: rng.gen(),
+            };
+            let mut out = Out {
+                sessions: &mut self.sessions,
+                queue: &mut self.queue,
+                scratch: &mut self.scratch,
+                quic: &mut self.quic_queue,
+            };
+            if self
+                .relay
+                .add_viewer_track(now, sid, spec, &mut out)
+                .is_ok()
+            {
+                tracks.push(QuicTrack {
+                    kind: match kind {
+                        MediaKind::Audio => "audio".into(),
+                        MediaKind::Video => "video".into(),
+                    },
+                    codec: codec.name.clone(),
+                    payload_type: codec.payload_type,
+                    clock_rate: codec.clock_rate,
+                    channels: codec.channels.parse().ok(),
+                    fmtp: codec.fmtp.clone(),
+                    ssrc,
+                });
+            }
+        }
+        info!(session = sid, room, publisher = %public, "QUIC subscriber created");
+        Ok((sid, public, tracks))
+    }
+
+    /// One RoQ datagram of a QUIC session (the worker matched its flow to `session`).
+    pub fn quic_datagram(&mut self, now: Instant, session: SessionId, data: &[u8]) {
+        let Some(s) = self.sessions.get_mut(&session) else {
+            return;
+        };
+        let role = s.role;
+        let Ok((_, packet)) = split_datagram(data) else {
+            self.count_junk();
+            return;
+        };
+        s.last_rx = now;
+        let mut out = Out {
+            sessions: &mut self.sessions,
+            queue: &mut self.queue,
+            scratch: &mut self.scratch,
+            quic: &mut self.quic_queue,
+        };
+        if is_rtcp(packet) {
+            match role {
+                Role::Publisher => self
+                    .relay
+                    .handle_publisher_rtcp(now, session, packet, &mut out),
+                _ => self
+                    .relay
+                    .handle_viewer_rtcp(now, session, packet, &mut out),
+            }
+            return;
+        }
+        if role != Role::Publisher {
+            self.count_junk();
+            return;
+        }
+        match RtpView::parse(packet) {
+            Ok(view) => self.relay.handle_rtp(now, session, packet, &view, &mut out),
+            Err(_) => self.count_junk(),
+        }
+    }
+
+    /// A QUIC connection ended: its sessions end.
+    pub fn quic_closed(&mut self, now: Instant, sessions: &[SessionId]) {
+        for s in sessions {
+            self.close(now, *s, CloseCause::PeerClosed);
+        }
+    }
+
+    /// The next datagram for a QUIC session.
+    pub fn poll_quic_transmit(&mut self) -> Option<(SessionId, Bytes)> {
+        self.quic_queue.pop_front()
+    }
+}
