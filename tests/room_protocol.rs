@@ -29,6 +29,7 @@ async fn start(keys: &[&str], tweak: impl FnOnce(&mut Config)) -> SocketAddr {
     let mut config = Config::default();
     config.http.listen = "127.0.0.1:0".parse().unwrap();
     config.media.listen = "127.0.0.1:0".parse().unwrap();
+    config.quic.listen = "127.0.0.1:0".parse().unwrap();
     config.auth.keys = keys.iter().map(|k| k.to_string()).collect();
     tweak(&mut config);
     volna::server::start(&config).await.unwrap().http_addr

@@ -98,6 +98,7 @@ async fn start() -> (SocketAddr, SocketAddr) {
 async fn start_with(mut config: Config) -> (SocketAddr, SocketAddr) {
     config.http.listen = "127.0.0.1:0".parse().unwrap();
     config.media.listen = "127.0.0.1:0".parse().unwrap();
+    config.quic.listen = "127.0.0.1:0".parse().unwrap();
     config.http.max_body_bytes = 8192;
     let r = volna::server::start(&config).await.unwrap();
     (r.http_addr, r.media_addr)
