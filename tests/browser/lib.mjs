@@ -10,6 +10,7 @@ import puppeteer from 'puppeteer-core';
 const here = dirname(fileURLToPath(import.meta.url));
 export const repo = resolve(here, '..', '..');
 export const volnaBin = process.env.VOLNA_BIN || join(repo, 'target', 'debug', 'volna');
+export const clientBin = process.env.VOLNA_CLIENT_BIN || join(repo, 'target', 'debug', 'volna-client');
 
 export function isRoot() {
   return typeof process.getuid === 'function' && process.getuid() === 0;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::control::{ControlReply, ControlRequest, QuicTrack, MAX_CONTROL_MESSAGE};
 use super::roq::{frame, read_varint, split_datagram};
@@ -388,6 +388,6 @@ async fn handle(
 /// by design; NACK repairs what matters).
 pub fn send_datagram(conn: &quinn::Connection, data: Bytes) {
     if let Err(e) = conn.send_datagram(data) {
-        warn!(peer = %conn.remote_address(), error = %e, "datagram not sent");
+        debug!(peer = %conn.remote_address(), error = %e, "datagram not sent");
     }
 }

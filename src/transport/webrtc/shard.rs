@@ -506,7 +506,19 @@ impl Shard {
                 Some((i, theirs.clone()))
             });
             let Some((track, codec)) = pick else {
-                answers.push(AnswerMedia::Rejected);
+                // Nothing to send on it. Rejecting it (port 0) would break a bundle whose tag it
+                // is, so it is accepted as inactive when one of its codecs is known.
+                answers.push(match m.codecs.iter().find(|c| forwardable(kind, c)) {
+                    Some(c) => AnswerMedia::accept(
+                        m,
+                        c.clone(),
+                        Direction::Inactive,
+                        &[ExtKind::Mid],
+                        None,
+                        false,
+                    ),
+                    None => AnswerMedia::Rejected,
+                });
                 continue;
             };
             used[track] = true;

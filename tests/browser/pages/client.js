@@ -78,6 +78,7 @@ window.inbound = async () => {
     framesDecoded: out.video.framesDecoded || 0,
     videoPackets: out.video.packetsReceived || 0,
     audioPackets: out.audio.packetsReceived || 0,
+    audioLevel: out.audio.audioLevel || 0,
     frameWidth: out.video.frameWidth || 0,
     connectionState: window.pc.connectionState,
   };
