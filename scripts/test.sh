@@ -37,4 +37,5 @@ cargo bench --bench rtp -- --test
 
 echo "== end-to-end: Chromium and GStreamer through volna"
 export VOLNA_BIN="$PWD/target/debug/volna"
+export VOLNA_CLIENT_BIN="$PWD/target/debug/volna-client"
 (cd tests/browser && node --test --test-concurrency=1 --test-reporter=spec)
