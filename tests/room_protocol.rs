@@ -475,7 +475,13 @@ async fn losing_media_removes_the_participant_and_tells_the_others() {
         .as_str()
         .unwrap()
         .to_owned();
-    join(&mut b, "quiet", "b", None).await;
+    // B receives nothing (no subscriber connection to time out itself): it only watches events.
+    send(
+        &mut b,
+        json!({"type": "join", "v": 1, "room": "quiet", "name": "b", "auto_subscribe": false}),
+    )
+    .await;
+    assert_eq!(recv(&mut b).await["type"], "joined");
     send(&mut a, json!({"type": "publish", "id": 1, "sdp": OFFER})).await;
     expect_type(&mut a, "publish_answer").await;
     let e = expect_type(&mut a, "error").await;

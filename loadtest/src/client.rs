@@ -27,6 +27,8 @@ pub enum ClientError {
     Control(String),
     #[error("opus: {0}")]
     Opus(String),
+    #[error("video encoder: {0}")]
+    Video(String),
 }
 
 /// Where and how to connect.
@@ -214,13 +216,16 @@ fn rtp_header(pt: u8, seq: u16, ts: u32, ssrc: u32) -> [u8; 12] {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PublishReport {
     pub packets: u64,
+    pub video_packets: u64,
     pub retransmitted: u64,
     pub nacks_received: u64,
+    pub keyframe_requests: u64,
 }
 
 impl PublishReport {
     pub fn to_json(&self) -> Value {
-        json!({"packets": self.packets, "retransmitted": self.retransmitted, "nacks_received": self.nacks_received})
+        json!({"packets": self.packets, "video_packets": self.video_packets, "retransmitted": self.retransmitted,
+               "nacks_received": self.nacks_received, "keyframe_requests": self.keyframe_requests})
     }
 }
 
@@ -228,22 +233,140 @@ const FLOW_PUBLISH: u64 = 0;
 const FLOW_SUBSCRIBE: u64 = 1;
 const OPUS_PT: u8 = 111;
 
-/// Publishes a `hz` sine tone for `seconds`, Opus at 48 kHz in 20 ms frames; answers NACKs.
+const H264_PT: u8 = 102;
+/// Largest RTP payload put in one datagram (QUIC datagrams on a 1280+ byte path hold ~1150).
+const MAX_RTP_PAYLOAD: usize = 1000;
+
+/// A moving test pattern, H.264 (constrained baseline, packetization-mode 1) from OpenH264.
+struct VideoSource {
+    enc: openh264::encoder::Encoder,
+    frame: u64,
+    ssrc: u32,
+    seq: u16,
+    ts: u32,
+}
+
+impl VideoSource {
+    const W: usize = 320;
+    const H: usize = 240;
+
+    fn new(ssrc: u32) -> Result<Self, ClientError> {
+        use openh264::encoder::{BitRate, EncoderConfig, FrameRate, IntraFramePeriod};
+        let config = EncoderConfig::new()
+            .bitrate(BitRate::from_bps(300_000))
+            .max_frame_rate(FrameRate::from_hz(15.0))
+            .intra_frame_period(IntraFramePeriod::from_num_frames(90));
+        let enc = openh264::encoder::Encoder::with_api_config(
+            openh264::OpenH264API::from_source(),
+            config,
+        )
+        .map_err(|e| ClientError::Video(e.to_string()))?;
+        Ok(Self {
+            enc,
+            frame: 0,
+            ssrc,
+            seq: rand::random(),
+            ts: rand::random(),
+        })
+    }
+
+    /// Encodes the next frame and returns its RTP packets (RFC 6184: single NAL or FU-A).
+    fn next_packets(&mut self) -> Result<Vec<Vec<u8>>, ClientError> {
+        let (w, h) = (Self::W, Self::H);
+        let mut yuv = vec![128u8; w * h * 3 / 2];
+        let shift = (self.frame * 4) as usize;
+        for y in 0..h {
+            for x in 0..w {
+                yuv[y * w + x] = (((x + shift) / 16 + y / 16) % 2 * 160 + 40) as u8;
+            }
+        }
+        let buffer = openh264::formats::YUVBuffer::from_vec(yuv, w, h);
+        let bits = self
+            .enc
+            .encode(&buffer)
+            .map_err(|e| ClientError::Video(e.to_string()))?;
+        let mut nals: Vec<Vec<u8>> = Vec::new();
+        for l in 0..bits.num_layers() {
+            let Some(layer) = bits.layer(l) else { continue };
+            for n in 0..layer.nal_count() {
+                if let Some(nal) = layer.nal_unit(n) {
+                    let body = nal
+                        .strip_prefix(&[0, 0, 0, 1][..])
+                        .or_else(|| nal.strip_prefix(&[0, 0, 1][..]))
+                        .unwrap_or(nal);
+                    if !body.is_empty() {
+                        nals.push(body.to_vec());
+                    }
+                }
+            }
+        }
+        self.frame += 1;
+        let mut packets = Vec::new();
+        let count = nals.len();
+        for (i, nal) in nals.iter().enumerate() {
+            let last_nal = i + 1 == count;
+            if nal.len() <= MAX_RTP_PAYLOAD {
+                packets.push((nal.clone(), last_nal));
+                continue;
+            }
+            // FU-A: the indicator keeps F and NRI with type 28; the header carries S/E and the type.
+            let (hdr, body) = (nal[0], &nal[1..]);
+            let chunks: Vec<&[u8]> = body.chunks(MAX_RTP_PAYLOAD - 2).collect();
+            for (k, c) in chunks.iter().enumerate() {
+                let start = if k == 0 { 0x80 } else { 0 };
+                let end = if k + 1 == chunks.len() { 0x40 } else { 0 };
+                let mut p = vec![(hdr & 0xe0) | 28, start | end | (hdr & 0x1f)];
+                p.extend_from_slice(c);
+                packets.push((p, last_nal && end != 0));
+            }
+        }
+        let out = packets
+            .into_iter()
+            .map(|(payload, marker)| {
+                let mut h = rtp_header(H264_PT, self.seq, self.ts, self.ssrc);
+                if marker {
+                    h[1] |= 0x80;
+                }
+                self.seq = self.seq.wrapping_add(1);
+                let mut p = h.to_vec();
+                p.extend_from_slice(&payload);
+                p
+            })
+            .collect();
+        self.ts = self.ts.wrapping_add(90_000 / 15);
+        Ok(out)
+    }
+}
+
+/// Publishes a `hz` sine tone for `seconds`, Opus at 48 kHz in 20 ms frames, and with `video` an
+/// H.264 test pattern at 15 fps; answers NACKs (and PLIs, with a keyframe).
 pub async fn publish_tone(
     client: &mut Client,
     hz: f64,
     seconds: f64,
+    video: bool,
 ) -> Result<PublishReport, ClientError> {
     let ssrc: u32 = rand::random();
+    let vssrc: u32 = rand::random();
+    let mut tracks = vec![
+        json!({"kind": "audio", "codec": "opus", "payload_type": OPUS_PT,
+        "clock_rate": 48000, "channels": 2, "fmtp": "minptime=10;useinbandfec=1", "ssrc": ssrc}),
+    ];
+    let mut source = None;
+    if video {
+        tracks.push(json!({"kind": "video", "codec": "H264", "payload_type": H264_PT, "clock_rate": 90000,
+            "fmtp": "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f", "ssrc": vssrc}));
+        source = Some(VideoSource::new(vssrc)?);
+    }
     client
-        .request(json!({"type": "publish", "flow": FLOW_PUBLISH, "tracks": [
-            {"kind": "audio", "codec": "opus", "payload_type": OPUS_PT, "clock_rate": 48000, "channels": 2,
-             "fmtp": "minptime=10;useinbandfec=1", "ssrc": ssrc}]}))
+        .request(json!({"type": "publish", "flow": FLOW_PUBLISH, "tracks": tracks}))
         .await?;
+    let mut vtick = tokio::time::interval(Duration::from_millis(1000 / 15));
     let mut enc = opus::Encoder::new(48000, opus::Channels::Mono, opus::Application::Audio)
         .map_err(|e| ClientError::Opus(e.to_string()))?;
     let frames = (seconds * 50.0).round() as u64;
     let mut history: HashMap<u16, Bytes> = HashMap::new();
+    let mut vhistory: HashMap<u16, Bytes> = HashMap::new();
     let mut report = PublishReport::default();
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     let (mut seq, mut ts, mut phase) = (rand::random::<u16>(), rand::random::<u32>(), 0f64);
@@ -268,11 +391,30 @@ pub async fn publish_tone(
                 ts = ts.wrapping_add(960);
                 report.packets += 1;
             }
+            _ = vtick.tick(), if source.is_some() => {
+                if let Some(v) = source.as_mut() {
+                    for p in v.next_packets()? {
+                        let seq = u16::from_be_bytes([p[2], p[3]]);
+                        let d = Bytes::from(datagram(FLOW_PUBLISH, &[&p]));
+                        let _ = client.conn.send_datagram(d.clone());
+                        vhistory.insert(seq, d);
+                        vhistory.remove(&seq.wrapping_sub(1024));
+                        report.video_packets += 1;
+                    }
+                }
+            }
             d = client.conn.read_datagram() => {
                 let d = d.map_err(|e| ClientError::Quic(e.to_string()))?;
                 let Ok((_, pkt)) = split_datagram(&d) else { continue };
                 for p in Compound::new(pkt).flatten() {
+                    if let (RtcpPacket::Pli(pli), Some(v)) = (&p, source.as_mut()) {
+                        if pli.media_ssrc == vssrc {
+                            v.enc.force_intra_frame();
+                            report.keyframe_requests += 1;
+                        }
+                    }
                     if let RtcpPacket::Nack(n) = p {
+                        let history = if n.media_ssrc == vssrc { &vhistory } else { &history };
                         report.nacks_received += 1;
                         for (pid, blp) in n.pairs() {
                             for s in std::iter::once(pid).chain((0..16).filter(|b| blp & (1 << b) != 0).map(|b| pid.wrapping_add(b + 1))) {

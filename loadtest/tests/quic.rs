@@ -91,7 +91,8 @@ async fn tone_crosses_the_relay_with_loss_repaired() {
     let mut publisher = Client::connect(&connect(proxy, &r.hash, "tone"))
         .await
         .unwrap();
-    let publishing = tokio::spawn(async move { publish_tone(&mut publisher, 440.0, 8.0).await });
+    let publishing =
+        tokio::spawn(async move { publish_tone(&mut publisher, 440.0, 8.0, false).await });
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut subscriber = Client::connect(&connect(proxy, &r.hash, "tone"))
         .await

@@ -652,6 +652,16 @@ a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid\r\na=extmap:13 urn:3gpp:video-ori
 a=rtcp-fb:96 goog-remb\r\na=rtcp-fb:96 transport-cc\r\na=rtcp-fb:96 ccm fir\r\na=rtcp-fb:96 nack\r\na=rtcp-fb:96 nack pli\r\na=rtpmap:97 rtx/90000\r\na=fmtp:97 apt=96\r\n\
 a=rtpmap:102 H264/90000\r\na=fmtp:102 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f\r\na=ssrc-group:FID 2222 3333\r\na=ssrc:2222 cname:x\r\na=ssrc:3333 cname:x\r\n";
 
+    fn test_local() -> Local {
+        Local {
+            ice_ufrag: "uf".into(),
+            ice_pwd: "pw".into(),
+            fingerprint: "01:02".into(),
+            candidate: "127.0.0.1:5000".parse().unwrap(),
+            session_id: 7,
+        }
+    }
+
     #[test]
     fn parses_a_browser_offer() {
         let o = Offer::parse(CHROME_OFFER).unwrap();
@@ -722,13 +732,7 @@ a=rtpmap:102 H264/90000\r\na=fmtp:102 level-asymmetry-allowed=1;packetization-mo
     #[test]
     fn answer_mirrors_offer() {
         let o = Offer::parse(CHROME_OFFER).unwrap();
-        let local = Local {
-            ice_ufrag: "uf".into(),
-            ice_pwd: "pw".into(),
-            fingerprint: "01:02".into(),
-            candidate: "127.0.0.1:5000".parse().unwrap(),
-            session_id: 7,
-        };
+        let local = test_local();
         let audio = AnswerMedia::accept(
             &o.media[0],
             o.media[0].codecs[0].clone(),
@@ -796,13 +800,7 @@ a=rtpmap:102 H264/90000\r\na=fmtp:102 level-asymmetry-allowed=1;packetization-mo
 
     #[test]
     fn offer_with_a_stopped_line() {
-        let local = Local {
-            ice_ufrag: "uf".into(),
-            ice_pwd: "pw".into(),
-            fingerprint: "01:02".into(),
-            candidate: "127.0.0.1:5000".parse().unwrap(),
-            session_id: 7,
-        };
+        let local = test_local();
         let codec = Offer::parse(CHROME_OFFER).unwrap().media[1].codecs[0].clone();
         let src = Source {
             ssrc: 42,

@@ -27,9 +27,9 @@ after(async () => {
   if (ns) await ns.cleanup();
 });
 
-test('a QUIC publisher\'s Opus tone reaches a Chromium WHEP viewer', { skip }, async () => {
+test('a QUIC publisher\'s Opus tone and H.264 video reach a Chromium WHEP viewer', { skip }, async () => {
   assert.match(hash, /^[0-9a-f]{64}$/, 'the certificate hash is served for pinning');
-  const pub = ns.spawn([clientBin, 'publish', '--quic', QUIC, '--cert-hash', hash, '--room', 'tone', '--tone', '440', '--seconds', '20']);
+  const pub = ns.spawn([clientBin, 'publish', '--quic', QUIC, '--cert-hash', hash, '--room', 'tone', '--tone', '440', '--seconds', '20', '--video']);
   const viewer = await openPage(browser, PAGES);
   const published = await waitFor(async () => {
     if (pub.exitCode !== null) throw new Error(`volna-client exited: ${pub.output}`);
@@ -40,10 +40,11 @@ test('a QUIC publisher\'s Opus tone reaches a Chromium WHEP viewer', { skip }, a
   await viewer.evaluate((u) => window.view(u), `http://${HTTP}/whep/tone`);
   const ok = await waitFor(async () => {
     const s = await viewer.evaluate(() => window.inbound());
-    return s.audioPackets >= 100 && s.audioLevel > 0 ? s : null;
+    return s.audioPackets >= 100 && s.audioLevel > 0 && s.framesDecoded >= 30 ? s : null;
   }, 10000);
   const last = await viewer.evaluate(() => window.inbound());
-  assert.ok(ok, `viewer hears the tone (packets >= 100, audioLevel > 0): ${JSON.stringify(last)}`);
+  assert.ok(ok, `viewer hears the tone (packets >= 100, audioLevel > 0) and decodes the video: ${JSON.stringify(last)}`);
+  assert.equal(last.codec.toLowerCase(), 'video/h264');
   pub.kill('SIGKILL');
 });
 

@@ -1,7 +1,7 @@
 //! volna-client: a native RTP-over-QUIC client for volna.
 //!
-//! `volna-client publish --quic ADDR --room R [--token T] --tone HZ --seconds S` sends a libopus
-//! tone; `volna-client subscribe --quic ADDR --room R --seconds S` receives, repairs loss with
+//! `volna-client publish --quic ADDR --room R [--token T] --tone HZ --seconds S [--video]` sends a
+//! libopus tone (and an OpenH264 test pattern); `volna-client subscribe --quic ADDR --room R --seconds S` receives, repairs loss with
 //! NACK, decodes with libopus, and prints a JSON report (packets, loss, decode errors, level).
 
 use std::net::SocketAddr;
@@ -48,6 +48,9 @@ enum Cmd {
         /// Tone frequency in Hz.
         #[arg(long, default_value_t = 440.0)]
         tone: f64,
+        /// Also send video: an H.264 test pattern (OpenH264), 320x240 at 15 fps.
+        #[arg(long)]
+        video: bool,
     },
     /// Receive the room's most recent publisher and report.
     Subscribe {
@@ -74,8 +77,12 @@ fn connect_args(c: &Common) -> Connect {
 async fn main() -> ExitCode {
     let args = Args::parse();
     let result = match &args.cmd {
-        Cmd::Publish { common, tone } => match Client::connect(&connect_args(common)).await {
-            Ok(mut c) => publish_tone(&mut c, *tone, common.seconds)
+        Cmd::Publish {
+            common,
+            tone,
+            video,
+        } => match Client::connect(&connect_args(common)).await {
+            Ok(mut c) => publish_tone(&mut c, *tone, common.seconds, *video)
                 .await
                 .map(|r| r.to_json()),
             Err(e) => Err(e),

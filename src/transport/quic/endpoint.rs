@@ -279,7 +279,6 @@ async fn handle(
     joined: &mut Option<Joined>,
     flows: &mut Vec<(u64, SessionId)>,
 ) -> Result<ControlReply, Refusal> {
-    let not_joined = || Refusal::new(409, "not_joined", "send join first");
     match req {
         ControlRequest::Join {
             v,
@@ -320,21 +319,8 @@ async fn handle(
             })
         }
         ControlRequest::Publish { flow, tracks } => {
-            let j = joined.as_ref().ok_or_else(not_joined)?;
-            if !j.grants.publish {
-                return Err(Refusal::new(
-                    403,
-                    "forbidden",
-                    "this token does not allow publishing",
-                ));
-            }
-            if flows.iter().any(|(f, _)| *f == flow) {
-                return Err(Refusal::new(
-                    409,
-                    "flow_in_use",
-                    format!("flow {flow} is in use"),
-                ));
-            }
+            let j = may_open(joined, flows, flow, true)?;
+            info!(identity = %j.identity, room = %j.room, flow, "QUIC publish");
             let (room, conn) = (j.room.clone(), conn.clone());
             let (session, publisher) = call(tx, |reply| Command::QuicPublish {
                 room,
@@ -348,21 +334,8 @@ async fn handle(
             Ok(ControlReply::Published { publisher })
         }
         ControlRequest::Subscribe { flow, publisher } => {
-            let j = joined.as_ref().ok_or_else(not_joined)?;
-            if !j.grants.subscribe {
-                return Err(Refusal::new(
-                    403,
-                    "forbidden",
-                    "this token does not allow subscribing",
-                ));
-            }
-            if flows.iter().any(|(f, _)| *f == flow) {
-                return Err(Refusal::new(
-                    409,
-                    "flow_in_use",
-                    format!("flow {flow} is in use"),
-                ));
-            }
+            let j = may_open(joined, flows, flow, false)?;
+            info!(identity = %j.identity, room = %j.room, flow, "QUIC subscribe");
             let (room, conn) = (j.room.clone(), conn.clone());
             let (session, publisher, tracks): (SessionId, String, Vec<QuicTrack>) =
                 call(tx, |reply| Command::QuicSubscribe {
@@ -374,7 +347,6 @@ async fn handle(
                 })
                 .await?;
             flows.push((flow, session));
-            let _ = &j.identity;
             Ok(ControlReply::Subscribed {
                 publisher,
                 flow,
@@ -382,6 +354,39 @@ async fn handle(
             })
         }
     }
+}
+
+/// Whether this connection may open flow `flow` to publish (or subscribe): it has joined, its
+/// token grants it, and the flow is free.
+fn may_open<'a>(
+    joined: &'a Option<Joined>,
+    flows: &[(u64, SessionId)],
+    flow: u64,
+    publish: bool,
+) -> Result<&'a Joined, Refusal> {
+    let j = joined
+        .as_ref()
+        .ok_or_else(|| Refusal::new(409, "not_joined", "send join first"))?;
+    if !(if publish {
+        j.grants.publish
+    } else {
+        j.grants.subscribe
+    }) {
+        let what = if publish { "publishing" } else { "subscribing" };
+        return Err(Refusal::new(
+            403,
+            "forbidden",
+            format!("this token does not allow {what}"),
+        ));
+    }
+    if flows.iter().any(|(f, _)| *f == flow) {
+        return Err(Refusal::new(
+            409,
+            "flow_in_use",
+            format!("flow {flow} is in use"),
+        ));
+    }
+    Ok(j)
 }
 
 /// Sends a datagram, dropping it when the connection cannot take it now (datagrams are lossy

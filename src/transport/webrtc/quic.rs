@@ -9,7 +9,7 @@ use rand::Rng;
 use tracing::info;
 
 use super::session::Role;
-use super::shard::{CloseCause, Out, Shard};
+use super::shard::{CloseCause, Out, Shard, ShardError};
 use crate::core::room::{MediaKind, SessionId, TrackRef, TrackSpec, ViewerTrackSpec};
 use crate::core::rtp::{is_rtcp, Codec, ExtMap, RtpView};
 use crate::signal::protocol::Refusal;
@@ -125,20 +125,10 @@ impl Shard {
         publisher: Option<&str>,
         flow: u64,
     ) -> Result<(SessionId, String, Vec<QuicTrack>), Refusal> {
-        let list = self
-            .relay
-            .room_publishers(room)
-            .filter(|l| !l.is_empty())
-            .ok_or_else(|| Refusal::new(404, "no_room", "room not found"))?;
-        let pub_id = match publisher {
-            None => *list.last().expect("not empty"),
-            Some(p) => *list
-                .iter()
-                .find(|id| self.sessions.get(id).is_some_and(|s| s.public_id == p))
-                .ok_or_else(|| {
-                    Refusal::new(404, "no_publisher", "publisher not found in this room")
-                })?,
-        };
+        let pub_id = self.find_publisher(room, publisher).map_err(|e| match e {
+            ShardError::NoPublisher => Refusal::new(404, "no_publisher", e.to_string()),
+            e => Refusal::new(404, "no_room", e.to_string()),
+        })?;
         let (public, published) = {
             let p = &self.sessions[&pub_id];
             (p.public_id.clone(), p.published.clone())

@@ -464,6 +464,27 @@ impl Shard {
         Ok((id, created))
     }
 
+    /// A publisher of the room by its public id, or the room's most recent one.
+    pub(super) fn find_publisher(
+        &self,
+        room: &str,
+        publisher: Option<&str>,
+    ) -> Result<SessionId, ShardError> {
+        let list = self
+            .relay
+            .room_publishers(room)
+            .filter(|l| !l.is_empty())
+            .ok_or(ShardError::NoRoom)?;
+        match publisher {
+            None => list.last().copied().ok_or(ShardError::NoRoom),
+            Some(p) => list
+                .iter()
+                .copied()
+                .find(|id| self.sessions.get(id).is_some_and(|s| s.public_id == p))
+                .ok_or(ShardError::NoPublisher),
+        }
+    }
+
     /// WHEP: a viewer's offer for one publisher of the room (the most recent one when `publisher`
     /// is `None`).
     pub fn view(
@@ -473,18 +494,7 @@ impl Shard {
         publisher: Option<&str>,
         offer: &Offer,
     ) -> Result<Created, ShardError> {
-        let list = self
-            .relay
-            .room_publishers(room)
-            .filter(|l| !l.is_empty())
-            .ok_or(ShardError::NoRoom)?;
-        let pub_id = match publisher {
-            None => *list.last().ok_or(ShardError::NoRoom)?,
-            Some(p) => *list
-                .iter()
-                .find(|id| self.sessions.get(id).is_some_and(|s| s.public_id == p))
-                .ok_or(ShardError::NoPublisher)?,
-        };
+        let pub_id = self.find_publisher(room, publisher)?;
         let (pub_public, sources) = {
             let p = self.sessions.get(&pub_id).ok_or(ShardError::NoPublisher)?;
             (p.public_id.clone(), p.published.clone())
