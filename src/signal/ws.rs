@@ -261,10 +261,9 @@ async fn handle(
             call(st, |reply| Command::Answer { pid, sdp, reply }).await??;
             Ok(ServerMessage::Ok { id })
         }
-        ClientMessage::Subscribe { id, tracks } | ClientMessage::Unsubscribe { id, tracks }
+        ClientMessage::Subscribe { tracks, .. } | ClientMessage::Unsubscribe { tracks, .. }
             if tracks.len() > 256 =>
         {
-            let _ = id;
             Err(Refusal::new(
                 400,
                 "bad_message",

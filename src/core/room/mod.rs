@@ -8,6 +8,7 @@
 mod stats;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::core::forward::{Decision, Forwarder};
@@ -151,10 +152,21 @@ struct Viewer {
     tracks: Vec<ViewerTrack>,
 }
 
-#[derive(Default)]
 struct RoomState {
+    /// The room's name, shared with events so emitting one does not allocate.
+    name: Arc<str>,
     publishers: Vec<SessionId>,
     speaker: Option<SessionId>,
+}
+
+impl RoomState {
+    fn new(name: &str) -> Self {
+        Self {
+            name: name.into(),
+            publishers: Vec::new(),
+            speaker: None,
+        }
+    }
 }
 
 /// Something the transport or signalling should know about.
@@ -162,7 +174,7 @@ struct RoomState {
 pub enum RelayEvent {
     /// The loudest publisher of a room changed (RFC 6464 audio levels); `None` when it left.
     ActiveSpeaker {
-        room: String,
+        room: Arc<str>,
         publisher: Option<SessionId>,
     },
 }
@@ -195,7 +207,8 @@ impl Relay {
             header: [0; 512],
             rtcp: [0; 1500],
             counters: RelayCounters::default(),
-            events: std::collections::VecDeque::new(),
+            // Room for a burst of events, so emitting one on the packet path does not allocate.
+            events: std::collections::VecDeque::with_capacity(64),
             next_speaker_check: None,
         }
     }
@@ -261,7 +274,7 @@ impl Relay {
         );
         self.rooms
             .entry(room.to_owned())
-            .or_default()
+            .or_insert_with(|| RoomState::new(room))
             .publishers
             .push(id);
         Ok(())
@@ -272,7 +285,9 @@ impl Relay {
         if self.publishers.contains_key(&id) || self.viewers.contains_key(&id) {
             return Err(RoomError::Exists(id));
         }
-        self.rooms.entry(room.to_owned()).or_default();
+        self.rooms
+            .entry(room.to_owned())
+            .or_insert_with(|| RoomState::new(room));
         self.viewers.insert(
             id,
             Viewer {
@@ -380,7 +395,7 @@ impl Relay {
             if r.speaker == Some(id) {
                 r.speaker = None;
                 self.events.push_back(RelayEvent::ActiveSpeaker {
-                    room: p.room.clone(),
+                    room: r.name.clone(),
                     publisher: None,
                 });
             }
@@ -687,7 +702,7 @@ impl Relay {
 impl Relay {
     /// Picks each room's loudest publisher above the speaking threshold, with hysteresis.
     fn update_speakers(&mut self) {
-        for (name, room) in self.rooms.iter_mut() {
+        for room in self.rooms.values_mut() {
             let loudness = |id: &SessionId| {
                 self.publishers.get(id).map_or(0.0, |p| {
                     p.tracks
@@ -712,7 +727,7 @@ impl Relay {
             if level > current + SPEAKER_HYSTERESIS {
                 room.speaker = Some(best);
                 self.events.push_back(RelayEvent::ActiveSpeaker {
-                    room: name.clone(),
+                    room: room.name.clone(),
                     publisher: Some(best),
                 });
             }

@@ -180,23 +180,14 @@ impl Shard {
                 ),
             ));
         }
-        let mut rooms: BTreeSet<&str> = self
-            .participants
-            .values()
-            .map(|p| p.room.as_str())
-            .collect();
-        let relay_rooms = self.relay.room_count();
-        if in_room == 0
-            && self.relay.room_publishers(room).is_none()
-            && rooms.len().max(relay_rooms) >= limits.max_rooms
-        {
+        let is_new = in_room == 0 && self.relay.room_publishers(room).is_none();
+        if is_new && self.rooms_in_use() >= limits.max_rooms {
             return Err(Refusal::new(
                 429,
                 "too_many_rooms",
                 format!("this node has its maximum of {} rooms", limits.max_rooms),
             ));
         }
-        rooms.clear();
         let id = self.next_participant;
         self.next_participant += 1;
         let p = Participant {
@@ -248,6 +239,17 @@ impl Shard {
             active_speaker: speaker,
         };
         Ok((id, joined))
+    }
+
+    /// Rooms with media sessions, plus rooms whose participants have none yet.
+    fn rooms_in_use(&self) -> usize {
+        let only_participants: BTreeSet<&str> = self
+            .participants
+            .values()
+            .map(|p| p.room.as_str())
+            .filter(|r| self.relay.room_publishers(r).is_none())
+            .collect();
+        self.relay.room_count() + only_participants.len()
     }
 
     /// After `joined` has reached the client: offer it what it should receive.
