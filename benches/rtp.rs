@@ -123,6 +123,19 @@ impl Sink for RoqSink {
     fn rtcp(&mut self, _to: SessionId, _packet: &[u8]) {}
 }
 
+/// `n` copies of `p` with sequence numbers 1..=n, received the way the worker receives: into one
+/// buffer, each split off and frozen (so the retransmit cache shares them by reference count).
+fn shared_ring(p: &[u8], n: usize) -> Vec<bytes::Bytes> {
+    let mut arena = bytes::BytesMut::with_capacity(n * p.len());
+    (1..=n)
+        .map(|seq| {
+            arena.extend_from_slice(p);
+            arena[2..4].copy_from_slice(&(seq as u16).to_be_bytes());
+            arena.split().freeze()
+        })
+        .collect()
+}
+
 fn relay_with(viewers: u64) -> Relay {
     let mut relay = Relay::new(RelayConfig::default());
     let track = TrackSpec {
@@ -172,14 +185,14 @@ fn fan_out(c: &mut Criterion) {
             buf: Vec::with_capacity(2048),
             bytes: 0,
         };
-        let mut seq = 0u16;
-        let mut pkt = p.clone();
+        let ring = shared_ring(&p, 4096);
+        let mut i = 0usize;
         g.bench_function(BenchmarkId::new("rewrite", n), |b| {
             b.iter(|| {
-                seq = seq.wrapping_add(1);
-                pkt[2..4].copy_from_slice(&seq.to_be_bytes());
-                let view = RtpView::parse(&pkt).unwrap();
-                relay.handle_rtp(now, 1, &pkt, &view, &mut sink);
+                i = (i + 1) % ring.len();
+                let pkt = &ring[i];
+                let view = RtpView::parse(pkt).unwrap();
+                relay.handle_rtp(now, 1, pkt, &view, &mut sink);
             })
         });
         let key = [7u8; 16];
@@ -204,10 +217,10 @@ fn fan_out(c: &mut Criterion) {
         let mut relay = relay_with(n);
         g.bench_function(BenchmarkId::new("rewrite+srtp_gcm", n), |b| {
             b.iter(|| {
-                seq = seq.wrapping_add(1);
-                pkt[2..4].copy_from_slice(&seq.to_be_bytes());
-                let view = RtpView::parse(&pkt).unwrap();
-                relay.handle_rtp(now, 1, &pkt, &view, &mut sink);
+                i = (i + 1) % ring.len();
+                let pkt = &ring[i];
+                let view = RtpView::parse(pkt).unwrap();
+                relay.handle_rtp(now, 1, pkt, &view, &mut sink);
             })
         });
         let key = ring::aead::UnboundKey::new(&ring::aead::AES_128_GCM, &[3u8; 16]).unwrap();
@@ -219,10 +232,10 @@ fn fan_out(c: &mut Criterion) {
         let mut relay = relay_with(n);
         g.bench_function(BenchmarkId::new("rewrite+roq+quic_aead", n), |b| {
             b.iter(|| {
-                seq = seq.wrapping_add(1);
-                pkt[2..4].copy_from_slice(&seq.to_be_bytes());
-                let view = RtpView::parse(&pkt).unwrap();
-                relay.handle_rtp(now, 1, &pkt, &view, &mut sink);
+                i = (i + 1) % ring.len();
+                let pkt = &ring[i];
+                let view = RtpView::parse(pkt).unwrap();
+                relay.handle_rtp(now, 1, pkt, &view, &mut sink);
             })
         });
     }

@@ -144,8 +144,7 @@ fn add_viewer(
 }
 
 fn feed(relay: &mut Relay, now: Instant, pkt: &[u8], sink: &mut Recorder) {
-    let view = RtpView::parse(pkt).expect("test packet parses");
-    relay.handle_rtp(now, PUB, pkt, &view, sink);
+    feed_from(relay, now, PUB, pkt, sink);
 }
 
 fn rtcp_of(out: &[(SessionId, Vec<u8>)], to: SessionId) -> Vec<String> {
@@ -304,11 +303,24 @@ fn meeting_on_virtual_time() {
         )]
     );
 
-    // Viewer 1 NACKs its seq 101: the publisher is asked for its own seq 1.
-    let mut nack_buf = vec![0x81, 205, 0, 3, 0, 0, 0, 9, 0, 0, 0x03, 0xe9, 0, 101, 0, 0];
+    // Viewer 1 NACKs its seq 101 (the publisher's 1, in the cache) and 150 (never sent by the
+    // publisher, so not cached): the first is resent to viewer 1 alone, unchanged; the second is
+    // asked of the publisher in its own numbering (150 - 100 = 50).
+    let mut nack_buf = vec![
+        0x81, 205, 0, 4, 0, 0, 0, 9, 0, 0, 0x03, 0xe9, 0, 101, 0, 0, 0, 150, 0, 0,
+    ];
     nack_buf[8..12].copy_from_slice(&1001u32.to_be_bytes());
     relay.handle_viewer_rtcp(at(700), V1, &nack_buf, &mut sink);
-    let (_, rtcp) = sink.take();
+    let (out, rtcp) = sink.take();
+    assert_eq!(out.len(), 1, "one resend, to the viewer that lost it");
+    let (to, pkt) = &out[0];
+    let v = RtpView::parse(pkt).unwrap();
+    assert_eq!(
+        (*to, v.ssrc, v.sequence, v.timestamp),
+        (V1, 1001, 101, 5000)
+    );
+    assert_eq!(v.payload(pkt), DELTA);
+    assert_eq!(relay.counters().retransmitted_packets, 1);
     let (to, pkt) = &rtcp[0];
     assert_eq!(*to, PUB);
     let Some(Ok(RtcpPacket::Nack(n))) = Compound::new(pkt).next() else {
@@ -316,8 +328,16 @@ fn meeting_on_virtual_time() {
     };
     assert_eq!(
         (n.media_ssrc, n.pairs().collect::<Vec<_>>()),
-        (VIDEO_SSRC, vec![(1, 0)])
+        (VIDEO_SSRC, vec![(50, 0)])
     );
+    // Past the cache's age limit the publisher is asked instead.
+    relay.handle_viewer_rtcp(at(1700), V1, &nack_buf, &mut sink);
+    let (out, rtcp) = sink.take();
+    assert!(out.is_empty());
+    let Some(Ok(RtcpPacket::Nack(n))) = Compound::new(&rtcp[0].1).next() else {
+        panic!("expected a NACK")
+    };
+    assert_eq!(n.pairs().collect::<Vec<_>>(), vec![(1, 0), (50, 0)]);
 
     // A viewer's PLI is passed upstream (outside the rate-limit window).
     let mut pli = [0u8; 12];
@@ -386,7 +406,7 @@ fn packets_of_unknown_streams_are_dropped_and_counted() {
     assert_eq!(relay.counters().dropped_packets, 1);
     // From a session that is not a publisher.
     let pkt = rtp(AUDIO_SSRC, 111, 1, 1, &[], &[1]);
-    relay.handle_rtp(t0, 42, &pkt, &RtpView::parse(&pkt).unwrap(), &mut sink);
+    feed_from(&mut relay, t0, 42, &pkt, &mut sink);
     assert_eq!(relay.counters().dropped_packets, 2);
     // Garbage RTCP from a viewer changes nothing.
     relay.handle_viewer_rtcp(t0, V1, &[0x81, 206, 0, 9, 1, 2], &mut sink);
@@ -422,8 +442,7 @@ fn active_speaker_follows_audio_levels_with_hysteresis() {
             for (ssrc, from, level) in levels {
                 seq = seq.wrapping_add(1);
                 let pkt = rtp(ssrc, 111, seq, 960 * u32::from(seq), &[0x10, level], &[1]);
-                let view = RtpView::parse(&pkt).unwrap();
-                relay.handle_rtp(t0 + Duration::from_millis(ms), from, &pkt, &view, sink);
+                feed_from(relay, t0 + Duration::from_millis(ms), from, &pkt, sink);
             }
         };
     let mut events = Vec::new();
@@ -550,6 +569,7 @@ fn one_viewer_receives_tracks_of_several_publishers() {
 }
 
 fn feed_from(relay: &mut Relay, now: Instant, from: SessionId, pkt: &[u8], sink: &mut Recorder) {
-    let view = RtpView::parse(pkt).unwrap();
-    relay.handle_rtp(now, from, pkt, &view, sink);
+    let pkt = bytes::Bytes::copy_from_slice(pkt);
+    let view = RtpView::parse(&pkt).expect("test packet parses");
+    relay.handle_rtp(now, from, &pkt, &view, sink);
 }

@@ -1,6 +1,7 @@
 //! The relay core's forward path allocates nothing: with a counting global allocator, 10,000
 //! packets from one publisher (audio and video) fanned out to 10 viewers, with the periodic work
-//! (receiver reports, keyframe requests, speaker detection) in between, make zero heap allocations.
+//! (receiver reports, keyframe requests, speaker detection) in between, make zero heap allocations;
+//! each packet is also kept in the retransmit cache (a shared reference, not a copy).
 //! The transport's SRTP step is outside this proof (see docs/architecture.md).
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -143,17 +144,24 @@ fn forwarding_allocates_nothing() {
                 .unwrap();
         }
     }
-    let mut audio = packet(1, 111, &[0xfc; 80]);
+    let audio = packet(1, 111, &[0xfc; 80]);
     let mut video = packet(2, 96, &[0x10, 0x00, 0x9d, 0x01, 0x2a]);
     video.resize(1200, 0xab);
-    let mut forward = |relay: &mut Relay, sink: &mut FixedSink, i: u32| {
-        let pkt = if i.is_multiple_of(2) {
-            &mut audio
-        } else {
-            &mut video
-        };
-        pkt[2..4].copy_from_slice(&((i / 2) as u16).to_be_bytes());
-        pkt[4..8].copy_from_slice(&(i * 480).to_be_bytes());
+    // Every packet is made before counting (receiving is not part of this proof), the way the
+    // design receives: into one pooled buffer, each datagram split off and frozen, so sharing it
+    // with the retransmit cache is a reference count.
+    let mut arena = bytes::BytesMut::with_capacity(10_200 * 1200);
+    let packets: Vec<bytes::Bytes> = (0..10_200u32)
+        .map(|i| {
+            let p = if i % 2 == 0 { &audio } else { &video };
+            arena.extend_from_slice(p);
+            arena[2..4].copy_from_slice(&((i / 2) as u16).to_be_bytes());
+            arena[4..8].copy_from_slice(&(i * 480).to_be_bytes());
+            arena.split().freeze()
+        })
+        .collect();
+    let forward = |relay: &mut Relay, sink: &mut FixedSink, i: u32| {
+        let pkt = &packets[i as usize];
         let now = t0 + Duration::from_millis(u64::from(i));
         let view = RtpView::parse(pkt).unwrap();
         relay.handle_rtp(now, 1, pkt, &view, sink);

@@ -91,16 +91,25 @@ fn main() {
     }
     let mut pkt = vec![0x80u8, 96, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0x10, 0x00];
     pkt.resize(args.size.max(14), 0xab);
+    // Packets as the worker receives them: split off one buffer and frozen, so keeping them in
+    // the retransmit cache is a reference count.
+    let mut arena = bytes::BytesMut::with_capacity(4096 * pkt.len());
+    let ring: Vec<bytes::Bytes> = (1..=4096u16)
+        .map(|seq| {
+            arena.extend_from_slice(&pkt);
+            arena[2..4].copy_from_slice(&seq.to_be_bytes());
+            arena.split().freeze()
+        })
+        .collect();
     let deadline = start + Duration::from_secs_f64(args.seconds);
-    let mut seq = 0u16;
+    let mut i = 0usize;
     let cpu0 = cpu_seconds();
     let wall0 = Instant::now();
     while Instant::now() < deadline {
         for _ in 0..1000 {
-            seq = seq.wrapping_add(1);
-            pkt[2..4].copy_from_slice(&seq.to_be_bytes());
-            let view = RtpView::parse(&pkt).expect("well-formed packet");
-            relay.handle_rtp(start, 1, &pkt, &view, &mut sink);
+            i = (i + 1) % ring.len();
+            let view = RtpView::parse(&ring[i]).expect("well-formed packet");
+            relay.handle_rtp(start, 1, &ring[i], &view, &mut sink);
         }
     }
     // Without /proc (not Linux), wall time stands in for CPU time.

@@ -106,6 +106,25 @@ impl Forwarder {
         })
     }
 
+    /// The header values a packet already forwarded (or skipped) would have had, for resending
+    /// it from the cache. Leaves the forwarder's state alone. `None` before the stream started
+    /// or for packets from before its start.
+    pub fn rewrite_again(&self, view: &RtpView) -> Option<Rewrite> {
+        let s = self.started?;
+        let ext =
+            s.highest_ext + i64::from(view.sequence.wrapping_sub(s.highest_ext as u16) as i16);
+        if ext < s.start_ext || ext > s.highest_ext {
+            return None;
+        }
+        Some(Rewrite {
+            ssrc: self.ssrc,
+            sequence: view.sequence.wrapping_add(s.seq_offset),
+            timestamp: view.timestamp.wrapping_add(s.ts_offset),
+            payload_type: self.payload_type,
+            marker: view.marker,
+        })
+    }
+
     /// Maps a sequence number in the viewer's numbering back to the publisher's (for NACKs).
     pub fn source_sequence(&self, viewer_seq: u16) -> Option<u16> {
         self.started.map(|s| viewer_seq.wrapping_sub(s.seq_offset))
@@ -161,6 +180,14 @@ mod tests {
             };
             assert_eq!(got, *want, "step {i}");
         }
+        assert_eq!(f.counts(), (6, 12));
+        // Resending from the cache gives the same numbers, without moving the state.
+        assert_eq!(
+            f.rewrite_again(&view(65535, 7)).map(|r| r.sequence),
+            Some(1004)
+        );
+        assert_eq!(f.rewrite_again(&view(65530, 7)), None, "before the start");
+        assert_eq!(f.rewrite_again(&view(9, 7)), None, "not seen yet");
         assert_eq!(f.counts(), (6, 12));
         assert_eq!(f.source_sequence(1002), Some(65533));
         assert_eq!(f.viewer_timestamp(7), Some(50));

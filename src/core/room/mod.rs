@@ -11,6 +11,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+
+use crate::core::cache::RetransmitCache;
 use crate::core::forward::{Decision, Forwarder};
 use crate::core::rtcp::{self, Compound, Pli, ReceiverReport, Remb, RtcpPacket, SenderReport};
 use crate::core::rtp::{write_header, Codec, ExtKind, ExtMap, ExtTranslation, RtpView};
@@ -101,6 +104,8 @@ impl Default for RelayConfig {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RelayCounters {
     pub forwarded_packets: u64,
+    /// Packets resent to viewers from the retransmit cache.
+    pub retransmitted_packets: u64,
     pub forwarded_bytes: u64,
     pub dropped_packets: u64,
     pub keyframe_requests: u64,
@@ -131,6 +136,7 @@ struct PubTrack {
     fir_seq: u8,
     /// Smoothed loudness from the audio-level extension (127 - dBov; louder is larger).
     loudness: f32,
+    cache: RetransmitCache,
 }
 
 struct Publisher {
@@ -255,6 +261,11 @@ impl Relay {
             .map(|spec| PubTrack {
                 ssrc: spec.ssrc,
                 stats: ReceiveStats::new(spec.clock_rate),
+                // About a second of packets: 512 at video rates, 64 for 20 ms audio frames.
+                cache: RetransmitCache::new(match spec.kind {
+                    MediaKind::Video => 512,
+                    MediaKind::Audio => 64,
+                }),
                 spec,
                 viewers: Vec::new(),
                 last_keyframe_request: None,
@@ -448,15 +459,17 @@ impl Relay {
         self.rooms.get(room).and_then(|r| r.speaker)
     }
 
-    /// One decrypted RTP packet from a publisher: forwarded to every viewer of its track.
+    /// One decrypted RTP packet from a publisher: forwarded to every viewer of its track, and
+    /// kept (shared, not copied) for answering NACKs.
     pub fn handle_rtp(
         &mut self,
         now: Instant,
         from: SessionId,
-        buf: &[u8],
+        packet: &Bytes,
         view: &RtpView,
         sink: &mut impl Sink,
     ) {
+        let buf: &[u8] = packet;
         let Some(p) = self.publishers.get_mut(&from) else {
             self.counters.dropped_packets += 1;
             return;
@@ -468,6 +481,7 @@ impl Relay {
         let track = &mut p.tracks[ti];
         track.ssrc = Some(view.ssrc);
         track.stats.on_packet(now, view.sequence, view.timestamp);
+        track.cache.insert(now, packet, view);
         if let Some(level_id) = track.spec.ext.id(ExtKind::AudioLevel) {
             if let Some((_, data)) = view.extensions(buf).find(|(id, _)| *id == level_id) {
                 // RFC 6464: 0 is the loudest, 127 silence, in -dBov.
@@ -574,13 +588,45 @@ impl Relay {
                         continue;
                     };
                     let src = &p.tracks[vt.spec.source.track];
+                    // Answer from the cache what it holds; ask the publisher for the rest.
+                    let mut upstream: Vec<u16> = Vec::new();
+                    for (first, blp) in nack.pairs() {
+                        let lost = std::iter::once(first).chain(
+                            (0..16u16)
+                                .filter(|b| blp & (1 << b) != 0)
+                                .map(|b| first.wrapping_add(b + 1)),
+                        );
+                        for viewer_seq in lost {
+                            let Some(seq) = vt.fwd.source_sequence(viewer_seq) else {
+                                continue;
+                            };
+                            let cached = src.cache.get(now, seq).and_then(|(pkt, view)| {
+                                Some((pkt, view, vt.fwd.rewrite_again(view)?))
+                            });
+                            let Some((pkt, view, rw)) = cached else {
+                                upstream.push(seq);
+                                continue;
+                            };
+                            let ext = ExtTranslation {
+                                from: &src.spec.ext,
+                                to: &vt.spec.ext,
+                                mid: vt.spec.mid.as_bytes(),
+                            };
+                            if let Ok(n) = write_header(&mut self.header, pkt, view, &rw, ext) {
+                                sink.rtp(from, &self.header[..n], view.payload(pkt));
+                                self.counters.retransmitted_packets += 1;
+                            }
+                        }
+                    }
                     let (Some(ssrc), true) = (src.ssrc, src.spec.feedback.nack) else {
                         continue;
                     };
-                    let fwd = &vt.fwd;
-                    let map = |s: u16| fwd.source_sequence(s).unwrap_or(s);
-                    if let Ok(n) = nack.write_mapped(p.rtcp_ssrc, ssrc, map, &mut self.rtcp) {
-                        sink.rtcp(pid, &self.rtcp[..n]);
+                    if let Ok(n) =
+                        rtcp::nack::write_list(p.rtcp_ssrc, ssrc, &upstream, &mut self.rtcp)
+                    {
+                        if n > 0 {
+                            sink.rtcp(pid, &self.rtcp[..n]);
+                        }
                     }
                     continue;
                 }

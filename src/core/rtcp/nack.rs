@@ -56,6 +56,49 @@ impl<'a> Nack<'a> {
     }
 }
 
+/// Writes a NACK for the given sequence numbers (ascending, or at least grouped), packing each
+/// run of up to 17 into one packet id and bitmask.
+pub fn write_list(
+    sender_ssrc: u32,
+    media_ssrc: u32,
+    seqs: &[u16],
+    out: &mut [u8],
+) -> Result<usize, RtcpError> {
+    let mut n = 12;
+    let mut pid: Option<(u16, u16)> = None;
+    let flush = |pair: (u16, u16), n: &mut usize, out: &mut [u8]| -> Result<(), RtcpError> {
+        check_room(out, *n + 4)?;
+        out[*n..*n + 2].copy_from_slice(&pair.0.to_be_bytes());
+        out[*n + 2..*n + 4].copy_from_slice(&pair.1.to_be_bytes());
+        *n += 4;
+        Ok(())
+    };
+    for &s in seqs {
+        match pid.as_mut() {
+            Some((p, blp)) if (1..=16).contains(&s.wrapping_sub(*p)) => {
+                *blp |= 1 << (s.wrapping_sub(*p) - 1)
+            }
+            _ => {
+                if let Some(pair) = pid.take() {
+                    flush(pair, &mut n, out)?;
+                }
+                pid = Some((s, 0));
+            }
+        }
+    }
+    if let Some(pair) = pid {
+        flush(pair, &mut n, out)?;
+    }
+    if n == 12 {
+        return Ok(0);
+    }
+    check_room(out, 12)?;
+    write_common_header(out, FMT, PT_RTPFB, n);
+    out[4..8].copy_from_slice(&sender_ssrc.to_be_bytes());
+    out[8..12].copy_from_slice(&media_ssrc.to_be_bytes());
+    Ok(n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,5 +116,28 @@ mod tests {
         assert_eq!((back.sender_ssrc, back.media_ssrc), (5, 6));
         assert_eq!(back.pairs().collect::<Vec<_>>(), vec![(12, 3), (1, 0)]);
         assert_eq!(Nack::parse(&body[..8]), Err(RtcpError::TooShort));
+    }
+
+    #[test]
+    fn list_table() {
+        // (sequence numbers, expected (packet id, bitmask) pairs)
+        type Case = (&'static [u16], &'static [(u16, u16)]);
+        let cases: &[Case] = &[
+            (&[], &[]),
+            (&[5], &[(5, 0)]),
+            (&[5, 6, 8], &[(5, 0b101)]),
+            (&[5, 21, 22], &[(5, 1 << 15), (22, 0)]),
+            (&[65535, 0, 1], &[(65535, 0b11)]),
+        ];
+        for (seqs, want) in cases {
+            let mut out = [0u8; 64];
+            let n = write_list(1, 2, seqs, &mut out).unwrap();
+            if want.is_empty() {
+                assert_eq!(n, 0);
+                continue;
+            }
+            let got = Nack::parse(&out[4..n]).unwrap();
+            assert_eq!(got.pairs().collect::<Vec<_>>(), want.to_vec(), "{seqs:?}");
+        }
     }
 }

@@ -188,7 +188,7 @@ impl Shard {
     }
 
     /// One RoQ datagram of a QUIC session (the worker matched its flow to `session`).
-    pub fn quic_datagram(&mut self, now: Instant, session: SessionId, data: &[u8]) {
+    pub fn quic_datagram(&mut self, now: Instant, session: SessionId, data: &Bytes) {
         let Some(s) = self.sessions.get_mut(&session) else {
             return;
         };
@@ -219,8 +219,12 @@ impl Shard {
             self.count_junk();
             return;
         }
-        match RtpView::parse(packet) {
-            Ok(view) => self.relay.handle_rtp(now, session, packet, &view, &mut out),
+        // The packet stays a view into the datagram, shared with the retransmit cache.
+        let packet = data.slice(data.len() - packet.len()..);
+        match RtpView::parse(&packet) {
+            Ok(view) => self
+                .relay
+                .handle_rtp(now, session, &packet, &view, &mut out),
             Err(_) => self.count_junk(),
         }
     }

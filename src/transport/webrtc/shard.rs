@@ -864,6 +864,8 @@ impl Shard {
             Err(_) => return self.junk(from, "SRTP unprotect failed"),
         };
         s.last_rx = now;
+        // Frozen, the decrypted buffer is shared by the forward path and the retransmit cache.
+        let plain = plain.freeze();
         let view = match RtpView::parse(&plain) {
             Ok(v) => v,
             Err(_) => return self.junk(from, "malformed RTP"),
