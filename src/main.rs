@@ -154,10 +154,26 @@ fn main() -> ExitCode {
                 eprintln!("volna: HTTP server stopped: {r:?}");
                 ExitCode::FAILURE
             }
-            _ = tokio::signal::ctrl_c() => {
+            _ = shutdown_signal() => {
                 tracing::info!("shutting down");
                 ExitCode::SUCCESS
             }
         }
     })
+}
+
+/// Ctrl-C, or SIGTERM (what `docker stop` and service managers send).
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }
