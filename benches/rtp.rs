@@ -20,11 +20,7 @@ fn packet(len: usize) -> Vec<u8> {
 }
 
 fn ext(pairs: &[(u8, ExtKind)]) -> ExtMap {
-    let mut m = ExtMap::default();
-    for (id, k) in pairs {
-        m.insert(*id, *k);
-    }
-    m
+    ExtMap::from_pairs(pairs)
 }
 
 fn parse_and_rewrite(c: &mut Criterion) {

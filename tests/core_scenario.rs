@@ -46,11 +46,7 @@ impl Recorder {
 }
 
 fn ext(pairs: &[(u8, ExtKind)]) -> ExtMap {
-    let mut m = ExtMap::default();
-    for (id, k) in pairs {
-        m.insert(*id, *k);
-    }
-    m
+    ExtMap::from_pairs(pairs)
 }
 
 fn publisher_tracks() -> Vec<TrackSpec> {

@@ -70,11 +70,7 @@ impl Sink for FixedSink {
 }
 
 fn ext(pairs: &[(u8, ExtKind)]) -> ExtMap {
-    let mut m = ExtMap::default();
-    for (id, k) in pairs {
-        m.insert(*id, *k);
-    }
-    m
+    ExtMap::from_pairs(pairs)
 }
 
 /// An RTP packet with a MID and an audio-level extension.

@@ -73,6 +73,15 @@ impl Default for ExtMap {
 }
 
 impl ExtMap {
+    /// A map of the given `(id, kind)` pairs.
+    pub fn from_pairs(pairs: &[(u8, ExtKind)]) -> Self {
+        let mut m = Self::default();
+        for (id, kind) in pairs {
+            m.insert(*id, *kind);
+        }
+        m
+    }
+
     pub fn insert(&mut self, id: u8, kind: ExtKind) {
         if id == 0 {
             return;

@@ -82,13 +82,12 @@ mod tests {
     use super::*;
 
     fn maps() -> (ExtMap, ExtMap) {
-        let mut from = ExtMap::default();
-        from.insert(1, ExtKind::AudioLevel);
-        from.insert(4, ExtKind::Mid);
-        from.insert(10, ExtKind::RtpStreamId);
-        let mut to = ExtMap::default();
-        to.insert(3, ExtKind::AudioLevel);
-        to.insert(9, ExtKind::Mid);
+        let from = ExtMap::from_pairs(&[
+            (1, ExtKind::AudioLevel),
+            (4, ExtKind::Mid),
+            (10, ExtKind::RtpStreamId),
+        ]);
+        let to = ExtMap::from_pairs(&[(3, ExtKind::AudioLevel), (9, ExtKind::Mid)]);
         (from, to)
     }
 

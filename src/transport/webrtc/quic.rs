@@ -198,21 +198,8 @@ impl Shard {
             return;
         };
         s.last_rx = now;
-        let mut out = Out {
-            sessions: &mut self.sessions,
-            queue: &mut self.queue,
-            scratch: &mut self.scratch,
-            quic: &mut self.quic_queue,
-        };
         if is_rtcp(packet) {
-            match role {
-                Role::Publisher => self
-                    .relay
-                    .handle_publisher_rtcp(now, session, packet, &mut out),
-                _ => self
-                    .relay
-                    .handle_viewer_rtcp(now, session, packet, &mut out),
-            }
+            self.relay_rtcp(now, session, role, packet);
             return;
         }
         if role != Role::Publisher {
@@ -222,9 +209,7 @@ impl Shard {
         // The packet stays a view into the datagram, shared with the retransmit cache.
         let packet = data.slice(data.len() - packet.len()..);
         match RtpView::parse(&packet) {
-            Ok(view) => self
-                .relay
-                .handle_rtp(now, session, &packet, &view, &mut out),
+            Ok(view) => self.relay_rtp(now, session, &packet, &view),
             Err(_) => self.count_junk(),
         }
     }

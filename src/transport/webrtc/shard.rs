@@ -842,18 +842,7 @@ impl Shard {
                 Err(_) => return self.junk(from, "SRTCP unprotect failed"),
             };
             s.last_rx = now;
-            let mut out = Out {
-                sessions: &mut self.sessions,
-                queue: &mut self.queue,
-                scratch: &mut self.scratch,
-                quic: &mut self.quic_queue,
-            };
-            match role {
-                Role::Publisher => self.relay.handle_publisher_rtcp(now, id, &plain, &mut out),
-                Role::Viewer | Role::Subscriber => {
-                    self.relay.handle_viewer_rtcp(now, id, &plain, &mut out)
-                }
-            }
+            self.relay_rtcp(now, id, role, &plain);
             return;
         }
         if role != Role::Publisher {
@@ -870,13 +859,40 @@ impl Shard {
             Ok(v) => v,
             Err(_) => return self.junk(from, "malformed RTP"),
         };
+        self.relay_rtp(now, id, &plain, &view);
+    }
+
+    /// Plain RTCP from a session (whatever its transport), to the relay.
+    pub(super) fn relay_rtcp(&mut self, now: Instant, id: SessionId, role: Role, packet: &[u8]) {
         let mut out = Out {
             sessions: &mut self.sessions,
             queue: &mut self.queue,
             scratch: &mut self.scratch,
             quic: &mut self.quic_queue,
         };
-        self.relay.handle_rtp(now, id, &plain, &view, &mut out);
+        match role {
+            Role::Publisher => self.relay.handle_publisher_rtcp(now, id, packet, &mut out),
+            Role::Viewer | Role::Subscriber => {
+                self.relay.handle_viewer_rtcp(now, id, packet, &mut out)
+            }
+        }
+    }
+
+    /// A plain RTP packet from a publisher session (whatever its transport), to the relay.
+    pub(super) fn relay_rtp(
+        &mut self,
+        now: Instant,
+        id: SessionId,
+        packet: &Bytes,
+        view: &RtpView,
+    ) {
+        let mut out = Out {
+            sessions: &mut self.sessions,
+            queue: &mut self.queue,
+            scratch: &mut self.scratch,
+            quic: &mut self.quic_queue,
+        };
+        self.relay.handle_rtp(now, id, packet, view, &mut out);
         self.drain_relay_events();
     }
 
