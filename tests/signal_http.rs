@@ -368,6 +368,16 @@ async fn bad_input_gets_clear_errors() {
     }
     assert_eq!(counted, 5);
     assert_eq!(request(http, "GET", "/health", None, b"").await.status, 200);
+    // The same counter for Prometheus.
+    let m = request(http, "GET", "/metrics", None, b"").await;
+    assert_eq!(m.status, 200);
+    assert!(
+        m.body
+            .contains("# TYPE volna_junk_datagrams_total counter\nvolna_junk_datagrams_total 5\n"),
+        "{}",
+        m.body
+    );
+    assert!(m.body.contains("\nvolna_publishers 1\n"), "{}", m.body);
 }
 
 #[tokio::test]

@@ -49,6 +49,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/health", get(|| async { "ok\n" }))
         .route("/quic/cert-hash", get(cert_hash))
         .route("/stats", get(stats))
+        .route("/metrics", get(metrics))
         .route("/whip/{room}", post(whip).options(preflight))
         .route("/whep/{room}", post(whep_latest).options(preflight))
         .route(
@@ -364,6 +365,100 @@ async fn stats(State(st): State<AppState>) -> Response {
             .into_response(),
         None => worker_gone(),
     }
+}
+
+/// The same figures as /stats in the Prometheus text exposition format.
+async fn metrics(State(st): State<AppState>) -> Response {
+    let Some(s) = st.worker.call(|reply| Command::Stats { reply }).await else {
+        return worker_gone();
+    };
+    let rows: [(&str, &str, &str, u64); 13] = [
+        (
+            "volna_rooms",
+            "gauge",
+            "Rooms with sessions or participants.",
+            s.rooms as u64,
+        ),
+        (
+            "volna_sessions",
+            "gauge",
+            "Media sessions (WebRTC and QUIC).",
+            s.sessions as u64,
+        ),
+        (
+            "volna_publishers",
+            "gauge",
+            "Publishing sessions.",
+            s.publishers as u64,
+        ),
+        (
+            "volna_viewers",
+            "gauge",
+            "Receiving sessions.",
+            s.viewers as u64,
+        ),
+        (
+            "volna_participants",
+            "gauge",
+            "Room-protocol participants.",
+            s.participants as u64,
+        ),
+        (
+            "volna_datagrams_received_total",
+            "counter",
+            "UDP datagrams received on the media port.",
+            s.datagrams_in,
+        ),
+        (
+            "volna_junk_datagrams_total",
+            "counter",
+            "Datagrams dropped as malformed or unknown.",
+            s.junk_datagrams,
+        ),
+        (
+            "volna_forwarded_packets_total",
+            "counter",
+            "RTP packets forwarded to viewers.",
+            s.forwarded_packets,
+        ),
+        (
+            "volna_forwarded_bytes_total",
+            "counter",
+            "Bytes of RTP forwarded to viewers (before SRTP).",
+            s.forwarded_bytes,
+        ),
+        (
+            "volna_retransmitted_packets_total",
+            "counter",
+            "Packets resent to viewers from the retransmit cache.",
+            s.retransmitted_packets,
+        ),
+        (
+            "volna_dropped_packets_total",
+            "counter",
+            "RTP packets not forwarded (waiting for a keyframe, unknown stream).",
+            s.dropped_packets,
+        ),
+        (
+            "volna_keyframe_requests_total",
+            "counter",
+            "Keyframe requests sent to publishers.",
+            s.keyframe_requests,
+        ),
+        (
+            "volna_sessions_closed_total",
+            "counter",
+            "Sessions ended.",
+            s.sessions_closed,
+        ),
+    ];
+    let mut out = String::with_capacity(2048);
+    for (name, kind, help, value) in rows {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+        ));
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
 /// Serves the router on a bound listener until the process ends.
