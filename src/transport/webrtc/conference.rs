@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::session::{ParticipantId, Role, SubLine};
-use super::shard::{CloseCause, Out, Remote, Shard, ShardError};
+use super::shard::{CloseCause, Remote, Shard, ShardError};
 use crate::core::room::{MediaKind, RelayEvent, SessionId, TrackRef, ViewerTrackSpec};
 use crate::core::rtp::{ExtKind, ExtMap};
 use crate::signal::protocol::{ParticipantInfo, Refusal, ServerMessage, TrackInfo, VERSION};
@@ -727,13 +727,8 @@ impl Shard {
             .collect();
         let mut failed = false;
         for (line, spec) in todo {
-            let mut out = Out {
-                sessions: &mut self.sessions,
-                queue: &mut self.queue,
-                scratch: &mut self.scratch,
-                quic: &mut self.quic_queue,
-            };
-            let r = self.relay.add_viewer_track(now, sid, spec, &mut out);
+            let (relay, mut out) = self.relay_and_out();
+            let r = relay.add_viewer_track(now, sid, spec, &mut out);
             let Some(l) = self
                 .sessions
                 .get_mut(&sid)

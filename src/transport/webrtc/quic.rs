@@ -9,7 +9,7 @@ use rand::Rng;
 use tracing::info;
 
 use super::session::Role;
-use super::shard::{CloseCause, Out, Shard, ShardError};
+use super::shard::{CloseCause, Shard, ShardError};
 use crate::core::room::{MediaKind, SessionId, TrackRef, TrackSpec, ViewerTrackSpec};
 use crate::core::rtp::{is_rtcp, Codec, ExtMap, RtpView};
 use crate::signal::protocol::Refusal;
@@ -158,17 +158,8 @@ impl Shard {
                 initial_seq: rng.gen(),
                 initial_ts: rng.gen(),
             };
-            let mut out = Out {
-                sessions: &mut self.sessions,
-                queue: &mut self.queue,
-                scratch: &mut self.scratch,
-                quic: &mut self.quic_queue,
-            };
-            if self
-                .relay
-                .add_viewer_track(now, sid, spec, &mut out)
-                .is_ok()
-            {
+            let (relay, mut out) = self.relay_and_out();
+            if relay.add_viewer_track(now, sid, spec, &mut out).is_ok() {
                 tracks.push(QuicTrack {
                     kind: match kind {
                         MediaKind::Audio => "audio".into(),

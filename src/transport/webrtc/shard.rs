@@ -360,6 +360,17 @@ impl Shard {
         })
     }
 
+    /// The relay and the sink that encrypts and queues what it sends, borrowed together.
+    pub(super) fn relay_and_out(&mut self) -> (&mut Relay, Out<'_>) {
+        let out = Out {
+            sessions: &mut self.sessions,
+            queue: &mut self.queue,
+            scratch: &mut self.scratch,
+            quic: &mut self.quic_queue,
+        };
+        (&mut self.relay, out)
+    }
+
     pub(super) fn local(&self, s: &Session) -> Local {
         Local {
             ice_ufrag: s.local_ufrag.clone(),
@@ -611,14 +622,9 @@ impl Shard {
         };
         let mut ended = Vec::new();
         {
-            let mut out = Out {
-                sessions: &mut self.sessions,
-                queue: &mut self.queue,
-                scratch: &mut self.scratch,
-                quic: &mut self.quic_queue,
-            };
+            let (relay, mut out) = self.relay_and_out();
             match role {
-                Role::Publisher => ended = self.relay.remove_publisher(id, &mut out),
+                Role::Publisher => ended = relay.remove_publisher(id, &mut out),
                 Role::Viewer | Role::Subscriber => {
                     self.relay.remove_viewer(id);
                 }
@@ -807,14 +813,9 @@ impl Shard {
                     warn!(session = id, error = %e, "viewer not added");
                     return;
                 }
-                let mut out = Out {
-                    sessions: &mut self.sessions,
-                    queue: &mut self.queue,
-                    scratch: &mut self.scratch,
-                    quic: &mut self.quic_queue,
-                };
+                let (relay, mut out) = self.relay_and_out();
                 for t in tracks {
-                    if let Err(e) = self.relay.add_viewer_track(now, id, t, &mut out) {
+                    if let Err(e) = relay.add_viewer_track(now, id, t, &mut out) {
                         warn!(session = id, error = %e, "viewer track not added");
                     }
                 }
@@ -866,17 +867,10 @@ impl Shard {
 
     /// Plain RTCP from a session (whatever its transport), to the relay.
     pub(super) fn relay_rtcp(&mut self, now: Instant, id: SessionId, role: Role, packet: &[u8]) {
-        let mut out = Out {
-            sessions: &mut self.sessions,
-            queue: &mut self.queue,
-            scratch: &mut self.scratch,
-            quic: &mut self.quic_queue,
-        };
+        let (relay, mut out) = self.relay_and_out();
         match role {
-            Role::Publisher => self.relay.handle_publisher_rtcp(now, id, packet, &mut out),
-            Role::Viewer | Role::Subscriber => {
-                self.relay.handle_viewer_rtcp(now, id, packet, &mut out)
-            }
+            Role::Publisher => relay.handle_publisher_rtcp(now, id, packet, &mut out),
+            Role::Viewer | Role::Subscriber => relay.handle_viewer_rtcp(now, id, packet, &mut out),
         }
     }
 
@@ -888,13 +882,8 @@ impl Shard {
         packet: &Bytes,
         view: &RtpView,
     ) {
-        let mut out = Out {
-            sessions: &mut self.sessions,
-            queue: &mut self.queue,
-            scratch: &mut self.scratch,
-            quic: &mut self.quic_queue,
-        };
-        self.relay.handle_rtp(now, id, packet, view, &mut out);
+        let (relay, mut out) = self.relay_and_out();
+        relay.handle_rtp(now, id, packet, view, &mut out);
         self.drain_relay_events();
     }
 
@@ -913,13 +902,8 @@ impl Shard {
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
-        let mut out = Out {
-            sessions: &mut self.sessions,
-            queue: &mut self.queue,
-            scratch: &mut self.scratch,
-            quic: &mut self.quic_queue,
-        };
-        self.relay.handle_timeout(now, &mut out);
+        let (relay, mut out) = self.relay_and_out();
+        relay.handle_timeout(now, &mut out);
         self.drain_relay_events();
         let ids: Vec<SessionId> = self
             .sessions
