@@ -76,6 +76,7 @@ pub struct AuthConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
+    /// Rooms one media worker holds (the node holds workers × this).
     pub max_rooms: usize,
     pub max_participants_per_room: usize,
     pub max_tracks_per_participant: usize,
@@ -109,8 +110,12 @@ pub struct HttpConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MediaConfig {
-    /// UDP address for ICE, DTLS and SRTP; advertised as the ICE candidate.
+    /// UDP address for ICE, DTLS and SRTP; advertised as the ICE candidate. With several
+    /// workers, worker i binds port + i (or its own ephemeral port when the port is 0).
     pub listen: SocketAddr,
+    /// Media worker threads, each with its own UDP port, rooms and buffers; 0 means one per CPU
+    /// core. A room lives on one worker, chosen by a hash of its name.
+    pub workers: usize,
     /// A session whose peer sends nothing for this long is closed (RFC 7675 consent).
     pub consent_timeout_secs: u64,
     /// Bitrate cap announced to video publishers with REMB.
@@ -141,6 +146,7 @@ impl Default for MediaConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:50000".parse().expect("literal"),
+            workers: 0,
             consent_timeout_secs: 30,
             publisher_max_bitrate_kbps: 2500,
             keyframe_request_interval_ms: 500,
@@ -217,6 +223,14 @@ impl Config {
             return bad("log.format", "must be \"text\" or \"json\"");
         }
         Ok(())
+    }
+
+    /// Media workers to start: the configured count, or one per CPU core.
+    pub fn worker_count(&self) -> usize {
+        match self.media.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
     }
 
     pub fn shard_limits(&self) -> Limits {

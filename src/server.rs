@@ -28,7 +28,10 @@ pub enum ServerError {
 
 pub struct Running {
     pub http_addr: SocketAddr,
+    /// The first worker's media address.
     pub media_addr: SocketAddr,
+    /// Every worker's media address.
+    pub media_addrs: Vec<SocketAddr>,
     pub quic_addr: Option<SocketAddr>,
     /// Hex SHA-256 of the QUIC certificate.
     pub quic_cert_sha256: Option<String>,
@@ -41,19 +44,35 @@ pub async fn start(config: &Config) -> Result<Running, ServerError> {
         rtc_crypto::default_provider().map_err(|e| ServerError::Identity(e.to_string()))?;
     let identity =
         DtlsIdentity::generate(provider).map_err(|e| ServerError::Identity(e.to_string()))?;
-    let udp =
-        std::net::UdpSocket::bind(config.media.listen).map_err(|source| ServerError::Bind {
+    let mut setups = Vec::new();
+    for worker in 0..config.worker_count() {
+        let mut addr = config.media.listen;
+        if addr.port() != 0 {
+            let port = addr
+                .port()
+                .checked_add(worker as u16)
+                .ok_or(ServerError::Bind {
+                    what: "media (UDP)",
+                    addr,
+                    source: std::io::ErrorKind::InvalidInput.into(),
+                })?;
+            addr.set_port(port);
+        }
+        let socket = std::net::UdpSocket::bind(addr).map_err(|source| ServerError::Bind {
             what: "media (UDP)",
-            addr: config.media.listen,
+            addr,
             source,
         })?;
-    let media_addr = udp.local_addr().map_err(ServerError::Worker)?;
-    let shard_config = ShardConfig {
-        media_addr,
-        consent_timeout: std::time::Duration::from_secs(config.media.consent_timeout_secs),
-        relay: config.relay(),
-        limits: config.shard_limits(),
-    };
+        let shard_config = ShardConfig {
+            worker,
+            media_addr: socket.local_addr().map_err(ServerError::Worker)?,
+            consent_timeout: std::time::Duration::from_secs(config.media.consent_timeout_secs),
+            relay: config.relay(),
+            limits: config.shard_limits(),
+        };
+        let shard = Shard::new(shard_config, identity.clone());
+        setups.push(worker::WorkerSetup { socket, shard });
+    }
     let auth = Auth::new(config.auth.keys.clone());
     let (quic, quic_addr, quic_hash) = if config.quic.enabled {
         let id = if config.quic.cert_file.is_empty() {
@@ -88,8 +107,9 @@ pub async fn start(config: &Config) -> Result<Running, ServerError> {
     } else {
         (None, None, None)
     };
-    let (handle, _join) = worker::spawn(udp, Shard::new(shard_config, identity), quic)
-        .map_err(ServerError::Worker)?;
+    let (workers, _joins) = worker::spawn_all(setups, quic).map_err(ServerError::Worker)?;
+    let media_addrs: Vec<SocketAddr> = workers.all().iter().map(|w| w.media_addr).collect();
+    let media_addr = media_addrs[0];
     let tcp = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .map_err(|source| ServerError::Bind {
@@ -107,18 +127,19 @@ pub async fn start(config: &Config) -> Result<Running, ServerError> {
         );
     }
     let state = AppState {
-        worker: handle,
+        workers,
         auth,
         ws_max_message_bytes: config.limits.ws_max_message_bytes,
         ws_messages_per_second: config.limits.ws_messages_per_second,
         quic_cert_sha256: quic_hash.clone(),
     };
     let app = router(state, config.http.max_body_bytes);
-    info!(http = %http_addr, media = %media_addr, "volna listening");
+    info!(http = %http_addr, media = ?media_addrs, "volna listening");
     let serve = tokio::spawn(serve(tcp, app));
     Ok(Running {
         http_addr,
         media_addr,
+        media_addrs,
         quic_addr,
         quic_cert_sha256: quic_hash,
         serve,

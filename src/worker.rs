@@ -1,7 +1,8 @@
-//! The media worker: one thread owning the UDP socket and a [`Shard`]. Commands from signalling
-//! arrive on a channel; packets never leave the thread.
+//! The media workers: one thread per core, each owning its UDP socket, a [`Shard`] (its rooms)
+//! and its buffers. Commands from signalling arrive on a channel; packets never leave the thread.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -12,8 +13,11 @@ use crate::core::room::SessionId;
 use crate::signal::auth::Auth;
 use crate::signal::protocol::{Refusal, ServerMessage};
 use crate::signal::sdp::Offer;
+use crate::transport::buffers::RecvPool;
 use crate::transport::quic::control::QuicTrack;
+use crate::transport::udp::BatchSocket;
 use crate::transport::webrtc::session::{ParticipantId, Role};
+use crate::transport::webrtc::shard::WORKER_ID_SHIFT;
 use crate::transport::webrtc::{Created, Grants, Shard, ShardError, ShardStats};
 
 type Reply<T> = oneshot::Sender<Result<T, Refusal>>;
@@ -114,6 +118,51 @@ impl WorkerHandle {
         let (reply, rx) = oneshot::channel();
         self.tx.send(make(reply)).await.ok()?;
         rx.await.ok()
+    }
+}
+
+/// All media workers of the node, and where rooms and ids live among them.
+#[derive(Clone)]
+pub struct Workers {
+    handles: Arc<[WorkerHandle]>,
+}
+
+impl Workers {
+    pub fn new(handles: Vec<WorkerHandle>) -> Self {
+        assert!(!handles.is_empty(), "a node has at least one worker");
+        Workers {
+            handles: handles.into(),
+        }
+    }
+
+    /// The worker that holds `room`: a stable hash of the name (FNV-1a), so every request for
+    /// a room reaches the same worker without a shared table.
+    pub fn for_room(&self, room: &str) -> &WorkerHandle {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in room.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        &self.handles[(h % self.handles.len() as u64) as usize]
+    }
+
+    /// The worker that made a session or participant id.
+    pub fn for_id(&self, id: u64) -> &WorkerHandle {
+        let i = (id >> WORKER_ID_SHIFT) as usize;
+        &self.handles[i.min(self.handles.len() - 1)]
+    }
+
+    pub fn all(&self) -> &[WorkerHandle] {
+        &self.handles
+    }
+
+    /// Every worker's figures, added up; `None` when a worker has stopped.
+    pub async fn stats(&self) -> Option<ShardStats> {
+        let mut total = ShardStats::default();
+        for w in self.handles.iter() {
+            total.merge(w.call(|reply| Command::Stats { reply }).await?);
+        }
+        Some(total)
     }
 }
 
@@ -236,7 +285,6 @@ fn apply_with(shard: &mut Shard, quic: &mut QuicConns, now: Instant, cmd: Comman
     }
 }
 
-/// Starts the worker thread on an already bound socket.
 /// The QUIC listener a worker runs: its bound socket, configuration, and the token checker.
 pub struct QuicListener {
     pub socket: std::net::UdpSocket,
@@ -244,68 +292,97 @@ pub struct QuicListener {
     pub auth: Auth,
 }
 
-pub fn spawn(
-    socket: std::net::UdpSocket,
-    shard: Shard,
-    quic: Option<QuicListener>,
-) -> std::io::Result<(WorkerHandle, JoinHandle<()>)> {
-    let media_addr = socket.local_addr()?;
-    socket.set_nonblocking(true)?;
-    let (tx, rx) = mpsc::channel(1024);
-    let quic_tx = tx.clone();
-    let join = std::thread::Builder::new()
-        .name("volna-worker-0".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    error!(error = %e, "worker runtime failed to start");
-                    return;
-                }
-            };
-            rt.block_on(async move {
-                if let Some(q) = quic {
-                    let runtime = std::sync::Arc::new(quinn::TokioRuntime);
-                    match quinn::Endpoint::new(
-                        quinn::EndpointConfig::default(),
-                        Some(q.config),
-                        q.socket,
-                        runtime,
-                    ) {
-                        Ok(ep) => {
-                            tokio::spawn(crate::transport::quic::endpoint::accept_loop(
-                                ep, quic_tx, q.auth,
-                            ));
-                        }
-                        Err(e) => error!(error = %e, "QUIC endpoint failed to start"),
-                    }
-                }
-                run(socket, shard, rx).await
-            });
-        })?;
-    Ok((WorkerHandle { tx, media_addr }, join))
+/// One worker to start: its bound media socket and its shard.
+pub struct WorkerSetup {
+    pub socket: std::net::UdpSocket,
+    pub shard: Shard,
 }
 
-async fn run(socket: std::net::UdpSocket, mut shard: Shard, mut rx: mpsc::Receiver<Command>) {
-    let socket = match tokio::net::UdpSocket::from_std(socket) {
+/// Starts one thread per worker; the first also runs the QUIC listener, whose connections send
+/// their commands to the worker of their room.
+pub fn spawn_all(
+    setups: Vec<WorkerSetup>,
+    mut quic: Option<QuicListener>,
+) -> std::io::Result<(Workers, Vec<JoinHandle<()>>)> {
+    let mut handles = Vec::with_capacity(setups.len());
+    let mut receivers = Vec::with_capacity(setups.len());
+    for s in &setups {
+        let (tx, rx) = mpsc::channel(1024);
+        handles.push(WorkerHandle {
+            tx,
+            media_addr: s.socket.local_addr()?,
+        });
+        receivers.push(rx);
+    }
+    let workers = Workers::new(handles);
+    let mut joins = Vec::with_capacity(setups.len());
+    for (i, (setup, rx)) in setups.into_iter().zip(receivers).enumerate() {
+        let quic = quic.take();
+        let all = workers.clone();
+        let join = std::thread::Builder::new()
+            .name(format!("volna-worker-{i}"))
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        error!(worker = i, error = %e, "worker runtime failed to start");
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    if let Some(q) = quic {
+                        start_quic(q, all);
+                    }
+                    run(i, setup.socket, setup.shard, rx).await
+                });
+            })?;
+        joins.push(join);
+    }
+    Ok((workers, joins))
+}
+
+fn start_quic(q: QuicListener, workers: Workers) {
+    let runtime = std::sync::Arc::new(quinn::TokioRuntime);
+    match quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(q.config),
+        q.socket,
+        runtime,
+    ) {
+        Ok(ep) => {
+            tokio::spawn(crate::transport::quic::endpoint::accept_loop(
+                ep, workers, q.auth,
+            ));
+        }
+        Err(e) => error!(error = %e, "QUIC endpoint failed to start"),
+    }
+}
+
+/// Received batches handled before the worker sends and looks at its timers again: enough to
+/// amortise the loop, few enough to keep the send buffer and timer lateness small.
+const RECV_ROUNDS: usize = 8;
+
+async fn run(
+    index: usize,
+    socket: std::net::UdpSocket,
+    mut shard: Shard,
+    mut rx: mpsc::Receiver<Command>,
+) {
+    let socket = match BatchSocket::new(socket) {
         Ok(s) => s,
         Err(e) => {
-            error!(error = %e, "worker socket");
+            error!(worker = index, error = %e, "worker socket");
             return;
         }
     };
-    let mut buf = vec![0u8; 2048];
+    let mut pool = RecvPool::new();
     let mut quic = QuicConns::default();
     loop {
         quic.flush(&mut shard);
-        while let Some((to, data)) = shard.poll_transmit() {
-            if let Err(e) = socket.send_to(&data, to).await {
-                warn!(peer = %to, error = %e, "send failed");
-            }
-        }
+        socket.send(shard.transmits()).await;
         let now = Instant::now();
         let deadline = shard.poll_timeout().unwrap_or(now + Duration::from_secs(1));
         if deadline <= now {
@@ -313,10 +390,23 @@ async fn run(socket: std::net::UdpSocket, mut shard: Shard, mut rx: mpsc::Receiv
             continue;
         }
         tokio::select! {
-            r = socket.recv_from(&mut buf) => match r {
-                Ok((n, from)) => shard.handle_datagram(Instant::now(), from, &buf[..n]),
-                // ICMP errors for earlier sends surface here on some systems; keep going.
-                Err(e) => warn!(error = %e, "recv failed"),
+            r = socket.readable() => {
+                if let Err(e) = r {
+                    error!(worker = index, error = %e, "media socket failed");
+                    break;
+                }
+                for _ in 0..RECV_ROUNDS {
+                    let now = Instant::now();
+                    match socket.try_recv(&mut pool, |from, pkt| shard.handle_datagram(now, from, pkt)) {
+                        Ok(_) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        // ICMP errors for earlier sends surface here on some systems; keep going.
+                        Err(e) => {
+                            warn!(worker = index, error = %e, "recv failed");
+                            break;
+                        }
+                    }
+                }
             },
             c = rx.recv() => match c {
                 Some(cmd) => apply_with(&mut shard, &mut quic, Instant::now(), cmd),

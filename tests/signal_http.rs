@@ -91,17 +91,17 @@ async fn request_with(
     }
 }
 
-async fn start() -> (SocketAddr, SocketAddr) {
+async fn start() -> (SocketAddr, Vec<SocketAddr>) {
     start_with(Config::default()).await
 }
 
-async fn start_with(mut config: Config) -> (SocketAddr, SocketAddr) {
+async fn start_with(mut config: Config) -> (SocketAddr, Vec<SocketAddr>) {
     config.http.listen = "127.0.0.1:0".parse().unwrap();
     config.media.listen = "127.0.0.1:0".parse().unwrap();
     config.quic.listen = "127.0.0.1:0".parse().unwrap();
     config.http.max_body_bytes = 8192;
     let r = volna::server::start(&config).await.unwrap();
-    (r.http_addr, r.media_addr)
+    (r.http_addr, r.media_addrs)
 }
 
 #[tokio::test]
@@ -125,10 +125,11 @@ async fn whip_and_whep_success_path() {
         .unwrap()
         .contains("Location"));
     assert!(r.body.contains("a=ice-lite\r\n"));
-    assert!(r.body.contains(&format!(
-        "a=candidate:1 1 udp 2130706431 127.0.0.1 {} typ host",
-        media.port()
-    )));
+    let candidate = candidate_port(&r.body);
+    assert!(
+        media.iter().any(|m| m.port() == candidate),
+        "candidate port {candidate} is one of the workers' {media:?}"
+    );
     assert!(r.body.contains("a=recvonly\r\n"));
     let publisher = r.header("x-volna-publisher").unwrap().to_owned();
 
@@ -209,6 +210,62 @@ type BadCase = (
     u16,
     &'static str,
 );
+
+/// The port of the answer's host candidate.
+fn candidate_port(sdp: &str) -> u16 {
+    let line = sdp
+        .lines()
+        .find(|l| l.starts_with("a=candidate:1 1 udp 2130706431 127.0.0.1 "))
+        .unwrap_or_else(|| panic!("no host candidate in {sdp}"));
+    line.split(' ')
+        .nth(5)
+        .and_then(|p| p.parse().ok())
+        .expect("port")
+}
+
+/// With several workers, rooms spread over them: each room's sessions get its worker's port as
+/// their candidate, publisher and viewers alike, and a viewer finds a publisher of its room.
+#[tokio::test]
+async fn rooms_are_placed_on_workers() {
+    let mut config = Config::default();
+    config.media.workers = 4;
+    let (http, media) = start_with(config).await;
+    assert_eq!(media.len(), 4);
+    let mut used = std::collections::HashSet::new();
+    for i in 0..16 {
+        let room = format!("placed{i}");
+        let p = request(
+            http,
+            "POST",
+            &format!("/whip/{room}"),
+            Some("application/sdp"),
+            offer("a=sendonly").as_bytes(),
+        )
+        .await;
+        assert_eq!(p.status, 201, "{}", p.body);
+        let v = request(
+            http,
+            "POST",
+            &format!("/whep/{room}"),
+            Some("application/sdp"),
+            offer("a=recvonly").as_bytes(),
+        )
+        .await;
+        assert_eq!(v.status, 201, "{}", v.body);
+        let (pp, vp) = (candidate_port(&p.body), candidate_port(&v.body));
+        assert_eq!(pp, vp, "room {room}: publisher and viewer on one worker");
+        assert!(media.iter().any(|m| m.port() == pp));
+        used.insert(pp);
+    }
+    assert!(
+        used.len() >= 2,
+        "16 rooms over 4 workers use more than one: {used:?}"
+    );
+    let stats = request(http, "GET", "/stats", None, b"").await;
+    let json: serde_json::Value = serde_json::from_str(&stats.body).unwrap();
+    assert_eq!(json["rooms"], 16, "{json}");
+    assert_eq!(json["publishers"], 16, "{json}");
+}
 
 #[tokio::test]
 async fn bad_input_gets_clear_errors() {
@@ -354,7 +411,7 @@ async fn bad_input_gets_clear_errors() {
         &[22, 0xfe, 0xfd, 1][..],
         &[0x80, 96, 0, 1, 2, 3][..],
     ] {
-        udp.send_to(junk, media).await.unwrap();
+        udp.send_to(junk, media[0]).await.unwrap();
     }
     let mut counted = 0;
     for _ in 0..50 {

@@ -21,11 +21,11 @@ const DEMO_HTML: &str = include_str!("../../web/index.html");
 const DEMO_JS: &str = include_str!("../../web/app.js");
 use crate::transport::webrtc::session::Role;
 use crate::transport::webrtc::ShardError;
-use crate::worker::{Command, WorkerHandle};
+use crate::worker::{Command, Workers};
 
 #[derive(Clone)]
 pub struct AppState {
-    pub worker: WorkerHandle,
+    pub workers: Workers,
     pub auth: Auth,
     pub ws_max_message_bytes: usize,
     pub ws_messages_per_second: u32,
@@ -239,7 +239,8 @@ async fn whip(
         }
     };
     match st
-        .worker
+        .workers
+        .for_room(&room)
         .call(|reply| Command::Publish {
             room: room.clone(),
             offer: Box::new(offer),
@@ -281,7 +282,8 @@ async fn whep(
         Err(res) => return *res,
     };
     match st
-        .worker
+        .workers
+        .for_room(&room)
         .call(|reply| Command::View {
             room: room.clone(),
             publisher,
@@ -320,7 +322,8 @@ async fn whep_chosen(
 
 async fn delete(st: AppState, role: Role, room: String, resource: String) -> Response {
     match st
-        .worker
+        .workers
+        .for_room(&room)
         .call(|reply| Command::Delete {
             role,
             room,
@@ -357,7 +360,7 @@ async fn cert_hash(State(st): State<AppState>) -> Response {
 }
 
 async fn stats(State(st): State<AppState>) -> Response {
-    match st.worker.call(|reply| Command::Stats { reply }).await {
+    match st.workers.stats().await {
         Some(s) => (
             [(header::CONTENT_TYPE, "application/json")],
             serde_json::to_string_pretty(&s).unwrap_or_else(|_| "{}".into()),
@@ -369,7 +372,7 @@ async fn stats(State(st): State<AppState>) -> Response {
 
 /// The same figures as /stats in the Prometheus text exposition format.
 async fn metrics(State(st): State<AppState>) -> Response {
-    let Some(s) = st.worker.call(|reply| Command::Stats { reply }).await else {
+    let Some(s) = st.workers.stats().await else {
         return worker_gone();
     };
     let rows: [(&str, &str, &str, u64); 13] = [

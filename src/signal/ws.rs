@@ -132,7 +132,7 @@ async fn run(mut socket: WebSocket, st: AppState, upgrade_token: Option<String>)
                 if !send(&mut socket, &reply).await { break; }
                 if let (ServerMessage::Joined { .. }, Some((pid, _))) = (&reply, &joined) {
                     let pid = *pid;
-                    let _ = st.worker.tx.send(Command::JoinedDelivered { pid }).await;
+                    let _ = st.workers.for_id(pid).tx.send(Command::JoinedDelivered { pid }).await;
                 }
                 if leaving {
                     break;
@@ -149,7 +149,7 @@ async fn run(mut socket: WebSocket, st: AppState, upgrade_token: Option<String>)
         }
     }
     if let Some((pid, _)) = joined {
-        let _ = st.worker.tx.send(Command::Leave { pid }).await;
+        let _ = st.workers.for_id(pid).tx.send(Command::Leave { pid }).await;
     }
     let _ = socket.send(Message::Close(None)).await;
 }
@@ -223,7 +223,8 @@ async fn handle(
             };
             let (tx, rx) = mpsc::channel(EVENT_QUEUE);
             let (reply, wait) = tokio::sync::oneshot::channel();
-            st.worker
+            st.workers
+                .for_room(&room)
                 .tx
                 .send(Command::Join {
                     room: room.clone(),
@@ -248,7 +249,7 @@ async fn handle(
             let pid = pid.ok_or_else(not_joined)?;
             let offer =
                 Offer::parse(&sdp).map_err(|e| Refusal::new(400, "bad_sdp", e.to_string()))?;
-            let sdp = call(st, |reply| Command::RoomPublish {
+            let sdp = call(st, pid, |reply| Command::RoomPublish {
                 pid,
                 offer: Box::new(offer),
                 reply,
@@ -258,7 +259,7 @@ async fn handle(
         }
         ClientMessage::Answer { id, sdp } => {
             let pid = pid.ok_or_else(not_joined)?;
-            call(st, |reply| Command::Answer { pid, sdp, reply }).await??;
+            call(st, pid, |reply| Command::Answer { pid, sdp, reply }).await??;
             Ok(ServerMessage::Ok { id })
         }
         ClientMessage::Subscribe { tracks, .. } | ClientMessage::Unsubscribe { tracks, .. }
@@ -272,7 +273,7 @@ async fn handle(
         }
         ClientMessage::Subscribe { id, tracks } => {
             let pid = pid.ok_or_else(not_joined)?;
-            call(st, |reply| Command::Subscribe {
+            call(st, pid, |reply| Command::Subscribe {
                 pid,
                 tracks,
                 on: true,
@@ -283,7 +284,7 @@ async fn handle(
         }
         ClientMessage::Unsubscribe { id, tracks } => {
             let pid = pid.ok_or_else(not_joined)?;
-            call(st, |reply| Command::Subscribe {
+            call(st, pid, |reply| Command::Subscribe {
                 pid,
                 tracks,
                 on: false,
@@ -294,7 +295,7 @@ async fn handle(
         }
         ClientMessage::Mute { id, track, muted } => {
             let pid = pid.ok_or_else(not_joined)?;
-            call(st, |reply| Command::Mute {
+            call(st, pid, |reply| Command::Mute {
                 pid,
                 track,
                 muted,
@@ -306,7 +307,8 @@ async fn handle(
         ClientMessage::Leave { id } => {
             let pid = pid.ok_or_else(not_joined)?;
             *joined = None;
-            st.worker
+            st.workers
+                .for_id(pid)
                 .tx
                 .send(Command::Leave { pid })
                 .await
@@ -317,11 +319,14 @@ async fn handle(
     }
 }
 
+/// Asks the worker that holds participant `pid`.
 async fn call<T>(
     st: &AppState,
+    pid: ParticipantId,
     make: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> Command,
 ) -> Result<T, Refusal> {
-    st.worker
+    st.workers
+        .for_id(pid)
         .call(make)
         .await
         .ok_or_else(|| Refusal::new(503, "unavailable", "media worker is not running"))

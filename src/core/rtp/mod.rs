@@ -9,7 +9,7 @@ pub mod view;
 pub use codec::Codec;
 pub use ext::{ExtKind, ExtMap};
 pub use rewrite::{write_header, ExtTranslation, Rewrite};
-pub use view::{is_rtcp, RtpView};
+pub use view::{header_len, is_rtcp, RtpView};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RtpError {

@@ -91,6 +91,28 @@ impl RtpView {
     }
 }
 
+/// Length of the header alone (fixed part, CSRCs, extension): what SRTP authenticates but does
+/// not encrypt, so it is read before decryption, when the padding count is still ciphertext.
+pub fn header_len(buf: &[u8]) -> Result<usize, RtpError> {
+    if buf.len() < 12 {
+        return Err(RtpError::TooShort(buf.len()));
+    }
+    if buf[0] >> 6 != 2 {
+        return Err(RtpError::Version(buf[0] >> 6));
+    }
+    let mut off = 12 + 4 * (buf[0] & 0x0f) as usize;
+    if buf[0] & 0x10 != 0 {
+        let len = buf
+            .get(off + 2..off + 4)
+            .ok_or(RtpError::TooShort(buf.len()))?;
+        off += 4 + 4 * u16::from_be_bytes([len[0], len[1]]) as usize;
+    }
+    if buf.len() < off {
+        return Err(RtpError::ExtensionOverrun);
+    }
+    Ok(off)
+}
+
 /// True when a datagram's second byte says RTCP rather than RTP (RFC 5761 §4: PT 192..=223).
 pub fn is_rtcp(buf: &[u8]) -> bool {
     buf.len() >= 2 && (192..=223).contains(&buf[1])

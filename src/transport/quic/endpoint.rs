@@ -15,7 +15,7 @@ use crate::core::room::SessionId;
 use crate::signal::auth::{unix_now, Auth};
 use crate::signal::protocol::Refusal;
 use crate::transport::webrtc::Grants;
-use crate::worker::Command;
+use crate::worker::{Command, Workers};
 
 /// ALPN of volna's RTP-over-QUIC connections.
 pub const ALPN: &[u8] = b"volna-roq/1";
@@ -136,16 +136,16 @@ fn base64_decode(s: &str) -> Option<Vec<u8>> {
 }
 
 /// Accepts connections until the endpoint closes.
-pub async fn accept_loop(endpoint: quinn::Endpoint, tx: mpsc::Sender<Command>, auth: Auth) {
+pub async fn accept_loop(endpoint: quinn::Endpoint, workers: Workers, auth: Auth) {
     while let Some(incoming) = endpoint.accept().await {
-        let tx = tx.clone();
+        let workers = workers.clone();
         let auth = auth.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
             match incoming.await {
                 Ok(conn) => {
                     info!(peer = %remote, "QUIC connection");
-                    run_connection(conn, tx, auth).await;
+                    run_connection(conn, workers, auth).await;
                 }
                 Err(e) => debug!(peer = %remote, error = %e, "QUIC handshake failed"),
             }
@@ -209,7 +209,7 @@ struct Joined {
     grants: Grants,
 }
 
-async fn run_connection(conn: quinn::Connection, tx: mpsc::Sender<Command>, auth: Auth) {
+async fn run_connection(conn: quinn::Connection, workers: Workers, auth: Auth) {
     let peer = conn.remote_address();
     let (mut send, mut recv) =
         match tokio::time::timeout(Duration::from_secs(10), conn.accept_bi()).await {
@@ -220,6 +220,9 @@ async fn run_connection(conn: quinn::Connection, tx: mpsc::Sender<Command>, auth
             }
         };
     let mut joined: Option<Joined> = None;
+    // Until the connection joins a room, its junk is counted by the first worker; after, every
+    // command goes to the worker of its room.
+    let mut tx = workers.all()[0].tx.clone();
     // Datagram flow id -> session it belongs to.
     let mut flows: Vec<(u64, SessionId)> = Vec::new();
     loop {
@@ -239,8 +242,11 @@ async fn run_connection(conn: quinn::Connection, tx: mpsc::Sender<Command>, auth
                 };
                 let reply = match serde_json::from_slice::<ControlRequest>(&body) {
                     Err(e) => refusal(Refusal::new(400, "bad_message", e.to_string())),
-                    Ok(req) => handle(req, &conn, &tx, &auth, &mut joined, &mut flows).await.unwrap_or_else(refusal),
+                    Ok(req) => handle(req, &conn, &workers, &auth, &mut joined, &mut flows).await.unwrap_or_else(refusal),
                 };
+                if let Some(j) = &joined {
+                    tx = workers.for_room(&j.room).tx.clone();
+                }
                 if send.write_all(&frame(&serde_json::to_vec(&reply).unwrap_or_default())).await.is_err() {
                     break;
                 }
@@ -274,7 +280,7 @@ async fn run_connection(conn: quinn::Connection, tx: mpsc::Sender<Command>, auth
 async fn handle(
     req: ControlRequest,
     conn: &quinn::Connection,
-    tx: &mpsc::Sender<Command>,
+    workers: &Workers,
     auth: &Auth,
     joined: &mut Option<Joined>,
     flows: &mut Vec<(u64, SessionId)>,
@@ -322,6 +328,7 @@ async fn handle(
             let j = may_open(joined, flows, flow, true)?;
             info!(identity = %j.identity, room = %j.room, flow, "QUIC publish");
             let (room, conn) = (j.room.clone(), conn.clone());
+            let tx = &workers.for_room(&room).tx;
             let (session, publisher) = call(tx, |reply| Command::QuicPublish {
                 room,
                 tracks,
@@ -337,6 +344,7 @@ async fn handle(
             let j = may_open(joined, flows, flow, false)?;
             info!(identity = %j.identity, room = %j.room, flow, "QUIC subscribe");
             let (room, conn) = (j.room.clone(), conn.clone());
+            let tx = &workers.for_room(&room).tx;
             let (session, publisher, tracks): (SessionId, String, Vec<QuicTrack>) =
                 call(tx, |reply| Command::QuicSubscribe {
                     room,

@@ -15,6 +15,8 @@ use rtc_shared::TransportProtocol;
 use rtc_srtp::context::Context;
 use rtc_srtp::protection_profile::ProtectionProfile;
 
+use super::srtp::{Profile, SrtpRtp};
+
 /// The association is keyed by this placeholder: the session knows the peer's real address (it
 /// may change with ICE), the DTLS endpoint does not need to.
 const PEER: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 9), 9));
@@ -71,10 +73,13 @@ fn sha256_fingerprint(
         .join(":"))
 }
 
-/// SRTP contexts for both directions, keyed from the finished handshake.
+/// SRTP contexts for both directions, keyed from the finished handshake: in-place RTP
+/// protection for the forward path, `rtc-srtp` for the (rare) RTCP.
 pub struct SrtpKeys {
     pub local: Context,
     pub remote: Context,
+    pub rtp_out: SrtpRtp,
+    pub rtp_in: SrtpRtp,
     pub profile: ProtectionProfile,
 }
 
@@ -233,11 +238,14 @@ impl Dtls {
             .endpoint
             .get_connection_state(PEER)
             .ok_or_else(|| DtlsError::Keying("no association".into()))?;
-        let profile = match state.srtp_protection_profile() {
-            SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm => ProtectionProfile::AeadAes128Gcm,
-            SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80 => {
-                ProtectionProfile::Aes128CmHmacSha1_80
+        let (profile, rtp_profile) = match state.srtp_protection_profile() {
+            SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm => {
+                (ProtectionProfile::AeadAes128Gcm, Profile::AeadAes128Gcm)
             }
+            SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80 => (
+                ProtectionProfile::Aes128CmHmacSha1_80,
+                Profile::Aes128CmHmacSha1_80,
+            ),
             other => return Err(DtlsError::Keying(format!("unsupported profile {other:?}"))),
         };
         let mut config = rtc_srtp::config::Config {
@@ -274,9 +282,15 @@ impl Dtls {
             crypto,
         )
         .map_err(|e| DtlsError::Keying(e.to_string()))?;
+        let rtp_out = SrtpRtp::new(rtp_profile, &k.local_master_key, &k.local_master_salt)
+            .map_err(|e| DtlsError::Keying(e.to_string()))?;
+        let rtp_in = SrtpRtp::new(rtp_profile, &k.remote_master_key, &k.remote_master_salt)
+            .map_err(|e| DtlsError::Keying(e.to_string()))?;
         Ok(SrtpKeys {
             local,
             remote,
+            rtp_out,
+            rtp_in,
             profile,
         })
     }

@@ -8,6 +8,7 @@ pub mod ice;
 pub mod quic;
 pub mod session;
 pub mod shard;
+pub mod srtp;
 
 pub use conference::Grants;
 pub use dtls::DtlsIdentity;

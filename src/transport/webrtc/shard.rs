@@ -6,7 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use rand::distributions::Alphanumeric;
 use rand::Rng;
 use tracing::{debug, info, warn};
@@ -18,10 +18,11 @@ use super::session::{Negotiation, ParticipantId, Role, Session};
 use crate::core::room::{
     MediaKind, Relay, RelayConfig, SessionId, Sink, TrackRef, TrackSpec, ViewerTrackSpec,
 };
-use crate::core::rtp::{is_rtcp, ExtKind, RtpView};
+use crate::core::rtp::{header_len, is_rtcp, ExtKind, RtpView};
 use crate::signal::sdp::{
     build_answer, AnswerMedia, Direction, Local, Offer, OfferedCodec, SdpError, Setup, Source,
 };
+use crate::transport::buffers::SendBatch;
 use crate::transport::quic::roq::datagram;
 
 /// Extensions volna accepts from publishers and writes or passes on to viewers. RIDs wait for
@@ -55,6 +56,9 @@ impl Default for Limits {
 
 #[derive(Debug, Clone)]
 pub struct ShardConfig {
+    /// This shard's worker index; it is kept in the top bits of every session and participant
+    /// id, so signalling can route a request by id alone.
+    pub worker: usize,
     /// The media address: bound by the worker and advertised as the only ICE candidate.
     pub media_addr: SocketAddr,
     pub consent_timeout: Duration,
@@ -104,6 +108,26 @@ pub struct ShardStats {
     pub publisher_ids: Vec<(String, String)>,
 }
 
+impl ShardStats {
+    /// Adds another worker's figures (rooms never span workers, so counts add up).
+    pub fn merge(&mut self, o: ShardStats) {
+        self.rooms += o.rooms;
+        self.sessions += o.sessions;
+        self.publishers += o.publishers;
+        self.viewers += o.viewers;
+        self.participants += o.participants;
+        self.datagrams_in += o.datagrams_in;
+        self.junk_datagrams += o.junk_datagrams;
+        self.forwarded_packets += o.forwarded_packets;
+        self.forwarded_bytes += o.forwarded_bytes;
+        self.retransmitted_packets += o.retransmitted_packets;
+        self.dropped_packets += o.dropped_packets;
+        self.keyframe_requests += o.keyframe_requests;
+        self.sessions_closed += o.sessions_closed;
+        self.publisher_ids.extend(o.publisher_ids);
+    }
+}
+
 /// Why a session ends; decides what else ends with it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseCause {
@@ -137,16 +161,10 @@ impl CloseCause {
     }
 }
 
-pub(super) struct Transmit {
-    to: SocketAddr,
-    data: Bytes,
-}
-
 /// The relay's sink: encrypts for each session and queues the datagram.
 pub(super) struct Out<'a> {
     pub(super) sessions: &'a mut HashMap<SessionId, Session>,
-    pub(super) queue: &'a mut VecDeque<Transmit>,
-    pub(super) scratch: &'a mut Vec<u8>,
+    pub(super) send: &'a mut SendBatch,
     /// Datagrams for QUIC sessions (plain RTP/RTCP behind the flow id; QUIC encrypts).
     pub(super) quic: &'a mut VecDeque<(SessionId, Bytes)>,
 }
@@ -164,15 +182,16 @@ impl Sink for Out<'_> {
         let (Some(keys), Some(addr)) = (s.srtp.as_mut(), s.remote) else {
             return;
         };
-        self.scratch.clear();
-        self.scratch.extend_from_slice(header);
-        self.scratch.extend_from_slice(payload);
-        match keys.local.encrypt_rtp(self.scratch) {
-            Ok(p) => self.queue.push_back(Transmit {
-                to: addr,
-                data: p.freeze(),
-            }),
-            Err(e) => debug!(session = to, error = %e, "SRTP protect failed"),
+        // The one copy of the payload for this receiver, protected where it lies.
+        let (buf, start) = self.send.begin();
+        buf.extend_from_slice(header);
+        buf.extend_from_slice(payload);
+        match keys.rtp_out.protect(buf, start, header.len()) {
+            Ok(()) => self.send.commit(addr, start),
+            Err(e) => {
+                self.send.abort(start);
+                debug!(session = to, error = %e, "SRTP protect failed");
+            }
         }
     }
 
@@ -189,13 +208,17 @@ impl Sink for Out<'_> {
             return;
         };
         match keys.local.encrypt_rtcp(packet) {
-            Ok(p) => self.queue.push_back(Transmit {
-                to: addr,
-                data: p.freeze(),
-            }),
+            Ok(p) => self.send.push(addr, &p),
             Err(e) => debug!(session = to, error = %e, "SRTCP protect failed"),
         }
     }
+}
+
+/// Bits of an id below the worker index.
+pub const WORKER_ID_SHIFT: u32 = 48;
+
+fn first_id(worker: usize) -> u64 {
+    ((worker as u64) << WORKER_ID_SHIFT) | 1
 }
 
 pub struct Shard {
@@ -206,8 +229,7 @@ pub struct Shard {
     by_addr: HashMap<SocketAddr, SessionId>,
     by_ufrag: HashMap<String, SessionId>,
     by_resource: HashMap<String, SessionId>,
-    pub(super) queue: VecDeque<Transmit>,
-    pub(super) scratch: Vec<u8>,
+    pub(super) send: SendBatch,
     next_id: SessionId,
     next_housekeeping: Option<Instant>,
     datagrams_in: u64,
@@ -270,6 +292,7 @@ impl<'a> Remote<'a> {
 
 impl Shard {
     pub fn new(config: ShardConfig, identity: DtlsIdentity) -> Self {
+        let first = first_id(config.worker);
         Self {
             relay: Relay::new(config.relay.clone()),
             config,
@@ -278,15 +301,14 @@ impl Shard {
             by_addr: HashMap::new(),
             by_ufrag: HashMap::new(),
             by_resource: HashMap::new(),
-            queue: VecDeque::new(),
-            scratch: Vec::with_capacity(2048),
-            next_id: 1,
+            send: SendBatch::new(),
+            next_id: first,
             next_housekeeping: None,
             datagrams_in: 0,
             junk: 0,
             closed: 0,
             participants: HashMap::new(),
-            next_participant: 1,
+            next_participant: first,
             quic_queue: VecDeque::new(),
         }
     }
@@ -364,8 +386,7 @@ impl Shard {
     pub(super) fn relay_and_out(&mut self) -> (&mut Relay, Out<'_>) {
         let out = Out {
             sessions: &mut self.sessions,
-            queue: &mut self.queue,
-            scratch: &mut self.scratch,
+            send: &mut self.send,
             quic: &mut self.quic_queue,
         };
         (&mut self.relay, out)
@@ -649,10 +670,7 @@ impl Shard {
                 d.close(now);
                 if let Some(addr) = s.remote {
                     while let Some(data) = d.poll_transmit() {
-                        self.queue.push_back(Transmit {
-                            to: addr,
-                            data: data.freeze(),
-                        });
+                        self.send.push(addr, &data);
                     }
                 }
             }
@@ -680,15 +698,18 @@ impl Shard {
     }
 
     /// One datagram from the media socket.
-    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, buf: &[u8]) {
+    ///
+    /// The buffer is the datagram's receive slot: SRTP is decrypted in it and the packet, frozen,
+    /// is what receivers and the retransmit cache share.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, buf: BytesMut) {
         self.datagrams_in += 1;
         let Some(&first) = buf.first() else {
             self.junk(from, "empty datagram");
             return;
         };
         match first {
-            0..=3 => self.handle_stun(now, from, buf),
-            20..=63 => self.handle_dtls(now, from, buf),
+            0..=3 => self.handle_stun(now, from, &buf),
+            20..=63 => self.handle_dtls(now, from, &buf),
             128..=191 => self.handle_srtp(now, from, buf),
             _ => self.junk(from, "unknown first byte"),
         }
@@ -737,10 +758,7 @@ impl Shard {
             s.nominated |= use_candidate;
         }
         self.by_addr.insert(from, id);
-        self.queue.push_back(Transmit {
-            to: from,
-            data: Bytes::from(resp),
-        });
+        self.send.push(from, &resp);
         // A DTLS client starts its flight once the path exists.
         self.flush_dtls(id);
     }
@@ -753,10 +771,7 @@ impl Shard {
             return;
         };
         while let Some(data) = d.poll_transmit() {
-            self.queue.push_back(Transmit {
-                to: addr,
-                data: data.freeze(),
-            });
+            self.send.push(addr, &data);
         }
     }
 
@@ -828,7 +843,7 @@ impl Shard {
         }
     }
 
-    fn handle_srtp(&mut self, now: Instant, from: SocketAddr, buf: &[u8]) {
+    fn handle_srtp(&mut self, now: Instant, from: SocketAddr, mut buf: BytesMut) {
         let Some(&id) = self.by_addr.get(&from) else {
             return self.junk(from, "SRTP from unknown address");
         };
@@ -839,8 +854,8 @@ impl Shard {
         let Some(keys) = s.srtp.as_mut() else {
             return self.junk(from, "SRTP before DTLS");
         };
-        if is_rtcp(buf) {
-            let plain = match keys.remote.decrypt_rtcp(buf) {
+        if is_rtcp(&buf) {
+            let plain = match keys.remote.decrypt_rtcp(&buf) {
                 Ok(p) => p,
                 Err(_) => return self.junk(from, "SRTCP unprotect failed"),
             };
@@ -851,13 +866,18 @@ impl Shard {
         if role != Role::Publisher {
             return self.junk(from, "RTP from a receiving session");
         }
-        let plain = match keys.remote.decrypt_rtp(buf) {
-            Ok(p) => p,
+        // The header is authenticated but not encrypted: its length comes from the packet itself.
+        let Ok(header_len) = header_len(&buf) else {
+            return self.junk(from, "malformed RTP");
+        };
+        let len = match keys.rtp_in.unprotect(&mut buf, header_len) {
+            Ok(n) => n,
             Err(_) => return self.junk(from, "SRTP unprotect failed"),
         };
         s.last_rx = now;
-        // Frozen, the decrypted buffer is shared by the forward path and the retransmit cache.
-        let plain = plain.freeze();
+        buf.truncate(len);
+        // Frozen, the decrypted slot is shared by the forward path and the retransmit cache.
+        let plain = buf.freeze();
         let view = match RtpView::parse(&plain) {
             Ok(v) => v,
             Err(_) => return self.junk(from, "malformed RTP"),
@@ -943,7 +963,17 @@ impl Shard {
     }
 
     /// The next datagram to send.
+    ///
+    /// A copy, for tests and simple callers; the worker sends [`Shard::transmits`] in batches.
     pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Bytes)> {
-        self.queue.pop_front().map(|t| (t.to, t.data))
+        let (to, data) = self.send.get(0)?;
+        let out = (to, Bytes::copy_from_slice(data));
+        self.send.consume(1);
+        Some(out)
+    }
+
+    /// The datagrams waiting to be sent, each already protected.
+    pub fn transmits(&mut self) -> &mut SendBatch {
+        &mut self.send
     }
 }
