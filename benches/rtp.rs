@@ -1,5 +1,6 @@
 //! The per-packet path in-process: parse, rewrite, and fan-out through the relay core to N viewers
-//! (time per packet per viewer), without and with SRTP protection of each copy.
+//! (time per packet per viewer), without and with SRTP protection of each copy into the send
+//! buffer; SRTP alone; and batched sending.
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -9,6 +10,8 @@ use volna::core::room::{
     Feedback, MediaKind, Relay, RelayConfig, SessionId, Sink, TrackRef, TrackSpec, ViewerTrackSpec,
 };
 use volna::core::rtp::{write_header, Codec, ExtKind, ExtMap, ExtTranslation, Rewrite, RtpView};
+use volna::transport::buffers::SendBatch;
+use volna::transport::webrtc::srtp::{Profile, SrtpRtp};
 
 fn packet(len: usize) -> Vec<u8> {
     let mut p = vec![0x90, 96, 0, 1, 0, 0, 0, 1, 0, 0, 0, 7];
@@ -78,17 +81,24 @@ impl Sink for CopySink {
     fn rtcp(&mut self, _to: SessionId, _packet: &[u8]) {}
 }
 
-/// Also protects each copy with SRTP (AES-128-GCM), keys from `rtc-srtp`.
+/// What a worker's shard does per receiver: the copy into the send buffer, SRTP protection in
+/// place with that receiver's context, queued for one `sendmmsg`.
 struct SrtpSink {
-    inner: CopySink,
-    ctx: rtc_srtp::context::Context,
+    send: SendBatch,
+    /// One context per viewer session (ids 10..).
+    ctx: Vec<SrtpRtp>,
+    to: std::net::SocketAddr,
 }
 
 impl Sink for SrtpSink {
     fn rtp(&mut self, to: SessionId, header: &[u8], payload: &[u8]) {
-        self.inner.rtp(to, header, payload);
-        let out = self.ctx.encrypt_rtp(&self.inner.buf).unwrap();
-        self.inner.bytes += out.len();
+        let (buf, start) = self.send.begin();
+        buf.extend_from_slice(header);
+        buf.extend_from_slice(payload);
+        self.ctx[(to - 10) as usize]
+            .protect(buf, start, header.len())
+            .unwrap();
+        self.send.commit(self.to, start);
     }
     fn rtcp(&mut self, _to: SessionId, _packet: &[u8]) {}
 }
@@ -191,34 +201,31 @@ fn fan_out(c: &mut Criterion) {
                 relay.handle_rtp(now, 1, pkt, &view, &mut sink);
             })
         });
-        let key = [7u8; 16];
-        let salt = [9u8; 12];
-        let provider = rtc_crypto::default_provider().unwrap();
-        let ctx = rtc_srtp::context::Context::new(
-            &key,
-            &salt,
-            rtc_srtp::protection_profile::ProtectionProfile::AeadAes128Gcm,
-            None,
-            None,
-            provider.crypto(),
-        )
-        .unwrap();
-        let mut sink = SrtpSink {
-            inner: CopySink {
-                buf: Vec::with_capacity(2048),
-                bytes: 0,
-            },
-            ctx,
-        };
-        let mut relay = relay_with(n);
-        g.bench_function(BenchmarkId::new("rewrite+srtp_gcm", n), |b| {
-            b.iter(|| {
-                i = (i + 1) % ring.len();
-                let pkt = &ring[i];
-                let view = RtpView::parse(pkt).unwrap();
-                relay.handle_rtp(now, 1, pkt, &view, &mut sink);
-            })
-        });
+        for (name, profile) in [
+            ("rewrite+srtp_gcm", Profile::AeadAes128Gcm),
+            ("rewrite+srtp_cm_sha1", Profile::Aes128CmHmacSha1_80),
+        ] {
+            let salt = vec![9u8; profile.master_salt_len()];
+            let mut sink = SrtpSink {
+                send: SendBatch::new(),
+                ctx: (0..n)
+                    .map(|_| SrtpRtp::new(profile, &[7u8; 16], &salt).unwrap())
+                    .collect(),
+                to: "127.0.0.1:9".parse().unwrap(),
+            };
+            let mut relay = relay_with(n);
+            g.bench_function(BenchmarkId::new(name, n), |b| {
+                b.iter(|| {
+                    i = (i + 1) % ring.len();
+                    let pkt = &ring[i];
+                    let view = RtpView::parse(pkt).unwrap();
+                    relay.handle_rtp(now, 1, pkt, &view, &mut sink);
+                    // The system call's part is measured in `batch_send`.
+                    let sent = sink.send.len();
+                    sink.send.consume(sent);
+                })
+            });
+        }
         let key = ring::aead::UnboundKey::new(&ring::aead::AES_128_GCM, &[3u8; 16]).unwrap();
         let mut sink = RoqSink {
             key: ring::aead::LessSafeKey::new(key),
@@ -238,5 +245,95 @@ fn fan_out(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, parse_and_rewrite, fan_out);
+/// SRTP protection of one packet in place (what each receiver costs), both profiles, both sizes;
+/// and unprotection in place (what each publisher packet costs).
+fn srtp(c: &mut Criterion) {
+    let mut g = c.benchmark_group("srtp");
+    for profile in [Profile::AeadAes128Gcm, Profile::Aes128CmHmacSha1_80] {
+        let tag = match profile {
+            Profile::AeadAes128Gcm => "gcm",
+            Profile::Aes128CmHmacSha1_80 => "cm_sha1_80",
+        };
+        let salt = vec![5u8; profile.master_salt_len()];
+        for size in [160usize, 1200] {
+            g.throughput(Throughput::Bytes(size as u64));
+            let p = packet(size);
+            let mut tx = SrtpRtp::new(profile, &[1u8; 16], &salt).unwrap();
+            let mut buf = Vec::with_capacity(2048);
+            let mut seq = 0u16;
+            g.bench_function(BenchmarkId::new(format!("protect_{tag}"), size), |b| {
+                b.iter(|| {
+                    buf.clear();
+                    buf.extend_from_slice(&p);
+                    seq = seq.wrapping_add(1);
+                    buf[2..4].copy_from_slice(&seq.to_be_bytes());
+                    tx.protect(&mut buf, 0, 20).unwrap();
+                })
+            });
+            // A window of protected packets, unprotected in turn by a fresh context each pass
+            // (the replay window refuses a packet seen twice).
+            let mut tx = SrtpRtp::new(profile, &[1u8; 16], &salt).unwrap();
+            let protected: Vec<Vec<u8>> = (0..1024u16)
+                .map(|s| {
+                    let mut b = p.clone();
+                    b[2..4].copy_from_slice(&s.to_be_bytes());
+                    tx.protect(&mut b, 0, 20).unwrap();
+                    b
+                })
+                .collect();
+            let mut rx = SrtpRtp::new(profile, &[1u8; 16], &salt).unwrap();
+            let mut k = 0usize;
+            let mut work = vec![0u8; 2048];
+            g.bench_function(BenchmarkId::new(format!("unprotect_{tag}"), size), |b| {
+                b.iter(|| {
+                    if k == protected.len() {
+                        k = 0;
+                        rx = SrtpRtp::new(profile, &[1u8; 16], &salt).unwrap();
+                    }
+                    let src = &protected[k];
+                    work[..src.len()].copy_from_slice(src);
+                    rx.unprotect(&mut work[..src.len()], 20).unwrap();
+                    k += 1;
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+/// 64 datagrams of 1200 B to 8 receivers over loopback: one `sendmmsg` per batch against one
+/// `sendto` each. Receivers are not read; the kernel drops what overflows them, after the send.
+fn batch_send(c: &mut Criterion) {
+    let mut g = c.benchmark_group("batch_send_64x1200B");
+    g.throughput(Throughput::Elements(64));
+    let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let rx: Vec<std::net::UdpSocket> = (0..8)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let to: Vec<std::net::SocketAddr> = rx.iter().map(|s| s.local_addr().unwrap()).collect();
+    let data = vec![0x80u8; 1200];
+    let mut batch = SendBatch::new();
+    #[cfg(target_os = "linux")]
+    g.bench_function("sendmmsg", |b| {
+        b.iter(|| {
+            for i in 0..64 {
+                batch.push(to[i % to.len()], &data);
+            }
+            while !batch.is_empty() {
+                let n = volna::transport::udp::send_some(&tx, &batch).unwrap_or(1);
+                batch.consume(n);
+            }
+        })
+    });
+    g.bench_function("sendto", |b| {
+        b.iter(|| {
+            for i in 0..64 {
+                let _ = tx.send_to(&data, to[i % to.len()]);
+            }
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, parse_and_rewrite, fan_out, srtp, batch_send);
 criterion_main!(benches);

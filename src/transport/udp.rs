@@ -132,10 +132,10 @@ fn set_int_option(socket: &std::net::UdpSocket, level: libc::c_int, name: libc::
     }
 }
 
-/// One `sendmmsg` of up to [`SEND_BATCH`] pending datagrams; returns how many the kernel took.
+/// One `sendmmsg` of up to 64 pending datagrams; returns how many the kernel took (the caller
+/// marks them sent with [`SendBatch::consume`]).
 #[cfg(target_os = "linux")]
-fn send_some(socket: &tokio::net::UdpSocket, batch: &SendBatch) -> io::Result<usize> {
-    use std::os::fd::AsRawFd;
+pub fn send_some(socket: &impl std::os::fd::AsRawFd, batch: &SendBatch) -> io::Result<usize> {
     let n = batch.len().min(SEND_BATCH);
     // SAFETY (zeroed): plain C structs for which all-zero is a valid value.
     let mut names: [libc::sockaddr_storage; SEND_BATCH] = unsafe { std::mem::zeroed() };
@@ -167,7 +167,7 @@ fn send_some(socket: &tokio::net::UdpSocket, batch: &SendBatch) -> io::Result<us
 }
 
 #[cfg(not(target_os = "linux"))]
-fn send_some(socket: &tokio::net::UdpSocket, batch: &SendBatch) -> io::Result<usize> {
+pub fn send_some(socket: &tokio::net::UdpSocket, batch: &SendBatch) -> io::Result<usize> {
     let (to, data) = batch.get(0).ok_or(io::ErrorKind::InvalidInput)?;
     socket.try_send_to(data, to).map(|_| 1)
 }

@@ -4,12 +4,14 @@
 //! worker's send buffer, and unprotects a publisher's packet in its receive buffer, so neither
 //! direction allocates. The session keys are derived once per direction and the ciphers are kept:
 //! AES-128-GCM is `ring`'s (AES-NI and CLMUL where the CPU has them), AES-CM is the `aes` crate's
-//! (AES-NI detected at run time) and HMAC-SHA1 is `ring`'s. SRTCP is rare and stays with
+//! (AES-NI detected at run time) and HMAC-SHA1 the `hmac`/`sha1` crates' (SHA-NI detected at run
+//! time). SRTCP is rare and stays with
 //! `rtc-srtp`.
 
 use aes::cipher::{InnerIvInit, KeyInit, StreamCipher};
+use hmac::{Hmac, Mac};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM};
-use ring::hmac;
+use sha1::Sha1;
 
 /// The two SRTP protection profiles WebRTC endpoints negotiate (RFC 5764, RFC 7714).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,7 +75,8 @@ enum Cipher {
     Cm {
         aes: aes::Aes128,
         salt: [u8; 14],
-        auth: hmac::Key,
+        /// HMAC-SHA1 keyed once; each packet starts from a copy of this state.
+        auth: Hmac<Sha1>,
     },
 }
 
@@ -135,7 +138,8 @@ impl SrtpRtp {
                 Cipher::Cm {
                     aes: aes::Aes128::new(&session_key.into()),
                     salt,
-                    auth: hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, &auth),
+                    auth: <Hmac<Sha1> as Mac>::new_from_slice(&auth)
+                        .map_err(|_| SrtpError::KeyLength)?,
                 }
             }
         };
@@ -202,11 +206,11 @@ impl SrtpRtp {
                 let iv = cm_iv(salt, ssrc, roc, seq);
                 let mut ctr = keystream(aes, &iv);
                 ctr.apply_keystream(&mut buf[pstart..]);
-                let mut mac = hmac::Context::with_key(auth);
+                let mut mac = auth.clone();
                 mac.update(&buf[hstart..]);
                 mac.update(&roc.to_be_bytes());
-                let tag = mac.sign();
-                buf.extend_from_slice(&tag.as_ref()[..HMAC_TAG]);
+                let tag = mac.finalize().into_bytes();
+                buf.extend_from_slice(&tag[..HMAC_TAG]);
             }
         }
         Ok(())
@@ -245,11 +249,11 @@ impl SrtpRtp {
                     .map_err(|_| SrtpError::Auth)?;
             }
             Cipher::Cm { aes, salt, auth } => {
-                let mut mac = hmac::Context::with_key(auth);
+                let mut mac = auth.clone();
                 mac.update(&pkt[..plain_len]);
                 mac.update(&roc.to_be_bytes());
-                let tag = mac.sign();
-                if !constant_eq(&tag.as_ref()[..HMAC_TAG], &pkt[plain_len..]) {
+                let tag = mac.finalize().into_bytes();
+                if !constant_eq(&tag[..HMAC_TAG], &pkt[plain_len..]) {
                     return Err(SrtpError::Auth);
                 }
                 let iv = cm_iv(salt, ssrc, roc, seq);
