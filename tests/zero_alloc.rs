@@ -367,7 +367,7 @@ mod shard_path {
             wire.extend_from_slice(&(i / 4 * 3000).to_be_bytes());
             wire.extend_from_slice(&2222u32.to_be_bytes());
             wire.extend_from_slice(&[0xbe, 0xde, 0, 1, 0x40, b'0', 0, 0]);
-            let key = i % 30 == 0;
+            let key = i.is_multiple_of(30);
             wire.extend_from_slice(&[0x10, if key { 0x00 } else { 0x01 }, 0x9d, 0x01, 0x2a]);
             wire.resize(1200, (i % 251) as u8);
             pkeys.rtp_out.protect(&mut wire, 0, 20).unwrap();
@@ -395,7 +395,7 @@ mod shard_path {
                 }
             }
             batch.consume(batch.len());
-            if i % 100 == 0 {
+            if i.is_multiple_of(100) {
                 // Reports and keyframe requests (RTCP) are periodic work, not the forward path.
                 shard.handle_timeout(now);
                 while shard.poll_transmit().is_some() {}
@@ -419,7 +419,6 @@ mod shard_path {
             counted += 1;
         }
         let allocations = ALLOCATIONS.load(Ordering::Relaxed);
-        drop(send);
         for (v, (a, b)) in delivered.iter().zip(&before).enumerate() {
             assert_eq!(a - b, 10_000, "viewer {v} got every packet");
         }
