@@ -8,6 +8,7 @@ pub mod pli;
 pub mod remb;
 pub mod rr;
 pub mod sr;
+pub mod twcc;
 
 pub use fir::Fir;
 pub use nack::Nack;
@@ -33,6 +34,8 @@ pub enum RtcpError {
     Length,
     #[error("output buffer too small")]
     BufferTooSmall,
+    #[error("malformed RTCP: {0}")]
+    Malformed(&'static str),
 }
 
 /// One packet of a compound datagram, still borrowing it.
