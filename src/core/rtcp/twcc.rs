@@ -155,7 +155,7 @@ pub fn write(
             _ => {}
         }
     }
-    while (out.len() - start) % 4 != 0 {
+    while !(out.len() - start).is_multiple_of(4) {
         out.push(0);
     }
     let words = ((out.len() - start) / 4 - 1) as u16;
@@ -191,7 +191,12 @@ mod tests {
             (
                 "more than one chunk",
                 (0..20u16)
-                    .map(|i| r(100 + i, (i % 5 != 0).then_some(640_000 + i64::from(i) * 1000)))
+                    .map(|i| {
+                        r(
+                            100 + i,
+                            (i % 5 != 0).then_some(640_000 + i64::from(i) * 1000),
+                        )
+                    })
                     .collect(),
             ),
         ];

@@ -1,0 +1,161 @@
+//! Probing: a short cluster of packets sent faster than the estimate. If the receiver gets them
+//! as fast as they were sent, the path has room at least that large, and the estimate jumps
+//! there instead of creeping up by 8% a second. A successful probe is followed at once by one at
+//! twice the rate, until a probe comes back slower than it went out.
+
+use std::time::{Duration, Instant};
+
+use super::{Acked, Usage};
+
+/// How long a cluster lasts at its rate.
+const CLUSTER: Duration = Duration::from_millis(30);
+const MIN_PACKETS: u32 = 5;
+/// Between probes while the allocator wants more than the estimate; doubled after each probe
+/// that found the path full, up to `MAX_INTERVAL`.
+const INTERVAL: Duration = Duration::from_secs(2);
+const MAX_INTERVAL: Duration = Duration::from_secs(8);
+/// A cluster whose feedback has not come by then is given up.
+const TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A probe to send now: `bytes` spread evenly over `duration`, every packet marked with `id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeCluster {
+    pub id: u32,
+    pub bps: u64,
+    pub bytes: usize,
+    pub min_packets: u32,
+    pub duration: Duration,
+}
+
+struct Pending {
+    cluster: ProbeCluster,
+    sent_at: Instant,
+    received: u32,
+    total: u64,
+    first_send: i64,
+    last_send: i64,
+    last_send_size: u64,
+    first_arrival: i64,
+    first_arrival_size: u64,
+    last_arrival: i64,
+}
+
+pub struct ProbeController {
+    next_id: u32,
+    pending: Option<Pending>,
+    next_at: Option<Instant>,
+    /// The last probe succeeded: the next may follow as soon as its feedback is in.
+    chase: bool,
+    interval: Duration,
+}
+
+impl ProbeController {
+    pub fn new() -> Self {
+        ProbeController {
+            next_id: 1,
+            pending: None,
+            next_at: None,
+            chase: true,
+            interval: INTERVAL,
+        }
+    }
+
+    pub fn poll(&mut self, now: Instant, estimate: u64, want: u64) -> Option<ProbeCluster> {
+        if let Some(p) = &self.pending {
+            if now.saturating_duration_since(p.sent_at) < TIMEOUT {
+                return None;
+            }
+            self.pending = None;
+            self.chase = false;
+            self.next_at = Some(now + self.interval);
+        }
+        if want <= estimate + estimate / 10 {
+            return None;
+        }
+        if !self.chase && self.next_at.is_some_and(|t| now < t) {
+            return None;
+        }
+        let bps = (2 * estimate).min(want);
+        let bytes = (bps as f64 * CLUSTER.as_secs_f64() / 8.0) as usize;
+        let cluster = ProbeCluster {
+            id: self.next_id,
+            bps,
+            bytes: bytes.max(MIN_PACKETS as usize * 200),
+            min_packets: MIN_PACKETS,
+            duration: CLUSTER,
+        };
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        self.pending = Some(Pending {
+            cluster,
+            sent_at: now,
+            received: 0,
+            total: 0,
+            first_send: i64::MAX,
+            last_send: i64::MIN,
+            last_send_size: 0,
+            first_arrival: i64::MAX,
+            first_arrival_size: 0,
+            last_arrival: i64::MIN,
+        });
+        self.chase = false;
+        self.next_at = Some(now + self.interval);
+        Some(cluster)
+    }
+
+    /// Feedback for packets; returns the rate a finished probe showed the path carries.
+    pub fn on_acked(&mut self, acked: &[Acked]) -> Option<u64> {
+        let p = self.pending.as_mut()?;
+        for a in acked.iter().filter(|a| a.probe == Some(p.cluster.id)) {
+            let Some(arrival) = a.arrival_us else {
+                continue;
+            };
+            p.received += 1;
+            let size = u64::from(a.size);
+            p.total += size;
+            p.first_send = p.first_send.min(a.send_us);
+            if a.send_us >= p.last_send {
+                p.last_send = a.send_us;
+                p.last_send_size = size;
+            }
+            if arrival < p.first_arrival {
+                p.first_arrival = arrival;
+                p.first_arrival_size = size;
+            }
+            p.last_arrival = p.last_arrival.max(arrival);
+        }
+        if p.received < p.cluster.min_packets {
+            return None;
+        }
+        let p = self.pending.take()?;
+        // Each span opens with one packet: the last sent and the first received do not count.
+        let send_span = (p.last_send - p.first_send).max(1) as f64;
+        let recv_span = (p.last_arrival - p.first_arrival).max(1) as f64;
+        let send_bps = (p.total - p.last_send_size) as f64 * 8.0 * 1e6 / send_span;
+        let recv_bps = (p.total - p.first_arrival_size) as f64 * 8.0 * 1e6 / recv_span;
+        let carried = if recv_bps < 0.9 * send_bps {
+            // Arrivals spread out: the path is narrower than the probe; a little under what got
+            // through is what it carries.
+            0.95 * recv_bps
+        } else {
+            send_bps.min(recv_bps)
+        };
+        // Chase upwards only while probes come back as fast as they left; once one finds the
+        // path full, look again less and less often.
+        self.chase = carried >= 0.9 * p.cluster.bps as f64;
+        self.interval = if self.chase {
+            INTERVAL
+        } else {
+            (self.interval * 2).min(MAX_INTERVAL)
+        };
+        Some(carried as u64)
+    }
+
+    pub fn on_estimate(&mut self, now: Instant, _estimate: u64, usage: Usage) {
+        if usage == Usage::Overusing {
+            // The capacity may have moved: probe again soon once the queue is gone.
+            self.chase = false;
+            self.interval = INTERVAL;
+            self.next_at = Some(now + INTERVAL);
+        }
+    }
+}
