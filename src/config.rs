@@ -116,6 +116,9 @@ pub struct MediaConfig {
     /// Media worker threads, each with its own UDP port, rooms and buffers; 0 means one per CPU
     /// core. A room lives on one worker, chosen by a hash of its name.
     pub workers: usize,
+    /// Pin worker i to CPU i (modulo the CPUs this process may use), so a worker keeps its
+    /// caches warm. Leave off when other busy processes share the machine.
+    pub pin_workers: bool,
     /// A session whose peer sends nothing for this long is closed (RFC 7675 consent).
     pub consent_timeout_secs: u64,
     /// Bitrate cap announced to video publishers with REMB.
@@ -147,6 +150,7 @@ impl Default for MediaConfig {
         Self {
             listen: "127.0.0.1:50000".parse().expect("literal"),
             workers: 0,
+            pin_workers: false,
             consent_timeout_secs: 30,
             publisher_max_bitrate_kbps: 2500,
             keyframe_request_interval_ms: 500,

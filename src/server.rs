@@ -71,7 +71,8 @@ pub async fn start(config: &Config) -> Result<Running, ServerError> {
             limits: config.shard_limits(),
         };
         let shard = Shard::new(shard_config, identity.clone());
-        setups.push(worker::WorkerSetup { socket, shard });
+        let cpu = config.media.pin_workers.then(|| allowed_cpu(worker));
+        setups.push(worker::WorkerSetup { socket, shard, cpu });
     }
     let auth = Auth::new(config.auth.keys.clone());
     let (quic, quic_addr, quic_hash) = if config.quic.enabled {
@@ -144,4 +145,29 @@ pub async fn start(config: &Config) -> Result<Running, ServerError> {
         quic_cert_sha256: quic_hash,
         serve,
     })
+}
+
+/// The `n`-th CPU this process may run on (wrapping), for pinning worker `n`.
+#[cfg(target_os = "linux")]
+fn allowed_cpu(n: usize) -> usize {
+    // SAFETY: sched_getaffinity fills the zeroed set for this process; CPU_ISSET reads inside it.
+    let allowed: Vec<usize> = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return n;
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    };
+    if allowed.is_empty() {
+        n
+    } else {
+        allowed[n % allowed.len()]
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn allowed_cpu(n: usize) -> usize {
+    n
 }

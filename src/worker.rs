@@ -296,6 +296,8 @@ pub struct QuicListener {
 pub struct WorkerSetup {
     pub socket: std::net::UdpSocket,
     pub shard: Shard,
+    /// The CPU to pin the worker's thread to.
+    pub cpu: Option<usize>,
 }
 
 /// Starts one thread per worker; the first also runs the QUIC listener, whose connections send
@@ -322,6 +324,9 @@ pub fn spawn_all(
         let join = std::thread::Builder::new()
             .name(format!("volna-worker-{i}"))
             .spawn(move || {
+                if let Some(cpu) = setup.cpu {
+                    pin_to(i, cpu);
+                }
                 let rt = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
@@ -342,6 +347,27 @@ pub fn spawn_all(
         joins.push(join);
     }
     Ok((workers, joins))
+}
+
+#[cfg(target_os = "linux")]
+fn pin_to(worker: usize, cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET stays inside it (cpu is reduced
+    // modulo CPU_SETSIZE) and sched_setaffinity(0) applies to the calling thread.
+    let ok = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu % libc::CPU_SETSIZE as usize, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    };
+    if ok {
+        tracing::info!(worker, cpu, "worker pinned");
+    } else {
+        warn!(worker, cpu, error = %std::io::Error::last_os_error(), "cannot pin worker");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn pin_to(worker: usize, _cpu: usize) {
+    warn!(worker, "pinning workers is only supported on Linux");
 }
 
 fn start_quic(q: QuicListener, workers: Workers) {

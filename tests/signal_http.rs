@@ -586,3 +586,44 @@ async fn whip_and_whep_require_tokens_when_auth_is_on() {
         );
     }
 }
+
+/// With `pin_workers`, each worker thread may run on one CPU only, and the workers use
+/// different CPUs when there are enough.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn pinned_workers_each_run_on_one_cpu() {
+    let mut config = Config::default();
+    config.media.workers = 2;
+    config.media.pin_workers = true;
+    let _ = start_with(config).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut cpus = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let dir = task.unwrap().path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if !comm.starts_with("volna-worker-") {
+            continue;
+        }
+        let status = std::fs::read_to_string(dir.join("status")).unwrap();
+        let list = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        assert!(
+            !list.contains(',') && !list.contains('-'),
+            "{} allowed on {list}",
+            comm.trim()
+        );
+        cpus.push(list);
+    }
+    // Other tests of this binary may run workers too; ours are among them.
+    assert!(cpus.len() >= 2, "{cpus:?}");
+    let available = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if available >= 2 {
+        cpus.sort();
+        cpus.dedup();
+        assert!(cpus.len() >= 2, "two workers on two CPUs: {cpus:?}");
+    }
+}
