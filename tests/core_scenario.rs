@@ -569,3 +569,94 @@ fn feed_from(relay: &mut Relay, now: Instant, from: SessionId, pkt: &[u8], sink:
     let view = RtpView::parse(&pkt).expect("test packet parses");
     relay.handle_rtp(now, from, &pkt, &view, sink);
 }
+
+/// A viewer that negotiated transport-wide sequence numbers gets them on every packet, numbered
+/// across its tracks; its transport-cc feedback drives its bandwidth estimate. A viewer without
+/// them gets no such extension.
+#[test]
+fn transport_cc_numbers_packets_and_feedback_drives_the_estimate() {
+    use volna::core::rtcp::twcc::{self, PacketResult};
+    let t0 = Instant::now();
+    let mut relay = Relay::new(RelayConfig::default());
+    let mut sink = Recorder::default();
+    relay
+        .add_publisher(PUB, "room", 77, publisher_tracks())
+        .unwrap();
+    let mut tracks = viewer_tracks(0x100);
+    for t in &mut tracks {
+        t.ext.insert(5, ExtKind::TransportWideCc);
+    }
+    add_viewer(&mut relay, t0, V1, tracks, &mut sink);
+    add_viewer(&mut relay, t0, V2, viewer_tracks(0x200), &mut sink);
+    let (initial, fed) = relay.viewer_estimate(V1).unwrap();
+    assert!(!fed);
+    let transport_seq = |p: &[u8]| -> Option<u16> {
+        let view = RtpView::parse(p).unwrap();
+        view.extensions(p)
+            .find(|(id, _)| *id == 5)
+            .map(|(_, d)| u16::from_be_bytes([d[0], d[1]]))
+    };
+    let mut seqs = Vec::new();
+    let mut now = t0;
+    // 2 s of audio and key-frame video, 20 ms apart; feedback from V1 every 100 ms saying
+    // everything arrived 10 ms after it left (an idle path).
+    let mut sent_at: Vec<(u16, Instant)> = Vec::new();
+    for i in 0..100u16 {
+        now = t0 + Duration::from_millis(20 * u64::from(i));
+        let audio = rtp(
+            AUDIO_SSRC,
+            111,
+            i,
+            u32::from(i) * 960,
+            &[0x40, b'0'],
+            &[0xfc; 60],
+        );
+        let mut video = rtp(
+            VIDEO_SSRC,
+            96,
+            i,
+            u32::from(i) * 1800,
+            &[0x40, b'1'],
+            &[0x10, 0x00],
+        );
+        video.resize(1000, 0xab);
+        for p in [audio, video] {
+            let b = bytes::Bytes::from(p);
+            relay.handle_rtp(now, PUB, &b, &RtpView::parse(&b).unwrap(), &mut sink);
+        }
+        let (rtp_out, _) = sink.take();
+        for (to, p) in rtp_out {
+            match to {
+                V1 => {
+                    let s = transport_seq(&p).expect("V1's packets carry the transport-wide seq");
+                    seqs.push(s);
+                    sent_at.push((s, now));
+                }
+                V2 => assert_eq!(transport_seq(&p), None, "V2 did not negotiate it"),
+                _ => {}
+            }
+        }
+        if i % 5 == 4 {
+            let results: Vec<PacketResult> = sent_at
+                .drain(..)
+                .map(|(seq, at)| PacketResult {
+                    seq,
+                    arrival_us: Some(at.duration_since(t0).as_micros() as i64 + 10_000),
+                })
+                .collect();
+            let mut fb = Vec::new();
+            twcc::write(0x100, 0x101, (i / 5) as u8, &results, &mut fb);
+            relay.handle_viewer_rtcp(now, V1, &fb, &mut sink);
+        }
+    }
+    assert_eq!(seqs.len(), 200, "audio and video of 100 rounds");
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0].wrapping_add(1)),
+        "one sequence across the viewer's tracks: {seqs:?}"
+    );
+    let (estimate, fed) = relay.viewer_estimate(V1).unwrap();
+    assert!(fed, "feedback was taken");
+    assert_ne!(estimate, initial, "the estimate moved with the feedback");
+    assert_eq!(relay.viewer_estimate(V2).map(|e| e.1), Some(false));
+    let _ = now;
+}

@@ -121,7 +121,9 @@ impl OfferedCodec {
     }
 
     /// Feedback volna supports on this codec, in the peer's words, and as flags.
-    fn supported_feedback(&self, remb: bool) -> (Vec<&str>, Feedback) {
+    /// The feedback volna keeps from this codec's offer: NACK, PLI, FIR always; REMB when volna
+    /// sends it (to publishers); transport-cc when the transport-wide extension was accepted.
+    fn supported_feedback(&self, remb: bool, twcc: bool) -> (Vec<&str>, Feedback) {
         let mut fb = Feedback::default();
         let mut lines = Vec::new();
         for f in &self.feedback {
@@ -142,6 +144,7 @@ impl OfferedCodec {
                     fb.remb = true;
                     true
                 }
+                "transport-cc" => twcc,
                 _ => false,
             };
             if keep {
@@ -397,10 +400,17 @@ impl AnswerMedia {
 
     pub fn feedback(&self) -> Feedback {
         match self {
-            AnswerMedia::Accepted { codec, remb, .. } => codec.supported_feedback(*remb).1,
+            AnswerMedia::Accepted {
+                codec, remb, ext, ..
+            } => codec.supported_feedback(*remb, has_twcc(ext)).1,
             AnswerMedia::Rejected => Feedback::default(),
         }
     }
+}
+
+fn has_twcc(ext: &[(u8, String)]) -> bool {
+    ext.iter()
+        .any(|(_, uri)| uri == ExtKind::TransportWideCc.uri())
 }
 
 /// Setup attribute of the answer: volna is the DTLS server unless the offerer insists on it.
@@ -567,7 +577,7 @@ pub fn build_answer(offer: &Offer, local: &Local, media: &[AnswerMedia]) -> Stri
                     mid: &m.mid,
                     kind: m.kind,
                     codec,
-                    feedback: codec.supported_feedback(*remb).0,
+                    feedback: codec.supported_feedback(*remb, has_twcc(ext)).0,
                     ext,
                     direction: *direction,
                     source: source.as_ref(),

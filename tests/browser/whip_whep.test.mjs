@@ -42,6 +42,14 @@ test('Chromium publishes with WHIP and a second Chromium watches with WHEP', { s
   const last = await viewer.evaluate(() => window.inbound());
   assert.ok(stats, `within 10 s the viewer decodes >= 30 frames and receives >= 100 audio packets; got ${JSON.stringify(last)}`);
   assert.ok(last.frameWidth > 0, 'decoded video has a size');
+
+  // The viewer negotiated transport-wide sequence numbers: its transport-cc feedback reaches
+  // volna and shapes its bandwidth estimate.
+  const fed = await waitFor(async () => {
+    const s = await relayStats(viewer, HTTP);
+    return s.viewer_estimates.find((e) => e.transport_cc && e.kbps > 0) ?? null;
+  }, 5000);
+  assert.ok(fed, 'the viewer sends transport-cc feedback that volna reads');
 });
 
 test('junk datagrams on the media port are dropped and counted, the call goes on', { skip }, async () => {

@@ -13,8 +13,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use crate::core::bwe::{BandwidthEstimator, BweConfig};
 use crate::core::cache::RetransmitCache;
 use crate::core::forward::{Decision, Forwarder};
+use crate::core::rtcp::twcc::{self, PacketResult};
 use crate::core::rtcp::{self, Compound, Pli, ReceiverReport, Remb, RtcpPacket, SenderReport};
 use crate::core::rtp::{write_header, Codec, ExtKind, ExtMap, ExtTranslation, RtpView};
 pub use stats::ReceiveStats;
@@ -156,7 +158,45 @@ struct ViewerTrack {
 struct Viewer {
     room: String,
     tracks: Vec<ViewerTrack>,
+    cc: ViewerCc,
 }
+
+/// Congestion control of one viewer's transport: transport-wide sequence numbers on what it is
+/// sent, and the estimate its feedback (or REMB) gives.
+struct ViewerCc {
+    next_seq: u16,
+    bwe: BandwidthEstimator,
+    /// Reused for parsing feedback.
+    results: Vec<PacketResult>,
+}
+
+impl ViewerCc {
+    fn new() -> Self {
+        ViewerCc {
+            next_seq: 1,
+            bwe: BandwidthEstimator::new(BweConfig::default()),
+            results: Vec::with_capacity(256),
+        }
+    }
+
+    /// The next transport-wide sequence number, when the track negotiated the extension.
+    fn take_seq(&mut self, ext: &ExtMap) -> Option<u16> {
+        ext.id(ExtKind::TransportWideCc)?;
+        let s = self.next_seq;
+        self.next_seq = s.wrapping_add(1);
+        Some(s)
+    }
+
+    fn sent(&mut self, now: Instant, seq: Option<u16>, bytes: usize) {
+        if let Some(seq) = seq {
+            // SRTP adds its tag on the wire; the estimate counts what the path carries.
+            self.bwe.on_sent(now, seq, bytes + SRTP_OVERHEAD, None);
+        }
+    }
+}
+
+/// Bytes SRTP adds to each packet (the AES-GCM tag; HMAC-SHA1-80 adds 10).
+const SRTP_OVERHEAD: usize = 16;
 
 struct RoomState {
     /// The room's name, shared with events so emitting one does not allocate.
@@ -225,6 +265,12 @@ impl Relay {
 
     pub fn room_count(&self) -> usize {
         self.rooms.len()
+    }
+
+    /// A viewer's bandwidth estimate in bps, and whether transport-cc feedback has shaped it.
+    pub fn viewer_estimate(&self, id: SessionId) -> Option<(u64, bool)> {
+        let v = self.viewers.get(&id)?;
+        Some((v.cc.bwe.estimate_bps(), v.cc.bwe.last_feedback().is_some()))
     }
 
     pub fn publisher_count(&self) -> usize {
@@ -304,6 +350,7 @@ impl Relay {
             Viewer {
                 room: room.to_owned(),
                 tracks: Vec::new(),
+                cc: ViewerCc::new(),
             },
         );
         Ok(())
@@ -499,14 +546,17 @@ impl Relay {
                 self.counters.dropped_packets += 1;
                 continue;
             };
+            let transport_seq = v.cc.take_seq(&vt.spec.ext);
             let ext = ExtTranslation {
                 from: &track.spec.ext,
                 to: &vt.spec.ext,
                 mid: vt.spec.mid.as_bytes(),
+                transport_seq,
             };
             match write_header(&mut self.header, buf, view, &rw, ext) {
                 Ok(n) => {
                     sink.rtp(vid, &self.header[..n], payload);
+                    v.cc.sent(now, transport_seq, n + payload.len());
                     self.counters.forwarded_packets += 1;
                     self.counters.forwarded_bytes += (n + payload.len()) as u64;
                 }
@@ -567,13 +617,29 @@ impl Relay {
         buf: &[u8],
         sink: &mut impl Sink,
     ) {
-        let Some(v) = self.viewers.get(&from) else {
+        let Some(Viewer { tracks, cc, .. }) = self.viewers.get_mut(&from) else {
             return;
         };
-        let live = |ssrc: u32| v.tracks.iter().find(|t| t.live && t.fwd.ssrc() == ssrc);
+        let live = |ssrc: u32| tracks.iter().find(|t| t.live && t.fwd.ssrc() == ssrc);
         let mut keyframes: Vec<TrackRef> = Vec::new();
         for pkt in Compound::new(buf) {
             let media = match pkt {
+                Ok(RtcpPacket::TransportCc(fb)) => {
+                    if twcc::parse(fb, &mut cc.results).is_ok() {
+                        cc.bwe.on_feedback(now, &cc.results);
+                    }
+                    continue;
+                }
+                Ok(RtcpPacket::Remb(remb)) => {
+                    cc.bwe.on_remb(now, remb.bitrate_bps);
+                    continue;
+                }
+                Ok(RtcpPacket::ReceiverReport(rr)) => {
+                    if let Some(block) = rr.blocks().next() {
+                        cc.bwe.on_receiver_report(now, block.fraction_lost);
+                    }
+                    continue;
+                }
                 Ok(RtcpPacket::Pli(pli)) => pli.media_ssrc,
                 Ok(RtcpPacket::Fir(fir)) => match fir.entries().next() {
                     Some((ssrc, _)) => ssrc,
@@ -607,13 +673,17 @@ impl Relay {
                                 upstream.push(seq);
                                 continue;
                             };
+                            let transport_seq = cc.take_seq(&vt.spec.ext);
                             let ext = ExtTranslation {
                                 from: &src.spec.ext,
                                 to: &vt.spec.ext,
                                 mid: vt.spec.mid.as_bytes(),
+                                transport_seq,
                             };
                             if let Ok(n) = write_header(&mut self.header, pkt, view, &rw, ext) {
-                                sink.rtp(from, &self.header[..n], view.payload(pkt));
+                                let payload = view.payload(pkt);
+                                sink.rtp(from, &self.header[..n], payload);
+                                cc.sent(now, transport_seq, n + payload.len());
                                 self.counters.retransmitted_packets += 1;
                             }
                         }

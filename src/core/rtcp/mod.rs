@@ -48,7 +48,9 @@ pub enum RtcpPacket<'a> {
     Nack(Nack<'a>),
     Remb(Remb),
     Bye(bye::Bye<'a>),
-    /// A packet volna does not act on (SDES, APP, TWCC, ...): its type and format.
+    /// Transport-wide congestion control feedback: the whole packet, for `twcc::parse`.
+    TransportCc(&'a [u8]),
+    /// A packet volna does not act on (SDES, APP, ...): its type and format.
     Other {
         packet_type: u8,
         format: u8,
@@ -114,6 +116,7 @@ fn split_one(buf: &[u8]) -> Result<(RtcpPacket<'_>, &[u8]), RtcpError> {
         (PT_RR, _) => RtcpPacket::ReceiverReport(ReceiverReport::parse(count, body)?),
         (PT_BYE, _) => RtcpPacket::Bye(bye::Bye::parse(count, body)?),
         (PT_RTPFB, nack::FMT) => RtcpPacket::Nack(Nack::parse(body)?),
+        (PT_RTPFB, twcc::FMT) => RtcpPacket::TransportCc(&buf[..len]),
         (PT_PSFB, pli::FMT) => RtcpPacket::Pli(Pli::parse(body)?),
         (PT_PSFB, fir::FMT) => RtcpPacket::Fir(Fir::parse(body)?),
         (PT_PSFB, remb::FMT) => match Remb::parse(body) {

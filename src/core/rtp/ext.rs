@@ -13,10 +13,13 @@ pub enum ExtKind {
     PlayoutDelay,
     RtpStreamId,
     RepairedRtpStreamId,
+    /// Transport-wide sequence number (draft-holmer-rmcat-transport-wide-cc-extensions-01): volna
+    /// numbers what it sends to each viewer and reads the viewer's feedback on it.
+    TransportWideCc,
 }
 
 impl ExtKind {
-    pub const ALL: [ExtKind; 8] = [
+    pub const ALL: [ExtKind; 9] = [
         ExtKind::Mid,
         ExtKind::AudioLevel,
         ExtKind::AbsSendTime,
@@ -25,6 +28,7 @@ impl ExtKind {
         ExtKind::PlayoutDelay,
         ExtKind::RtpStreamId,
         ExtKind::RepairedRtpStreamId,
+        ExtKind::TransportWideCc,
     ];
 
     pub fn uri(self) -> &'static str {
@@ -39,6 +43,9 @@ impl ExtKind {
             ExtKind::RepairedRtpStreamId => {
                 "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id"
             }
+            ExtKind::TransportWideCc => {
+                "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
+            }
         }
     }
 
@@ -47,11 +54,15 @@ impl ExtKind {
     }
 
     /// Whether a forwarded packet carries the publisher's value of this extension to viewers.
-    /// MID and RIDs name the publisher's own m-line and layer, so they are never passed on.
+    /// MID and RIDs name the publisher's own m-line and layer, and the transport-wide sequence
+    /// number belongs to the publisher's own transport, so they are never passed on.
     pub fn forwarded(self) -> bool {
         !matches!(
             self,
-            ExtKind::Mid | ExtKind::RtpStreamId | ExtKind::RepairedRtpStreamId
+            ExtKind::Mid
+                | ExtKind::RtpStreamId
+                | ExtKind::RepairedRtpStreamId
+                | ExtKind::TransportWideCc
         )
     }
 }

@@ -21,6 +21,9 @@ pub struct ExtTranslation<'a> {
     pub to: &'a ExtMap,
     /// The viewer's MID for this m-line, written when the viewer negotiated the MID extension.
     pub mid: &'a [u8],
+    /// The viewer transport's next transport-wide sequence number, written when it negotiated
+    /// transport-cc.
+    pub transport_seq: Option<u16>,
 }
 
 /// Writes the rewritten RTP header for `view` (parsed from `src`) into `out`; returns its length.
@@ -45,7 +48,11 @@ pub fn write_header(
 
     // Two-byte form only when some element cannot be written in the one-byte form.
     let mid_id = ext.to.id(ExtKind::Mid);
-    let mut two_byte = mid_id.is_some_and(|id| !ExtWriter::fits_one_byte(id, ext.mid.len()));
+    let twcc = ext
+        .transport_seq
+        .and_then(|seq| Some((ext.to.id(ExtKind::TransportWideCc)?, seq.to_be_bytes())));
+    let mut two_byte = mid_id.is_some_and(|id| !ExtWriter::fits_one_byte(id, ext.mid.len()))
+        || twcc.is_some_and(|(id, _)| !ExtWriter::fits_one_byte(id, 2));
     for (id, data) in view.extensions(src) {
         if let Some(to_id) = translated(ext, id) {
             two_byte |= !ExtWriter::fits_one_byte(to_id, data.len());
@@ -54,6 +61,11 @@ pub fn write_header(
     let mut w = ExtWriter::new(&mut out[fixed..], two_byte);
     if let Some(id) = mid_id {
         if !ext.mid.is_empty() && !w.push(id, ext.mid) {
+            return Err(RtpError::BufferTooSmall);
+        }
+    }
+    if let Some((id, seq)) = twcc {
+        if !w.push(id, &seq) {
             return Err(RtpError::BufferTooSmall);
         }
     }
@@ -118,6 +130,7 @@ mod tests {
             &view,
             &rw,
             ExtTranslation {
+                transport_seq: None,
                 from: &from,
                 to: &to,
                 mid: b"1",
@@ -158,6 +171,7 @@ mod tests {
             &view,
             &rw,
             ExtTranslation {
+                transport_seq: None,
                 from: &from,
                 to: &to,
                 mid: b"0",
@@ -189,6 +203,7 @@ mod tests {
             &view,
             &rw,
             ExtTranslation {
+                transport_seq: None,
                 from: &from,
                 to: &to,
                 mid: b"",
@@ -222,6 +237,7 @@ mod tests {
             &view,
             &rw,
             ExtTranslation {
+                transport_seq: None,
                 from: &from,
                 to: &to,
                 mid: b"0",

@@ -78,12 +78,14 @@ fn subscriber_exts(kind: MediaKind) -> Vec<(u8, String)> {
             (1, ExtKind::Mid),
             (2, ExtKind::AudioLevel),
             (3, ExtKind::AbsSendTime),
+            (6, ExtKind::TransportWideCc),
         ],
         MediaKind::Video => &[
             (1, ExtKind::Mid),
             (3, ExtKind::AbsSendTime),
             (4, ExtKind::VideoOrientation),
             (5, ExtKind::PlayoutDelay),
+            (6, ExtKind::TransportWideCc),
         ],
     };
     list.iter()
@@ -530,8 +532,13 @@ impl Shard {
             }
             let mut codec = d.codec.clone();
             codec.feedback = match d.kind {
-                MediaKind::Video => vec!["nack".into(), "nack pli".into(), "ccm fir".into()],
-                MediaKind::Audio => Vec::new(),
+                MediaKind::Video => vec![
+                    "nack".into(),
+                    "nack pli".into(),
+                    "ccm fir".into(),
+                    "transport-cc".into(),
+                ],
+                MediaKind::Audio => vec!["transport-cc".into()],
             };
             codec.payload_type = assign_payload_type(&neg.lines, &codec);
             neg.lines.push(SubLine {

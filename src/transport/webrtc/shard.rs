@@ -36,6 +36,19 @@ pub(super) const NEGOTIATED_EXTS: &[ExtKind] = &[
     ExtKind::PlayoutDelay,
 ];
 
+/// What viewers may negotiate: the same, plus transport-wide sequence numbers, which volna writes
+/// itself so that the viewer's transport-cc feedback drives its bandwidth estimate. (Publishers
+/// are not offered them: volna does not send transport-cc feedback upstream, it sends REMB.)
+pub(super) const VIEWER_EXTS: &[ExtKind] = &[
+    ExtKind::Mid,
+    ExtKind::AudioLevel,
+    ExtKind::AbsSendTime,
+    ExtKind::TransmissionOffset,
+    ExtKind::VideoOrientation,
+    ExtKind::PlayoutDelay,
+    ExtKind::TransportWideCc,
+];
+
 /// Limits that keep one client from using up a node.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -106,6 +119,17 @@ pub struct ShardStats {
     pub keyframe_requests: u64,
     pub sessions_closed: u64,
     pub publisher_ids: Vec<(String, String)>,
+    /// Receiving sessions' bandwidth estimates: (room, resource, kbps, from transport-cc
+    /// feedback rather than REMB or the initial value).
+    pub viewer_estimates: Vec<ViewerEstimate>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ViewerEstimate {
+    pub room: String,
+    pub resource: String,
+    pub kbps: u64,
+    pub transport_cc: bool,
 }
 
 impl ShardStats {
@@ -125,6 +149,7 @@ impl ShardStats {
         self.keyframe_requests += o.keyframe_requests;
         self.sessions_closed += o.sessions_closed;
         self.publisher_ids.extend(o.publisher_ids);
+        self.viewer_estimates.extend(o.viewer_estimates);
     }
 }
 
@@ -334,6 +359,19 @@ impl Shard {
                 .values()
                 .filter(|s| s.role == Role::Publisher)
                 .map(|s| (s.room.clone(), s.public_id.clone()))
+                .collect(),
+            viewer_estimates: self
+                .sessions
+                .values()
+                .filter_map(|s| {
+                    let (bps, fed) = self.relay.viewer_estimate(s.id)?;
+                    Some(ViewerEstimate {
+                        room: s.room.clone(),
+                        resource: s.resource.clone(),
+                        kbps: bps / 1000,
+                        transport_cc: fed,
+                    })
+                })
                 .collect(),
         }
     }
@@ -574,14 +612,8 @@ impl Shard {
                 track_id: format!("{pub_public}-{track}"),
             };
             let pt = codec.payload_type;
-            let a = AnswerMedia::accept(
-                m,
-                codec,
-                Direction::SendOnly,
-                NEGOTIATED_EXTS,
-                Some(src),
-                false,
-            );
+            let a =
+                AnswerMedia::accept(m, codec, Direction::SendOnly, VIEWER_EXTS, Some(src), false);
             vtracks.push(ViewerTrackSpec {
                 source: TrackRef {
                     publisher: pub_id,
