@@ -660,3 +660,127 @@ fn transport_cc_numbers_packets_and_feedback_drives_the_estimate() {
     assert_eq!(relay.viewer_estimate(V2).map(|e| e.1), Some(false));
     let _ = now;
 }
+
+/// A viewer whose link (here told by REMB) cannot carry the video gets audio alone, without a
+/// gap; when the link can carry it again the video resumes at a key frame, numbered right after
+/// the last video packet the viewer got, and the publisher is asked for that key frame.
+#[test]
+fn video_pauses_when_the_estimate_cannot_carry_it_and_resumes_when_it_can() {
+    use volna::core::rtcp::Remb;
+    let t0 = Instant::now();
+    let mut relay = Relay::new(RelayConfig::default());
+    let mut sink = Recorder::default();
+    relay
+        .add_publisher(PUB, "room", 77, publisher_tracks())
+        .unwrap();
+    add_viewer(&mut relay, t0, V1, viewer_tracks(0x100), &mut sink);
+    let remb = |bps: u64| {
+        let mut b = [0u8; 64];
+        let n = Remb {
+            sender_ssrc: 0x100,
+            bitrate_bps: bps,
+            ssrc: 0x101,
+        }
+        .write(&mut b)
+        .unwrap();
+        b[..n].to_vec()
+    };
+    // 50 packets/s of audio, 30 frames/s of 4 × 1000 B video (about 1 Mbps), key frames each
+    // second; returns what V1 got: (audio count, video sequence numbers).
+    let mut vseq = 0u16;
+    let mut run = |relay: &mut Relay, sink: &mut Recorder, from_ms: u64, to_ms: u64| {
+        let (mut audio, mut video, mut plis) = (0, Vec::new(), 0);
+        for ms in from_ms..to_ms {
+            let now = t0 + Duration::from_millis(ms);
+            if ms % 20 == 0 {
+                feed(
+                    relay,
+                    now,
+                    &rtp(
+                        AUDIO_SSRC,
+                        111,
+                        (ms / 20) as u16,
+                        ms as u32 * 48,
+                        &[0x40, b'0'],
+                        &[0xfc; 60],
+                    ),
+                    sink,
+                );
+            }
+            if ms % 33 == 0 {
+                for k in 0..4 {
+                    let key = ms % 990 == 0 && k == 0;
+                    let mut p = rtp(
+                        VIDEO_SSRC,
+                        96,
+                        vseq,
+                        ms as u32 * 90,
+                        &[0x40, b'1'],
+                        &[0x10, if key { 0 } else { 1 }],
+                    );
+                    p.resize(1000, 0xab);
+                    vseq = vseq.wrapping_add(1);
+                    feed(relay, now, &p, sink);
+                }
+            }
+            if ms % 10 == 0 {
+                relay.handle_timeout(now, sink);
+            }
+            let (rtp_out, rtcp_out) = sink.take();
+            for (_, p) in rtcp_out.iter().filter(|(to, _)| *to == PUB) {
+                plis += Compound::new(p)
+                    .filter(|c| matches!(c, Ok(RtcpPacket::Pli(_))))
+                    .count();
+            }
+            for (_, p) in rtp_out.iter().filter(|(to, _)| *to == V1) {
+                let v = RtpView::parse(p).unwrap();
+                if v.payload_type == 98 {
+                    video.push(v.sequence);
+                } else {
+                    audio += 1;
+                }
+            }
+        }
+        (audio, video, plis)
+    };
+    let (a1, v1, _) = run(&mut relay, &mut sink, 0, 3000);
+    assert!(
+        a1 >= 140 && v1.len() >= 300,
+        "before any estimate all flows: {a1} {}",
+        v1.len()
+    );
+    relay.handle_viewer_rtcp(
+        t0 + Duration::from_millis(3000),
+        V1,
+        &remb(100_000),
+        &mut sink,
+    );
+    let (a2, v2, _) = run(&mut relay, &mut sink, 3000, 6000);
+    assert!(a2 >= 145, "audio goes on: {a2}");
+    assert!(
+        v2.len() <= 20,
+        "video paused within an allocation round: {}",
+        v2.len()
+    );
+    assert!(relay.counters().paused_tracks >= 1);
+    relay.handle_viewer_rtcp(
+        t0 + Duration::from_millis(6000),
+        V1,
+        &remb(5_000_000),
+        &mut sink,
+    );
+    let (a3, v3, plis) = run(&mut relay, &mut sink, 6000, 9000);
+    assert!(a3 >= 145, "audio goes on: {a3}");
+    assert!(
+        plis >= 1,
+        "the publisher was asked for a key frame to resume from"
+    );
+    assert!(v3.len() >= 200, "video resumed: {}", v3.len());
+    let last_before = *v2.last().or(v1.last()).unwrap();
+    assert_eq!(
+        v3[0],
+        last_before.wrapping_add(1),
+        "numbering continues without a gap"
+    );
+    assert!(v3.windows(2).all(|w| w[1] == w[0].wrapping_add(1)));
+}

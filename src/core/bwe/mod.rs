@@ -150,6 +150,10 @@ impl BandwidthEstimator {
     /// A receiver's REMB (for receivers without transport-cc feedback, the only signal).
     pub fn on_remb(&mut self, now: Instant, bps: u64) {
         self.remb_bps = Some(bps);
+        if self.last_feedback.is_none() {
+            // REMB is the receiver's own estimate; receiver-report loss may only cut below it.
+            self.loss.raise_to(bps);
+        }
         self.update(now);
     }
 
@@ -201,6 +205,10 @@ impl BandwidthEstimator {
         let span = 2 * cluster.duration.as_micros() as i64 + 100_000;
         self.delay.quiet(now_us, span);
         Some(cluster)
+    }
+
+    pub fn has_remb(&self) -> bool {
+        self.remb_bps.is_some()
     }
 
     /// When the receiver's feedback last arrived.

@@ -10,6 +10,8 @@ pub enum DropReason {
     WaitingForKeyframe,
     /// Older than the first packet forwarded to this viewer.
     BeforeStart,
+    /// The track is paused for this viewer (its link cannot carry it).
+    Paused,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,8 +37,20 @@ pub struct Forwarder {
     initial_seq: u16,
     initial_ts: u32,
     started: Option<Started>,
+    /// Paused: nothing is forwarded. Resuming: the next key frame continues the viewer's
+    /// numbering at this sequence number, so the gap is invisible.
+    pause: Pause,
+    /// The highest sequence number the viewer was sent.
+    last_out: Option<u16>,
     packets: u32,
     octets: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pause {
+    No,
+    Paused,
+    Resuming,
 }
 
 impl Forwarder {
@@ -55,9 +69,28 @@ impl Forwarder {
             initial_seq,
             initial_ts,
             started: None,
+            pause: Pause::No,
+            last_out: None,
             packets: 0,
             octets: 0,
         }
+    }
+
+    /// Stops forwarding until [`Forwarder::resume`].
+    pub fn pause(&mut self) {
+        self.pause = Pause::Paused;
+    }
+
+    /// Forwards again from the next key frame (video) or packet (audio), numbered right after
+    /// the last one the viewer got.
+    pub fn resume(&mut self) {
+        if self.pause == Pause::Paused {
+            self.pause = Pause::Resuming;
+        }
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.pause != Pause::No
     }
 
     pub fn ssrc(&self) -> u32 {
@@ -91,15 +124,45 @@ impl Forwarder {
         };
         let highest = s.highest_ext as u16;
         let ext = s.highest_ext + i64::from(view.sequence.wrapping_sub(highest) as i16);
+        match self.pause {
+            Pause::No => {}
+            Pause::Paused => {
+                // Keep counting, so the numbering stays anchored however long the pause.
+                s.highest_ext = s.highest_ext.max(ext);
+                return Decision::Drop(DropReason::Paused);
+            }
+            Pause::Resuming => {
+                if ext <= s.highest_ext
+                    || (self.codec.is_video() && !self.codec.starts_keyframe(payload))
+                {
+                    s.highest_ext = s.highest_ext.max(ext);
+                    return Decision::Drop(DropReason::Paused);
+                }
+                // Right after the last number the viewer got; timestamps keep their offset (the
+                // publisher's clock ran on).
+                let next_out = match self.last_out {
+                    Some(last) => last.wrapping_add(1),
+                    None => self.initial_seq,
+                };
+                s.seq_offset = next_out.wrapping_sub(view.sequence);
+                s.start_ext = ext;
+                s.highest_ext = ext;
+                self.pause = Pause::No;
+            }
+        }
         if ext < s.start_ext {
             return Decision::Drop(DropReason::BeforeStart);
         }
-        s.highest_ext = s.highest_ext.max(ext);
+        let out = view.sequence.wrapping_add(s.seq_offset);
+        if ext >= s.highest_ext {
+            s.highest_ext = ext;
+            self.last_out = Some(out);
+        }
         self.packets = self.packets.wrapping_add(1);
         self.octets = self.octets.wrapping_add(payload.len() as u32);
         Decision::Forward(Rewrite {
             ssrc: self.ssrc,
-            sequence: view.sequence.wrapping_add(s.seq_offset),
+            sequence: out,
             timestamp: view.timestamp.wrapping_add(s.ts_offset),
             payload_type: self.payload_type,
             marker: view.marker,
@@ -110,6 +173,10 @@ impl Forwarder {
     /// it from the cache. Leaves the forwarder's state alone. `None` before the stream started
     /// or for packets from before its start.
     pub fn rewrite_again(&self, view: &RtpView) -> Option<Rewrite> {
+        // While paused the numbering moves on without the viewer; nothing may be resent.
+        if self.pause != Pause::No {
+            return None;
+        }
         let s = self.started?;
         let ext =
             s.highest_ext + i64::from(view.sequence.wrapping_sub(s.highest_ext as u16) as i16);
@@ -191,6 +258,45 @@ mod tests {
         assert_eq!(f.counts(), (6, 12));
         assert_eq!(f.source_sequence(1002), Some(65533));
         assert_eq!(f.viewer_timestamp(7), Some(50));
+    }
+
+    /// Paused, nothing goes out; resumed, the next key frame continues the viewer's numbering
+    /// right after the last packet it got, timestamps keep their offset, and what was skipped
+    /// can be neither resent nor asked for.
+    #[test]
+    fn pause_and_resume_keep_the_numbering_seamless() {
+        let mut f = Forwarder::new(Codec::Vp8, 9, 100, 1000, 50);
+        let out = |f: &mut Forwarder, seq: u16, p: &[u8]| match f
+            .decide(&view(seq, u32::from(seq) * 10), p)
+        {
+            Decision::Forward(rw) => Some((rw.sequence, rw.timestamp)),
+            Decision::Drop(_) => None,
+        };
+        assert_eq!(out(&mut f, 10, KEY), Some((1000, 50)));
+        assert_eq!(out(&mut f, 11, DELTA), Some((1001, 60)));
+        f.pause();
+        assert!(f.is_paused());
+        assert_eq!(out(&mut f, 12, KEY), None, "paused");
+        // A long pause: far more than half the sequence space goes by.
+        for seq in 13..40_000u16 {
+            assert_eq!(out(&mut f, seq, DELTA), None);
+        }
+        f.resume();
+        assert_eq!(
+            out(&mut f, 40_000, DELTA),
+            None,
+            "resuming waits for a key frame"
+        );
+        assert_eq!(out(&mut f, 40_001, KEY), Some((1002, 399_960)));
+        assert_eq!(out(&mut f, 40_002, DELTA), Some((1003, 399_970)));
+        assert!(!f.is_paused());
+        assert_eq!(
+            f.rewrite_again(&view(20, 200)),
+            None,
+            "skipped while paused"
+        );
+        assert_eq!(out(&mut f, 39_999, DELTA), None, "from before the resume");
+        assert_eq!(f.source_sequence(1003), Some(40_002));
     }
 
     #[test]

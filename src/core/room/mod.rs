@@ -5,6 +5,7 @@
 //! through a [`Sink`]: rewritten RTP headers with the shared payload, and RTCP, per session.
 //! Nothing here reads a clock or touches a socket.
 
+pub mod alloc;
 mod stats;
 
 use std::collections::HashMap;
@@ -111,6 +112,10 @@ pub struct RelayCounters {
     pub forwarded_bytes: u64,
     pub dropped_packets: u64,
     pub keyframe_requests: u64,
+    /// Times a viewer's video track was paused because its estimate could not carry it.
+    pub paused_tracks: u64,
+    /// Probe clusters sent to find room above a viewer's estimate.
+    pub probes: u64,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -139,6 +144,10 @@ struct PubTrack {
     /// Smoothed loudness from the audio-level extension (127 - dBov; louder is larger).
     loudness: f32,
     cache: RetransmitCache,
+    /// What the publisher sends on it: the allocator's measure of what a viewer needs for it.
+    rate: RateMeter,
+    /// Highest sequence number received, to find the newest cached packets (for probes).
+    last_seq: Option<u16>,
 }
 
 struct Publisher {
@@ -187,6 +196,11 @@ impl ViewerCc {
         Some(s)
     }
 
+    /// Whether anything tells about this viewer's link: transport-cc feedback or REMB.
+    fn has_signal(&self) -> bool {
+        self.bwe.last_feedback().is_some() || self.bwe.has_remb()
+    }
+
     fn sent(&mut self, now: Instant, seq: Option<u16>, bytes: usize) {
         if let Some(seq) = seq {
             // SRTP adds its tag on the wire; the estimate counts what the path carries.
@@ -197,6 +211,111 @@ impl ViewerCc {
 
 /// Bytes SRTP adds to each packet (the AES-GCM tag; HMAC-SHA1-80 adds 10).
 const SRTP_OVERHEAD: usize = 16;
+/// How often each viewer's estimate is split over its tracks.
+const ALLOCATION_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Bytes received over the last second or so.
+#[derive(Default)]
+struct RateMeter {
+    start: Option<Instant>,
+    bytes: u64,
+    bps: u64,
+    last: Option<Instant>,
+}
+
+impl RateMeter {
+    fn on_bytes(&mut self, now: Instant, n: usize) {
+        let start = *self.start.get_or_insert(now);
+        self.bytes += n as u64;
+        self.last = Some(now);
+        let span = now.saturating_duration_since(start);
+        if span >= Duration::from_secs(1) {
+            self.bps = (self.bytes as f64 * 8.0 / span.as_secs_f64()) as u64;
+            self.bytes = 0;
+            self.start = Some(now);
+        }
+    }
+
+    /// The last full second's rate; 0 once the track has been silent for two seconds.
+    fn bps(&self, now: Instant) -> u64 {
+        match self.last {
+            Some(l) if now.saturating_duration_since(l) < Duration::from_secs(2) => self.bps,
+            _ => 0,
+        }
+    }
+}
+
+/// Sends a probe cluster to a viewer: duplicates of the newest packets it was already sent (a
+/// receiver discards a duplicate, but its transport-wide number is new, so the feedback tells how
+/// fast the burst arrived). Small packets are padded (RFC 3550 §5.1) so the burst has weight.
+#[allow(clippy::too_many_arguments)]
+fn send_probe(
+    now: Instant,
+    vid: SessionId,
+    v: &mut Viewer,
+    publishers: &HashMap<SessionId, Publisher>,
+    cluster: &crate::core::bwe::ProbeCluster,
+    header: &mut [u8; 512],
+    body: &mut [u8; 1500],
+    sink: &mut impl Sink,
+) {
+    let Viewer { tracks, cc, .. } = v;
+    let (mut bytes, mut count) = (0usize, 0u32);
+    for round in 0..16u16 {
+        for vt in tracks.iter().filter(|t| t.live && !t.fwd.is_paused()) {
+            let Some(p) = publishers.get(&vt.spec.source.publisher) else {
+                continue;
+            };
+            let src = &p.tracks[vt.spec.source.track];
+            let Some(last) = src.last_seq else {
+                continue;
+            };
+            let Some((pkt, view)) = src.cache.get(now, last.wrapping_sub(round % 4)) else {
+                continue;
+            };
+            let Some(rw) = vt.fwd.rewrite_again(view) else {
+                continue;
+            };
+            let Some(transport_seq) = cc.take_seq(&vt.spec.ext) else {
+                // Without transport-wide numbers the feedback cannot see a probe.
+                continue;
+            };
+            let ext = ExtTranslation {
+                from: &src.spec.ext,
+                to: &vt.spec.ext,
+                mid: vt.spec.mid.as_bytes(),
+                transport_seq: Some(transport_seq),
+            };
+            let Ok(n) = write_header(header, pkt, view, &rw, ext) else {
+                continue;
+            };
+            let payload = view.payload(pkt);
+            let pad = if n + payload.len() < 1000 { 255 } else { 0 };
+            let len = payload.len() + pad;
+            if len > body.len() {
+                continue;
+            }
+            body[..payload.len()].copy_from_slice(payload);
+            if pad > 0 {
+                body[payload.len()..len].fill(0);
+                body[len - 1] = pad as u8;
+                header[0] |= 0x20;
+            }
+            sink.rtp(vid, &header[..n], &body[..len]);
+            cc.bwe.on_sent(
+                now,
+                transport_seq,
+                n + len + SRTP_OVERHEAD,
+                Some(cluster.id),
+            );
+            bytes += n + len;
+            count += 1;
+            if (bytes >= cluster.bytes && count >= cluster.min_packets) || count >= 64 {
+                return;
+            }
+        }
+    }
+}
 
 struct RoomState {
     /// The room's name, shared with events so emitting one does not allocate.
@@ -241,6 +360,11 @@ pub struct Relay {
     counters: RelayCounters,
     events: std::collections::VecDeque<RelayEvent>,
     next_speaker_check: Option<Instant>,
+    next_allocation: Option<Instant>,
+    /// Sources to ask for a key frame after an allocation round (reused).
+    resumed: Vec<TrackRef>,
+    /// Payload and padding of a probe packet.
+    probe_buf: [u8; 1500],
 }
 
 impl Relay {
@@ -256,6 +380,9 @@ impl Relay {
             // Room for a burst of events, so emitting one on the packet path does not allocate.
             events: std::collections::VecDeque::with_capacity(64),
             next_speaker_check: None,
+            next_allocation: None,
+            resumed: Vec::new(),
+            probe_buf: [0; 1500],
         }
     }
 
@@ -318,6 +445,8 @@ impl Relay {
                 keyframe_due: None,
                 fir_seq: 0,
                 loudness: 0.0,
+                rate: RateMeter::default(),
+                last_seq: None,
             })
             .collect();
         self.publishers.insert(
@@ -527,6 +656,13 @@ impl Relay {
         };
         let track = &mut p.tracks[ti];
         track.ssrc = Some(view.ssrc);
+        track.rate.on_bytes(now, buf.len());
+        let newer = track
+            .last_seq
+            .is_none_or(|l| view.sequence.wrapping_sub(l).wrapping_sub(1) < 0x8000);
+        if newer {
+            track.last_seq = Some(view.sequence);
+        }
         track.stats.on_packet(now, view.sequence, view.timestamp);
         track.cache.insert(now, packet, view);
         if let Some(level_id) = track.spec.ext.id(ExtKind::AudioLevel) {
@@ -713,6 +849,85 @@ impl Relay {
         }
     }
 
+    /// One allocation round: each viewer's estimate split over its tracks (see [`alloc`]); video
+    /// the estimate cannot carry is paused, and resumed from a key frame when it can; a probe
+    /// for more room when the viewer would take more than its estimate.
+    fn allocate(&mut self, now: Instant, sink: &mut impl Sink) {
+        const MAX: usize = 32;
+        let Relay {
+            viewers,
+            publishers,
+            rooms,
+            resumed,
+            header,
+            probe_buf,
+            counters,
+            ..
+        } = self;
+        for (&vid, v) in viewers.iter_mut() {
+            if !v.cc.has_signal() {
+                continue;
+            }
+            let speaker = rooms.get(&v.room).and_then(|r| r.speaker);
+            let mut demands = [alloc::Demand {
+                kind: MediaKind::Audio,
+                bps: 0,
+                priority: 0,
+                on: true,
+            }; MAX];
+            let mut index = [0usize; MAX];
+            let mut n = 0;
+            for (i, vt) in v.tracks.iter().enumerate().filter(|(_, t)| t.live) {
+                let Some(p) = publishers.get(&vt.spec.source.publisher) else {
+                    continue;
+                };
+                let src = &p.tracks[vt.spec.source.track];
+                if n == MAX {
+                    break;
+                }
+                demands[n] = alloc::Demand {
+                    kind: src.spec.kind,
+                    bps: src.rate.bps(now),
+                    priority: u8::from(speaker == Some(vt.spec.source.publisher)),
+                    on: !vt.fwd.is_paused(),
+                };
+                index[n] = i;
+                n += 1;
+            }
+            let mut on = [true; MAX];
+            alloc::allocate(v.cc.bwe.estimate_bps(), &demands[..n], &mut on[..n]);
+            let mut want = 0u64;
+            for k in 0..n {
+                want += demands[k].bps;
+                let vt = &mut v.tracks[index[k]];
+                match (on[k], vt.fwd.is_paused()) {
+                    (true, true) => {
+                        vt.fwd.resume();
+                        if !resumed.contains(&vt.spec.source) {
+                            resumed.push(vt.spec.source);
+                        }
+                    }
+                    (false, false) => {
+                        vt.fwd.pause();
+                        counters.paused_tracks += 1;
+                    }
+                    _ => {}
+                }
+            }
+            // Ask for room for everything (plus the margin a paused track needs to resume).
+            let Some(cluster) = v.cc.bwe.poll_probe(now, want + want / 4) else {
+                continue;
+            };
+            send_probe(now, vid, v, publishers, &cluster, header, probe_buf, sink);
+            counters.probes += 1;
+        }
+        let mut list = std::mem::take(&mut self.resumed);
+        for src in list.drain(..) {
+            self.request_keyframe(now, src.publisher, src.track, sink);
+        }
+        self.resumed = list;
+    }
+
     /// Asks a publisher track for a keyframe, at most once per configured interval; a request
     /// inside the interval is remembered and sent when the interval ends.
     pub fn request_keyframe(
@@ -745,6 +960,9 @@ impl Relay {
     /// When [`Relay::handle_timeout`] next has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let mut next: Option<Instant> = self.next_speaker_check.filter(|_| !self.rooms.is_empty());
+        if let Some(a) = self.next_allocation.filter(|_| !self.viewers.is_empty()) {
+            next = Some(next.map_or(a, |n| n.min(a)));
+        }
         for p in self.publishers.values() {
             let mut consider = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
             if let Some(r) = p.next_report {
@@ -764,6 +982,10 @@ impl Relay {
         if self.next_speaker_check.is_none_or(|t| now >= t) {
             self.next_speaker_check = Some(now + self.config.speaker_interval);
             self.update_speakers();
+        }
+        if !self.viewers.is_empty() && self.next_allocation.is_none_or(|t| now >= t) {
+            self.next_allocation = Some(now + ALLOCATION_INTERVAL);
+            self.allocate(now, sink);
         }
         for (&pid, p) in self.publishers.iter_mut() {
             for t in &mut p.tracks {
