@@ -1,10 +1,13 @@
 //! volna-load: load generator for volna.
 //!
-//! This first scenario, `core-fanout`, drives the relay core in-process: one publisher's video
-//! packets fanned out to N viewers, reporting forwarded packets per CPU-second of the core alone
-//! (no sockets, no SRTP). The networked scenarios (audio, meeting, broadcast) and the side-by-side
-//! comparison with Janus build on it.
+//! `core-fanout` drives the relay core in-process: one publisher's video packets fanned out to N
+//! viewers, reporting forwarded packets per CPU-second of the core alone (no sockets, no SRTP).
+//! `audio`, `meeting` and `broadcast` run real WebRTC clients (ICE, DTLS-SRTP, one UDP port each)
+//! against a relay process reached through its signalling API, optionally alternating rounds
+//! with Janus (`--compare janus`), and write report.md, report.json and SVG plots.
 
+use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -12,22 +15,62 @@ use volna::core::room::{
     Feedback, MediaKind, Relay, RelayConfig, SessionId, Sink, TrackRef, TrackSpec, ViewerTrackSpec,
 };
 use volna::core::rtp::{Codec, ExtKind, ExtMap, RtpView};
+use volna_load::janus::{JanusOptions, JanusTarget};
+use volna_load::netns;
+use volna_load::report::{Report, RoundResult, TargetSummary};
+use volna_load::rtc;
+use volna_load::scenario::{self, RoundOptions, Scenario};
+use volna_load::target::Target;
+use volna_load::volna_target::{VolnaOptions, VolnaTarget};
 
 #[derive(Parser, Debug)]
 #[command(about = "volna load generator")]
 struct Args {
     /// Scenario to run.
-    #[arg(long, default_value = "core-fanout", value_parser = ["core-fanout"])]
+    #[arg(long, default_value = "core-fanout", value_parser = ["core-fanout", "audio", "meeting", "broadcast"])]
     scenario: String,
-    /// Viewers per publisher.
+    /// core-fanout: viewers per publisher.
     #[arg(long, default_value_t = 10)]
     viewers: u64,
-    /// How long to run.
-    #[arg(long, default_value_t = 2.0)]
-    seconds: f64,
-    /// RTP packet size in bytes.
+    /// Measured seconds (default 2 for core-fanout, 10 for the networked scenarios).
+    #[arg(long)]
+    seconds: Option<f64>,
+    /// core-fanout: RTP packet size in bytes.
     #[arg(long, default_value_t = 1200)]
     size: usize,
+    /// N: listeners (audio), participants (meeting) or viewers (broadcast).
+    #[arg(long, default_value_t = 10)]
+    clients: usize,
+    /// Seconds of traffic before the measured window.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Video bitrate of each publisher.
+    #[arg(long, default_value_t = 1000)]
+    video_kbps: u32,
+    /// Relay under test.
+    #[arg(long, default_value = "volna", value_parser = ["volna", "janus"])]
+    target: String,
+    /// Alternate rounds with this relay.
+    #[arg(long, value_parser = ["janus"])]
+    compare: Option<String>,
+    /// Rounds per target (default 2 with --compare, else 1); the first is dropped when > 1.
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Directory for report.md, report.json and the SVG plots.
+    #[arg(long, default_value = "load-report")]
+    out: PathBuf,
+    /// The volna binary (default: `volna` next to this executable).
+    #[arg(long)]
+    relay_bin: Option<PathBuf>,
+    /// volna's `[media] workers` (left to the relay's default when absent).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Do not pin the relay to CPU 0 and the load generator to CPU 1.
+    #[arg(long)]
+    no_pin: bool,
+    /// No progress line on stderr.
+    #[arg(long)]
+    quiet: bool,
 }
 
 struct Counting {
@@ -47,8 +90,130 @@ impl Sink for Counting {
     fn rtcp(&mut self, _to: SessionId, _packet: &[u8]) {}
 }
 
-fn main() {
+fn main() -> ExitCode {
     let args = Args::parse();
+    if args.scenario == "core-fanout" {
+        core_fanout(&args);
+        return ExitCode::SUCCESS;
+    }
+    let janus = args.target == "janus" || args.compare.as_deref() == Some("janus");
+    if janus && !netns::in_netns() {
+        // Janus's ICE agent ignores loopback: the whole run moves into a namespace with a veth
+        // address that Janus and its clients share.
+        return match netns::reexec_in_netns() {
+            Ok(status) if status.success() => ExitCode::SUCCESS,
+            Ok(status) => {
+                eprintln!("volna-load: run in network namespace ended with {status}");
+                ExitCode::FAILURE
+            }
+            Err(e) => {
+                eprintln!("volna-load: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    match networked(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("\nvolna-load: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn default_relay_bin() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("volna")))
+        .unwrap_or_else(|| PathBuf::from("volna"))
+}
+
+fn start_target(name: &str, args: &Args) -> Result<Box<dyn Target>, String> {
+    match name {
+        "volna" => Ok(Box::new(VolnaTarget::start(&VolnaOptions {
+            relay_bin: args.relay_bin.clone().unwrap_or_else(default_relay_bin),
+            workers: args.workers,
+        })?)),
+        "janus" => Ok(Box::new(JanusTarget::start(&JanusOptions::default())?)),
+        other => Err(format!("unknown target {other}")),
+    }
+}
+
+fn networked(args: &Args) -> Result<(), String> {
+    let scenario = Scenario::parse(&args.scenario).ok_or("unknown scenario")?;
+    if args.clients == 0 {
+        return Err("--clients must be at least 1".into());
+    }
+    let mut order = vec![args.target.clone()];
+    if let Some(c) = &args.compare {
+        if *c != args.target {
+            order.push(c.clone());
+        }
+    }
+    let rounds = args
+        .rounds
+        .unwrap_or(if order.len() > 1 { 2 } else { 1 })
+        .max(1);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let pin = !args.no_pin && cpus >= 2;
+    if pin {
+        // The load generator on CPU 1 (its runtime threads inherit this); the relay on CPU 0.
+        scenario::pin(std::process::id(), 1);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(if pin { 1 } else { cpus.clamp(1, 4) })
+        .enable_all()
+        .build()
+        .map_err(|e| format!("runtime: {e}"))?;
+    let identity = rtc::Identity::generate().map_err(|e| e.to_string())?;
+    let opts = RoundOptions {
+        scenario,
+        clients: args.clients,
+        seconds: args.seconds.unwrap_or(10.0).max(1.0),
+        warmup: args.warmup.max(0.0),
+        video_kbps: args.video_kbps,
+        progress: !args.quiet,
+    };
+    let mut results: Vec<(String, Vec<RoundResult>)> =
+        order.iter().map(|n| (n.clone(), Vec::new())).collect();
+    // Loopback between two of our own clients: what the relay's figures are reduced by.
+    let baseline = scenario::measure_baseline(
+        &rt,
+        &identity,
+        std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        args.video_kbps,
+    )?;
+    for round in 0..rounds {
+        for (name, done) in results.iter_mut() {
+            let mut target = start_target(name, args)?;
+            if pin {
+                scenario::pin(target.pid(), 0);
+            }
+            let r = scenario::run_round(target.as_mut(), &rt, &identity, &opts, round + 1);
+            target.stop();
+            done.push(r?);
+        }
+    }
+    let report = Report {
+        scenario: scenario.name().into(),
+        description: scenario.describe(args.clients, args.video_kbps),
+        baseline,
+        targets: results
+            .into_iter()
+            .map(|(n, r)| TargetSummary::new(&n, r))
+            .collect(),
+    };
+    print!("{}", report.markdown());
+    report.write(&args.out)?;
+    eprintln!(
+        "volna-load: wrote {}/report.md, report.json, throughput.svg, latency.svg",
+        args.out.display()
+    );
+    Ok(())
+}
+
+fn core_fanout(args: &Args) {
+    let seconds = args.seconds.unwrap_or(2.0);
     let mut mid = ExtMap::default();
     mid.insert(4, ExtKind::Mid);
     let mut relay = Relay::new(RelayConfig::default());
@@ -101,7 +266,7 @@ fn main() {
             arena.split().freeze()
         })
         .collect();
-    let deadline = start + Duration::from_secs_f64(args.seconds);
+    let deadline = start + Duration::from_secs_f64(seconds);
     let mut i = 0usize;
     let cpu0 = cpu_seconds();
     let wall0 = Instant::now();
