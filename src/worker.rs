@@ -387,8 +387,8 @@ fn start_quic(q: QuicListener, workers: Workers) {
     }
 }
 
-/// Received batches handled before the worker sends and looks at its timers again: enough to
-/// amortise the loop, few enough to keep the send buffer and timer lateness small.
+/// Received batches handled before the worker looks at its timers again: enough to amortise the
+/// loop, few enough to keep timer lateness small. What they produce is sent after each batch.
 const RECV_ROUNDS: usize = 8;
 
 async fn run(
@@ -424,7 +424,9 @@ async fn run(
                 for _ in 0..RECV_ROUNDS {
                     let now = Instant::now();
                     match socket.try_recv(&mut pool, |from, pkt| shard.handle_datagram(now, from, pkt)) {
-                        Ok(_) => {}
+                        // Out at once: a batch of 32 in a large room is already hundreds of
+                        // datagrams, and the first of them should not wait for the next batch.
+                        Ok(_) => socket.send(shard.transmits()).await,
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                         // ICMP errors for earlier sends surface here on some systems; keep going.
                         Err(e) => {

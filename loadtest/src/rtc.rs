@@ -60,6 +60,106 @@ pub fn now_ns() -> u64 {
     epoch().elapsed().as_nanos() as u64
 }
 
+/// The wall clock at [`epoch`], to turn the kernel's receive timestamps (CLOCK_REALTIME) into
+/// nanoseconds since the epoch.
+fn realtime_at_epoch_ns() -> i128 {
+    static AT: OnceLock<i128> = OnceLock::new();
+    *AT.get_or_init(|| {
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128);
+        wall - epoch().elapsed().as_nanos() as i128
+    })
+}
+
+/// Asks the kernel to stamp each datagram's arrival (SO_TIMESTAMPNS), so latency does not
+/// include the time the load generator takes to get to a packet.
+#[cfg(target_os = "linux")]
+fn enable_rx_timestamps(socket: &tokio::net::UdpSocket) {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket and a pointer to a live c_int with its size.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+    let _ = realtime_at_epoch_ns();
+}
+
+#[cfg(not(target_os = "linux"))]
+fn enable_rx_timestamps(_socket: &tokio::net::UdpSocket) {}
+
+/// One datagram with its sender and, where the kernel stamped it, its arrival in ns since
+/// [`epoch`].
+#[cfg(target_os = "linux")]
+fn recv_stamped(
+    socket: &tokio::net::UdpSocket,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, SocketAddr, Option<u64>)> {
+    use std::os::fd::AsRawFd;
+    socket.try_io(tokio::io::Interest::READABLE, || {
+        // SAFETY: msghdr points at live buffers of the stated sizes for the duration of the call;
+        // the control messages are read with the CMSG_* helpers within `control`.
+        unsafe {
+            let mut name: libc::sockaddr_storage = std::mem::zeroed();
+            let mut iov = libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: buf.len(),
+            };
+            let mut control = [0u64; 16];
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_name = (&mut name as *mut libc::sockaddr_storage).cast();
+            msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = std::mem::size_of_val(&control) as _;
+            let n = libc::recvmsg(socket.as_raw_fd(), &mut msg, 0);
+            if n < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let from = match name.ss_family as libc::c_int {
+                libc::AF_INET => {
+                    let a = &*(&name as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>();
+                    SocketAddr::from((
+                        u32::from_be(a.sin_addr.s_addr).to_be_bytes(),
+                        u16::from_be(a.sin_port),
+                    ))
+                }
+                libc::AF_INET6 => {
+                    let a = &*(&name as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>();
+                    SocketAddr::from((a.sin6_addr.s6_addr, u16::from_be(a.sin6_port)))
+                }
+                _ => return Err(std::io::ErrorKind::InvalidData.into()),
+            };
+            let mut stamp = None;
+            let mut c = libc::CMSG_FIRSTHDR(&msg);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                    let ts = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::timespec>());
+                    let wall = ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128;
+                    stamp = u64::try_from(wall - realtime_at_epoch_ns()).ok();
+                }
+                c = libc::CMSG_NXTHDR(&msg, c);
+            }
+            Ok((n as usize, from, stamp))
+        }
+    })
+}
+
+#[cfg(not(target_os = "linux"))]
+fn recv_stamped(
+    socket: &tokio::net::UdpSocket,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, SocketAddr, Option<u64>)> {
+    socket.try_recv_from(buf).map(|(n, from)| (n, from, None))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RtcError {
     #[error("socket: {0}")]
@@ -450,6 +550,7 @@ impl RtcClient {
             sent_in_window: sent_in_window.clone(),
             shared: shared.clone(),
             out: Vec::new(),
+            rx_ns: None,
         };
         let handle = tokio::spawn(async move {
             session.run(socket).await;
@@ -908,11 +1009,14 @@ struct Session {
     shared: Arc<Shared>,
     /// Datagrams to send after the current step.
     out: Vec<bytes::Bytes>,
+    /// Kernel arrival stamp of the datagram being handled (ns since [`epoch`]).
+    rx_ns: Option<u64>,
 }
 
 impl Session {
     async fn run(&mut self, socket: tokio::net::UdpSocket) {
         let mut buf = vec![0u8; 2048];
+        enable_rx_timestamps(&socket);
         // Senders pace media on a 5 ms tick; receive-only clients need the tick only for ICE,
         // DTLS retransmission and flushing samples, and most clients are receivers.
         let period = if self.senders.is_empty() { 50 } else { 5 };
@@ -924,8 +1028,11 @@ impl Session {
                     if r.is_ok() {
                         // Drain what is queued: one wake-up for a burst (a video frame).
                         for _ in 0..64 {
-                            match socket.try_recv_from(&mut buf) {
-                                Ok((n, from)) => self.handle_datagram(Instant::now(), from, &buf[..n]),
+                            match recv_stamped(&socket, &mut buf) {
+                                Ok((n, from, stamp)) => {
+                                    self.rx_ns = stamp;
+                                    self.handle_datagram(Instant::now(), from, &buf[..n]);
+                                }
                                 Err(_) => break,
                             }
                         }
@@ -1098,7 +1205,9 @@ impl Session {
         let Ok(plain) = remote.decrypt_rtp(d) else {
             return;
         };
-        let now = now_ns();
+        // The kernel's arrival stamp when there is one: the load generator's own delay is not
+        // the relay's.
+        let now = self.rx_ns.take().unwrap_or_else(now_ns);
         receive_rtp(&plain, &self.video_pts, now, &self.shared, &mut self.stats);
     }
 
@@ -1363,6 +1472,7 @@ pub async fn baseline(
             sent_in_window: Arc::new(AtomicU64::new(0)),
             shared: shared.clone(),
             out: Vec::new(),
+            rx_ns: None,
         };
         Ok((session, sock))
     };
