@@ -25,20 +25,9 @@ use crate::signal::sdp::{
 use crate::transport::buffers::SendBatch;
 use crate::transport::quic::roq::datagram;
 
-/// Extensions volna accepts from publishers and writes or passes on to viewers. RIDs wait for
-/// simulcast: without them in the answer, a publisher sends a single layer.
-pub(super) const NEGOTIATED_EXTS: &[ExtKind] = &[
-    ExtKind::Mid,
-    ExtKind::AudioLevel,
-    ExtKind::AbsSendTime,
-    ExtKind::TransmissionOffset,
-    ExtKind::VideoOrientation,
-    ExtKind::PlayoutDelay,
-];
-
-/// What viewers may negotiate: the same, plus transport-wide sequence numbers, which volna writes
-/// itself so that the viewer's transport-cc feedback drives its bandwidth estimate. (Publishers
-/// are not offered them: volna does not send transport-cc feedback upstream, it sends REMB.)
+/// What viewers may negotiate: the extensions volna passes on or writes, the last of them the
+/// transport-wide sequence number, which volna writes itself so that the viewer's transport-cc
+/// feedback drives its bandwidth estimate.
 pub(super) const VIEWER_EXTS: &[ExtKind] = &[
     ExtKind::Mid,
     ExtKind::AudioLevel,
@@ -48,6 +37,11 @@ pub(super) const VIEWER_EXTS: &[ExtKind] = &[
     ExtKind::PlayoutDelay,
     ExtKind::TransportWideCc,
 ];
+
+/// What publishers may negotiate: the same but the transport-wide number (volna sends publishers
+/// REMB, not transport-cc feedback). RIDs wait for simulcast: without them in the answer, a
+/// publisher sends a single layer.
+pub(super) const NEGOTIATED_EXTS: &[ExtKind] = VIEWER_EXTS.split_at(VIEWER_EXTS.len() - 1).0;
 
 /// Limits that keep one client from using up a node.
 #[derive(Debug, Clone)]
