@@ -119,6 +119,9 @@ pub struct MediaConfig {
     /// Pin worker i to CPU i (modulo the CPUs this process may use), so a worker keeps its
     /// caches warm. Leave off when other busy processes share the machine.
     pub pin_workers: bool,
+    /// Pause a viewer's video when its bandwidth estimate cannot carry it (audio only), resume
+    /// from a key frame when it can. Experimental: volna does not probe above the estimate yet.
+    pub pause_video: bool,
     /// A session whose peer sends nothing for this long is closed (RFC 7675 consent).
     pub consent_timeout_secs: u64,
     /// Bitrate cap announced to video publishers with REMB.
@@ -151,6 +154,7 @@ impl Default for MediaConfig {
             listen: "127.0.0.1:50000".parse().expect("literal"),
             workers: 0,
             pin_workers: false,
+            pause_video: false,
             consent_timeout_secs: 30,
             publisher_max_bitrate_kbps: 2500,
             keyframe_request_interval_ms: 500,
@@ -253,6 +257,7 @@ impl Config {
             report_interval: Duration::from_secs(1),
             publisher_max_bitrate_bps: self.media.publisher_max_bitrate_kbps * 1000,
             speaker_interval: Duration::from_millis(300),
+            pause_video: self.media.pause_video,
         }
     }
 }

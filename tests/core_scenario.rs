@@ -650,6 +650,36 @@ fn transport_cc_numbers_packets_and_feedback_drives_the_estimate() {
         }
     }
     assert_eq!(seqs.len(), 200, "audio and video of 100 rounds");
+    // A NACK for a video packet V1 was sent: the resend is the original, byte for byte, its
+    // transport-wide number included (a different header under the same SRTP index would reuse
+    // an AES-GCM nonce).
+    let originals: Vec<Vec<u8>> = {
+        now += Duration::from_millis(20);
+        let mut video = rtp(VIDEO_SSRC, 96, 100, 180_000, &[0x40, b'1'], &[0x10, 0x01]);
+        video.resize(1000, 0xcd);
+        let b = bytes::Bytes::from(video);
+        relay.handle_rtp(now, PUB, &b, &RtpView::parse(&b).unwrap(), &mut sink);
+        sink.take()
+            .0
+            .into_iter()
+            .filter(|(to, _)| *to == V1)
+            .map(|(_, p)| p)
+            .collect()
+    };
+    let original = &originals[0];
+    let ov = RtpView::parse(original).unwrap();
+    let mut nack = vec![0x81, 205, 0, 3];
+    nack.extend_from_slice(&0x100u32.to_be_bytes());
+    nack.extend_from_slice(&ov.ssrc.to_be_bytes());
+    nack.extend_from_slice(&ov.sequence.to_be_bytes());
+    nack.extend_from_slice(&[0, 0]);
+    relay.handle_viewer_rtcp(now, V1, &nack, &mut sink);
+    let (resent, _) = sink.take();
+    assert_eq!(resent.len(), 1, "one resend");
+    assert_eq!(
+        &resent[0].1, original,
+        "the resend is the original, byte for byte"
+    );
     assert!(
         seqs.windows(2).all(|w| w[1] == w[0].wrapping_add(1)),
         "one sequence across the viewer's tracks: {seqs:?}"
@@ -668,7 +698,10 @@ fn transport_cc_numbers_packets_and_feedback_drives_the_estimate() {
 fn video_pauses_when_the_estimate_cannot_carry_it_and_resumes_when_it_can() {
     use volna::core::rtcp::Remb;
     let t0 = Instant::now();
-    let mut relay = Relay::new(RelayConfig::default());
+    let mut relay = Relay::new(RelayConfig {
+        pause_video: true,
+        ..RelayConfig::default()
+    });
     let mut sink = Recorder::default();
     relay
         .add_publisher(PUB, "room", 77, publisher_tracks())

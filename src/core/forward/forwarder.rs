@@ -192,6 +192,16 @@ impl Forwarder {
         })
     }
 
+    /// Whether a publisher packet belongs to what this viewer is being sent now: started, not
+    /// paused, and not from before the (re)start.
+    pub fn covers(&self, source_seq: u16) -> bool {
+        let Some(s) = self.started.filter(|_| self.pause == Pause::No) else {
+            return false;
+        };
+        let ext = s.highest_ext + i64::from(source_seq.wrapping_sub(s.highest_ext as u16) as i16);
+        ext >= s.start_ext
+    }
+
     /// Maps a sequence number in the viewer's numbering back to the publisher's (for NACKs).
     pub fn source_sequence(&self, viewer_seq: u16) -> Option<u16> {
         self.started.map(|s| viewer_seq.wrapping_sub(s.seq_offset))

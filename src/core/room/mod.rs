@@ -91,6 +91,10 @@ pub struct RelayConfig {
     pub publisher_max_bitrate_bps: u64,
     /// How often each room's active speaker is re-evaluated.
     pub speaker_interval: Duration,
+    /// Pause a viewer's video when its bandwidth estimate cannot carry it (audio only). Off by
+    /// default until volna probes for room above the estimate: without probes a paused viewer's
+    /// estimate has nothing to grow on, so the video would stay paused after the link recovers.
+    pub pause_video: bool,
 }
 
 impl Default for RelayConfig {
@@ -100,6 +104,7 @@ impl Default for RelayConfig {
             report_interval: Duration::from_secs(1),
             publisher_max_bitrate_bps: 2_500_000,
             speaker_interval: Duration::from_millis(300),
+            pause_video: false,
         }
     }
 }
@@ -114,8 +119,6 @@ pub struct RelayCounters {
     pub keyframe_requests: u64,
     /// Times a viewer's video track was paused because its estimate could not carry it.
     pub paused_tracks: u64,
-    /// Probe clusters sent to find room above a viewer's estimate.
-    pub probes: u64,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -160,6 +163,10 @@ struct Publisher {
 struct ViewerTrack {
     spec: ViewerTrackSpec,
     fwd: Forwarder,
+    /// (viewer sequence number, transport-wide number) of recent packets, by sequence number
+    /// modulo its length; empty without transport-cc. A resend must be the same bytes as the
+    /// original: the same SRTP index protecting a different header would reuse an AES-GCM nonce.
+    sent_transport_seq: Vec<(u16, u16)>,
     /// False once the track was removed or its publisher left; the slot keeps indices stable.
     live: bool,
 }
@@ -211,6 +218,10 @@ impl ViewerCc {
 
 /// Bytes SRTP adds to each packet (the AES-GCM tag; HMAC-SHA1-80 adds 10).
 const SRTP_OVERHEAD: usize = 16;
+/// Packets whose transport-wide numbers a viewer track remembers for resends (more than the
+/// retransmit cache holds).
+const SENT_TRANSPORT_SEQ: usize = 1024;
+
 /// How often each viewer's estimate is split over its tracks.
 const ALLOCATION_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -241,78 +252,6 @@ impl RateMeter {
         match self.last {
             Some(l) if now.saturating_duration_since(l) < Duration::from_secs(2) => self.bps,
             _ => 0,
-        }
-    }
-}
-
-/// Sends a probe cluster to a viewer: duplicates of the newest packets it was already sent (a
-/// receiver discards a duplicate, but its transport-wide number is new, so the feedback tells how
-/// fast the burst arrived). Small packets are padded (RFC 3550 §5.1) so the burst has weight.
-#[allow(clippy::too_many_arguments)]
-fn send_probe(
-    now: Instant,
-    vid: SessionId,
-    v: &mut Viewer,
-    publishers: &HashMap<SessionId, Publisher>,
-    cluster: &crate::core::bwe::ProbeCluster,
-    header: &mut [u8; 512],
-    body: &mut [u8; 1500],
-    sink: &mut impl Sink,
-) {
-    let Viewer { tracks, cc, .. } = v;
-    let (mut bytes, mut count) = (0usize, 0u32);
-    for round in 0..16u16 {
-        for vt in tracks.iter().filter(|t| t.live && !t.fwd.is_paused()) {
-            let Some(p) = publishers.get(&vt.spec.source.publisher) else {
-                continue;
-            };
-            let src = &p.tracks[vt.spec.source.track];
-            let Some(last) = src.last_seq else {
-                continue;
-            };
-            let Some((pkt, view)) = src.cache.get(now, last.wrapping_sub(round % 4)) else {
-                continue;
-            };
-            let Some(rw) = vt.fwd.rewrite_again(view) else {
-                continue;
-            };
-            let Some(transport_seq) = cc.take_seq(&vt.spec.ext) else {
-                // Without transport-wide numbers the feedback cannot see a probe.
-                continue;
-            };
-            let ext = ExtTranslation {
-                from: &src.spec.ext,
-                to: &vt.spec.ext,
-                mid: vt.spec.mid.as_bytes(),
-                transport_seq: Some(transport_seq),
-            };
-            let Ok(n) = write_header(header, pkt, view, &rw, ext) else {
-                continue;
-            };
-            let payload = view.payload(pkt);
-            let pad = if n + payload.len() < 1000 { 255 } else { 0 };
-            let len = payload.len() + pad;
-            if len > body.len() {
-                continue;
-            }
-            body[..payload.len()].copy_from_slice(payload);
-            if pad > 0 {
-                body[payload.len()..len].fill(0);
-                body[len - 1] = pad as u8;
-                header[0] |= 0x20;
-            }
-            sink.rtp(vid, &header[..n], &body[..len]);
-            cc.bwe.on_sent(
-                now,
-                transport_seq,
-                n + len + SRTP_OVERHEAD,
-                Some(cluster.id),
-            );
-            bytes += n + len;
-            count += 1;
-            if (bytes >= cluster.bytes && count >= cluster.min_packets) || count >= 64 {
-                return;
-            }
         }
     }
 }
@@ -363,8 +302,6 @@ pub struct Relay {
     next_allocation: Option<Instant>,
     /// Sources to ask for a key frame after an allocation round (reused).
     resumed: Vec<TrackRef>,
-    /// Payload and padding of a probe packet.
-    probe_buf: [u8; 1500],
 }
 
 impl Relay {
@@ -382,7 +319,6 @@ impl Relay {
             next_speaker_check: None,
             next_allocation: None,
             resumed: Vec::new(),
-            probe_buf: [0; 1500],
         }
     }
 
@@ -513,9 +449,15 @@ impl Relay {
             spec.initial_ts,
         );
         let source = spec.source;
+        let sent_transport_seq = if spec.ext.id(ExtKind::TransportWideCc).is_some() {
+            vec![(0, 0); SENT_TRANSPORT_SEQ]
+        } else {
+            Vec::new()
+        };
         v.tracks.push(ViewerTrack {
             spec,
             fwd,
+            sent_transport_seq,
             live: true,
         });
         self.request_keyframe(now, source.publisher, source.track, sink);
@@ -692,6 +634,10 @@ impl Relay {
             match write_header(&mut self.header, buf, view, &rw, ext) {
                 Ok(n) => {
                     sink.rtp(vid, &self.header[..n], payload);
+                    if let Some(t) = transport_seq {
+                        let slot = rw.sequence as usize % SENT_TRANSPORT_SEQ;
+                        vt.sent_transport_seq[slot] = (rw.sequence, t);
+                    }
                     v.cc.sent(now, transport_seq, n + payload.len());
                     self.counters.forwarded_packets += 1;
                     self.counters.forwarded_bytes += (n + payload.len()) as u64;
@@ -802,6 +748,10 @@ impl Relay {
                             let Some(seq) = vt.fwd.source_sequence(viewer_seq) else {
                                 continue;
                             };
+                            // Paused, or from before a resume: nothing the viewer can get.
+                            if !vt.fwd.covers(seq) {
+                                continue;
+                            }
                             let cached = src.cache.get(now, seq).and_then(|(pkt, view)| {
                                 Some((pkt, view, vt.fwd.rewrite_again(view)?))
                             });
@@ -809,7 +759,19 @@ impl Relay {
                                 upstream.push(seq);
                                 continue;
                             };
-                            let transport_seq = cc.take_seq(&vt.spec.ext);
+                            // The same transport-wide number as the original, so the resend is
+                            // the same bytes under the same SRTP index; if it is no longer
+                            // known, the packet is not resent.
+                            let transport_seq = if vt.sent_transport_seq.is_empty() {
+                                None
+                            } else {
+                                let slot = vt.sent_transport_seq
+                                    [rw.sequence as usize % SENT_TRANSPORT_SEQ];
+                                if slot.0 != rw.sequence {
+                                    continue;
+                                }
+                                Some(slot.1)
+                            };
                             let ext = ExtTranslation {
                                 from: &src.spec.ext,
                                 to: &vt.spec.ext,
@@ -850,21 +812,20 @@ impl Relay {
     }
 
     /// One allocation round: each viewer's estimate split over its tracks (see [`alloc`]); video
-    /// the estimate cannot carry is paused, and resumed from a key frame when it can; a probe
-    /// for more room when the viewer would take more than its estimate.
+    /// the estimate cannot carry is paused (with `pause_video`), and resumed from a key frame
+    /// when it can.
     fn allocate(&mut self, now: Instant, sink: &mut impl Sink) {
         const MAX: usize = 32;
+        let pause_video = self.config.pause_video;
         let Relay {
             viewers,
             publishers,
             rooms,
             resumed,
-            header,
-            probe_buf,
             counters,
             ..
         } = self;
-        for (&vid, v) in viewers.iter_mut() {
+        for v in viewers.values_mut() {
             if !v.cc.has_signal() {
                 continue;
             }
@@ -896,9 +857,7 @@ impl Relay {
             }
             let mut on = [true; MAX];
             alloc::allocate(v.cc.bwe.estimate_bps(), &demands[..n], &mut on[..n]);
-            let mut want = 0u64;
             for k in 0..n {
-                want += demands[k].bps;
                 let vt = &mut v.tracks[index[k]];
                 match (on[k], vt.fwd.is_paused()) {
                     (true, true) => {
@@ -907,19 +866,13 @@ impl Relay {
                             resumed.push(vt.spec.source);
                         }
                     }
-                    (false, false) => {
+                    (false, false) if pause_video => {
                         vt.fwd.pause();
                         counters.paused_tracks += 1;
                     }
                     _ => {}
                 }
             }
-            // Ask for room for everything (plus the margin a paused track needs to resume).
-            let Some(cluster) = v.cc.bwe.poll_probe(now, want + want / 4) else {
-                continue;
-            };
-            send_probe(now, vid, v, publishers, &cluster, header, probe_buf, sink);
-            counters.probes += 1;
         }
         let mut list = std::mem::take(&mut self.resumed);
         for src in list.drain(..) {

@@ -111,8 +111,6 @@ pub struct ShardStats {
     pub retransmitted_packets: u64,
     /// Viewer video tracks paused because the viewer's estimate could not carry them.
     pub paused_tracks: u64,
-    /// Probe clusters sent to viewers.
-    pub probes: u64,
     pub dropped_packets: u64,
     pub keyframe_requests: u64,
     pub sessions_closed: u64,
@@ -144,7 +142,7 @@ impl ShardStats {
         self.forwarded_bytes += o.forwarded_bytes;
         self.retransmitted_packets += o.retransmitted_packets;
         self.paused_tracks += o.paused_tracks;
-        self.probes += o.probes;
+
         self.dropped_packets += o.dropped_packets;
         self.keyframe_requests += o.keyframe_requests;
         self.sessions_closed += o.sessions_closed;
@@ -352,7 +350,7 @@ impl Shard {
             forwarded_bytes: c.forwarded_bytes,
             retransmitted_packets: c.retransmitted_packets,
             paused_tracks: c.paused_tracks,
-            probes: c.probes,
+
             dropped_packets: c.dropped_packets,
             keyframe_requests: c.keyframe_requests,
             sessions_closed: self.closed,

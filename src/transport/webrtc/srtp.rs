@@ -187,7 +187,7 @@ impl SrtpRtp {
         let st = &mut self.ssrcs[i];
         let roc = estimate_roc(st.roc, st.seq, seq);
         // The sender's own index only moves forward; resends of older packets keep their ROC.
-        if roc > st.roc || (roc == st.roc && seq_after(seq, st.seq)) {
+        if roc == st.roc.wrapping_add(1) || (roc == st.roc && seq_after(seq, st.seq)) {
             st.roc = roc;
             st.seq = seq;
         }
