@@ -120,7 +120,8 @@ pub struct MediaConfig {
     /// caches warm. Leave off when other busy processes share the machine.
     pub pin_workers: bool,
     /// Pause a viewer's video when its bandwidth estimate cannot carry it (audio only), resume
-    /// from a key frame when it can. Experimental: volna does not probe above the estimate yet.
+    /// from a key frame when it can; only for viewers volna can probe (transport-cc and RTX).
+    /// Experimental.
     pub pause_video: bool,
     /// A session whose peer sends nothing for this long is closed (RFC 7675 consent).
     pub consent_timeout_secs: u64,

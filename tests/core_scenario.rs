@@ -93,6 +93,7 @@ fn viewer_tracks(base_ssrc: u32) -> Vec<ViewerTrackSpec> {
             ext: ext(&[(2, ExtKind::Mid)]),
             initial_seq: 100,
             initial_ts: 5000,
+            rtx: None,
         },
         ViewerTrackSpec {
             source: TrackRef {
@@ -105,6 +106,7 @@ fn viewer_tracks(base_ssrc: u32) -> Vec<ViewerTrackSpec> {
             ext: ext(&[(2, ExtKind::Mid), (3, ExtKind::AudioLevel)]),
             initial_seq: 7,
             initial_ts: 0,
+            rtx: None,
         },
     ]
 }
@@ -502,6 +504,7 @@ fn one_viewer_receives_tracks_of_several_publishers() {
         ext: ExtMap::default(),
         initial_seq: 0,
         initial_ts: 0,
+        rtx: None,
     };
     let a = relay
         .add_viewer_track(t0, 20, spec(10, 500), &mut sink)
@@ -706,7 +709,16 @@ fn video_pauses_when_the_estimate_cannot_carry_it_and_resumes_when_it_can() {
     relay
         .add_publisher(PUB, "room", 77, publisher_tracks())
         .unwrap();
-    add_viewer(&mut relay, t0, V1, viewer_tracks(0x100), &mut sink);
+    // Pausing needs a way back: transport-wide numbers and an RTX stream for probes.
+    let mut tracks = viewer_tracks(0x100);
+    for t in &mut tracks {
+        t.ext.insert(5, ExtKind::TransportWideCc);
+    }
+    tracks[0].rtx = Some(volna::core::room::Rtx {
+        payload_type: 99,
+        ssrc: 0x1a1a,
+    });
+    add_viewer(&mut relay, t0, V1, tracks, &mut sink);
     let remb = |bps: u64| {
         let mut b = [0u8; 64];
         let n = Remb {
@@ -767,10 +779,10 @@ fn video_pauses_when_the_estimate_cannot_carry_it_and_resumes_when_it_can() {
             }
             for (_, p) in rtp_out.iter().filter(|(to, _)| *to == V1) {
                 let v = RtpView::parse(p).unwrap();
-                if v.payload_type == 98 {
-                    video.push(v.sequence);
-                } else {
-                    audio += 1;
+                match v.payload_type {
+                    98 => video.push(v.sequence),
+                    109 => audio += 1,
+                    _ => {} // probes on the RTX stream
                 }
             }
         }
@@ -816,4 +828,136 @@ fn video_pauses_when_the_estimate_cannot_carry_it_and_resumes_when_it_can() {
         "numbering continues without a gap"
     );
     assert!(v3.windows(2).all(|w| w[1] == w[0].wrapping_add(1)));
+}
+
+/// With an RTX stream negotiated, a NACK is answered on it (RFC 4588: its own SSRC, payload type
+/// and numbering, the original sequence number first in the payload), and probes go there as
+/// padding-only packets carrying transport-wide numbers.
+#[test]
+fn rtx_carries_resends_and_probes() {
+    use volna::core::room::Rtx;
+    use volna::core::rtcp::twcc::{self, PacketResult};
+    let t0 = Instant::now();
+    let mut relay = Relay::new(RelayConfig::default());
+    let mut sink = Recorder::default();
+    relay
+        .add_publisher(PUB, "room", 77, publisher_tracks())
+        .unwrap();
+    let mut tracks = viewer_tracks(0x100);
+    for t in &mut tracks {
+        t.ext.insert(5, ExtKind::TransportWideCc);
+    }
+    tracks[0].rtx = Some(Rtx {
+        payload_type: 99,
+        ssrc: 0x1a1a,
+    });
+    add_viewer(&mut relay, t0, V1, tracks, &mut sink);
+    let mut sent: Vec<(u16, Instant)> = Vec::new();
+    let mut video_out: Vec<Vec<u8>> = Vec::new();
+    let tseq = |p: &[u8]| {
+        let v = RtpView::parse(p).unwrap();
+        v.extensions(p)
+            .find(|(id, _)| *id == 5)
+            .map(|(_, d)| u16::from_be_bytes([d[0], d[1]]))
+    };
+    let mut now = t0;
+    // 60 packets of 1200 B in 1.2 s: about 480 kbps, more than the initial estimate.
+    for i in 0..60u16 {
+        now = t0 + Duration::from_millis(20 * u64::from(i));
+        let mut video = rtp(
+            VIDEO_SSRC,
+            96,
+            i,
+            u32::from(i) * 1800,
+            &[0x40, b'1'],
+            &[0x10, 0x00],
+        );
+        video.resize(1200, i as u8);
+        feed(&mut relay, now, &video, &mut sink);
+        for (to, p) in sink.take().0 {
+            if to == V1 {
+                sent.push((tseq(&p).unwrap(), now));
+                video_out.push(p);
+            }
+        }
+    }
+    // Feedback: all arrived, 5 ms after they left.
+    let results: Vec<PacketResult> = sent
+        .iter()
+        .map(|(s, at)| PacketResult {
+            seq: *s,
+            arrival_us: Some(at.duration_since(t0).as_micros() as i64 + 5_000),
+        })
+        .collect();
+    let mut fb = Vec::new();
+    twcc::write(0x100, 0x101, 0, &results, &mut fb);
+    relay.handle_viewer_rtcp(now, V1, &fb, &mut sink);
+
+    // A NACK for the 10th video packet: answered on the RTX stream.
+    let orig = &video_out[10];
+    let ov = RtpView::parse(orig).unwrap();
+    let mut nack = vec![0x81, 205, 0, 3];
+    nack.extend_from_slice(&0x100u32.to_be_bytes());
+    nack.extend_from_slice(&ov.ssrc.to_be_bytes());
+    nack.extend_from_slice(&ov.sequence.to_be_bytes());
+    nack.extend_from_slice(&[0, 0]);
+    relay.handle_viewer_rtcp(now, V1, &nack, &mut sink);
+    let (resent, _) = sink.take();
+    assert_eq!(resent.len(), 1);
+    let r = &resent[0].1;
+    let rv = RtpView::parse(r).unwrap();
+    assert_eq!(
+        (rv.ssrc, rv.payload_type),
+        (0x1a1a, 99),
+        "on the RTX stream"
+    );
+    let payload = rv.payload(r);
+    assert_eq!(
+        &payload[..2],
+        &ov.sequence.to_be_bytes(),
+        "original sequence number first"
+    );
+    assert_eq!(&payload[2..], ov.payload(orig), "then the original payload");
+    assert!(tseq(r).is_some(), "a transport-wide number of its own");
+
+    // The allocator wants more than the estimate (video at ~480 kbps, the estimate near its
+    // initial 300 kbps): a probe cluster goes out on the RTX stream.
+    let before = relay.counters().probes;
+    for k in 1..=10u64 {
+        relay.handle_timeout(now + Duration::from_millis(100 * k), &mut sink);
+    }
+    let (out, _) = sink.take();
+    let probes: Vec<&Vec<u8>> = out
+        .iter()
+        .filter(|(to, p)| *to == V1 && RtpView::parse(p).unwrap().ssrc == 0x1a1a)
+        .map(|(_, p)| p)
+        .collect();
+    assert!(
+        relay.counters().probes > before,
+        "a probe while the viewer would take more than its estimate"
+    );
+    assert!(
+        probes.len() >= 5,
+        "a cluster is at least 5 packets: {}",
+        probes.len()
+    );
+    for p in &probes {
+        assert_eq!(p[0] & 0x20, 0x20, "padding bit");
+        let v = RtpView::parse(p).unwrap();
+        assert_eq!(v.payload(p).len(), 0, "padding only");
+        assert!(tseq(p).is_some());
+    }
+    let seqs: Vec<u16> = probes
+        .iter()
+        .map(|p| RtpView::parse(p).unwrap().sequence)
+        .collect();
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0].wrapping_add(1)),
+        "{seqs:?}"
+    );
+    assert_eq!(
+        seqs[0],
+        rv.sequence.wrapping_add(1),
+        "after the resend on the RTX stream"
+    );
 }

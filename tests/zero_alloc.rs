@@ -137,6 +137,7 @@ fn forwarding_allocates_nothing() {
                 ext: ext(&[(2, ExtKind::Mid), (3, ExtKind::AudioLevel)]),
                 initial_seq: 0,
                 initial_ts: 0,
+                rtx: None,
             };
             relay
                 .add_viewer_track(t0, 100 + v, spec, &mut sink)

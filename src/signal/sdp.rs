@@ -82,6 +82,17 @@ pub struct OfferedCodec {
 }
 
 impl OfferedCodec {
+    /// The payload type of an offered RTX codec (RFC 4588) that repairs `pt`, if any.
+    pub fn rtx_for(codecs: &[OfferedCodec], pt: u8) -> Option<u8> {
+        codecs
+            .iter()
+            .find(|c| {
+                c.name.eq_ignore_ascii_case("rtx")
+                    && c.fmtp_param("apt").and_then(|a| a.trim().parse().ok()) == Some(pt)
+            })
+            .map(|c| c.payload_type)
+    }
+
     fn fmtp_param(&self, key: &str) -> Option<&str> {
         self.fmtp
             .split(';')
@@ -348,6 +359,8 @@ pub struct Source {
     pub cname: String,
     pub stream_id: String,
     pub track_id: String,
+    /// The RTX stream (RFC 4588) that repairs this one: payload type and SSRC.
+    pub rtx: Option<(u8, u32)>,
 }
 
 /// The answer to one offered m-line.
@@ -481,9 +494,14 @@ fn write_media(s: &mut String, local: &Local, setup: &str, m: &MediaLine<'_>, ca
     let ipv = if ip.is_ipv4() { "IP4" } else { "IP6" };
     let codec = m.codec;
     let pt = codec.payload_type;
+    let rtx = m.source.and_then(|src| src.rtx);
+    let formats = match rtx {
+        Some((rtx_pt, _)) => format!("{pt} {rtx_pt}"),
+        None => pt.to_string(),
+    };
     let _ = write!(
         s,
-        "m={} 9 UDP/TLS/RTP/SAVPF {pt}\r\nc=IN {ipv} {ip}\r\n",
+        "m={} 9 UDP/TLS/RTP/SAVPF {formats}\r\nc=IN {ipv} {ip}\r\n",
         m.media
     );
     let _ = write!(s, "a=mid:{}\r\n", m.mid);
@@ -519,14 +537,27 @@ fn write_media(s: &mut String, local: &Local, setup: &str, m: &MediaLine<'_>, ca
     if !codec.fmtp.is_empty() {
         let _ = write!(s, "a=fmtp:{pt} {}\r\n", codec.fmtp);
     }
-    if let Some(src) = m.source {
-        let _ = write!(s, "a=msid:{} {}\r\n", src.stream_id, src.track_id);
-        let _ = write!(s, "a=ssrc:{} cname:{}\r\n", src.ssrc, src.cname);
+    if let Some((rtx_pt, _)) = rtx {
         let _ = write!(
             s,
-            "a=ssrc:{} msid:{} {}\r\n",
-            src.ssrc, src.stream_id, src.track_id
+            "a=rtpmap:{rtx_pt} rtx/{}\r\na=fmtp:{rtx_pt} apt={pt}\r\n",
+            codec.clock_rate
         );
+    }
+    if let Some(src) = m.source {
+        let _ = write!(s, "a=msid:{} {}\r\n", src.stream_id, src.track_id);
+        // The media SSRC first: receivers take the first one listed as the stream's own.
+        for ssrc in std::iter::once(src.ssrc).chain(src.rtx.map(|(_, r)| r)) {
+            let _ = write!(s, "a=ssrc:{ssrc} cname:{}\r\n", src.cname);
+            let _ = write!(
+                s,
+                "a=ssrc:{ssrc} msid:{} {}\r\n",
+                src.stream_id, src.track_id
+            );
+        }
+        if let Some((_, rtx_ssrc)) = src.rtx {
+            let _ = write!(s, "a=ssrc-group:FID {} {rtx_ssrc}\r\n", src.ssrc);
+        }
     }
     if candidate {
         let _ = write!(
@@ -817,6 +848,7 @@ a=rtpmap:102 H264/90000\r\na=fmtp:102 level-asymmetry-allowed=1;packetization-mo
             cname: "c".into(),
             stream_id: "s".into(),
             track_id: "t".into(),
+            rtx: None,
         };
         let lines = [
             OfferLine {

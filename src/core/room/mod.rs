@@ -19,7 +19,7 @@ use crate::core::cache::RetransmitCache;
 use crate::core::forward::{Decision, Forwarder};
 use crate::core::rtcp::twcc::{self, PacketResult};
 use crate::core::rtcp::{self, Compound, Pli, ReceiverReport, Remb, RtcpPacket, SenderReport};
-use crate::core::rtp::{write_header, Codec, ExtKind, ExtMap, ExtTranslation, RtpView};
+use crate::core::rtp::{write_header, Codec, ExtKind, ExtMap, ExtTranslation, Rewrite, RtpView};
 pub use stats::ReceiveStats;
 
 /// A transport session (one WebRTC peer connection), publisher or viewer.
@@ -79,6 +79,16 @@ pub struct ViewerTrackSpec {
     pub ext: ExtMap,
     pub initial_seq: u16,
     pub initial_ts: u32,
+    /// The retransmission stream (RFC 4588), when the viewer negotiated one: resends and probes
+    /// go there, each with a sequence number of its own.
+    pub rtx: Option<Rtx>,
+}
+
+/// A viewer track's RTX stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rtx {
+    pub payload_type: u8,
+    pub ssrc: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -91,9 +101,9 @@ pub struct RelayConfig {
     pub publisher_max_bitrate_bps: u64,
     /// How often each room's active speaker is re-evaluated.
     pub speaker_interval: Duration,
-    /// Pause a viewer's video when its bandwidth estimate cannot carry it (audio only). Off by
-    /// default until volna probes for room above the estimate: without probes a paused viewer's
-    /// estimate has nothing to grow on, so the video would stay paused after the link recovers.
+    /// Pause a viewer's video when its bandwidth estimate cannot carry it (audio only), for
+    /// viewers that can be probed (transport-cc and RTX: without probes a paused viewer's
+    /// estimate has nothing to grow on). Off by default while it is young.
     pub pause_video: bool,
 }
 
@@ -119,6 +129,8 @@ pub struct RelayCounters {
     pub keyframe_requests: u64,
     /// Times a viewer's video track was paused because its estimate could not carry it.
     pub paused_tracks: u64,
+    /// Probe clusters sent to find room above a viewer's estimate.
+    pub probes: u64,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -169,6 +181,17 @@ struct ViewerTrack {
     sent_transport_seq: Vec<(u16, u16)>,
     /// False once the track was removed or its publisher left; the slot keeps indices stable.
     live: bool,
+    /// Next sequence number on the RTX stream (a `Cell`: resends are made while the viewer's
+    /// tracks are being looked through).
+    rtx_seq: std::cell::Cell<u16>,
+}
+
+impl ViewerTrack {
+    fn next_rtx_seq(&self) -> u16 {
+        let s = self.rtx_seq.get();
+        self.rtx_seq.set(s.wrapping_add(1));
+        s
+    }
 }
 
 struct Viewer {
@@ -218,6 +241,72 @@ impl ViewerCc {
 
 /// Bytes SRTP adds to each packet (the AES-GCM tag; HMAC-SHA1-80 adds 10).
 const SRTP_OVERHEAD: usize = 16;
+/// Sends a probe cluster on a viewer track's RTX stream: padding-only packets (RFC 3550 §5.1,
+/// as RTX senders pad), each with a transport-wide number, so the feedback times the burst; the
+/// receiver's RTX stream discards them. Returns whether it sent any.
+#[allow(clippy::too_many_arguments)]
+fn send_probe(
+    now: Instant,
+    vid: SessionId,
+    v: &mut Viewer,
+    publishers: &HashMap<SessionId, Publisher>,
+    cluster: &crate::core::bwe::ProbeCluster,
+    header: &mut [u8; 512],
+    body: &mut [u8; 1500],
+    sink: &mut impl Sink,
+) -> bool {
+    const PAD: usize = 255;
+    let Viewer { tracks, cc, .. } = v;
+    // A track with an RTX stream and a packet to take the header extensions from (video first).
+    let pick = tracks
+        .iter()
+        .filter(|t| t.live && t.spec.rtx.is_some() && !t.sent_transport_seq.is_empty())
+        .filter_map(|t| {
+            let p = publishers.get(&t.spec.source.publisher)?;
+            let src = &p.tracks[t.spec.source.track];
+            let (pkt, view) = src.cache.get(now, src.last_seq?)?;
+            Some((t, src, pkt, view))
+        })
+        .max_by_key(|(_, src, ..)| src.spec.kind == MediaKind::Video);
+    let Some((vt, src, pkt, view)) = pick else {
+        return false;
+    };
+    let Some(rtx) = vt.spec.rtx else {
+        return false;
+    };
+    body[..PAD].fill(0);
+    body[PAD - 1] = PAD as u8;
+    let (mut bytes, mut count) = (0usize, 0u32);
+    while (bytes < cluster.bytes || count < cluster.min_packets) && count < 64 {
+        let rw = Rewrite {
+            ssrc: rtx.ssrc,
+            sequence: vt.next_rtx_seq(),
+            timestamp: vt.fwd.viewer_timestamp(view.timestamp).unwrap_or(0),
+            payload_type: rtx.payload_type,
+            marker: false,
+        };
+        let transport_seq = cc.take_seq(&vt.spec.ext);
+        let ext = ExtTranslation {
+            from: &src.spec.ext,
+            to: &vt.spec.ext,
+            mid: vt.spec.mid.as_bytes(),
+            transport_seq,
+        };
+        let Ok(n) = write_header(header, pkt, view, &rw, ext) else {
+            return count > 0;
+        };
+        header[0] |= 0x20;
+        sink.rtp(vid, &header[..n], &body[..PAD]);
+        if let Some(t) = transport_seq {
+            cc.bwe
+                .on_sent(now, t, n + PAD + SRTP_OVERHEAD, Some(cluster.id));
+        }
+        bytes += n + PAD;
+        count += 1;
+    }
+    true
+}
+
 /// Packets whose transport-wide numbers a viewer track remembers for resends (more than the
 /// retransmit cache holds).
 const SENT_TRANSPORT_SEQ: usize = 1024;
@@ -300,6 +389,8 @@ pub struct Relay {
     events: std::collections::VecDeque<RelayEvent>,
     next_speaker_check: Option<Instant>,
     next_allocation: Option<Instant>,
+    /// An RTX packet's payload (original sequence number, then the payload) or a probe's padding.
+    rtx_body: [u8; 1500],
     /// Sources to ask for a key frame after an allocation round (reused).
     resumed: Vec<TrackRef>,
 }
@@ -318,6 +409,7 @@ impl Relay {
             events: std::collections::VecDeque::with_capacity(64),
             next_speaker_check: None,
             next_allocation: None,
+            rtx_body: [0; 1500],
             resumed: Vec::new(),
         }
     }
@@ -454,11 +546,14 @@ impl Relay {
         } else {
             Vec::new()
         };
+        // Any start will do; away from the media numbering makes captures easier to read.
+        let rtx_seq = std::cell::Cell::new(spec.initial_seq ^ 0x8000);
         v.tracks.push(ViewerTrack {
             spec,
             fwd,
             sent_transport_seq,
             live: true,
+            rtx_seq,
         });
         self.request_keyframe(now, source.publisher, source.track, sink);
         Ok(index)
@@ -759,6 +854,37 @@ impl Relay {
                                 upstream.push(seq);
                                 continue;
                             };
+                            if let Some(rtx) = vt.spec.rtx {
+                                // RFC 4588: on the repair stream, under a sequence number of
+                                // its own, the original number first in the payload.
+                                let rtx_rw = Rewrite {
+                                    ssrc: rtx.ssrc,
+                                    sequence: vt.next_rtx_seq(),
+                                    payload_type: rtx.payload_type,
+                                    ..rw
+                                };
+                                let transport_seq = cc.take_seq(&vt.spec.ext);
+                                let ext = ExtTranslation {
+                                    from: &src.spec.ext,
+                                    to: &vt.spec.ext,
+                                    mid: vt.spec.mid.as_bytes(),
+                                    transport_seq,
+                                };
+                                let payload = view.payload(pkt);
+                                let Some(body) = self.rtx_body.get_mut(..payload.len() + 2) else {
+                                    continue;
+                                };
+                                body[..2].copy_from_slice(&rw.sequence.to_be_bytes());
+                                body[2..].copy_from_slice(payload);
+                                if let Ok(n) =
+                                    write_header(&mut self.header, pkt, view, &rtx_rw, ext)
+                                {
+                                    sink.rtp(from, &self.header[..n], body);
+                                    cc.sent(now, transport_seq, n + body.len());
+                                    self.counters.retransmitted_packets += 1;
+                                }
+                                continue;
+                            }
                             // The same transport-wide number as the original, so the resend is
                             // the same bytes under the same SRTP index; if it is no longer
                             // known, the packet is not resent.
@@ -823,12 +949,20 @@ impl Relay {
             rooms,
             resumed,
             counters,
+            header,
+            rtx_body,
             ..
         } = self;
-        for v in viewers.values_mut() {
+        for (&vid, v) in viewers.iter_mut() {
             if !v.cc.has_signal() {
                 continue;
             }
+            // Pausing is safe only where probes can find the way back: transport-cc feedback
+            // and an RTX stream to carry them.
+            let can_probe = v
+                .tracks
+                .iter()
+                .any(|t| t.live && t.spec.rtx.is_some() && !t.sent_transport_seq.is_empty());
             let speaker = rooms.get(&v.room).and_then(|r| r.speaker);
             let mut demands = [alloc::Demand {
                 kind: MediaKind::Audio,
@@ -857,7 +991,9 @@ impl Relay {
             }
             let mut on = [true; MAX];
             alloc::allocate(v.cc.bwe.estimate_bps(), &demands[..n], &mut on[..n]);
+            let mut want = 0u64;
             for k in 0..n {
+                want += demands[k].bps;
                 let vt = &mut v.tracks[index[k]];
                 match (on[k], vt.fwd.is_paused()) {
                     (true, true) => {
@@ -866,11 +1002,20 @@ impl Relay {
                             resumed.push(vt.spec.source);
                         }
                     }
-                    (false, false) if pause_video => {
+                    (false, false) if pause_video && can_probe => {
                         vt.fwd.pause();
                         counters.paused_tracks += 1;
                     }
                     _ => {}
+                }
+            }
+            if !can_probe {
+                continue;
+            }
+            // Room for everything, plus the margin a paused track needs to come back.
+            if let Some(cluster) = v.cc.bwe.poll_probe(now, want + want / 4) {
+                if send_probe(now, vid, v, publishers, &cluster, header, rtx_body, sink) {
+                    counters.probes += 1;
                 }
             }
         }

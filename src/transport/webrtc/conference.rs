@@ -584,6 +584,7 @@ impl Shard {
                     cname: format!("volna-{}", l.stream_id),
                     stream_id: l.stream_id.clone(),
                     track_id: l.track_id.clone(),
+                    rtx: None,
                 }),
             })
             .collect();
@@ -728,6 +729,7 @@ impl Shard {
                         ext,
                         initial_seq: rand::random(),
                         initial_ts: rand::random(),
+                        rtx: None,
                     },
                 ))
             })

@@ -157,6 +157,7 @@ impl Shard {
                 ext: ExtMap::default(),
                 initial_seq: rng.gen(),
                 initial_ts: rng.gen(),
+                rtx: None,
             };
             let (relay, mut out) = self.relay_and_out();
             if relay.add_viewer_track(now, sid, spec, &mut out).is_ok() {

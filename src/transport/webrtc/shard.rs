@@ -16,7 +16,7 @@ use super::dtls::{Dtls, DtlsIdentity, DtlsOutput};
 use super::ice::BindingRequest;
 use super::session::{Negotiation, ParticipantId, Role, Session};
 use crate::core::room::{
-    MediaKind, Relay, RelayConfig, SessionId, Sink, TrackRef, TrackSpec, ViewerTrackSpec,
+    MediaKind, Relay, RelayConfig, Rtx, SessionId, Sink, TrackRef, TrackSpec, ViewerTrackSpec,
 };
 use crate::core::rtp::{header_len, is_rtcp, ExtKind, RtpView};
 use crate::signal::sdp::{
@@ -111,6 +111,8 @@ pub struct ShardStats {
     pub retransmitted_packets: u64,
     /// Viewer video tracks paused because the viewer's estimate could not carry them.
     pub paused_tracks: u64,
+    /// Probe clusters sent to viewers (padding on their RTX streams).
+    pub probes: u64,
     pub dropped_packets: u64,
     pub keyframe_requests: u64,
     pub sessions_closed: u64,
@@ -142,6 +144,7 @@ impl ShardStats {
         self.forwarded_bytes += o.forwarded_bytes;
         self.retransmitted_packets += o.retransmitted_packets;
         self.paused_tracks += o.paused_tracks;
+        self.probes += o.probes;
 
         self.dropped_packets += o.dropped_packets;
         self.keyframe_requests += o.keyframe_requests;
@@ -350,6 +353,7 @@ impl Shard {
             forwarded_bytes: c.forwarded_bytes,
             retransmitted_packets: c.retransmitted_packets,
             paused_tracks: c.paused_tracks,
+            probes: c.probes,
 
             dropped_packets: c.dropped_packets,
             keyframe_requests: c.keyframe_requests,
@@ -605,13 +609,19 @@ impl Shard {
             };
             used[track] = true;
             let ssrc: u32 = rng.gen();
+            let pt = codec.payload_type;
+            // Resends and probes go on an RTX stream when the viewer offered one for this codec.
+            let rtx = OfferedCodec::rtx_for(&m.codecs, pt).map(|rtx_pt| Rtx {
+                payload_type: rtx_pt,
+                ssrc: rng.gen(),
+            });
             let src = Source {
                 ssrc,
                 cname: format!("volna-{pub_public}"),
                 stream_id: format!("volna-{pub_public}"),
                 track_id: format!("{pub_public}-{track}"),
+                rtx: rtx.map(|r| (r.payload_type, r.ssrc)),
             };
-            let pt = codec.payload_type;
             let a =
                 AnswerMedia::accept(m, codec, Direction::SendOnly, VIEWER_EXTS, Some(src), false);
             vtracks.push(ViewerTrackSpec {
@@ -625,6 +635,7 @@ impl Shard {
                 ext: a.ext_map(),
                 initial_seq: rng.gen(),
                 initial_ts: rng.gen(),
+                rtx,
             });
             answers.push(a);
         }
