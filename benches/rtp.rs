@@ -172,6 +172,7 @@ fn relay_with(viewers: u64) -> Relay {
             ext: ext(&[(2, ExtKind::Mid)]),
             initial_seq: 0,
             initial_ts: 0,
+            rtx: None,
         };
         relay.add_viewer(10 + v, "bench").unwrap();
         relay

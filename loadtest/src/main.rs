@@ -248,6 +248,7 @@ fn core_fanout(args: &Args) {
             ext: mid.clone(),
             initial_seq: 0,
             initial_ts: 0,
+            rtx: None,
         };
         relay.add_viewer(100 + v, "load").expect("fresh viewer id");
         relay
