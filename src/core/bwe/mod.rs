@@ -68,7 +68,14 @@ pub struct BandwidthEstimator {
     remb_bps: Option<u64>,
     estimate_bps: u64,
     last_feedback: Option<Instant>,
+    /// The receiver's reference time is 24 bits of 64 ms and wraps every ~12 days: arrivals are
+    /// unwrapped against the previous message's.
+    last_arrival_us: Option<i64>,
+    arrival_offset_us: i64,
 }
+
+/// The span of transport-cc reference times, in µs (2^24 × 64 ms).
+const REFERENCE_SPAN_US: i64 = (1 << 24) * 64_000;
 
 impl BandwidthEstimator {
     pub fn new(config: BweConfig) -> Self {
@@ -92,6 +99,8 @@ impl BandwidthEstimator {
             remb_bps: None,
             estimate_bps: initial,
             last_feedback: None,
+            last_arrival_us: None,
+            arrival_offset_us: 0,
             config,
         }
     }
@@ -118,6 +127,20 @@ impl BandwidthEstimator {
     pub fn on_feedback(&mut self, now: Instant, results: &[PacketResult]) {
         let now_us = self.us(now);
         self.acked.clear();
+        if let (Some(first), Some(last)) =
+            (results.iter().find_map(|r| r.arrival_us), self.last_arrival_us)
+        {
+            let jump = first + self.arrival_offset_us - last;
+            if jump < -REFERENCE_SPAN_US / 2 {
+                self.arrival_offset_us += REFERENCE_SPAN_US;
+            } else if jump > REFERENCE_SPAN_US / 2 {
+                self.arrival_offset_us -= REFERENCE_SPAN_US;
+            }
+        }
+        let offset = self.arrival_offset_us;
+        if let Some(a) = results.iter().rev().find_map(|r| r.arrival_us) {
+            self.last_arrival_us = Some(a + offset);
+        }
         for r in results {
             let s = &mut self.history[r.seq as usize % HISTORY];
             if !s.valid || s.seq != r.seq {
@@ -127,7 +150,7 @@ impl BandwidthEstimator {
             s.valid = false;
             self.acked.push(Acked {
                 send_us: s.at_us,
-                arrival_us: r.arrival_us,
+                arrival_us: r.arrival_us.map(|a| a + offset),
                 size: s.size,
                 probe: s.probe,
             });

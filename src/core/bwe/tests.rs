@@ -280,3 +280,37 @@ fn remb_alone_sets_the_estimate() {
     bwe.on_receiver_report(t0 + Duration::from_secs(3), 77); // 30%
     assert!(bwe.estimate_bps() < 2_000_000, "{}", bwe.estimate_bps());
 }
+
+/// Arrival times from a receiver whose reference time wraps between two messages (24 bits of
+/// 64 ms) are unwrapped: the estimate goes on as if nothing happened.
+#[test]
+fn reference_time_wrap_is_unwrapped() {
+    let mut bwe = BandwidthEstimator::new(BweConfig::default());
+    let t0 = Instant::now();
+    let span = REFERENCE_SPAN_US;
+    // Receiver clock just below the wrap, then past it (a raw value near -span/2 again).
+    let base = span / 2 - 500_000;
+    let mut seq = 0u16;
+    let mut send = |bwe: &mut BandwidthEstimator, ms: u64| -> u16 {
+        seq = seq.wrapping_add(1);
+        bwe.on_sent(t0 + Duration::from_millis(ms), seq, 1200, None);
+        seq
+    };
+    for round in 0..20u64 {
+        let mut results = Vec::new();
+        // A message's arrivals are its reference time plus deltas: the wrap is per message.
+        let wrapped = base + (round as i64) * 100_000 + 20_000 >= span / 2;
+        for k in 0..10u64 {
+            let ms = round * 100 + k * 10;
+            let s = send(&mut bwe, ms);
+            let arrival = base + (ms as i64) * 1000 + 20_000 - if wrapped { span } else { 0 };
+            results.push(PacketResult {
+                seq: s,
+                arrival_us: Some(arrival),
+            });
+        }
+        bwe.on_feedback(t0 + Duration::from_millis(round * 100 + 100), &results);
+        assert_eq!(bwe.usage(), Usage::Normal, "round {round}");
+    }
+    assert!(bwe.estimate_bps() >= 300_000, "{}", bwe.estimate_bps());
+}
