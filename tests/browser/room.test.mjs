@@ -2,7 +2,7 @@
 // protocol, see and hear each other, mute, leave, and a late joiner gets video promptly.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { Netns, isRoot, startVolna, launchChromium, waitFor, sleep } from './lib.mjs';
+import { Netns, isRoot, startVolna, launchChromium, relayStats, waitFor, sleep } from './lib.mjs';
 
 const HTTP = '127.0.0.1:18110';
 const MEDIA = '127.0.0.1:15030';
@@ -68,6 +68,15 @@ test('four participants see and hear each other', { skip, timeout: 60000 }, asyn
   await sleep(1500);
   const after = await receiving(pages[0]);
   assert.ok(after.frames > before.frames + 10, `frames keep coming: ${before.frames} -> ${after.frames}`);
+  // Subscribers accepted the RTX streams volna offers: probes go out on them, and their
+  // transport-cc feedback shapes each subscriber's estimate.
+  const cc = await waitFor(async () => {
+    const s = await relayStats(pages[0], HTTP);
+    const fed = s.viewer_estimates.filter((e) => e.transport_cc).length;
+    return s.probes > 0 && fed >= 4 ? { probes: s.probes, fed } : null;
+  }, 15000, 500);
+  const last = await relayStats(pages[0], HTTP);
+  assert.ok(cc, `probes on RTX and feedback from every subscriber; got probes ${last.probes}, ${JSON.stringify(last.viewer_estimates)}`);
   if (process.env.SCREENSHOT) await pages[0].screenshot({ path: process.env.SCREENSHOT });
 });
 

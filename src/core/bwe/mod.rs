@@ -127,9 +127,10 @@ impl BandwidthEstimator {
     pub fn on_feedback(&mut self, now: Instant, results: &[PacketResult]) {
         let now_us = self.us(now);
         self.acked.clear();
-        if let (Some(first), Some(last)) =
-            (results.iter().find_map(|r| r.arrival_us), self.last_arrival_us)
-        {
+        if let (Some(first), Some(last)) = (
+            results.iter().find_map(|r| r.arrival_us),
+            self.last_arrival_us,
+        ) {
             let jump = first + self.arrival_offset_us - last;
             if jump < -REFERENCE_SPAN_US / 2 {
                 self.arrival_offset_us += REFERENCE_SPAN_US;

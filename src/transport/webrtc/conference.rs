@@ -12,7 +12,7 @@ use tracing::{debug, info, warn};
 
 use super::session::{ParticipantId, Role, SubLine};
 use super::shard::{CloseCause, Remote, Shard, ShardError};
-use crate::core::room::{MediaKind, RelayEvent, SessionId, TrackRef, ViewerTrackSpec};
+use crate::core::room::{MediaKind, RelayEvent, Rtx, SessionId, TrackRef, ViewerTrackSpec};
 use crate::core::rtp::{ExtKind, ExtMap};
 use crate::signal::protocol::{ParticipantInfo, Refusal, ServerMessage, TrackInfo, VERSION};
 use crate::signal::sdp::{build_offer, Offer, OfferLine, OfferedCodec, Setup, Source};
@@ -541,6 +541,12 @@ impl Shard {
                 MediaKind::Audio => vec!["transport-cc".into()],
             };
             codec.payload_type = assign_payload_type(&neg.lines, &codec);
+            let rtx = (d.kind == MediaKind::Video).then(|| {
+                (
+                    assign_rtx_payload_type(&neg.lines, codec.payload_type),
+                    rng.gen(),
+                )
+            });
             neg.lines.push(SubLine {
                 mid: neg.lines.len().to_string(),
                 kind: d.kind,
@@ -549,6 +555,8 @@ impl Shard {
                 stream_id: d.stream_id.clone(),
                 ssrc: rng.gen(),
                 codec,
+                rtx,
+                rtx_accepted: false,
                 ext: subscriber_exts(d.kind),
                 relay_index: None,
                 accepted: false,
@@ -584,7 +592,7 @@ impl Shard {
                     cname: format!("volna-{}", l.stream_id),
                     stream_id: l.stream_id.clone(),
                     track_id: l.track_id.clone(),
-                    rtx: None,
+                    rtx: l.rtx,
                 }),
             })
             .collect();
@@ -679,6 +687,10 @@ impl Shard {
                 && m.codecs
                     .iter()
                     .any(|c| c.payload_type == line.codec.payload_type);
+            line.rtx_accepted = line.accepted
+                && line.rtx.is_some_and(|(pt, _)| {
+                    OfferedCodec::rtx_for(&m.codecs, line.codec.payload_type) == Some(pt)
+                });
         }
         s.negotiation.awaiting_answer = false;
         let early = std::mem::take(&mut s.negotiation.early_dtls);
@@ -729,7 +741,10 @@ impl Shard {
                         ext,
                         initial_seq: rand::random(),
                         initial_ts: rand::random(),
-                        rtx: None,
+                        rtx: l.rtx.filter(|_| l.rtx_accepted).map(|(pt, ssrc)| Rtx {
+                            payload_type: pt,
+                            ssrc,
+                        }),
                     },
                 ))
             })
@@ -800,6 +815,28 @@ impl Shard {
 }
 
 /// A payload type for `codec` that no other m-line of the bundle uses for something else.
+/// The RTX payload type for a codec's payload type: the one already used with it in this bundle,
+/// else one no line uses.
+fn assign_rtx_payload_type(lines: &[SubLine], apt: u8) -> u8 {
+    if let Some((pt, _)) = lines
+        .iter()
+        .filter(|l| l.codec.payload_type == apt)
+        .find_map(|l| l.rtx)
+    {
+        return pt;
+    }
+    let taken = |pt: u8| {
+        lines
+            .iter()
+            .any(|l| l.codec.payload_type == pt || l.rtx.is_some_and(|(r, _)| r == pt))
+            || pt == apt
+    };
+    (96..=127)
+        .chain(35..=63)
+        .find(|pt| !taken(*pt))
+        .unwrap_or(127)
+}
+
 fn assign_payload_type(lines: &[SubLine], codec: &OfferedCodec) -> u8 {
     let same = |l: &SubLine| {
         l.codec.name.eq_ignore_ascii_case(&codec.name)
@@ -809,7 +846,11 @@ fn assign_payload_type(lines: &[SubLine], codec: &OfferedCodec) -> u8 {
     if let Some(l) = lines.iter().find(|l| same(l)) {
         return l.codec.payload_type;
     }
-    let taken = |pt: u8| lines.iter().any(|l| l.codec.payload_type == pt);
+    let taken = |pt: u8| {
+        lines
+            .iter()
+            .any(|l| l.codec.payload_type == pt || l.rtx.is_some_and(|(r, _)| r == pt))
+    };
     if !taken(codec.payload_type) {
         return codec.payload_type;
     }

@@ -35,6 +35,10 @@ pub struct SubLine {
     pub stream_id: String,
     pub ssrc: u32,
     pub codec: OfferedCodec,
+    /// The RTX stream offered with video (payload type, SSRC), for resends and probes.
+    pub rtx: Option<(u8, u32)>,
+    /// The last answer accepted the RTX stream too.
+    pub rtx_accepted: bool,
     pub ext: Vec<(u8, String)>,
     /// The relay's viewer-track index once the peer accepted the line and SRTP is up.
     pub relay_index: Option<usize>,
