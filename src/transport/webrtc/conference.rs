@@ -859,3 +859,68 @@ fn assign_payload_type(lines: &[SubLine], codec: &OfferedCodec) -> u8 {
         .find(|pt| !taken(*pt))
         .unwrap_or(codec.payload_type)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(pt: u8, name: &str, rtx: Option<u8>) -> SubLine {
+        SubLine {
+            mid: "0".into(),
+            kind: MediaKind::Video,
+            source: None,
+            track_id: String::new(),
+            stream_id: String::new(),
+            ssrc: 1,
+            codec: OfferedCodec {
+                payload_type: pt,
+                codec: None,
+                name: name.into(),
+                clock_rate: 90000,
+                channels: String::new(),
+                fmtp: String::new(),
+                feedback: Vec::new(),
+            },
+            rtx: rtx.map(|r| (r, 2)),
+            rtx_accepted: false,
+            ext: Vec::new(),
+            relay_index: None,
+            accepted: false,
+        }
+    }
+
+    /// In one bundle a payload type means one thing: RTX types are shared by lines of the same
+    /// codec and kept apart from every codec's and every other RTX type.
+    #[test]
+    fn rtx_payload_types_table() {
+        let cases: Vec<(&str, Vec<SubLine>, u8, u8)> = vec![
+            ("first line", vec![], 96, 97),
+            (
+                "same codec shares",
+                vec![line(96, "VP8", Some(100))],
+                96,
+                100,
+            ),
+            (
+                "another codec gets its own",
+                vec![line(96, "VP8", Some(97)), line(98, "H264", None)],
+                98,
+                99,
+            ),
+            (
+                "skips codecs and RTX types in use",
+                vec![line(96, "VP8", Some(97)), line(98, "VP9", Some(99))],
+                100,
+                101,
+            ),
+        ];
+        for (name, lines, apt, want) in cases {
+            assert_eq!(assign_rtx_payload_type(&lines, apt), want, "{name}");
+        }
+        // A codec added later does not take a type an RTX stream already has.
+        let lines = vec![line(96, "VP8", Some(97))];
+        let mut h264 = line(97, "H264", None).codec;
+        h264.payload_type = 97;
+        assert_ne!(assign_payload_type(&lines, &h264), 97);
+    }
+}
