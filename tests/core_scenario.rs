@@ -111,6 +111,22 @@ fn viewer_tracks(base_ssrc: u32) -> Vec<ViewerTrackSpec> {
     ]
 }
 
+/// The viewer tracks with transport-wide sequence numbers (id 5), and an RTX stream (payload type
+/// 99, SSRC 0x1a1a) on the video track when `rtx`.
+fn transport_cc_tracks(base_ssrc: u32, rtx: bool) -> Vec<ViewerTrackSpec> {
+    let mut tracks = viewer_tracks(base_ssrc);
+    for t in &mut tracks {
+        t.ext.insert(5, ExtKind::TransportWideCc);
+    }
+    if rtx {
+        tracks[0].rtx = Some(volna::core::room::Rtx {
+            payload_type: 99,
+            ssrc: 0x1a1a,
+        });
+    }
+    tracks
+}
+
 fn rtp(ssrc: u32, pt: u8, seq: u16, ts: u32, ext_elems: &[u8], payload: &[u8]) -> Vec<u8> {
     let mut p = vec![0x80, pt, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
     p[2..4].copy_from_slice(&seq.to_be_bytes());
@@ -585,11 +601,13 @@ fn transport_cc_numbers_packets_and_feedback_drives_the_estimate() {
     relay
         .add_publisher(PUB, "room", 77, publisher_tracks())
         .unwrap();
-    let mut tracks = viewer_tracks(0x100);
-    for t in &mut tracks {
-        t.ext.insert(5, ExtKind::TransportWideCc);
-    }
-    add_viewer(&mut relay, t0, V1, tracks, &mut sink);
+    add_viewer(
+        &mut relay,
+        t0,
+        V1,
+        transport_cc_tracks(0x100, false),
+        &mut sink,
+    );
     add_viewer(&mut relay, t0, V2, viewer_tracks(0x200), &mut sink);
     let (initial, fed) = relay.viewer_estimate(V1).unwrap();
     assert!(!fed);
@@ -710,15 +728,13 @@ fn video_pauses_when_the_estimate_cannot_carry_it_and_resumes_when_it_can() {
         .add_publisher(PUB, "room", 77, publisher_tracks())
         .unwrap();
     // Pausing needs a way back: transport-wide numbers and an RTX stream for probes.
-    let mut tracks = viewer_tracks(0x100);
-    for t in &mut tracks {
-        t.ext.insert(5, ExtKind::TransportWideCc);
-    }
-    tracks[0].rtx = Some(volna::core::room::Rtx {
-        payload_type: 99,
-        ssrc: 0x1a1a,
-    });
-    add_viewer(&mut relay, t0, V1, tracks, &mut sink);
+    add_viewer(
+        &mut relay,
+        t0,
+        V1,
+        transport_cc_tracks(0x100, true),
+        &mut sink,
+    );
     let remb = |bps: u64| {
         let mut b = [0u8; 64];
         let n = Remb {
@@ -835,7 +851,6 @@ fn video_pauses_when_the_estimate_cannot_carry_it_and_resumes_when_it_can() {
 /// padding-only packets carrying transport-wide numbers.
 #[test]
 fn rtx_carries_resends_and_probes() {
-    use volna::core::room::Rtx;
     use volna::core::rtcp::twcc::{self, PacketResult};
     let t0 = Instant::now();
     let mut relay = Relay::new(RelayConfig::default());
@@ -843,15 +858,13 @@ fn rtx_carries_resends_and_probes() {
     relay
         .add_publisher(PUB, "room", 77, publisher_tracks())
         .unwrap();
-    let mut tracks = viewer_tracks(0x100);
-    for t in &mut tracks {
-        t.ext.insert(5, ExtKind::TransportWideCc);
-    }
-    tracks[0].rtx = Some(Rtx {
-        payload_type: 99,
-        ssrc: 0x1a1a,
-    });
-    add_viewer(&mut relay, t0, V1, tracks, &mut sink);
+    add_viewer(
+        &mut relay,
+        t0,
+        V1,
+        transport_cc_tracks(0x100, true),
+        &mut sink,
+    );
     let mut sent: Vec<(u16, Instant)> = Vec::new();
     let mut video_out: Vec<Vec<u8>> = Vec::new();
     let tseq = |p: &[u8]| {

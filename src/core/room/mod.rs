@@ -187,6 +187,20 @@ struct ViewerTrack {
 }
 
 impl ViewerTrack {
+    /// How a packet of the source track is translated for this viewer track.
+    fn translation<'a>(
+        &'a self,
+        from: &'a ExtMap,
+        transport_seq: Option<u16>,
+    ) -> ExtTranslation<'a> {
+        ExtTranslation {
+            from,
+            to: &self.spec.ext,
+            mid: self.spec.mid.as_bytes(),
+            transport_seq,
+        }
+    }
+
     fn next_rtx_seq(&self) -> u16 {
         let s = self.rtx_seq.get();
         self.rtx_seq.set(s.wrapping_add(1));
@@ -286,12 +300,7 @@ fn send_probe(
             marker: false,
         };
         let transport_seq = cc.take_seq(&vt.spec.ext);
-        let ext = ExtTranslation {
-            from: &src.spec.ext,
-            to: &vt.spec.ext,
-            mid: vt.spec.mid.as_bytes(),
-            transport_seq,
-        };
+        let ext = vt.translation(&src.spec.ext, transport_seq);
         let Ok(n) = write_header(header, pkt, view, &rw, ext) else {
             return count > 0;
         };
@@ -720,12 +729,7 @@ impl Relay {
                 continue;
             };
             let transport_seq = v.cc.take_seq(&vt.spec.ext);
-            let ext = ExtTranslation {
-                from: &track.spec.ext,
-                to: &vt.spec.ext,
-                mid: vt.spec.mid.as_bytes(),
-                transport_seq,
-            };
+            let ext = vt.translation(&track.spec.ext, transport_seq);
             match write_header(&mut self.header, buf, view, &rw, ext) {
                 Ok(n) => {
                     sink.rtp(vid, &self.header[..n], payload);
@@ -864,12 +868,7 @@ impl Relay {
                                     ..rw
                                 };
                                 let transport_seq = cc.take_seq(&vt.spec.ext);
-                                let ext = ExtTranslation {
-                                    from: &src.spec.ext,
-                                    to: &vt.spec.ext,
-                                    mid: vt.spec.mid.as_bytes(),
-                                    transport_seq,
-                                };
+                                let ext = vt.translation(&src.spec.ext, transport_seq);
                                 let payload = view.payload(pkt);
                                 let Some(body) = self.rtx_body.get_mut(..payload.len() + 2) else {
                                     continue;
@@ -898,12 +897,7 @@ impl Relay {
                                 }
                                 Some(slot.1)
                             };
-                            let ext = ExtTranslation {
-                                from: &src.spec.ext,
-                                to: &vt.spec.ext,
-                                mid: vt.spec.mid.as_bytes(),
-                                transport_seq,
-                            };
+                            let ext = vt.translation(&src.spec.ext, transport_seq);
                             if let Ok(n) = write_header(&mut self.header, pkt, view, &rw, ext) {
                                 let payload = view.payload(pkt);
                                 sink.rtp(from, &self.header[..n], payload);
