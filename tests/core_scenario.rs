@@ -111,6 +111,21 @@ fn viewer_tracks(base_ssrc: u32) -> Vec<ViewerTrackSpec> {
     ]
 }
 
+/// The transport-wide sequence number (extension id 5) of a packet sent to a viewer.
+fn transport_seq(p: &[u8]) -> Option<u16> {
+    let view = RtpView::parse(p).unwrap();
+    view.extensions(p)
+        .find(|(id, _)| *id == 5)
+        .map(|(_, d)| u16::from_be_bytes([d[0], d[1]]))
+}
+
+/// A viewer's NACK for one packet.
+fn nack_for(sender_ssrc: u32, media_ssrc: u32, seq: u16) -> Vec<u8> {
+    let mut b = [0u8; 64];
+    let n = volna::core::rtcp::nack::write_list(sender_ssrc, media_ssrc, &[seq], &mut b).unwrap();
+    b[..n].to_vec()
+}
+
 /// The viewer tracks with transport-wide sequence numbers (id 5), and an RTX stream (payload type
 /// 99, SSRC 0x1a1a) on the video track when `rtx`.
 fn transport_cc_tracks(base_ssrc: u32, rtx: bool) -> Vec<ViewerTrackSpec> {
@@ -611,12 +626,6 @@ fn transport_cc_numbers_packets_and_feedback_drives_the_estimate() {
     add_viewer(&mut relay, t0, V2, viewer_tracks(0x200), &mut sink);
     let (initial, fed) = relay.viewer_estimate(V1).unwrap();
     assert!(!fed);
-    let transport_seq = |p: &[u8]| -> Option<u16> {
-        let view = RtpView::parse(p).unwrap();
-        view.extensions(p)
-            .find(|(id, _)| *id == 5)
-            .map(|(_, d)| u16::from_be_bytes([d[0], d[1]]))
-    };
     let mut seqs = Vec::new();
     let mut now = t0;
     // 2 s of audio and key-frame video, 20 ms apart; feedback from V1 every 100 ms saying
@@ -689,11 +698,7 @@ fn transport_cc_numbers_packets_and_feedback_drives_the_estimate() {
     };
     let original = &originals[0];
     let ov = RtpView::parse(original).unwrap();
-    let mut nack = vec![0x81, 205, 0, 3];
-    nack.extend_from_slice(&0x100u32.to_be_bytes());
-    nack.extend_from_slice(&ov.ssrc.to_be_bytes());
-    nack.extend_from_slice(&ov.sequence.to_be_bytes());
-    nack.extend_from_slice(&[0, 0]);
+    let nack = nack_for(0x100, ov.ssrc, ov.sequence);
     relay.handle_viewer_rtcp(now, V1, &nack, &mut sink);
     let (resent, _) = sink.take();
     assert_eq!(resent.len(), 1, "one resend");
@@ -867,12 +872,6 @@ fn rtx_carries_resends_and_probes() {
     );
     let mut sent: Vec<(u16, Instant)> = Vec::new();
     let mut video_out: Vec<Vec<u8>> = Vec::new();
-    let tseq = |p: &[u8]| {
-        let v = RtpView::parse(p).unwrap();
-        v.extensions(p)
-            .find(|(id, _)| *id == 5)
-            .map(|(_, d)| u16::from_be_bytes([d[0], d[1]]))
-    };
     let mut now = t0;
     // 60 packets of 1200 B in 1.2 s: about 480 kbps, more than the initial estimate.
     for i in 0..60u16 {
@@ -889,7 +888,7 @@ fn rtx_carries_resends_and_probes() {
         feed(&mut relay, now, &video, &mut sink);
         for (to, p) in sink.take().0 {
             if to == V1 {
-                sent.push((tseq(&p).unwrap(), now));
+                sent.push((transport_seq(&p).unwrap(), now));
                 video_out.push(p);
             }
         }
@@ -909,11 +908,7 @@ fn rtx_carries_resends_and_probes() {
     // A NACK for the 10th video packet: answered on the RTX stream.
     let orig = &video_out[10];
     let ov = RtpView::parse(orig).unwrap();
-    let mut nack = vec![0x81, 205, 0, 3];
-    nack.extend_from_slice(&0x100u32.to_be_bytes());
-    nack.extend_from_slice(&ov.ssrc.to_be_bytes());
-    nack.extend_from_slice(&ov.sequence.to_be_bytes());
-    nack.extend_from_slice(&[0, 0]);
+    let nack = nack_for(0x100, ov.ssrc, ov.sequence);
     relay.handle_viewer_rtcp(now, V1, &nack, &mut sink);
     let (resent, _) = sink.take();
     assert_eq!(resent.len(), 1);
@@ -931,7 +926,10 @@ fn rtx_carries_resends_and_probes() {
         "original sequence number first"
     );
     assert_eq!(&payload[2..], ov.payload(orig), "then the original payload");
-    assert!(tseq(r).is_some(), "a transport-wide number of its own");
+    assert!(
+        transport_seq(r).is_some(),
+        "a transport-wide number of its own"
+    );
 
     // The allocator wants more than the estimate (video at ~480 kbps, the estimate near its
     // initial 300 kbps): a probe cluster goes out on the RTX stream.
@@ -958,7 +956,7 @@ fn rtx_carries_resends_and_probes() {
         assert_eq!(p[0] & 0x20, 0x20, "padding bit");
         let v = RtpView::parse(p).unwrap();
         assert_eq!(v.payload(p).len(), 0, "padding only");
-        assert!(tseq(p).is_some());
+        assert!(transport_seq(p).is_some());
     }
     let seqs: Vec<u16> = probes
         .iter()

@@ -1368,28 +1368,10 @@ fn keys(ep: &Endpoint, identity: &Identity) -> Result<(Context, Context), RtcErr
     let state = ep
         .get_connection_state(PEER)
         .ok_or_else(|| RtcError::Dtls("no association".into()))?;
-    let profile = match state.srtp_protection_profile() {
-        SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm => ProtectionProfile::AeadAes128Gcm,
-        SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80 => {
-            ProtectionProfile::Aes128CmHmacSha1_80
-        }
-        other => return Err(RtcError::Srtp(format!("unsupported profile {other:?}"))),
-    };
-    let mut config = rtc_srtp::config::Config {
-        profile,
-        ..Default::default()
-    };
-    let material = state
-        .export_keying_material(
-            rtc_srtp::config::LABEL_EXTRACTOR_DTLS_SRTP,
-            &[],
-            config.keying_material_len(),
-        )
+    // The same export as the relay's own DTLS side.
+    let (profile, k) = volna::transport::webrtc::dtls::export_srtp_keys(state)
         .map_err(|e| RtcError::Srtp(e.to_string()))?;
-    config
-        .set_session_keys_from_keying_material(material.as_ref(), state.is_client())
-        .map_err(|e| RtcError::Srtp(e.to_string()))?;
-    let k = &config.keys;
+    let k = &k;
     contexts(
         profile,
         (&k.local_master_key, &k.local_master_salt),

@@ -29,6 +29,13 @@ struct Started {
     highest_ext: i64,
 }
 
+impl Started {
+    /// A publisher sequence number extended (roll-overs counted) next to the highest seen.
+    fn extend(&self, seq: u16) -> i64 {
+        self.highest_ext + i64::from(seq.wrapping_sub(self.highest_ext as u16) as i16)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Forwarder {
     codec: Codec,
@@ -122,8 +129,7 @@ impl Forwarder {
                 })
             }
         };
-        let highest = s.highest_ext as u16;
-        let ext = s.highest_ext + i64::from(view.sequence.wrapping_sub(highest) as i16);
+        let ext = s.extend(view.sequence);
         match self.pause {
             Pause::No => {}
             Pause::Paused => {
@@ -178,8 +184,7 @@ impl Forwarder {
             return None;
         }
         let s = self.started?;
-        let ext =
-            s.highest_ext + i64::from(view.sequence.wrapping_sub(s.highest_ext as u16) as i16);
+        let ext = s.extend(view.sequence);
         if ext < s.start_ext || ext > s.highest_ext {
             return None;
         }
@@ -198,7 +203,7 @@ impl Forwarder {
         let Some(s) = self.started.filter(|_| self.pause == Pause::No) else {
             return false;
         };
-        let ext = s.highest_ext + i64::from(source_seq.wrapping_sub(s.highest_ext as u16) as i16);
+        let ext = s.extend(source_seq);
         ext >= s.start_ext
     }
 

@@ -73,6 +73,36 @@ fn sha256_fingerprint(
         .join(":"))
 }
 
+/// The SRTP profile a finished handshake negotiated and the session keys exported from it
+/// (RFC 5764 §4.2), local and remote as seen from this end (either role). Only the two profiles
+/// WebRTC uses are accepted.
+pub fn export_srtp_keys(
+    state: &rtc_dtls::state::State,
+) -> Result<(ProtectionProfile, rtc_srtp::config::SessionKeys), DtlsError> {
+    let profile = match state.srtp_protection_profile() {
+        SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm => ProtectionProfile::AeadAes128Gcm,
+        SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80 => {
+            ProtectionProfile::Aes128CmHmacSha1_80
+        }
+        other => return Err(DtlsError::Keying(format!("unsupported profile {other:?}"))),
+    };
+    let mut config = rtc_srtp::config::Config {
+        profile,
+        ..Default::default()
+    };
+    let material = state
+        .export_keying_material(
+            rtc_srtp::config::LABEL_EXTRACTOR_DTLS_SRTP,
+            &[],
+            config.keying_material_len(),
+        )
+        .map_err(|e| DtlsError::Keying(e.to_string()))?;
+    config
+        .set_session_keys_from_keying_material(material.as_ref(), state.is_client())
+        .map_err(|e| DtlsError::Keying(e.to_string()))?;
+    Ok((profile, config.keys))
+}
+
 /// SRTP contexts for both directions, keyed from the finished handshake: in-place RTP
 /// protection for the forward path, `rtc-srtp` for the (rare) RTCP.
 pub struct SrtpKeys {
@@ -238,32 +268,13 @@ impl Dtls {
             .endpoint
             .get_connection_state(PEER)
             .ok_or_else(|| DtlsError::Keying("no association".into()))?;
-        let (profile, rtp_profile) = match state.srtp_protection_profile() {
-            SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm => {
-                (ProtectionProfile::AeadAes128Gcm, Profile::AeadAes128Gcm)
-            }
-            SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80 => (
-                ProtectionProfile::Aes128CmHmacSha1_80,
-                Profile::Aes128CmHmacSha1_80,
-            ),
-            other => return Err(DtlsError::Keying(format!("unsupported profile {other:?}"))),
+        let (profile, k) = export_srtp_keys(state)?;
+        let rtp_profile = match profile {
+            ProtectionProfile::AeadAes128Gcm => Profile::AeadAes128Gcm,
+            _ => Profile::Aes128CmHmacSha1_80,
         };
-        let mut config = rtc_srtp::config::Config {
-            profile,
-            ..Default::default()
-        };
-        let material = state
-            .export_keying_material(
-                rtc_srtp::config::LABEL_EXTRACTOR_DTLS_SRTP,
-                &[],
-                config.keying_material_len(),
-            )
-            .map_err(|e| DtlsError::Keying(e.to_string()))?;
-        config
-            .set_session_keys_from_keying_material(material.as_ref(), state.is_client())
-            .map_err(|e| DtlsError::Keying(e.to_string()))?;
         let crypto = self.provider.crypto();
-        let k = &config.keys;
+        let k = &k;
         let local = Context::new(
             &k.local_master_key,
             &k.local_master_salt,
