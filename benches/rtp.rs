@@ -73,9 +73,10 @@ struct CopySink {
 }
 
 impl Sink for CopySink {
-    fn rtp(&mut self, _to: SessionId, header: &[u8], payload: &[u8]) {
+    fn rtp(&mut self, _to: SessionId, header: &[u8], prefix: &[u8], payload: &[u8]) {
         self.buf.clear();
         self.buf.extend_from_slice(header);
+        self.buf.extend_from_slice(prefix);
         self.buf.extend_from_slice(payload);
         self.bytes += self.buf.len();
     }
@@ -92,9 +93,10 @@ struct SrtpSink {
 }
 
 impl Sink for SrtpSink {
-    fn rtp(&mut self, to: SessionId, header: &[u8], payload: &[u8]) {
+    fn rtp(&mut self, to: SessionId, header: &[u8], prefix: &[u8], payload: &[u8]) {
         let (buf, start) = self.send.begin();
         buf.extend_from_slice(header);
+        buf.extend_from_slice(prefix);
         buf.extend_from_slice(payload);
         self.ctx[(to - 10) as usize]
             .protect(buf, start, header.len())
@@ -113,8 +115,8 @@ struct RoqSink {
 }
 
 impl Sink for RoqSink {
-    fn rtp(&mut self, _to: SessionId, header: &[u8], payload: &[u8]) {
-        let mut d = volna::transport::quic::roq::datagram(1, &[header, payload]);
+    fn rtp(&mut self, _to: SessionId, header: &[u8], prefix: &[u8], payload: &[u8]) {
+        let mut d = volna::transport::quic::roq::datagram(1, &[header, prefix, payload]);
         self.counter += 1;
         let mut nonce = [0u8; 12];
         nonce[4..].copy_from_slice(&self.counter.to_be_bytes());
@@ -154,6 +156,7 @@ fn relay_with(viewers: u64) -> Relay {
         ssrc: Some(7),
         ext: ext(&[(4, ExtKind::Mid)]),
         feedback: Feedback::default(),
+        rids: Vec::new(),
     };
     relay.add_publisher(1, "bench", 1, vec![track]).unwrap();
     let mut sink = CopySink {

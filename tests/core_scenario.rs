@@ -26,8 +26,9 @@ struct Recorder {
 }
 
 impl Sink for Recorder {
-    fn rtp(&mut self, to: SessionId, header: &[u8], payload: &[u8]) {
+    fn rtp(&mut self, to: SessionId, header: &[u8], prefix: &[u8], payload: &[u8]) {
         let mut p = header.to_vec();
+        p.extend_from_slice(prefix);
         p.extend_from_slice(payload);
         self.rtp.push((to, p));
     }
@@ -66,6 +67,7 @@ fn publisher_tracks() -> Vec<TrackSpec> {
             ssrc: Some(AUDIO_SSRC),
             ext: ext(&[(1, ExtKind::AudioLevel), (4, ExtKind::Mid)]),
             feedback: Feedback::default(),
+            rids: Vec::new(),
         },
         TrackSpec {
             kind: MediaKind::Video,
@@ -76,6 +78,7 @@ fn publisher_tracks() -> Vec<TrackSpec> {
             ssrc: Some(VIDEO_SSRC),
             ext: ext(&[(4, ExtKind::Mid)]),
             feedback: fb,
+            rids: Vec::new(),
         },
     ]
 }
@@ -453,6 +456,7 @@ fn talker(relay: &mut Relay, id: SessionId, ssrc: u32) {
         ssrc: Some(ssrc),
         ext: ext(&[(1, ExtKind::AudioLevel)]),
         feedback: Feedback::default(),
+        rids: Vec::new(),
     };
     relay.add_publisher(id, "room", 1, vec![track]).unwrap();
 }

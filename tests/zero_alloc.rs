@@ -61,9 +61,11 @@ struct FixedSink {
 }
 
 impl Sink for FixedSink {
-    fn rtp(&mut self, _to: SessionId, header: &[u8], payload: &[u8]) {
-        self.buf[..header.len()].copy_from_slice(header);
-        self.buf[header.len()..header.len() + payload.len()].copy_from_slice(payload);
+    fn rtp(&mut self, _to: SessionId, header: &[u8], prefix: &[u8], payload: &[u8]) {
+        let (h, p) = (header.len(), prefix.len());
+        self.buf[..h].copy_from_slice(header);
+        self.buf[h..h + p].copy_from_slice(prefix);
+        self.buf[h + p..h + p + payload.len()].copy_from_slice(payload);
         self.rtp += 1;
     }
     fn rtcp(&mut self, _to: SessionId, packet: &[u8]) {
@@ -105,6 +107,7 @@ fn forwarding_allocates_nothing() {
             ssrc: Some(1),
             ext: ext(&[(4, ExtKind::Mid), (1, ExtKind::AudioLevel)]),
             feedback: Feedback::default(),
+            rids: Vec::new(),
         },
         TrackSpec {
             kind: MediaKind::Video,
@@ -115,6 +118,7 @@ fn forwarding_allocates_nothing() {
             ssrc: Some(2),
             ext: ext(&[(4, ExtKind::Mid)]),
             feedback: fb,
+            rids: Vec::new(),
         },
     ];
     relay.add_publisher(1, "room", 9, tracks).unwrap();

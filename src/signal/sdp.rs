@@ -179,6 +179,10 @@ pub struct OfferedMedia {
     pub extmaps: Vec<(u8, String)>,
     pub ssrc: Option<u32>,
     pub simulcast: bool,
+    /// The RIDs the offerer sends as simulcast layers (RFC 8853 `a=simulcast:send`, each with
+    /// its `a=rid:... send`), in the offer's order, the first alternative of each, at most
+    /// [`MAX_SIMULCAST`]; empty without simulcast.
+    pub send_rids: Vec<String>,
     /// RFC 8843 §6: port 0 with `a=bundle-only` is a live m-line inside the BUNDLE group.
     pub bundle_only: bool,
 }
@@ -193,6 +197,46 @@ impl OfferedMedia {
     pub fn ext_map(&self) -> ExtMap {
         ext_table(&self.extmaps)
     }
+}
+
+/// Most simulcast layers volna receives on one m-line.
+pub const MAX_SIMULCAST: usize = 4;
+
+/// The send RIDs of an m-line's simulcast attribute (RFC 8853 §5.1): `send` then a `;` list of
+/// streams, each a `,` list of alternatives, `~` marking one paused. Each must have its own
+/// `a=rid:<id> send` (RFC 8851).
+fn send_rids(md: &MediaDescription) -> Vec<String> {
+    let declared: Vec<&str> = md
+        .attributes
+        .iter()
+        .filter(|a| a.key == "rid")
+        .filter_map(|a| {
+            let mut it = a.value.as_deref()?.split_whitespace();
+            let id = it.next()?;
+            (it.next()? == "send").then_some(id)
+        })
+        .collect();
+    let Some(sim) = md.attribute("simulcast").flatten() else {
+        return Vec::new();
+    };
+    let mut words = sim.split_whitespace();
+    let mut rids = Vec::new();
+    while let (Some(dir), Some(list)) = (words.next(), words.next()) {
+        if dir != "send" {
+            continue;
+        }
+        for stream in list.split(';') {
+            let Some(first) = stream.split(',').next() else {
+                continue;
+            };
+            let id = first.trim_start_matches('~');
+            if declared.contains(&id) && !rids.iter().any(|r: &String| r == id) {
+                rids.push(id.to_owned());
+            }
+        }
+    }
+    rids.truncate(MAX_SIMULCAST);
+    rids
 }
 
 /// `a=extmap` pairs as a lookup table of the extensions volna understands.
@@ -308,6 +352,7 @@ impl Offer {
                 extmaps,
                 ssrc,
                 simulcast: md.has_attribute("simulcast"),
+                send_rids: send_rids(md),
                 bundle_only,
             });
         }
@@ -375,6 +420,8 @@ pub enum AnswerMedia {
         source: Option<Source>,
         /// Whether goog-remb may be kept (volna sends REMB to publishers).
         remb: bool,
+        /// Simulcast layers received, by RID (answered `a=rid:... recv` and `a=simulcast:recv`).
+        rids: Vec<String>,
     },
 }
 
@@ -388,18 +435,34 @@ impl AnswerMedia {
         source: Option<Source>,
         remb: bool,
     ) -> Self {
-        let ext = offered
+        let ext: Vec<(u8, String)> = offered
             .extmaps
             .iter()
             .filter(|(_, uri)| ExtKind::from_uri(uri).is_some_and(|k| wanted.contains(&k)))
             .cloned()
             .collect();
+        // Layers can be told apart only by the RID extension.
+        let has_rid = ext.iter().any(|(_, uri)| uri == ExtKind::RtpStreamId.uri());
+        let rids = if direction == Direction::RecvOnly && has_rid {
+            offered.send_rids.clone()
+        } else {
+            Vec::new()
+        };
         AnswerMedia::Accepted {
             codec: Box::new(codec),
             direction,
             ext,
             source,
             remb,
+            rids,
+        }
+    }
+
+    /// The simulcast layers accepted, by RID (empty: one stream).
+    pub fn rids(&self) -> &[String] {
+        match self {
+            AnswerMedia::Accepted { rids, .. } => rids,
+            AnswerMedia::Rejected => &[],
         }
     }
 
@@ -444,6 +507,7 @@ struct MediaLine<'a> {
     ext: &'a [(u8, String)],
     direction: Direction,
     source: Option<&'a Source>,
+    rids: &'a [String],
 }
 
 /// The session part: origin, BUNDLE group, ICE-lite.
@@ -544,6 +608,12 @@ fn write_media(s: &mut String, local: &Local, setup: &str, m: &MediaLine<'_>, ca
             codec.clock_rate
         );
     }
+    if !m.rids.is_empty() {
+        for rid in m.rids {
+            let _ = write!(s, "a=rid:{rid} recv\r\n");
+        }
+        let _ = write!(s, "a=simulcast:recv {}\r\n", m.rids.join(";"));
+    }
     if let Some(src) = m.source {
         let _ = write!(s, "a=msid:{} {}\r\n", src.stream_id, src.track_id);
         // The media SSRC first: receivers take the first one listed as the stream's own.
@@ -602,6 +672,7 @@ pub fn build_answer(offer: &Offer, local: &Local, media: &[AnswerMedia]) -> Stri
                 ext,
                 source,
                 remb,
+                rids,
             } => {
                 let line = MediaLine {
                     media: &m.media,
@@ -612,6 +683,7 @@ pub fn build_answer(offer: &Offer, local: &Local, media: &[AnswerMedia]) -> Stri
                     ext,
                     direction: *direction,
                     source: source.as_ref(),
+                    rids,
                 };
                 write_media(&mut s, local, setup, &line, first);
                 first = false;
@@ -670,6 +742,7 @@ pub fn build_offer(local: &Local, version: u64, lines: &[OfferLine]) -> String {
                     ext: &l.ext,
                     direction: Direction::SendOnly,
                     source: Some(src),
+                    rids: &[],
                 };
                 write_media(&mut s, local, "actpass", &line, first);
                 first = false;

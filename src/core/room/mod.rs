@@ -19,6 +19,7 @@ use crate::core::cache::RetransmitCache;
 use crate::core::forward::{Decision, Forwarder};
 use crate::core::rtcp::twcc::{self, PacketResult};
 use crate::core::rtcp::{self, Compound, Pli, ReceiverReport, Remb, RtcpPacket, SenderReport};
+use crate::core::rtp::codec::vp8;
 use crate::core::rtp::{write_header, Codec, ExtKind, ExtMap, ExtTranslation, Rewrite, RtpView};
 pub use stats::ReceiveStats;
 
@@ -27,8 +28,10 @@ pub type SessionId = u64;
 
 /// Receives what the relay wants sent. Plain RTP/RTCP: the transport encrypts.
 pub trait Sink {
-    /// One forwarded packet: `header` is already rewritten; `payload` is the publisher's, shared.
-    fn rtp(&mut self, to: SessionId, header: &[u8], payload: &[u8]);
+    /// One forwarded packet: `header` is already rewritten; the payload is `prefix` (the start
+    /// of the payload rewritten for this viewer, such as a VP8 descriptor; usually empty)
+    /// followed by `payload`, the publisher's, shared.
+    fn rtp(&mut self, to: SessionId, header: &[u8], prefix: &[u8], payload: &[u8]);
     fn rtcp(&mut self, to: SessionId, packet: &[u8]);
 }
 
@@ -59,6 +62,9 @@ pub struct TrackSpec {
     pub ssrc: Option<u32>,
     pub ext: ExtMap,
     pub feedback: Feedback,
+    /// Simulcast layers by RID (RFC 8851/8853), in the offer's order; empty for one layer.
+    /// Which is the better layer is learned from what each carries, not from the order.
+    pub rids: Vec<String>,
 }
 
 /// One track of one publisher.
@@ -149,20 +155,66 @@ pub enum RoomError {
 
 struct PubTrack {
     spec: TrackSpec,
-    ssrc: Option<u32>,
+    /// One per simulcast encoding; one for a track without simulcast.
+    layers: Vec<Layer>,
     viewers: Vec<(SessionId, usize)>,
-    stats: ReceiveStats,
-    last_keyframe_request: Option<Instant>,
-    /// A keyframe request waiting for the rate limit or for the track's SSRC.
-    keyframe_due: Option<Instant>,
-    fir_seq: u8,
     /// Smoothed loudness from the audio-level extension (127 - dBov; louder is larger).
     loudness: f32,
+}
+
+/// One RTP stream of a publisher track: the track itself, or one of its simulcast layers.
+struct Layer {
+    rid: Option<String>,
+    ssrc: Option<u32>,
+    stats: ReceiveStats,
+    last_keyframe_request: Option<Instant>,
+    /// A keyframe request waiting for the rate limit or for the layer's SSRC.
+    keyframe_due: Option<Instant>,
+    fir_seq: u8,
     cache: RetransmitCache,
     /// What the publisher sends on it: the allocator's measure of what a viewer needs for it.
     rate: RateMeter,
     /// Highest sequence number received, to find the newest cached packets (for probes).
     last_seq: Option<u16>,
+    /// Picture size of its last key frame, where the codec tells (VP8): ranks layers.
+    pixels: u32,
+}
+
+impl Layer {
+    fn new(spec: &TrackSpec, rid: Option<String>, ssrc: Option<u32>) -> Self {
+        Layer {
+            rid,
+            ssrc,
+            stats: ReceiveStats::new(spec.clock_rate),
+            // About a second of packets: 512 at video rates, 64 for 20 ms audio frames.
+            cache: RetransmitCache::new(match spec.kind {
+                MediaKind::Video => 512,
+                MediaKind::Audio => 64,
+            }),
+            last_keyframe_request: None,
+            keyframe_due: None,
+            fir_seq: 0,
+            rate: RateMeter::default(),
+            last_seq: None,
+            pixels: 0,
+        }
+    }
+}
+
+impl PubTrack {
+    /// The layers being sent, lowest quality first (by key-frame size where known, then by
+    /// rate), at most [`alloc::MAX_LAYERS`]; returns how many.
+    fn ranked(&self, now: Instant, out: &mut [usize; alloc::MAX_LAYERS]) -> usize {
+        let mut n = 0;
+        for (i, l) in self.layers.iter().enumerate() {
+            if n < out.len() && (self.layers.len() == 1 || l.rate.bps(now) > 0) {
+                out[n] = i;
+                n += 1;
+            }
+        }
+        out[..n].sort_by_key(|&i| (self.layers[i].pixels, self.layers[i].rate.bps(now)));
+        n
+    }
 }
 
 struct Publisher {
@@ -278,7 +330,8 @@ fn send_probe(
         .filter_map(|t| {
             let p = publishers.get(&t.spec.source.publisher)?;
             let src = &p.tracks[t.spec.source.track];
-            let (pkt, view) = src.cache.get(now, src.last_seq?)?;
+            let layer = &src.layers[usize::from(t.fwd.current()?)];
+            let (pkt, view) = layer.cache.get(now, layer.last_seq?)?;
             Some((t, src, pkt, view))
         })
         .max_by_key(|(_, src, ..)| src.spec.kind == MediaKind::Video);
@@ -295,7 +348,7 @@ fn send_probe(
         let rw = Rewrite {
             ssrc: rtx.ssrc,
             sequence: vt.next_rtx_seq(),
-            timestamp: vt.fwd.viewer_timestamp(view.timestamp).unwrap_or(0),
+            timestamp: vt.fwd.timestamp_now(view.timestamp),
             payload_type: rtx.payload_type,
             marker: false,
         };
@@ -305,7 +358,7 @@ fn send_probe(
             return count > 0;
         };
         header[0] |= 0x20;
-        sink.rtp(vid, &header[..n], &body[..PAD]);
+        sink.rtp(vid, &header[..n], &[], &body[..PAD]);
         if let Some(t) = transport_seq {
             cc.bwe
                 .on_sent(now, t, n + PAD + SRTP_OVERHEAD, Some(cluster.id));
@@ -400,8 +453,10 @@ pub struct Relay {
     next_allocation: Option<Instant>,
     /// An RTX packet's payload (original sequence number, then the payload) or a probe's padding.
     rtx_body: [u8; 1500],
-    /// Sources to ask for a key frame after an allocation round (reused).
-    resumed: Vec<TrackRef>,
+    /// A rewritten VP8 payload descriptor, sent ahead of the rest of the shared payload.
+    prefix: [u8; 16],
+    /// Source layers to ask for a key frame after an allocation round (reused).
+    resumed: Vec<(TrackRef, u8)>,
 }
 
 impl Relay {
@@ -419,6 +474,7 @@ impl Relay {
             next_speaker_check: None,
             next_allocation: None,
             rtx_body: [0; 1500],
+            prefix: [0; 16],
             resumed: Vec::new(),
         }
     }
@@ -468,22 +524,22 @@ impl Relay {
         }
         let tracks = tracks
             .into_iter()
-            .map(|spec| PubTrack {
-                ssrc: spec.ssrc,
-                stats: ReceiveStats::new(spec.clock_rate),
-                // About a second of packets: 512 at video rates, 64 for 20 ms audio frames.
-                cache: RetransmitCache::new(match spec.kind {
-                    MediaKind::Video => 512,
-                    MediaKind::Audio => 64,
-                }),
-                spec,
-                viewers: Vec::new(),
-                last_keyframe_request: None,
-                keyframe_due: None,
-                fir_seq: 0,
-                loudness: 0.0,
-                rate: RateMeter::default(),
-                last_seq: None,
+            .map(|spec| {
+                let layers = if spec.rids.is_empty() {
+                    vec![Layer::new(&spec, None, spec.ssrc)]
+                } else {
+                    spec.rids
+                        .iter()
+                        .take(alloc::MAX_LAYERS)
+                        .map(|rid| Layer::new(&spec, Some(rid.clone()), None))
+                        .collect()
+                };
+                PubTrack {
+                    layers,
+                    spec,
+                    viewers: Vec::new(),
+                    loudness: 0.0,
+                }
             })
             .collect();
         self.publishers.insert(
@@ -544,6 +600,7 @@ impl Relay {
         src.viewers.push((viewer, index));
         let fwd = Forwarder::new(
             src.spec.codec,
+            src.spec.clock_rate,
             spec.ssrc,
             spec.payload_type,
             spec.initial_seq,
@@ -564,7 +621,7 @@ impl Relay {
             live: true,
             rtx_seq,
         });
-        self.request_keyframe(now, source.publisher, source.track, sink);
+        self.request_keyframe(now, source.publisher, source.track, 0, sink);
         Ok(index)
     }
 
@@ -696,21 +753,28 @@ impl Relay {
             self.counters.dropped_packets += 1;
             return;
         };
-        let Some(ti) = find_track(p, buf, view) else {
+        let Some((ti, li)) = find_track(p, buf, view) else {
             self.counters.dropped_packets += 1;
             return;
         };
         let track = &mut p.tracks[ti];
-        track.ssrc = Some(view.ssrc);
-        track.rate.on_bytes(now, buf.len());
-        let newer = track
+        let layer = &mut track.layers[li];
+        layer.ssrc = Some(view.ssrc);
+        layer.rate.on_bytes(now, buf.len());
+        let newer = layer
             .last_seq
             .is_none_or(|l| view.sequence.wrapping_sub(l).wrapping_sub(1) < 0x8000);
         if newer {
-            track.last_seq = Some(view.sequence);
+            layer.last_seq = Some(view.sequence);
         }
-        track.stats.on_packet(now, view.sequence, view.timestamp);
-        track.cache.insert(now, packet, view);
+        layer.stats.on_packet(now, view.sequence, view.timestamp);
+        layer.cache.insert(now, packet, view);
+        let payload = view.payload(buf);
+        if track.layers.len() > 1 && track.spec.codec == Codec::Vp8 {
+            if let Some(px) = vp8::keyframe_pixels(payload) {
+                track.layers[li].pixels = px;
+            }
+        }
         if let Some(level_id) = track.spec.ext.id(ExtKind::AudioLevel) {
             if let Some((_, data)) = view.extensions(buf).find(|(id, _)| *id == level_id) {
                 // RFC 6464: 0 is the loudest, 127 silence, in -dBov.
@@ -718,13 +782,12 @@ impl Relay {
                 track.loudness += (loudness - track.loudness) * 0.2;
             }
         }
-        let payload = view.payload(buf);
         for &(vid, vti) in &track.viewers {
             let Some(v) = self.viewers.get_mut(&vid) else {
                 continue;
             };
             let vt = &mut v.tracks[vti];
-            let Decision::Forward(rw) = vt.fwd.decide(view, payload) else {
+            let Decision::Forward(rw) = vt.fwd.decide(now, li as u8, view, payload) else {
                 self.counters.dropped_packets += 1;
                 continue;
             };
@@ -732,7 +795,8 @@ impl Relay {
             let ext = vt.translation(&track.spec.ext, transport_seq);
             match write_header(&mut self.header, buf, view, &rw, ext) {
                 Ok(n) => {
-                    sink.rtp(vid, &self.header[..n], payload);
+                    let (prefix, payload) = payload_prefix(&vt.fwd, payload, &mut self.prefix);
+                    sink.rtp(vid, &self.header[..n], prefix, payload);
                     if let Some(t) = transport_seq {
                         let slot = rw.sequence as usize % SENT_TRANSPORT_SEQ;
                         vt.sent_transport_seq[slot] = (rw.sequence, t);
@@ -761,10 +825,16 @@ impl Relay {
             let Ok(RtcpPacket::SenderReport(sr)) = pkt else {
                 continue;
             };
-            let Some(track) = p.tracks.iter_mut().find(|t| t.ssrc == Some(sr.ssrc)) else {
+            let found = p.tracks.iter_mut().find_map(|t| {
+                let li = t.layers.iter().position(|l| l.ssrc == Some(sr.ssrc))?;
+                Some((t, li))
+            });
+            let Some((track, li)) = found else {
                 continue;
             };
-            track.stats.on_sender_report(now, sr.ntp_middle());
+            track.layers[li]
+                .stats
+                .on_sender_report(now, sr.ntp_middle());
             // Each viewer gets the report in its own SSRC and timestamp space, so its clock
             // mapping (lip sync) and stats stay right.
             for &(vid, vti) in &track.viewers {
@@ -772,7 +842,7 @@ impl Relay {
                     continue;
                 };
                 let fwd = &v.tracks[vti].fwd;
-                let Some(ts) = fwd.viewer_timestamp(sr.rtp_timestamp) else {
+                let Some(ts) = fwd.viewer_timestamp(li as u8, sr.rtp_timestamp) else {
                     continue;
                 };
                 let (packets, octets) = fwd.counts();
@@ -802,7 +872,7 @@ impl Relay {
             return;
         };
         let live = |ssrc: u32| tracks.iter().find(|t| t.live && t.fwd.ssrc() == ssrc);
-        let mut keyframes: Vec<TrackRef> = Vec::new();
+        let mut keyframes: Vec<(TrackRef, u8)> = Vec::new();
         for pkt in Compound::new(buf) {
             let media = match pkt {
                 Ok(RtcpPacket::TransportCc(fb)) => {
@@ -835,6 +905,14 @@ impl Relay {
                         continue;
                     };
                     let src = &p.tracks[vt.spec.source.track];
+                    // NACKs name the viewer's numbering of the layer it follows now.
+                    let Some(layer) = vt
+                        .fwd
+                        .current()
+                        .and_then(|l| src.layers.get(usize::from(l)))
+                    else {
+                        continue;
+                    };
                     // Answer from the cache what it holds; ask the publisher for the rest.
                     let mut upstream: Vec<u16> = Vec::new();
                     for (first, blp) in nack.pairs() {
@@ -851,7 +929,7 @@ impl Relay {
                             if !vt.fwd.covers(seq) {
                                 continue;
                             }
-                            let cached = src.cache.get(now, seq).and_then(|(pkt, view)| {
+                            let cached = layer.cache.get(now, seq).and_then(|(pkt, view)| {
                                 Some((pkt, view, vt.fwd.rewrite_again(view)?))
                             });
                             let Some((pkt, view, rw)) = cached else {
@@ -869,16 +947,19 @@ impl Relay {
                                 };
                                 let transport_seq = cc.take_seq(&vt.spec.ext);
                                 let ext = vt.translation(&src.spec.ext, transport_seq);
-                                let payload = view.payload(pkt);
-                                let Some(body) = self.rtx_body.get_mut(..payload.len() + 2) else {
+                                let (prefix, payload) =
+                                    payload_prefix(&vt.fwd, view.payload(pkt), &mut self.prefix);
+                                let len = 2 + prefix.len() + payload.len();
+                                let Some(body) = self.rtx_body.get_mut(..len) else {
                                     continue;
                                 };
                                 body[..2].copy_from_slice(&rw.sequence.to_be_bytes());
-                                body[2..].copy_from_slice(payload);
+                                body[2..2 + prefix.len()].copy_from_slice(prefix);
+                                body[2 + prefix.len()..].copy_from_slice(payload);
                                 if let Ok(n) =
                                     write_header(&mut self.header, pkt, view, &rtx_rw, ext)
                                 {
-                                    sink.rtp(from, &self.header[..n], body);
+                                    sink.rtp(from, &self.header[..n], &[], body);
                                     cc.sent(now, transport_seq, n + body.len());
                                     self.counters.retransmitted_packets += 1;
                                 }
@@ -899,14 +980,15 @@ impl Relay {
                             };
                             let ext = vt.translation(&src.spec.ext, transport_seq);
                             if let Ok(n) = write_header(&mut self.header, pkt, view, &rw, ext) {
-                                let payload = view.payload(pkt);
-                                sink.rtp(from, &self.header[..n], payload);
-                                cc.sent(now, transport_seq, n + payload.len());
+                                let (prefix, payload) =
+                                    payload_prefix(&vt.fwd, view.payload(pkt), &mut self.prefix);
+                                sink.rtp(from, &self.header[..n], prefix, payload);
+                                cc.sent(now, transport_seq, n + prefix.len() + payload.len());
                                 self.counters.retransmitted_packets += 1;
                             }
                         }
                     }
-                    let (Some(ssrc), true) = (src.ssrc, src.spec.feedback.nack) else {
+                    let (Some(ssrc), true) = (layer.ssrc, src.spec.feedback.nack) else {
                         continue;
                     };
                     if let Ok(n) =
@@ -920,20 +1002,22 @@ impl Relay {
                 }
                 _ => continue,
             };
-            if let Some(vt) = live(media) {
-                if !keyframes.contains(&vt.spec.source) {
-                    keyframes.push(vt.spec.source);
+            // The layer the viewer follows, or the one it waits to switch to.
+            if let Some(k) = live(media).and_then(|vt| Some((vt.spec.source, vt.fwd.target()?))) {
+                if !keyframes.contains(&k) {
+                    keyframes.push(k);
                 }
             }
         }
-        for src in keyframes {
-            self.request_keyframe(now, src.publisher, src.track, sink);
+        for (src, layer) in keyframes {
+            self.request_keyframe(now, src.publisher, src.track, layer, sink);
         }
     }
 
-    /// One allocation round: each viewer's estimate split over its tracks (see [`alloc`]); video
-    /// the estimate cannot carry is paused (with `pause_video`), and resumed from a key frame
-    /// when it can.
+    /// One allocation round: each viewer's estimate split over its tracks (see [`alloc`]): each
+    /// video gets the best simulcast layer that fits (switched at the layer's next key frame,
+    /// which is asked for); video the estimate cannot carry is paused (with `pause_video`) and
+    /// resumed from a key frame when it can.
     fn allocate(&mut self, now: Instant, sink: &mut impl Sink) {
         const MAX: usize = 32;
         let pause_video = self.config.pause_video;
@@ -948,23 +1032,23 @@ impl Relay {
             ..
         } = self;
         for (&vid, v) in viewers.iter_mut() {
-            if !v.cc.has_signal() {
-                continue;
-            }
+            // A viewer that tells nothing about its link gets the best of everything.
+            let signal = v.cc.has_signal();
+            let estimate = if signal {
+                v.cc.bwe.estimate_bps()
+            } else {
+                u64::MAX / 2
+            };
             // Pausing is safe only where probes can find the way back: transport-cc feedback
             // and an RTX stream to carry them.
-            let can_probe = v
-                .tracks
-                .iter()
-                .any(|t| t.live && t.spec.rtx.is_some() && !t.sent_transport_seq.is_empty());
+            let can_probe = signal
+                && v.tracks
+                    .iter()
+                    .any(|t| t.live && t.spec.rtx.is_some() && !t.sent_transport_seq.is_empty());
             let speaker = rooms.get(&v.room).and_then(|r| r.speaker);
-            let mut demands = [alloc::Demand {
-                kind: MediaKind::Audio,
-                bps: 0,
-                priority: 0,
-                on: true,
-            }; MAX];
-            let mut index = [0usize; MAX];
+            let mut demands = [alloc::Demand::single(MediaKind::Audio, 0, 0, true); MAX];
+            // Per demand: the viewer track, and its source's layers lowest quality first.
+            let mut index = [(0usize, [0usize; alloc::MAX_LAYERS]); MAX];
             let mut n = 0;
             for (i, vt) in v.tracks.iter().enumerate().filter(|(_, t)| t.live) {
                 let Some(p) = publishers.get(&vt.spec.source.publisher) else {
@@ -974,33 +1058,67 @@ impl Relay {
                 if n == MAX {
                     break;
                 }
-                demands[n] = alloc::Demand {
-                    kind: src.spec.kind,
-                    bps: src.rate.bps(now),
-                    priority: u8::from(speaker == Some(vt.spec.source.publisher)),
-                    on: !vt.fwd.is_paused(),
-                };
-                index[n] = i;
+                let mut ranked = [0usize; alloc::MAX_LAYERS];
+                let n_layers = src.ranked(now, &mut ranked);
+                if n_layers == 0 {
+                    continue;
+                }
+                let mut d = alloc::Demand::single(
+                    src.spec.kind,
+                    0,
+                    u8::from(speaker == Some(vt.spec.source.publisher)),
+                    false,
+                );
+                for (k, &slot) in ranked[..n_layers].iter().enumerate() {
+                    d.layers[k] = src.layers[slot].rate.bps(now);
+                }
+                d.n_layers = n_layers;
+                d.on = vt
+                    .fwd
+                    .target()
+                    .and_then(|t| ranked[..n_layers].iter().position(|&s| s == usize::from(t)));
+                if d.on.is_none() && !vt.fwd.is_paused() {
+                    // Following a layer no longer sent: count it as the lowest.
+                    d.on = Some(0);
+                }
+                demands[n] = d;
+                index[n] = (i, ranked);
                 n += 1;
             }
-            let mut on = [true; MAX];
-            alloc::allocate(v.cc.bwe.estimate_bps(), &demands[..n], &mut on[..n]);
+            let mut out = [None; MAX];
+            alloc::allocate(estimate, &demands[..n], &mut out[..n]);
             let mut want = 0u64;
             for k in 0..n {
-                want += demands[k].bps;
-                let vt = &mut v.tracks[index[k]];
-                match (on[k], vt.fwd.is_paused()) {
-                    (true, true) => {
-                        vt.fwd.resume();
-                        if !resumed.contains(&vt.spec.source) {
-                            resumed.push(vt.spec.source);
+                let (i, ranked) = index[k];
+                let vt = &mut v.tracks[i];
+                let d = &demands[k];
+                // Probes aim at what every track would take at its best.
+                want += d.layers[d.n_layers - 1];
+                let choice = match out[k] {
+                    Some(layer) => Some(layer),
+                    // Without pausing, video that does not fit gets its lowest layer.
+                    None if !(pause_video && can_probe) => Some(0),
+                    None => None,
+                };
+                match choice {
+                    Some(layer) => {
+                        let slot = ranked[layer] as u8;
+                        if vt.fwd.target() != Some(slot) {
+                            vt.fwd.set_target(slot);
+                        }
+                        // A switch (or resume) waits for a key frame of the layer: ask for one
+                        // each round until it comes (requests are rate-limited per layer).
+                        let key = (vt.spec.source, slot);
+                        if vt.fwd.current() != Some(slot) && !resumed.contains(&key) {
+                            resumed.push(key);
                         }
                     }
-                    (false, false) if pause_video && can_probe => {
-                        vt.fwd.pause();
-                        counters.paused_tracks += 1;
+                    None => {
+                        if !vt.fwd.is_paused() {
+                            vt.fwd.pause();
+                            counters.paused_tracks += 1;
+                        }
                     }
-                    _ => {}
                 }
             }
             if !can_probe {
@@ -1014,8 +1132,8 @@ impl Relay {
             }
         }
         let mut list = std::mem::take(&mut self.resumed);
-        for src in list.drain(..) {
-            self.request_keyframe(now, src.publisher, src.track, sink);
+        for (src, layer) in list.drain(..) {
+            self.request_keyframe(now, src.publisher, src.track, layer, sink);
         }
         self.resumed = list;
     }
@@ -1027,6 +1145,7 @@ impl Relay {
         now: Instant,
         publisher: SessionId,
         track: usize,
+        layer: u8,
         sink: &mut impl Sink,
     ) {
         let Some(p) = self.publishers.get_mut(&publisher) else {
@@ -1038,14 +1157,26 @@ impl Relay {
         if t.spec.kind != MediaKind::Video {
             return;
         }
-        let due = t
+        let feedback = t.spec.feedback;
+        let Some(l) = t.layers.get_mut(usize::from(layer)) else {
+            return;
+        };
+        let due = l
             .last_keyframe_request
-            .map_or(now, |l| l + self.config.keyframe_request_interval);
-        if now < due || t.ssrc.is_none() {
-            t.keyframe_due = Some(t.keyframe_due.map_or(due, |d| d.min(due)));
+            .map_or(now, |last| last + self.config.keyframe_request_interval);
+        if now < due || l.ssrc.is_none() {
+            l.keyframe_due = Some(l.keyframe_due.map_or(due, |d| d.min(due)));
             return;
         }
-        send_keyframe_request(p.rtcp_ssrc, t, now, &mut self.rtcp, sink, publisher);
+        send_keyframe_request(
+            p.rtcp_ssrc,
+            feedback,
+            l,
+            now,
+            &mut self.rtcp,
+            sink,
+            publisher,
+        );
         self.counters.keyframe_requests += 1;
     }
 
@@ -1060,8 +1191,8 @@ impl Relay {
             if let Some(r) = p.next_report {
                 consider(r);
             }
-            for t in p.tracks.iter().filter(|t| t.ssrc.is_some()) {
-                if let Some(d) = t.keyframe_due {
+            for l in p.tracks.iter().flat_map(|t| &t.layers) {
+                if let (Some(d), Some(_)) = (l.keyframe_due, l.ssrc) {
                     consider(d);
                 }
             }
@@ -1081,9 +1212,20 @@ impl Relay {
         }
         for (&pid, p) in self.publishers.iter_mut() {
             for t in &mut p.tracks {
-                if t.ssrc.is_some() && t.keyframe_due.is_some_and(|d| now >= d) {
-                    send_keyframe_request(p.rtcp_ssrc, t, now, &mut self.rtcp, sink, pid);
-                    self.counters.keyframe_requests += 1;
+                let feedback = t.spec.feedback;
+                for l in &mut t.layers {
+                    if l.ssrc.is_some() && l.keyframe_due.is_some_and(|d| now >= d) {
+                        send_keyframe_request(
+                            p.rtcp_ssrc,
+                            feedback,
+                            l,
+                            now,
+                            &mut self.rtcp,
+                            sink,
+                            pid,
+                        );
+                        self.counters.keyframe_requests += 1;
+                    }
                 }
             }
             let report_due = p.next_report.is_none_or(|r| now >= r);
@@ -1093,13 +1235,14 @@ impl Relay {
             p.next_report = Some(now + self.config.report_interval);
             let mut blocks = [rtcp::ReportBlock::default(); 8];
             let mut n_blocks = 0;
-            for t in p
+            for l in p
                 .tracks
                 .iter_mut()
-                .filter(|t| t.ssrc.is_some())
+                .flat_map(|t| &mut t.layers)
+                .filter(|l| l.ssrc.is_some())
                 .take(blocks.len())
             {
-                blocks[n_blocks] = t.stats.report_block(now, t.ssrc.unwrap_or_default());
+                blocks[n_blocks] = l.stats.report_block(now, l.ssrc.unwrap_or_default());
                 n_blocks += 1;
             }
             if n_blocks == 0 {
@@ -1115,7 +1258,7 @@ impl Relay {
                 .iter()
                 .find(|t| t.spec.kind == MediaKind::Video && t.spec.feedback.remb)
             {
-                if let Some(ssrc) = video.ssrc {
+                if let Some(ssrc) = video.layers.iter().find_map(|l| l.ssrc) {
                     let remb = Remb {
                         sender_ssrc: p.rtcp_ssrc,
                         bitrate_bps: self.config.publisher_max_bitrate_bps,
@@ -1167,7 +1310,8 @@ impl Relay {
 
 fn send_keyframe_request(
     rtcp_ssrc: u32,
-    t: &mut PubTrack,
+    feedback: Feedback,
+    t: &mut Layer,
     now: Instant,
     buf: &mut [u8],
     sink: &mut impl Sink,
@@ -1176,7 +1320,7 @@ fn send_keyframe_request(
     let Some(ssrc) = t.ssrc else { return };
     t.keyframe_due = None;
     t.last_keyframe_request = Some(now);
-    let n = if t.spec.feedback.pli || !t.spec.feedback.fir {
+    let n = if feedback.pli || !feedback.fir {
         Pli {
             sender_ssrc: rtcp_ssrc,
             media_ssrc: ssrc,
@@ -1191,22 +1335,58 @@ fn send_keyframe_request(
     }
 }
 
-/// Finds the track a packet belongs to: by SSRC, else by its MID extension, else by payload type.
-fn find_track(p: &Publisher, buf: &[u8], view: &RtpView) -> Option<usize> {
-    if let Some(i) = p.tracks.iter().position(|t| t.ssrc == Some(view.ssrc)) {
-        return Some(i);
+/// Splits a payload for one viewer: its VP8 descriptor rewritten into `buf` when the viewer's
+/// picture ids are shifted (after a layer switch), and the shared rest.
+fn payload_prefix<'a, 'b>(
+    fwd: &Forwarder,
+    payload: &'a [u8],
+    buf: &'b mut [u8; 16],
+) -> (&'b [u8], &'a [u8]) {
+    let shift = fwd.vp8_shift();
+    if shift.is_zero() {
+        return (&[], payload);
     }
+    let Some(d) = vp8::Descriptor::parse(payload) else {
+        return (&[], payload);
+    };
+    match d.write_shifted(payload, shift.picture_id, shift.tl0, buf) {
+        Some(n) => (&buf[..n], &payload[n..]),
+        None => (&[], payload),
+    }
+}
+
+/// Finds the track and layer a packet belongs to: by SSRC, else by its MID extension (and RID
+/// for a simulcast track), else by payload type.
+fn find_track(p: &Publisher, buf: &[u8], view: &RtpView) -> Option<(usize, usize)> {
     for (i, t) in p.tracks.iter().enumerate() {
-        if let Some(mid_id) = t.spec.ext.id(ExtKind::Mid) {
-            if view
-                .extensions(buf)
-                .any(|(id, data)| id == mid_id && data == t.spec.mid.as_bytes())
-            {
-                return (t.ssrc.is_none() && t.spec.payload_type == view.payload_type).then_some(i);
-            }
+        if let Some(l) = t.layers.iter().position(|l| l.ssrc == Some(view.ssrc)) {
+            return Some((i, l));
         }
     }
+    let ext = |id: Option<u8>| {
+        let id = id?;
+        view.extensions(buf).find(|(i, _)| *i == id).map(|(_, d)| d)
+    };
+    // A new SSRC may only take a layer that has none yet, in the track's payload type.
+    let free = |t: &PubTrack, l: usize| {
+        t.layers[l].ssrc.is_none() && t.spec.payload_type == view.payload_type
+    };
+    for (i, t) in p.tracks.iter().enumerate() {
+        if ext(t.spec.ext.id(ExtKind::Mid)).is_some_and(|m| m == t.spec.mid.as_bytes()) {
+            if t.spec.rids.is_empty() {
+                return free(t, 0).then_some((i, 0));
+            }
+            let rid = ext(t.spec.ext.id(ExtKind::RtpStreamId))?;
+            let l = t
+                .layers
+                .iter()
+                .position(|l| l.rid.as_deref().map(str::as_bytes) == Some(rid))?;
+            return free(t, l).then_some((i, l));
+        }
+    }
+    // Without MID, only a track without simulcast can be told by its payload type.
     p.tracks
         .iter()
-        .position(|t| t.ssrc.is_none() && t.spec.payload_type == view.payload_type)
+        .position(|t| t.spec.rids.is_empty() && free(t, 0))
+        .map(|i| (i, 0))
 }

@@ -82,6 +82,7 @@ impl Shard {
                 clock_rate: t.clock_rate,
                 ssrc: Some(t.ssrc),
                 ext: ExtMap::default(),
+                rids: Vec::new(),
                 // Native clients answer NACK and PLI; there is no REMB on QUIC (its congestion
                 // controller paces the connection).
                 feedback: crate::core::room::Feedback {

@@ -39,9 +39,16 @@ pub(super) const VIEWER_EXTS: &[ExtKind] = &[
 ];
 
 /// What publishers may negotiate: the same but the transport-wide number (volna sends publishers
-/// REMB, not transport-cc feedback). RIDs wait for simulcast: without them in the answer, a
-/// publisher sends a single layer.
-pub(super) const NEGOTIATED_EXTS: &[ExtKind] = VIEWER_EXTS.split_at(VIEWER_EXTS.len() - 1).0;
+/// REMB, not transport-cc feedback), plus the RID that names a simulcast layer.
+pub(super) const NEGOTIATED_EXTS: &[ExtKind] = &[
+    ExtKind::Mid,
+    ExtKind::AudioLevel,
+    ExtKind::AbsSendTime,
+    ExtKind::TransmissionOffset,
+    ExtKind::VideoOrientation,
+    ExtKind::PlayoutDelay,
+    ExtKind::RtpStreamId,
+];
 
 /// Limits that keep one client from using up a node.
 #[derive(Debug, Clone)]
@@ -196,13 +203,13 @@ pub(super) struct Out<'a> {
 }
 
 impl Sink for Out<'_> {
-    fn rtp(&mut self, to: SessionId, header: &[u8], payload: &[u8]) {
+    fn rtp(&mut self, to: SessionId, header: &[u8], prefix: &[u8], payload: &[u8]) {
         let Some(s) = self.sessions.get_mut(&to) else {
             return;
         };
         if let Some(flow) = s.quic_flow {
             self.quic
-                .push_back((to, Bytes::from(datagram(flow, &[header, payload]))));
+                .push_back((to, Bytes::from(datagram(flow, &[header, prefix, payload]))));
             return;
         }
         let (Some(keys), Some(addr)) = (s.srtp.as_mut(), s.remote) else {
@@ -211,6 +218,7 @@ impl Sink for Out<'_> {
         // The one copy of the payload for this receiver, protected where it lies.
         let (buf, start) = self.send.begin();
         buf.extend_from_slice(header);
+        buf.extend_from_slice(prefix);
         buf.extend_from_slice(payload);
         match keys.rtp_out.protect(buf, start, header.len()) {
             Ok(()) => self.send.commit(addr, start),
@@ -512,6 +520,7 @@ impl Shard {
                 ssrc: m.ssrc,
                 ext: a.ext_map(),
                 feedback: a.feedback(),
+                rids: a.rids().to_vec(),
             });
             published.push((kind, codec.clone(), m.mid.clone()));
             answers.push(a);
