@@ -976,3 +976,174 @@ fn rtx_carries_resends_and_probes() {
         "after the resend on the RTX stream"
     );
 }
+
+/// A simulcast publisher (layers "q" 320×180 and "f" 640×360, told apart by the RID extension)
+/// and two viewers: the one with room gets the top layer, the one on a 300 kbps estimate the low
+/// one; when its estimate grows it switches up at a key frame of the top layer (asked for with a
+/// PLI on that layer's SSRC), and its stream stays one: sequence numbers without a gap,
+/// timestamps rising, VP8 picture ids going on by one per frame. The publisher's transport-wide
+/// numbers are answered with transport-cc feedback.
+#[test]
+fn simulcast_layers_follow_each_viewers_estimate() {
+    use volna::core::rtcp::Remb;
+    const Q: u32 = 0x51;
+    const F: u32 = 0x52;
+    let t0 = Instant::now();
+    let mut relay = Relay::new(RelayConfig::default());
+    let mut sink = Recorder::default();
+    let mut tracks = publisher_tracks();
+    tracks[1].ssrc = None;
+    tracks[1].rids = vec!["q".into(), "f".into()];
+    tracks[1].ext = ext(&[(4, ExtKind::Mid), (10, ExtKind::RtpStreamId)]);
+    for t in &mut tracks {
+        t.ext.insert(5, ExtKind::TransportWideCc);
+    }
+    relay.add_publisher(PUB, "room", 77, tracks).unwrap();
+    add_viewer(&mut relay, t0, V1, viewer_tracks(0x100), &mut sink);
+    add_viewer(&mut relay, t0, V2, viewer_tracks(0x200), &mut sink);
+    let remb = |viewer_ssrc: u32, bps: u64| {
+        let mut b = [0u8; 64];
+        let n = Remb {
+            sender_ssrc: viewer_ssrc,
+            bitrate_bps: bps,
+            ssrc: viewer_ssrc + 1,
+        }
+        .write(&mut b)
+        .unwrap();
+        b[..n].to_vec()
+    };
+    relay.handle_viewer_rtcp(t0, V1, &remb(0x100, 5_000_000), &mut sink);
+    relay.handle_viewer_rtcp(t0, V2, &remb(0x200, 300_000), &mut sink);
+
+    /// One VP8 packet: descriptor with a 15-bit picture id, then (first packet of a key frame)
+    /// the frame tag, start code and size.
+    fn vp8(first: bool, key: bool, pid: u16, size: (u16, u16), len: usize) -> Vec<u8> {
+        let id = (pid | 0x8000).to_be_bytes();
+        let mut p = vec![if first { 0x90 } else { 0x80 }, 0x80, id[0], id[1]];
+        p.push(u8::from(!key));
+        if first && key {
+            p.extend_from_slice(&[0, 0, 0x9d, 0x01, 0x2a]);
+            p.extend_from_slice(&size.0.to_le_bytes());
+            p.extend_from_slice(&size.1.to_le_bytes());
+        }
+        p.resize(len, 0xab);
+        p
+    }
+    // Per layer: (ssrc, rid, packets per frame, bytes per packet, size, seq, picture id, ts base)
+    let mut layers = [
+        (
+            Q,
+            b'q',
+            1usize,
+            300usize,
+            (320u16, 180u16),
+            1000u16,
+            10u16,
+            7u32,
+        ),
+        (F, b'f', 4, 1000, (640, 360), 50_000, 3000, 900_000),
+    ];
+    let mut key_due = [true, true];
+    let mut tseq = 0u16;
+    // Per viewer: (sequence, timestamp, picture id, payload length) of each video packet.
+    type Got = Vec<(u16, u32, u16, usize)>;
+    let mut run = |relay: &mut Relay, sink: &mut Recorder, from_ms: u64, to_ms: u64| {
+        let (mut v1, mut v2, mut feedback): (Got, Got, usize) = (Vec::new(), Vec::new(), 0);
+        for ms in from_ms..to_ms {
+            let now = t0 + Duration::from_millis(ms);
+            if ms % 20 == 0 {
+                let mut e = vec![0x40, b'0', 0x51];
+                e.extend_from_slice(&tseq.to_be_bytes());
+                tseq = tseq.wrapping_add(1);
+                let p = rtp(
+                    AUDIO_SSRC,
+                    111,
+                    (ms / 20) as u16,
+                    ms as u32 * 48,
+                    &e,
+                    &[0xfc; 60],
+                );
+                feed(relay, now, &p, sink);
+            }
+            if ms % 33 == 0 {
+                for (i, l) in layers.iter_mut().enumerate() {
+                    let key = std::mem::take(&mut key_due[i]) || ms % 3000 == 0;
+                    for k in 0..l.2 {
+                        let mut e = vec![0x40, b'1', 0xa0, l.1, 0x51];
+                        e.extend_from_slice(&tseq.to_be_bytes());
+                        tseq = tseq.wrapping_add(1);
+                        let payload = vp8(k == 0, key, l.6, l.4, l.3);
+                        let ts = l.7.wrapping_add(ms as u32 * 90);
+                        feed(relay, now, &rtp(l.0, 96, l.5, ts, &e, &payload), sink);
+                        l.5 = l.5.wrapping_add(1);
+                    }
+                    l.6 = (l.6 + 1) & 0x7fff;
+                }
+            }
+            if ms % 10 == 0 {
+                relay.handle_timeout(now, sink);
+            }
+            let (rtp_out, rtcp_out) = sink.take();
+            for (_, p) in rtcp_out.iter().filter(|(to, _)| *to == PUB) {
+                for c in Compound::new(p) {
+                    match c {
+                        Ok(RtcpPacket::Pli(pli)) if pli.media_ssrc == Q => key_due[0] = true,
+                        Ok(RtcpPacket::Pli(pli)) if pli.media_ssrc == F => key_due[1] = true,
+                        Ok(RtcpPacket::TransportCc(_)) => feedback += 1,
+                        _ => {}
+                    }
+                }
+            }
+            for (to, p) in &rtp_out {
+                let v = RtpView::parse(p).unwrap();
+                if v.payload_type != 98 {
+                    continue;
+                }
+                let pl = v.payload(p);
+                let pid = u16::from_be_bytes([pl[2], pl[3]]) & 0x7fff;
+                let got = (v.sequence, v.timestamp, pid, pl.len());
+                match *to {
+                    V1 => v1.push(got),
+                    V2 => v2.push(got),
+                    _ => {}
+                }
+            }
+        }
+        (v1, v2, feedback)
+    };
+    let (v1, v2, feedback) = run(&mut relay, &mut sink, 0, 3000);
+    assert!(
+        feedback >= 30,
+        "transport-cc feedback to the publisher: {feedback}"
+    );
+    // Layer rates become known within the first second; by then each viewer is on its layer.
+    let late = |v: &Got| v[v.len() / 2..].iter().map(|p| p.3).collect::<Vec<_>>();
+    assert!(late(&v1).iter().all(|&l| l == 1000), "V1 on the top layer");
+    assert!(late(&v2).iter().all(|&l| l == 300), "V2 on the low layer");
+    relay.handle_viewer_rtcp(
+        t0 + Duration::from_millis(3000),
+        V2,
+        &remb(0x200, 5_000_000),
+        &mut sink,
+    );
+    let (_, v2b, _) = run(&mut relay, &mut sink, 3000, 5000);
+    assert!(
+        v2b[v2b.len() / 2..].iter().all(|p| p.3 == 1000),
+        "V2 switched up within a second"
+    );
+    let all: Got = v2.iter().chain(&v2b).copied().collect();
+    for w in all.windows(2) {
+        let ((s0, t0, p0, _), (s1, t1, p1, _)) = (w[0], w[1]);
+        assert_eq!(s1, s0.wrapping_add(1), "one numbering for V2");
+        assert!(
+            t1.wrapping_sub(t0) < 90_000,
+            "timestamps rise: {t0} -> {t1}"
+        );
+        let dp = p1.wrapping_sub(p0) & 0x7fff;
+        assert!(dp <= 1, "picture ids go on by one per frame: {p0} -> {p1}");
+    }
+    assert!(
+        all.windows(2).any(|w| w[0].3 == 300 && w[1].3 == 1000),
+        "the switch is in the stream"
+    );
+}

@@ -801,6 +801,63 @@ a=rtpmap:102 H264/90000\r\na=fmtp:102 level-asymmetry-allowed=1;packetization-mo
         assert!(v.codecs[0].feedback.contains(&"nack pli".to_owned()));
     }
 
+    /// RFC 8853 simulcast: the send RIDs in the simulcast attribute's order, first alternatives,
+    /// `~` (paused) stripped, each needing its `a=rid:... send`; the answer receives them.
+    #[test]
+    fn simulcast_rids_are_read_and_answered() {
+        let table: &[(&str, &[&str])] = &[
+            (
+                "a=rid:q send\r\na=rid:h send\r\na=rid:f send\r\na=simulcast:send q;h;f\r\n",
+                &["q", "h", "f"],
+            ),
+            (
+                "a=rid:1 send\r\na=rid:2 send\r\na=simulcast:send ~2;1\r\n",
+                &["2", "1"],
+            ),
+            (
+                "a=rid:a send\r\na=rid:b send\r\na=simulcast:send a,b\r\n",
+                &["a"],
+            ),
+            ("a=rid:a send\r\na=simulcast:send a;zz\r\n", &["a"]),
+            ("a=rid:a recv\r\na=simulcast:recv a\r\n", &[]),
+            ("a=rid:a send\r\n", &[]),
+        ];
+        let rid_ext = "a=extmap:10 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id\r\n";
+        for (lines, want) in table {
+            let sdp = format!("{CHROME_OFFER}{rid_ext}{lines}");
+            let o = Offer::parse(&sdp).unwrap();
+            assert_eq!(o.media[1].send_rids, *want, "{lines}");
+            let codec = o.media[1].codecs[0].clone();
+            let wanted = [ExtKind::Mid, ExtKind::RtpStreamId];
+            let a =
+                AnswerMedia::accept(&o.media[1], codec, Direction::RecvOnly, &wanted, None, true);
+            assert_eq!(a.rids(), *want);
+            let answer = build_answer(&o, &test_local(), &[AnswerMedia::Rejected, a]);
+            if want.is_empty() {
+                assert!(!answer.contains("a=simulcast"), "{answer}");
+            } else {
+                assert!(answer.contains(&format!("a=simulcast:recv {}\r\n", want.join(";"))));
+                for r in *want {
+                    assert!(answer.contains(&format!("a=rid:{r} recv\r\n")), "{answer}");
+                }
+                assert!(answer.contains(rid_ext), "the RID extension is accepted");
+            }
+        }
+        // Without the RID extension the layers cannot be told apart: no simulcast.
+        let sdp = format!("{CHROME_OFFER}{}", table[0].0);
+        let o = Offer::parse(&sdp).unwrap();
+        let codec = o.media[1].codecs[0].clone();
+        let a = AnswerMedia::accept(
+            &o.media[1],
+            codec,
+            Direction::RecvOnly,
+            &[ExtKind::Mid],
+            None,
+            true,
+        );
+        assert!(a.rids().is_empty());
+    }
+
     #[test]
     fn rejects_bad_offers() {
         let cases: Vec<(&str, String, &str)> = vec![

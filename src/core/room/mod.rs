@@ -7,6 +7,7 @@
 
 pub mod alloc;
 mod stats;
+pub mod twcc_rx;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -222,6 +223,8 @@ struct Publisher {
     rtcp_ssrc: u32,
     tracks: Vec<PubTrack>,
     next_report: Option<Instant>,
+    /// Transport-cc feedback to send, when the publisher negotiated it.
+    twcc: Option<twcc_rx::TwccReceiver>,
 }
 
 struct ViewerTrack {
@@ -373,6 +376,9 @@ fn send_probe(
 /// retransmit cache holds).
 const SENT_TRANSPORT_SEQ: usize = 1024;
 
+/// How long arrivals wait before transport-cc feedback reports them to the publisher.
+const TWCC_FEEDBACK_INTERVAL: Duration = Duration::from_millis(50);
+
 /// How often each viewer's estimate is split over its tracks.
 const ALLOCATION_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -455,6 +461,9 @@ pub struct Relay {
     rtx_body: [u8; 1500],
     /// A rewritten VP8 payload descriptor, sent ahead of the rest of the shared payload.
     prefix: [u8; 16],
+    /// Origin of the arrival times in transport-cc feedback to publishers.
+    epoch: Option<Instant>,
+    next_twcc_feedback: Option<Instant>,
     /// Source layers to ask for a key frame after an allocation round (reused).
     resumed: Vec<(TrackRef, u8)>,
 }
@@ -475,6 +484,8 @@ impl Relay {
             next_allocation: None,
             rtx_body: [0; 1500],
             prefix: [0; 16],
+            epoch: None,
+            next_twcc_feedback: None,
             resumed: Vec::new(),
         }
     }
@@ -541,7 +552,11 @@ impl Relay {
                     loudness: 0.0,
                 }
             })
-            .collect();
+            .collect::<Vec<PubTrack>>();
+        let twcc = tracks
+            .iter()
+            .any(|t| t.spec.ext.id(ExtKind::TransportWideCc).is_some())
+            .then(twcc_rx::TwccReceiver::new);
         self.publishers.insert(
             id,
             Publisher {
@@ -549,6 +564,7 @@ impl Relay {
                 rtcp_ssrc,
                 tracks,
                 next_report: None,
+                twcc,
             },
         );
         self.rooms
@@ -758,6 +774,15 @@ impl Relay {
             return;
         };
         let track = &mut p.tracks[ti];
+        if let (Some(rx), Some(id)) = (&mut p.twcc, track.spec.ext.id(ExtKind::TransportWideCc)) {
+            if let Some((_, &[a, b])) = view.extensions(buf).find(|(i, _)| *i == id) {
+                let epoch = *self.epoch.get_or_insert(now);
+                let us = now.saturating_duration_since(epoch).as_micros() as i64;
+                rx.on_packet(u16::from_be_bytes([a, b]), us);
+                self.next_twcc_feedback
+                    .get_or_insert(now + TWCC_FEEDBACK_INTERVAL);
+            }
+        }
         let layer = &mut track.layers[li];
         layer.ssrc = Some(view.ssrc);
         layer.rate.on_bytes(now, buf.len());
@@ -1186,6 +1211,9 @@ impl Relay {
         if let Some(a) = self.next_allocation.filter(|_| !self.viewers.is_empty()) {
             next = Some(next.map_or(a, |n| n.min(a)));
         }
+        if let Some(t) = self.next_twcc_feedback {
+            next = Some(next.map_or(t, |n| n.min(t)));
+        }
         for p in self.publishers.values() {
             let mut consider = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
             if let Some(r) = p.next_report {
@@ -1209,6 +1237,24 @@ impl Relay {
         if !self.viewers.is_empty() && self.next_allocation.is_none_or(|t| now >= t) {
             self.next_allocation = Some(now + ALLOCATION_INTERVAL);
             self.allocate(now, sink);
+        }
+        if self.next_twcc_feedback.is_some_and(|t| now >= t) {
+            self.next_twcc_feedback = None;
+            for (&pid, p) in self.publishers.iter_mut() {
+                let media_ssrc = p
+                    .tracks
+                    .iter()
+                    .flat_map(|t| &t.layers)
+                    .find_map(|l| l.ssrc)
+                    .unwrap_or(0);
+                if let Some(fb) = p
+                    .twcc
+                    .as_mut()
+                    .and_then(|t| t.feedback(p.rtcp_ssrc, media_ssrc))
+                {
+                    sink.rtcp(pid, fb);
+                }
+            }
         }
         for (&pid, p) in self.publishers.iter_mut() {
             for t in &mut p.tracks {

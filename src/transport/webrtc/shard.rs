@@ -38,8 +38,9 @@ pub(super) const VIEWER_EXTS: &[ExtKind] = &[
     ExtKind::TransportWideCc,
 ];
 
-/// What publishers may negotiate: the same but the transport-wide number (volna sends publishers
-/// REMB, not transport-cc feedback), plus the RID that names a simulcast layer.
+/// What publishers may negotiate: the same (volna answers their transport-wide numbers with
+/// transport-cc feedback, so their own estimators can ramp up), plus the RID that names a
+/// simulcast layer.
 pub(super) const NEGOTIATED_EXTS: &[ExtKind] = &[
     ExtKind::Mid,
     ExtKind::AudioLevel,
@@ -47,6 +48,7 @@ pub(super) const NEGOTIATED_EXTS: &[ExtKind] = &[
     ExtKind::TransmissionOffset,
     ExtKind::VideoOrientation,
     ExtKind::PlayoutDelay,
+    ExtKind::TransportWideCc,
     ExtKind::RtpStreamId,
 ];
 
