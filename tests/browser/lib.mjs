@@ -32,6 +32,16 @@ export class Netns {
     }
   }
 
+  /** A veth pair from this namespace (address `a` on `devA`) to `other` (address `b`). */
+  link(other, { devA, devB, a, b }) {
+    this.exec(['ip', 'link', 'add', devA, 'type', 'veth', 'peer', 'name', devB]);
+    this.exec(['ip', 'link', 'set', devB, 'netns', other.name]);
+    this.exec(['ip', 'addr', 'add', `${a}/24`, 'dev', devA]);
+    this.exec(['ip', 'link', 'set', devA, 'up']);
+    other.exec(['ip', 'addr', 'add', `${b}/24`, 'dev', devB]);
+    other.exec(['ip', 'link', 'set', devB, 'up']);
+  }
+
   exec(argv) {
     return execFileSync('ip', ['netns', 'exec', this.name, ...argv], { encoding: 'utf8' });
   }

@@ -15,7 +15,7 @@ mod probe;
 use std::time::{Duration, Instant};
 
 pub use delay::Usage;
-pub use probe::ProbeCluster;
+pub use probe::{ProbeCluster, PROBE_PACKET_BYTES};
 
 use crate::core::rtcp::twcc::PacketResult;
 
@@ -72,6 +72,9 @@ pub struct BandwidthEstimator {
     /// unwrapped against the previous message's.
     last_arrival_us: Option<i64>,
     arrival_offset_us: i64,
+    /// What was sent over the last window (µs start, bytes), and the rate of the one before.
+    sent_window: (i64, u64),
+    sent_bps: u64,
 }
 
 /// The span of transport-cc reference times, in µs (2^24 × 64 ms).
@@ -101,6 +104,8 @@ impl BandwidthEstimator {
             last_feedback: None,
             last_arrival_us: None,
             arrival_offset_us: 0,
+            sent_window: (0, 0),
+            sent_bps: 0,
             config,
         }
     }
@@ -114,6 +119,15 @@ impl BandwidthEstimator {
     /// (and the probe cluster it belongs to, if any).
     pub fn on_sent(&mut self, now: Instant, seq: u16, size: usize, probe: Option<u32>) {
         let at_us = self.us(now);
+        if probe.is_none() {
+            let (start, bytes) = &mut self.sent_window;
+            *bytes += size as u64;
+            let span = at_us - *start;
+            if span >= 500_000 {
+                self.sent_bps = (*bytes * 8 * 1_000_000) / span as u64;
+                self.sent_window = (at_us, 0);
+            }
+        }
         self.history[seq as usize % HISTORY] = Sent {
             seq,
             at_us,
@@ -204,7 +218,7 @@ impl BandwidthEstimator {
         }
         self.estimate_bps = e.clamp(self.config.min_bps, self.config.max_bps);
         if self.last_feedback.is_some() {
-            self.loss.cap(self.delay.rate().saturating_mul(3) / 2);
+            self.loss.cap(self.delay.rate().saturating_mul(11) / 10);
         }
         self.probe
             .on_estimate(now, self.estimate_bps, self.delay.usage());
@@ -223,9 +237,11 @@ impl BandwidthEstimator {
     pub fn poll_probe(&mut self, now: Instant, want_bps: u64) -> Option<ProbeCluster> {
         self.last_feedback?;
         let cap = want_bps.min(self.config.max_bps);
-        let cluster = self.probe.poll(now, self.estimate_bps, cap)?;
-        // The probe's queue drains within about its own length after it ends.
         let now_us = self.us(now);
+        let cluster = self
+            .probe
+            .poll(now, now_us, self.estimate_bps, cap, self.sent_bps)?;
+        // The probe's queue drains within about its own length after it ends.
         let span = 2 * cluster.duration.as_micros() as i64 + 100_000;
         self.delay.quiet(now_us, span);
         Some(cluster)

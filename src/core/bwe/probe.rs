@@ -9,6 +9,10 @@ use super::{Acked, Usage};
 
 /// How long a cluster lasts at its rate.
 const CLUSTER: Duration = Duration::from_millis(30);
+/// The least padding a cluster carries, however low its rate: more than a token-bucket shaper's
+/// burst allowance (a few kB on a mobile or shaped link), so the probe measures the rate and not
+/// the bucket.
+const MIN_BYTES: f64 = 8000.0;
 const MIN_PACKETS: u32 = 5;
 /// Between probes while the allocator wants more than the estimate; doubled after each probe
 /// that found the path full, up to `MAX_INTERVAL`.
@@ -16,20 +20,32 @@ const INTERVAL: Duration = Duration::from_secs(2);
 const MAX_INTERVAL: Duration = Duration::from_secs(8);
 /// A cluster whose feedback has not come by then is given up.
 const TIMEOUT: Duration = Duration::from_secs(1);
+/// Size of one probe packet on the wire (header and RTP padding; padding is at most 255 bytes).
+pub const PROBE_PACKET_BYTES: usize = 300;
+const MAX_PACKETS: u32 = 64;
+/// A probe most of whose packets were lost found the path full, whatever the rest showed.
+const MIN_RECEIVED: f64 = 0.8;
 
-/// A probe to send now: `bytes` spread evenly over `duration`, every packet marked with `id`.
+/// A probe to send now: `packets` packets of about [`PROBE_PACKET_BYTES`] spread evenly over
+/// `duration` (paced: a burst would measure the bottleneck's buffer, not its rate), every
+/// packet marked with `id`. Media keeps flowing meanwhile: the padding makes up the difference
+/// between what is sent anyway and `bps`, and the result counts every packet sent in the window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProbeCluster {
     pub id: u32,
     pub bps: u64,
-    pub bytes: usize,
-    pub min_packets: u32,
+    pub packets: u32,
     pub duration: Duration,
 }
 
 struct Pending {
     cluster: ProbeCluster,
     sent_at: Instant,
+    /// The send window: packets sent in it, media or padding, make up the probe.
+    start_us: i64,
+    end_us: i64,
+    /// Packets the feedback told about, received or lost.
+    reported: u32,
     received: u32,
     total: u64,
     first_send: i64,
@@ -60,7 +76,15 @@ impl ProbeController {
         }
     }
 
-    pub fn poll(&mut self, now: Instant, estimate: u64, want: u64) -> Option<ProbeCluster> {
+    /// `sent_bps` is what goes out anyway (media), `now_us` the estimator's clock.
+    pub fn poll(
+        &mut self,
+        now: Instant,
+        now_us: i64,
+        estimate: u64,
+        want: u64,
+        sent_bps: u64,
+    ) -> Option<ProbeCluster> {
         if let Some(p) = &self.pending {
             if now.saturating_duration_since(p.sent_at) < TIMEOUT {
                 return None;
@@ -76,18 +100,27 @@ impl ProbeController {
             return None;
         }
         let bps = (2 * estimate).min(want);
-        let bytes = (bps as f64 * CLUSTER.as_secs_f64() / 8.0) as usize;
+        let pad_bps = bps.saturating_sub(sent_bps).max(bps / 4);
+        let bytes = (pad_bps as f64 * CLUSTER.as_secs_f64() / 8.0).max(MIN_BYTES);
+        let packets = ((bytes / PROBE_PACKET_BYTES as f64) as u32).clamp(MIN_PACKETS, MAX_PACKETS);
+        // At a low rate the cluster lasts as long as its bytes need.
+        let duration = Duration::from_secs_f64(
+            (packets as f64 * PROBE_PACKET_BYTES as f64 * 8.0 / pad_bps.max(1) as f64)
+                .clamp(CLUSTER.as_secs_f64(), 0.5),
+        );
         let cluster = ProbeCluster {
             id: self.next_id,
             bps,
-            bytes: bytes.max(MIN_PACKETS as usize * 200),
-            min_packets: MIN_PACKETS,
-            duration: CLUSTER,
+            packets,
+            duration,
         };
         self.next_id = self.next_id.wrapping_add(1).max(1);
         self.pending = Some(Pending {
             cluster,
             sent_at: now,
+            start_us: now_us,
+            end_us: now_us + duration.as_micros() as i64,
+            reported: 0,
             received: 0,
             total: 0,
             first_send: i64::MAX,
@@ -105,11 +138,17 @@ impl ProbeController {
     /// Feedback for packets; returns the rate a finished probe showed the path carries.
     pub fn on_acked(&mut self, acked: &[Acked]) -> Option<u64> {
         let p = self.pending.as_mut()?;
-        for a in acked.iter().filter(|a| a.probe == Some(p.cluster.id)) {
+        for a in acked {
+            let probe = a.probe == Some(p.cluster.id);
+            if probe {
+                p.reported += 1;
+            } else if a.send_us < p.start_us || a.send_us > p.end_us {
+                continue;
+            }
             let Some(arrival) = a.arrival_us else {
                 continue;
             };
-            p.received += 1;
+            p.received += u32::from(probe);
             let size = u64::from(a.size);
             p.total += size;
             p.first_send = p.first_send.min(a.send_us);
@@ -123,10 +162,17 @@ impl ProbeController {
             }
             p.last_arrival = p.last_arrival.max(arrival);
         }
-        if p.received < p.cluster.min_packets {
+        // Judged once the feedback told about every packet of the cluster.
+        if p.reported < p.cluster.packets {
             return None;
         }
         let p = self.pending.take()?;
+        if (p.received as f64) < MIN_RECEIVED * p.cluster.packets as f64 || p.received < 2 {
+            // Lost on the way: the path is full at this rate.
+            self.chase = false;
+            self.interval = (self.interval * 2).min(MAX_INTERVAL);
+            return None;
+        }
         // Each span opens with one packet: the last sent and the first received do not count.
         let send_span = (p.last_send - p.first_send).max(1) as f64;
         let recv_span = (p.last_arrival - p.first_arrival).max(1) as f64;
@@ -147,7 +193,8 @@ impl ProbeController {
         } else {
             (self.interval * 2).min(MAX_INTERVAL)
         };
-        Some(carried as u64)
+        // A probe shows room up to the rate it tried, no further.
+        Some((carried as u64).min(p.cluster.bps))
     }
 
     pub fn on_estimate(&mut self, now: Instant, _estimate: u64, usage: Usage) {

@@ -104,7 +104,7 @@ impl Sim {
             self.send(PACKET, None);
         }
         if let Some(c) = self.bwe.poll_probe(now, self.want_bps) {
-            let n = (c.bytes / PACKET).max(c.min_packets as usize) as i64;
+            let n = i64::from(c.packets);
             let gap = c.duration.as_micros() as i64 / n;
             for k in 0..n {
                 self.probe.push_back((self.now_us + k * gap, c.id));
@@ -112,7 +112,7 @@ impl Sim {
         }
         while self.probe.front().is_some_and(|(t, _)| *t <= self.now_us) {
             let (_, id) = self.probe.pop_front().unwrap();
-            self.send(PACKET, Some(id));
+            self.send(super::PROBE_PACKET_BYTES, Some(id));
         }
         // Receiver.
         while self

@@ -267,6 +267,7 @@ struct Viewer {
     room: String,
     tracks: Vec<ViewerTrack>,
     cc: ViewerCc,
+    probe_out: Option<ProbeOut>,
 }
 
 /// Congestion control of one viewer's transport: transport-wide sequence numbers on what it is
@@ -310,22 +311,51 @@ impl ViewerCc {
 
 /// Bytes SRTP adds to each packet (the AES-GCM tag; HMAC-SHA1-80 adds 10).
 const SRTP_OVERHEAD: usize = 16;
-/// Sends a probe cluster on a viewer track's RTX stream: padding-only packets (RFC 3550 §5.1,
-/// as RTX senders pad), each with a transport-wide number, so the feedback times the burst; the
-/// receiver's RTX stream discards them. Returns whether it sent any.
-#[allow(clippy::too_many_arguments)]
+/// A probe cluster being sent, paced over its duration.
+struct ProbeOut {
+    cluster: crate::core::bwe::ProbeCluster,
+    left: u32,
+    next_at: Instant,
+    gap: Duration,
+}
+
+impl ProbeOut {
+    fn new(now: Instant, cluster: crate::core::bwe::ProbeCluster) -> Self {
+        ProbeOut {
+            cluster,
+            left: cluster.packets,
+            next_at: now,
+            gap: cluster.duration / cluster.packets.max(1),
+        }
+    }
+}
+
+/// Sends the packets of a viewer's probe cluster that are due, on a viewer track's RTX stream:
+/// padding-only packets (RFC 3550 §5.1, as RTX senders pad), each with a transport-wide number,
+/// so the feedback times them; the receiver's RTX stream discards them. Returns whether it sent
+/// any.
 fn send_probe(
     now: Instant,
     vid: SessionId,
     v: &mut Viewer,
     publishers: &HashMap<SessionId, Publisher>,
-    cluster: &crate::core::bwe::ProbeCluster,
     header: &mut [u8; 512],
     body: &mut [u8; 1500],
     sink: &mut impl Sink,
 ) -> bool {
-    const PAD: usize = 255;
-    let Viewer { tracks, cc, .. } = v;
+    let Viewer {
+        tracks,
+        cc,
+        probe_out,
+        ..
+    } = v;
+    let Some(out) = probe_out.as_mut().filter(|o| o.next_at <= now) else {
+        return false;
+    };
+    // The padding that makes up the rest of the probe packet size.
+    let pad = crate::core::bwe::PROBE_PACKET_BYTES
+        .saturating_sub(40)
+        .clamp(1, 255);
     // A track with an RTX stream and a packet to take the header extensions from (video first).
     let pick = tracks
         .iter()
@@ -333,21 +363,25 @@ fn send_probe(
         .filter_map(|t| {
             let p = publishers.get(&t.spec.source.publisher)?;
             let src = &p.tracks[t.spec.source.track];
-            let layer = &src.layers[usize::from(t.fwd.current()?)];
-            let (pkt, view) = layer.cache.get(now, layer.last_seq?)?;
+            // Any recent packet of the source serves as the template, also while paused.
+            let (pkt, view) = src
+                .layers
+                .iter()
+                .find_map(|l| l.cache.get(now, l.last_seq?))?;
             Some((t, src, pkt, view))
         })
         .max_by_key(|(_, src, ..)| src.spec.kind == MediaKind::Video);
-    let Some((vt, src, pkt, view)) = pick else {
+    let (Some((vt, src, pkt, view)), Some(rtx)) = (pick, pick.and_then(|(vt, ..)| vt.spec.rtx))
+    else {
+        *probe_out = None;
         return false;
     };
-    let Some(rtx) = vt.spec.rtx else {
-        return false;
-    };
-    body[..PAD].fill(0);
-    body[PAD - 1] = PAD as u8;
-    let (mut bytes, mut count) = (0usize, 0u32);
-    while (bytes < cluster.bytes || count < cluster.min_packets) && count < 64 {
+    body[..pad].fill(0);
+    body[pad - 1] = pad as u8;
+    let mut count = 0u32;
+    while out.left > 0 && out.next_at <= now {
+        out.left -= 1;
+        out.next_at += out.gap;
         let rw = Rewrite {
             ssrc: rtx.ssrc,
             sequence: vt.next_rtx_seq(),
@@ -358,18 +392,20 @@ fn send_probe(
         let transport_seq = cc.take_seq(&vt.spec.ext);
         let ext = vt.translation(&src.spec.ext, transport_seq);
         let Ok(n) = write_header(header, pkt, view, &rw, ext) else {
-            return count > 0;
+            break;
         };
         header[0] |= 0x20;
-        sink.rtp(vid, &header[..n], &[], &body[..PAD]);
+        sink.rtp(vid, &header[..n], &[], &body[..pad]);
         if let Some(t) = transport_seq {
             cc.bwe
-                .on_sent(now, t, n + PAD + SRTP_OVERHEAD, Some(cluster.id));
+                .on_sent(now, t, n + pad + SRTP_OVERHEAD, Some(out.cluster.id));
         }
-        bytes += n + PAD;
         count += 1;
     }
-    true
+    if out.left == 0 {
+        *probe_out = None;
+    }
+    count > 0
 }
 
 /// Packets whose transport-wide numbers a viewer track remembers for resends (more than the
@@ -464,6 +500,8 @@ pub struct Relay {
     /// Origin of the arrival times in transport-cc feedback to publishers.
     epoch: Option<Instant>,
     next_twcc_feedback: Option<Instant>,
+    /// When the next packet of a probe cluster is due (the earliest over viewers).
+    next_probe: Option<Instant>,
     /// Source layers to ask for a key frame after an allocation round (reused).
     resumed: Vec<(TrackRef, u8)>,
 }
@@ -486,6 +524,7 @@ impl Relay {
             prefix: [0; 16],
             epoch: None,
             next_twcc_feedback: None,
+            next_probe: None,
             resumed: Vec::new(),
         }
     }
@@ -589,6 +628,7 @@ impl Relay {
                 room: room.to_owned(),
                 tracks: Vec::new(),
                 cc: ViewerCc::new(),
+                probe_out: None,
             },
         );
         Ok(())
@@ -1054,19 +1094,24 @@ impl Relay {
             counters,
             header,
             rtx_body,
+            next_probe,
             ..
         } = self;
         for (&vid, v) in viewers.iter_mut() {
-            // A viewer that tells nothing about its link gets the best of everything.
-            let signal = v.cc.has_signal();
+            // A viewer that can tell nothing about its link gets the best of everything; one
+            // that negotiated transport-cc starts from the initial estimate.
+            let signal = v.cc.has_signal()
+                || v.tracks
+                    .iter()
+                    .any(|t| t.live && !t.sent_transport_seq.is_empty());
             let estimate = if signal {
                 v.cc.bwe.estimate_bps()
             } else {
                 u64::MAX / 2
             };
-            // Pausing is safe only where probes can find the way back: transport-cc feedback
-            // and an RTX stream to carry them.
-            let can_probe = signal
+            // Pausing is safe only where probes can find the way back: transport-cc negotiated,
+            // an RTX stream to carry them, and the viewer heard from (feedback or REMB).
+            let can_probe = v.cc.has_signal()
                 && v.tracks
                     .iter()
                     .any(|t| t.live && t.spec.rtx.is_some() && !t.sent_transport_seq.is_empty());
@@ -1150,10 +1195,15 @@ impl Relay {
                 continue;
             }
             // Room for everything, plus the margin a paused track needs to come back.
-            if let Some(cluster) = v.cc.bwe.poll_probe(now, want + want / 4) {
-                if send_probe(now, vid, v, publishers, &cluster, header, rtx_body, sink) {
+            if v.probe_out.is_none() {
+                if let Some(cluster) = v.cc.bwe.poll_probe(now, want + want / 4) {
+                    v.probe_out = Some(ProbeOut::new(now, cluster));
                     counters.probes += 1;
                 }
+            }
+            send_probe(now, vid, v, publishers, header, rtx_body, sink);
+            if let Some(o) = &v.probe_out {
+                *next_probe = Some(next_probe.map_or(o.next_at, |n| n.min(o.next_at)));
             }
         }
         let mut list = std::mem::take(&mut self.resumed);
@@ -1211,7 +1261,10 @@ impl Relay {
         if let Some(a) = self.next_allocation.filter(|_| !self.viewers.is_empty()) {
             next = Some(next.map_or(a, |n| n.min(a)));
         }
-        if let Some(t) = self.next_twcc_feedback {
+        for t in [self.next_twcc_feedback, self.next_probe]
+            .into_iter()
+            .flatten()
+        {
             next = Some(next.map_or(t, |n| n.min(t)));
         }
         for p in self.publishers.values() {
@@ -1237,6 +1290,23 @@ impl Relay {
         if !self.viewers.is_empty() && self.next_allocation.is_none_or(|t| now >= t) {
             self.next_allocation = Some(now + ALLOCATION_INTERVAL);
             self.allocate(now, sink);
+        }
+        if self.next_probe.is_some_and(|t| now >= t) {
+            self.next_probe = None;
+            let Relay {
+                viewers,
+                publishers,
+                header,
+                rtx_body,
+                next_probe,
+                ..
+            } = self;
+            for (&vid, v) in viewers.iter_mut().filter(|(_, v)| v.probe_out.is_some()) {
+                send_probe(now, vid, v, publishers, header, rtx_body, sink);
+                if let Some(o) = &v.probe_out {
+                    *next_probe = Some(next_probe.map_or(o.next_at, |n| n.min(o.next_at)));
+                }
+            }
         }
         if self.next_twcc_feedback.is_some_and(|t| now >= t) {
             self.next_twcc_feedback = None;

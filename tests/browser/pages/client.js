@@ -45,6 +45,36 @@ window.publish = async (url, videoCodec) => {
   return r;
 };
 
+// Simulcast: the camera at 960×540 sent as the given encodings (rid, scaleResolutionDownBy,
+// maxBitrate).
+window.publishSimulcast = async (url, encodings) => {
+  const stream = await navigator.mediaDevices.getUserMedia({
+    audio: true,
+    video: { width: 960, height: 540, frameRate: 30 },
+  });
+  const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
+  for (const track of stream.getTracks()) {
+    const init = { direction: 'sendonly', streams: [stream] };
+    if (track.kind === 'video') init.sendEncodings = encodings;
+    pc.addTransceiver(track, init);
+  }
+  window.pc = pc;
+  const r = await negotiate(pc, url);
+  window.session = r.location;
+  return r;
+};
+
+// What each simulcast layer sends now: rid, frame size, bytes and frames so far.
+window.outbound = async () => {
+  const out = [];
+  (await window.pc.getStats()).forEach((s) => {
+    if (s.type === 'outbound-rtp' && s.kind === 'video') {
+      out.push({ rid: s.rid, frameWidth: s.frameWidth || 0, bytesSent: s.bytesSent, framesEncoded: s.framesEncoded, limitation: s.qualityLimitationReason });
+    }
+  });
+  return out;
+};
+
 window.view = async (url) => {
   const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
   pc.addTransceiver('video', { direction: 'recvonly' });
@@ -80,6 +110,9 @@ window.inbound = async () => {
     audioPackets: out.audio.packetsReceived || 0,
     audioLevel: out.audio.audioLevel || 0,
     frameWidth: out.video.frameWidth || 0,
+    freezeCount: out.video.freezeCount || 0,
+    concealedSamples: out.audio.concealedSamples || 0,
+    totalSamplesReceived: out.audio.totalSamplesReceived || 0,
     connectionState: window.pc.connectionState,
   };
 };

@@ -1,0 +1,113 @@
+// Weak links with real Chromium: a simulcast publisher (three layers) and two viewers, one of them
+// in its own namespace behind a veth whose relay-side egress is capped with tbf. The capped viewer
+// gets a layer its link carries, then audio only, and the top layer again when the cap lifts; the
+// uncapped viewer stays on the top layer throughout.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { Netns, isRoot, startVolna, startPages, launchChromium, openPage, relayStats, waitFor, sleep } from './lib.mjs';
+
+const RELAY_IP = '10.77.0.1';
+const VIEWER_IP = '10.77.0.2';
+const HTTP = `${RELAY_IP}:18280`;
+const MEDIA = `${RELAY_IP}:15200`;
+// Pages are served on loopback in each namespace (a secure context, for getUserMedia).
+const PAGES = 'http://127.0.0.1:18281';
+const DEV = 'sa0';
+const skip = isRoot() ? false : 'skipped: needs root (network namespaces)';
+if (skip) console.log(skip);
+
+const ENCODINGS = [
+  { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150_000 },
+  { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 400_000 },
+  { rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 900_000 },
+];
+
+let relayNs, viewerNs, browserA, browserB, pub, near, far;
+
+const log = (...a) => process.env.VOLNA_LOG && console.error(...a);
+
+function cap(rate) {
+  relayNs.exec(['tc', 'qdisc', 'replace', 'dev', DEV, 'root', 'tbf', 'rate', rate, 'burst', '16kbit', 'latency', '200ms']);
+}
+
+function uncap() {
+  relayNs.exec(['tc', 'qdisc', 'del', 'dev', DEV, 'root']);
+}
+
+/** The top layer's width as the publisher encodes it now. */
+async function topWidth() {
+  const out = await pub.evaluate(() => window.outbound());
+  return Math.max(0, ...out.map((o) => o.frameWidth));
+}
+
+before(async () => {
+  if (skip) return;
+  relayNs = new Netns('sim');
+  viewerNs = new Netns('simv');
+  relayNs.link(viewerNs, { devA: DEV, devB: 'sb0', a: RELAY_IP, b: VIEWER_IP });
+  const dir = relayNs.tempDir();
+  const config = join(dir, 'volna.toml');
+  writeFileSync(config, '[media]\npause_video = true\n');
+  await startVolna(relayNs, { http: HTTP, media: MEDIA, extra: ['--config', config] });
+  await startPages(relayNs, PAGES.slice(7));
+  await startPages(viewerNs, PAGES.slice(7));
+  browserA = await launchChromium(relayNs);
+  browserB = await launchChromium(viewerNs);
+  pub = await openPage(browserA, PAGES);
+  near = await openPage(browserA, PAGES);
+  far = await openPage(browserB, PAGES);
+});
+
+after(async () => {
+  for (const b of [browserA, browserB]) if (b) await b.close().catch(() => {});
+  if (viewerNs) await viewerNs.cleanup();
+  if (relayNs) await relayNs.cleanup();
+});
+
+test('a viewer capped at 300 kbps decodes the low layer while the other keeps the top one, and climbs back when the cap lifts', { skip }, async () => {
+  await pub.evaluate((u, e) => window.publishSimulcast(u, e), `http://${HTTP}/whip/sim`, ENCODINGS);
+  // All three layers reach the relay, each on its own SSRC.
+  const layers = await waitFor(async () => {
+    const out = await pub.evaluate(() => window.outbound());
+    return out.length === 3 && out.every((o) => o.framesEncoded > 30) ? out : null;
+  }, 15000);
+  assert.ok(layers, `the publisher sends three layers: ${JSON.stringify(await pub.evaluate(() => window.outbound()))}`);
+  await near.evaluate((u) => window.view(u), `http://${HTTP}/whep/sim`);
+  cap('300kbit');
+  await far.evaluate((u) => window.view(u), `http://${HTTP}/whep/sim`);
+
+  const top = await waitFor(async () => {
+    const w = await topWidth();
+    const n = await near.evaluate(() => window.inbound());
+    log('settle', w, JSON.stringify(n), JSON.stringify(await far.evaluate(() => window.inbound())));
+    return w >= 960 && n.frameWidth === w ? w : null;
+  }, 30000);
+  assert.ok(top, `the uncapped viewer decodes the top layer (${await topWidth()} wide): ${JSON.stringify(await near.evaluate(() => window.inbound()))}`);
+
+  // 20 s on the capped link: decoding all along, at a smaller size, with at most one freeze.
+  await sleep(5000);
+  const start = await far.evaluate(() => window.inbound());
+  const widths = [];
+  for (let i = 0; i < 20; i++) {
+    await sleep(1000);
+    const f = await far.evaluate(() => window.inbound());
+    widths.push(f.frameWidth);
+    log('capped', JSON.stringify(f), JSON.stringify((await relayStats(near, HTTP)).viewer_estimates));
+  }
+  const end = await far.evaluate(() => window.inbound());
+  const nearEnd = await near.evaluate(() => window.inbound());
+  assert.ok(widths.every((w) => w > 0 && w < top), `the capped viewer decodes a lower layer: widths ${widths}`);
+  assert.ok(end.framesDecoded - start.framesDecoded >= 20 * 10, `it keeps decoding: ${start.framesDecoded} -> ${end.framesDecoded}`);
+  assert.ok(end.freezeCount - start.freezeCount <= 1, `at most one freeze in 20 s: ${start.freezeCount} -> ${end.freezeCount}`);
+  assert.equal(nearEnd.frameWidth, top, 'the uncapped viewer stays on the top layer');
+
+  uncap();
+  const back = await waitFor(async () => {
+    const f = await far.evaluate(() => window.inbound());
+    log('uncapped', JSON.stringify(f));
+    return f.frameWidth === top ? f : null;
+  }, 10000, 500);
+  assert.ok(back, `within 10 s of the cap lifting the viewer is on the top layer: ${JSON.stringify(await far.evaluate(() => window.inbound()))}, ${JSON.stringify((await relayStats(near, HTTP)).viewer_estimates)}`);
+});
