@@ -121,7 +121,6 @@ pub struct MediaConfig {
     pub pin_workers: bool,
     /// Pause a viewer's video when its bandwidth estimate cannot carry it (audio only), resume
     /// from a key frame when it can; only for viewers volna can probe (transport-cc and RTX).
-    /// Experimental.
     pub pause_video: bool,
     /// A session whose peer sends nothing for this long is closed (RFC 7675 consent).
     pub consent_timeout_secs: u64,
@@ -155,7 +154,7 @@ impl Default for MediaConfig {
             listen: "127.0.0.1:50000".parse().expect("literal"),
             workers: 0,
             pin_workers: false,
-            pause_video: false,
+            pause_video: true,
             consent_timeout_secs: 30,
             publisher_max_bitrate_kbps: 2500,
             keyframe_request_interval_ms: 500,

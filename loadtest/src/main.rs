@@ -80,9 +80,10 @@ struct Counting {
 }
 
 impl Sink for Counting {
-    fn rtp(&mut self, _to: SessionId, header: &[u8], payload: &[u8]) {
+    fn rtp(&mut self, _to: SessionId, header: &[u8], prefix: &[u8], payload: &[u8]) {
         self.buf.clear();
         self.buf.extend_from_slice(header);
+        self.buf.extend_from_slice(prefix);
         self.buf.extend_from_slice(payload);
         self.packets += 1;
         self.bytes += self.buf.len() as u64;
@@ -226,6 +227,7 @@ fn core_fanout(args: &Args) {
         ssrc: Some(1),
         ext: mid.clone(),
         feedback: Feedback::default(),
+        rids: Vec::new(),
     };
     relay
         .add_publisher(1, "load", 1, vec![track])

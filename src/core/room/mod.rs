@@ -110,7 +110,7 @@ pub struct RelayConfig {
     pub speaker_interval: Duration,
     /// Pause a viewer's video when its bandwidth estimate cannot carry it (audio only), for
     /// viewers that can be probed (transport-cc and RTX: without probes a paused viewer's
-    /// estimate has nothing to grow on). Off by default while it is young.
+    /// estimate has nothing to grow on).
     pub pause_video: bool,
 }
 
@@ -121,7 +121,7 @@ impl Default for RelayConfig {
             report_interval: Duration::from_secs(1),
             publisher_max_bitrate_bps: 2_500_000,
             speaker_interval: Duration::from_millis(300),
-            pause_video: false,
+            pause_video: true,
         }
     }
 }
