@@ -176,6 +176,7 @@ fn relay_with(viewers: u64) -> Relay {
             initial_seq: 0,
             initial_ts: 0,
             rtx: None,
+            red: None,
         };
         relay.add_viewer(10 + v, "bench").unwrap();
         relay

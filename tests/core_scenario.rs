@@ -97,6 +97,7 @@ fn viewer_tracks(base_ssrc: u32) -> Vec<ViewerTrackSpec> {
             initial_seq: 100,
             initial_ts: 5000,
             rtx: None,
+            red: None,
         },
         ViewerTrackSpec {
             source: TrackRef {
@@ -110,6 +111,7 @@ fn viewer_tracks(base_ssrc: u32) -> Vec<ViewerTrackSpec> {
             initial_seq: 7,
             initial_ts: 0,
             rtx: None,
+            red: None,
         },
     ]
 }
@@ -540,6 +542,7 @@ fn one_viewer_receives_tracks_of_several_publishers() {
         initial_seq: 0,
         initial_ts: 0,
         rtx: None,
+        red: None,
     };
     let a = relay
         .add_viewer_track(t0, 20, spec(10, 500), &mut sink)
@@ -1146,4 +1149,96 @@ fn simulcast_layers_follow_each_viewers_estimate() {
         all.windows(2).any(|w| w[0].3 == 300 && w[1].3 == 1000),
         "the switch is in the stream"
     );
+}
+
+/// A viewer that negotiated audio/red and reports loss gets its audio as RED (RFC 2198): one
+/// redundant block, the previous frame, with its timestamp offset and length, then the primary.
+/// Before any loss, and for a viewer without RED, audio goes as plain Opus.
+#[test]
+fn audio_goes_as_red_to_a_viewer_that_loses_packets() {
+    use volna::core::rtcp::{ReceiverReport, ReportBlock};
+    let t0 = Instant::now();
+    let mut relay = Relay::new(RelayConfig::default());
+    let mut sink = Recorder::default();
+    relay
+        .add_publisher(PUB, "room", 77, publisher_tracks())
+        .unwrap();
+    let mut tracks = viewer_tracks(0x100);
+    tracks[1].red = Some(63);
+    add_viewer(&mut relay, t0, V1, tracks, &mut sink);
+    add_viewer(&mut relay, t0, V2, viewer_tracks(0x200), &mut sink);
+    let frame = |seq: u16| vec![seq as u8; 40 + (seq % 7) as usize];
+    // Audio at 50 packets/s; returns V1's and V2's audio payloads (payload type, payload).
+    type Got = Vec<(u8, Vec<u8>)>;
+    let mut run = |relay: &mut Relay, sink: &mut Recorder, from: u16, to: u16| {
+        let (mut v1, mut v2): (Got, Got) = (Vec::new(), Vec::new());
+        for seq in from..to {
+            let now = t0 + Duration::from_millis(u64::from(seq) * 20);
+            let p = rtp(
+                AUDIO_SSRC,
+                111,
+                seq,
+                u32::from(seq) * 960,
+                &[0x40, b'0'],
+                &frame(seq),
+            );
+            feed(relay, now, &p, sink);
+            relay.handle_timeout(now, sink);
+            let (out, _) = sink.take();
+            for (to, p) in out {
+                let v = RtpView::parse(&p).unwrap();
+                if v.ssrc != 0x102 && v.ssrc != 0x202 {
+                    continue;
+                }
+                let got = (v.payload_type, v.payload(&p).to_vec());
+                if to == V1 {
+                    v1.push(got)
+                } else {
+                    v2.push(got)
+                }
+            }
+        }
+        (v1, v2)
+    };
+    let (v1, _) = run(&mut relay, &mut sink, 0, 50);
+    assert!(
+        v1.iter().all(|(pt, _)| *pt == 109),
+        "no loss yet: plain Opus"
+    );
+    // V1 reports 10% loss.
+    let mut b = [0u8; 64];
+    let block = ReportBlock {
+        ssrc: 0x102,
+        fraction_lost: 26,
+        ..ReportBlock::default()
+    };
+    let n = ReceiverReport::write(0x100, &[block], &mut b).unwrap();
+    relay.handle_viewer_rtcp(t0 + Duration::from_secs(1), V1, &b[..n], &mut sink);
+    let (v1, v2) = run(&mut relay, &mut sink, 50, 100);
+    assert!(v2.iter().all(|(pt, _)| *pt == 109), "V2 has no RED");
+    let red: Vec<&Vec<u8>> = v1
+        .iter()
+        .filter(|(pt, _)| *pt == 63)
+        .map(|(_, p)| p)
+        .collect();
+    assert!(
+        red.len() >= 45,
+        "V1's audio goes as RED: {} of {}",
+        red.len(),
+        v1.len()
+    );
+    let count = relay.counters().red_packets;
+    assert_eq!(count as usize, red.len());
+    for p in red {
+        // The primary is the last block; its seq is in its bytes.
+        let seq = u16::from(*p.last().unwrap());
+        let prev = frame(seq.wrapping_sub(1));
+        assert_eq!(p[0], 0x80 | 109, "a redundant block of Opus follows");
+        let offset = (u32::from(p[1]) << 6) | u32::from(p[2] >> 2);
+        let len = (usize::from(p[2] & 3) << 8) | usize::from(p[3]);
+        assert_eq!((offset, len), (960, prev.len()));
+        assert_eq!(p[4], 109, "then the primary's header");
+        assert_eq!(&p[5..5 + len], &prev[..], "the previous frame");
+        assert_eq!(&p[5 + len..], &frame(seq)[..], "then the primary frame");
+    }
 }

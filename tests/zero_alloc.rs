@@ -142,6 +142,7 @@ fn forwarding_allocates_nothing() {
                 initial_seq: 0,
                 initial_ts: 0,
                 rtx: None,
+                red: None,
             };
             relay
                 .add_viewer_track(t0, 100 + v, spec, &mut sink)

@@ -251,6 +251,7 @@ fn core_fanout(args: &Args) {
             initial_seq: 0,
             initial_ts: 0,
             rtx: None,
+            red: None,
         };
         relay.add_viewer(100 + v, "load").expect("fresh viewer id");
         relay

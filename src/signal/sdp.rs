@@ -93,6 +93,24 @@ impl OfferedCodec {
             .map(|c| c.payload_type)
     }
 
+    /// The payload type of an offered RED codec (RFC 2198, `audio/red`) that carries `pt`
+    /// blocks only, if any: `a=fmtp:<red> <pt>/<pt>...` (RFC 2198 §5, RFC 8866 §6.15).
+    pub fn red_for(codecs: &[OfferedCodec], pt: u8) -> Option<u8> {
+        let primary = codecs.iter().find(|c| c.payload_type == pt)?;
+        codecs
+            .iter()
+            .find(|c| {
+                c.name.eq_ignore_ascii_case("red")
+                    && c.clock_rate == primary.clock_rate
+                    && !c.fmtp.trim().is_empty()
+                    && c.fmtp
+                        .trim()
+                        .split('/')
+                        .all(|p| p.trim().parse::<u8>().ok() == Some(pt))
+            })
+            .map(|c| c.payload_type)
+    }
+
     fn fmtp_param(&self, key: &str) -> Option<&str> {
         self.fmtp
             .split(';')
@@ -406,6 +424,9 @@ pub struct Source {
     pub track_id: String,
     /// The RTX stream (RFC 4588) that repairs this one: payload type and SSRC.
     pub rtx: Option<(u8, u32)>,
+    /// The RED payload type (RFC 2198) volna may send this audio in, with the codec's own
+    /// frames as the blocks.
+    pub red: Option<u8>,
 }
 
 /// The answer to one offered m-line.
@@ -559,10 +580,11 @@ fn write_media(s: &mut String, local: &Local, setup: &str, m: &MediaLine<'_>, ca
     let codec = m.codec;
     let pt = codec.payload_type;
     let rtx = m.source.and_then(|src| src.rtx);
-    let formats = match rtx {
-        Some((rtx_pt, _)) => format!("{pt} {rtx_pt}"),
-        None => pt.to_string(),
-    };
+    let red = m.source.and_then(|src| src.red);
+    let mut formats = pt.to_string();
+    for extra in [red, rtx.map(|(p, _)| p)].into_iter().flatten() {
+        let _ = write!(formats, " {extra}");
+    }
     let _ = write!(
         s,
         "m={} 9 UDP/TLS/RTP/SAVPF {formats}\r\nc=IN {ipv} {ip}\r\n",
@@ -607,6 +629,18 @@ fn write_media(s: &mut String, local: &Local, setup: &str, m: &MediaLine<'_>, ca
             "a=rtpmap:{rtx_pt} rtx/{}\r\na=fmtp:{rtx_pt} apt={pt}\r\n",
             codec.clock_rate
         );
+    }
+    if let Some(red_pt) = red {
+        if codec.channels.is_empty() {
+            let _ = write!(s, "a=rtpmap:{red_pt} red/{}\r\n", codec.clock_rate);
+        } else {
+            let _ = write!(
+                s,
+                "a=rtpmap:{red_pt} red/{}/{}\r\n",
+                codec.clock_rate, codec.channels
+            );
+        }
+        let _ = write!(s, "a=fmtp:{red_pt} {pt}/{pt}\r\n");
     }
     if !m.rids.is_empty() {
         for rid in m.rids {
@@ -979,6 +1013,7 @@ a=rtpmap:102 H264/90000\r\na=fmtp:102 level-asymmetry-allowed=1;packetization-mo
             stream_id: "s".into(),
             track_id: "t".into(),
             rtx: None,
+            red: None,
         };
         let lines = [
             OfferLine {

@@ -147,3 +147,26 @@ test('at 150 kbps the capped viewer gets audio only, without a gap, and video ag
   }, 15000, 500);
   assert.ok(resumed, `video resumes when the cap lifts: ${JSON.stringify(await far.evaluate(() => window.inbound()))}`);
 });
+
+test('with 5% random loss on its link the viewer hears continuous audio (RED) and video does not freeze', { skip }, async () => {
+  // nftables drops one in twenty UDP packets the relay sends towards the viewer's namespace.
+  relayNs.exec(['nft', 'add', 'table', 'inet', 'volna_loss']);
+  relayNs.exec(['nft', 'add', 'chain', 'inet', 'volna_loss', 'out', '{ type filter hook output priority 0; }']);
+  relayNs.exec(['nft', 'add', 'rule', 'inet', 'volna_loss', 'out', 'oifname', DEV, 'meta', 'l4proto', 'udp', 'numgen', 'random', 'mod', '100', '<', '5', 'drop']);
+  try {
+    // The loss is measured and audio switches to RED within a few seconds.
+    const red = await waitFor(async () => (await relayStats(near, HTTP)).red_packets > 0, 10000);
+    assert.ok(red, 'audio goes to the lossy viewer as RED');
+    await sleep(2000);
+    const a = await far.evaluate(() => window.inbound());
+    await sleep(20000);
+    const b = await far.evaluate(() => window.inbound());
+    log('loss', JSON.stringify(a), JSON.stringify(b));
+    const concealed = (b.concealedSamples - a.concealedSamples) / Math.max(1, b.totalSamplesReceived - a.totalSamplesReceived);
+    assert.ok(concealed < 0.02, `audio concealment under 2%: ${(concealed * 100).toFixed(2)}%`);
+    assert.ok(b.framesDecoded - a.framesDecoded >= 20 * 10, `video keeps decoding: ${a.framesDecoded} -> ${b.framesDecoded}`);
+    assert.ok(b.freezeCount - a.freezeCount <= 1, `at most one freeze in 20 s: ${a.freezeCount} -> ${b.freezeCount}`);
+  } finally {
+    relayNs.exec(['nft', 'delete', 'table', 'inet', 'volna_loss']);
+  }
+});

@@ -50,15 +50,15 @@ test('Chromium publishes with WHIP and a second Chromium watches with WHEP', { s
     return s.viewer_estimates.find((e) => e.transport_cc && e.kbps > 0) ?? null;
   }, 5000);
   assert.ok(fed, 'the viewer sends transport-cc feedback that volna reads');
-  // The viewer would take more than the initial estimate: probes (padding on its RTX stream)
-  // find the room, and the estimate grows past what the publisher sends.
+  // The viewer would take more than the initial estimate (300 kbps): probes (padding on its RTX
+  // stream) find the room, and the estimate grows to twice that and more.
   const grown = await waitFor(async () => {
     const s = await relayStats(viewer, HTTP);
     const e = s.viewer_estimates.find((x) => x.transport_cc);
-    return s.probes > 0 && e && e.kbps >= 1000 ? { probes: s.probes, kbps: e.kbps } : null;
+    return s.probes > 0 && e && e.kbps >= 600 ? { probes: s.probes, kbps: e.kbps } : null;
   }, 15000);
   const last2 = await relayStats(viewer, HTTP);
-  assert.ok(grown, `probes sent and the estimate past 1 Mbps; got probes ${last2.probes}, ${JSON.stringify(last2.viewer_estimates)}`);
+  assert.ok(grown, `probes sent and the estimate past 600 kbps; got probes ${last2.probes}, ${JSON.stringify(last2.viewer_estimates)}`);
 });
 
 test('junk datagrams on the media port are dropped and counted, the call goes on', { skip }, async () => {

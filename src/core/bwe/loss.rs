@@ -13,6 +13,8 @@ pub struct LossController {
     total: u32,
     window_start_us: Option<i64>,
     last_update_us: Option<i64>,
+    /// The last loss fraction measured.
+    fraction: f64,
 }
 
 impl LossController {
@@ -23,7 +25,12 @@ impl LossController {
             total: 0,
             window_start_us: None,
             last_update_us: None,
+            fraction: 0.0,
         }
+    }
+
+    pub fn fraction(&self) -> f64 {
+        self.fraction
     }
 
     pub fn rate(&self) -> u64 {
@@ -54,6 +61,7 @@ impl LossController {
 
     /// Applies one measured loss fraction.
     pub fn on_fraction(&mut self, now_us: i64, fraction: f64) {
+        self.fraction = fraction;
         let last = self.last_update_us.unwrap_or(now_us);
         let dt = ((now_us - last) as f64 / 1e6).clamp(0.0, 1.0);
         if fraction < 0.02 {

@@ -224,6 +224,12 @@ impl BandwidthEstimator {
             .on_estimate(now, self.estimate_bps, self.delay.usage());
     }
 
+    /// The share of packets lost in the last measured window (transport-cc feedback, or
+    /// receiver reports without it).
+    pub fn loss_fraction(&self) -> f64 {
+        self.loss.fraction()
+    }
+
     pub fn estimate_bps(&self) -> u64 {
         self.estimate_bps
     }

@@ -89,6 +89,9 @@ pub struct ViewerTrackSpec {
     /// The retransmission stream (RFC 4588), when the viewer negotiated one: resends and probes
     /// go there, each with a sequence number of its own.
     pub rtx: Option<Rtx>,
+    /// The RED payload type (RFC 2198), when the viewer negotiated audio/red for this audio:
+    /// while its link loses packets, each packet also carries the previous frame.
+    pub red: Option<u8>,
 }
 
 /// A viewer track's RTX stream.
@@ -138,6 +141,8 @@ pub struct RelayCounters {
     pub paused_tracks: u64,
     /// Probe clusters sent to find room above a viewer's estimate.
     pub probes: u64,
+    /// Audio packets sent as RED (RFC 2198) with the previous frame, to viewers losing packets.
+    pub red_packets: u64,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -268,6 +273,8 @@ struct Viewer {
     tracks: Vec<ViewerTrack>,
     cc: ViewerCc,
     probe_out: Option<ProbeOut>,
+    /// Audio goes as RED (where negotiated) until then: set while the link loses packets.
+    red_until: Option<Instant>,
 }
 
 /// Congestion control of one viewer's transport: transport-wide sequence numbers on what it is
@@ -415,6 +422,11 @@ const SENT_TRANSPORT_SEQ: usize = 1024;
 /// How long arrivals wait before transport-cc feedback reports them to the publisher.
 const TWCC_FEEDBACK_INTERVAL: Duration = Duration::from_millis(50);
 
+/// Loss on a viewer's link from which its audio goes as RED (where negotiated), and how long
+/// that lasts after the last such loss.
+const RED_LOSS: f64 = 0.01;
+const RED_HOLD: Duration = Duration::from_secs(10);
+
 /// How often each viewer's estimate is split over its tracks.
 const ALLOCATION_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -497,6 +509,8 @@ pub struct Relay {
     rtx_body: [u8; 1500],
     /// A rewritten VP8 payload descriptor, sent ahead of the rest of the shared payload.
     prefix: [u8; 16],
+    /// RED headers and the redundant frame, sent ahead of the shared primary frame.
+    red: [u8; 1200],
     /// Origin of the arrival times in transport-cc feedback to publishers.
     epoch: Option<Instant>,
     next_twcc_feedback: Option<Instant>,
@@ -522,6 +536,7 @@ impl Relay {
             next_allocation: None,
             rtx_body: [0; 1500],
             prefix: [0; 16],
+            red: [0; 1200],
             epoch: None,
             next_twcc_feedback: None,
             next_probe: None,
@@ -629,6 +644,7 @@ impl Relay {
                 tracks: Vec::new(),
                 cc: ViewerCc::new(),
                 probe_out: None,
+                red_until: None,
             },
         );
         Ok(())
@@ -860,15 +876,40 @@ impl Relay {
             let ext = vt.translation(&track.spec.ext, transport_seq);
             match write_header(&mut self.header, buf, view, &rw, ext) {
                 Ok(n) => {
-                    let (prefix, payload) = payload_prefix(&vt.fwd, payload, &mut self.prefix);
+                    let red = vt
+                        .spec
+                        .red
+                        .filter(|_| v.red_until.is_some_and(|t| now < t))
+                        .and_then(|red_pt| {
+                            let cache = &track.layers[li].cache;
+                            let k = red_prefix(
+                                now,
+                                cache,
+                                view,
+                                &vt.fwd,
+                                rw.payload_type,
+                                &mut self.red,
+                            )?;
+                            Some((red_pt, k))
+                        });
+                    let (prefix, payload) = match red {
+                        Some((red_pt, k)) => {
+                            // The RTP payload type becomes RED's; the marker bit stays.
+                            self.header[1] = (self.header[1] & 0x80) | (red_pt & 0x7f);
+                            self.counters.red_packets += 1;
+                            (&self.red[..k], payload)
+                        }
+                        None => payload_prefix(&vt.fwd, payload, &mut self.prefix),
+                    };
                     sink.rtp(vid, &self.header[..n], prefix, payload);
+                    let len = n + prefix.len() + payload.len();
                     if let Some(t) = transport_seq {
                         let slot = rw.sequence as usize % SENT_TRANSPORT_SEQ;
                         vt.sent_transport_seq[slot] = (rw.sequence, t);
                     }
-                    v.cc.sent(now, transport_seq, n + payload.len());
+                    v.cc.sent(now, transport_seq, len);
                     self.counters.forwarded_packets += 1;
-                    self.counters.forwarded_bytes += (n + payload.len()) as u64;
+                    self.counters.forwarded_bytes += len as u64;
                 }
                 Err(_) => self.counters.dropped_packets += 1,
             }
@@ -1032,7 +1073,11 @@ impl Relay {
                             }
                             // The same transport-wide number as the original, so the resend is
                             // the same bytes under the same SRTP index; if it is no longer
-                            // known, the packet is not resent.
+                            // known, the packet is not resent. Nor is audio that may have gone
+                            // as RED: its bytes cannot be made again.
+                            if vt.spec.red.is_some() {
+                                continue;
+                            }
                             let transport_seq = if vt.sent_transport_seq.is_empty() {
                                 None
                             } else {
@@ -1098,6 +1143,9 @@ impl Relay {
             ..
         } = self;
         for (&vid, v) in viewers.iter_mut() {
+            if v.cc.bwe.loss_fraction() >= RED_LOSS {
+                v.red_until = Some(now + RED_HOLD);
+            }
             // A viewer that can tell nothing about its link gets the best of everything; one
             // that negotiated transport-cc starts from the initial estimate.
             let signal = v.cc.has_signal()
@@ -1469,6 +1517,38 @@ fn payload_prefix<'a, 'b>(
         Some(n) => (&buf[..n], &payload[n..]),
         None => (&[], payload),
     }
+}
+
+/// The start of a RED payload (RFC 2198 §3) for a packet forwarded as `pt`: one redundant
+/// block, the previous packet's frame, then the primary's header; the primary frame follows.
+/// Returns its length, or `None` when the previous frame is not at hand or does not fit.
+fn red_prefix(
+    now: Instant,
+    cache: &RetransmitCache,
+    view: &RtpView,
+    fwd: &Forwarder,
+    pt: u8,
+    out: &mut [u8],
+) -> Option<usize> {
+    let prev_seq = view.sequence.wrapping_sub(1);
+    if !fwd.covers(prev_seq) {
+        return None;
+    }
+    let (pkt, prev) = cache.get(now, prev_seq)?;
+    let data = prev.payload(pkt);
+    // Timestamp offset: 14 bits; block length: 10 bits.
+    let offset = view.timestamp.wrapping_sub(prev.timestamp);
+    if offset == 0 || offset >= 1 << 14 || data.len() >= 1 << 10 || 5 + data.len() > out.len() {
+        return None;
+    }
+    let pt = pt & 0x7f;
+    out[0] = 0x80 | pt;
+    out[1] = (offset >> 6) as u8;
+    out[2] = (((offset & 0x3f) << 2) as u8) | (data.len() >> 8) as u8;
+    out[3] = data.len() as u8;
+    out[4] = pt;
+    out[5..5 + data.len()].copy_from_slice(data);
+    Some(5 + data.len())
 }
 
 /// Finds the track and layer a packet belongs to: by SSRC, else by its MID extension (and RID

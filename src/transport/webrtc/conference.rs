@@ -547,6 +547,8 @@ impl Shard {
                     rng.gen(),
                 )
             });
+            let red = (d.kind == MediaKind::Audio)
+                .then(|| assign_red_payload_type(&neg.lines, codec.payload_type));
             neg.lines.push(SubLine {
                 mid: neg.lines.len().to_string(),
                 kind: d.kind,
@@ -557,6 +559,8 @@ impl Shard {
                 codec,
                 rtx,
                 rtx_accepted: false,
+                red,
+                red_accepted: false,
                 ext: subscriber_exts(d.kind),
                 relay_index: None,
                 accepted: false,
@@ -593,6 +597,7 @@ impl Shard {
                     stream_id: l.stream_id.clone(),
                     track_id: l.track_id.clone(),
                     rtx: l.rtx,
+                    red: l.red,
                 }),
             })
             .collect();
@@ -691,6 +696,10 @@ impl Shard {
                 && line.rtx.is_some_and(|(pt, _)| {
                     OfferedCodec::rtx_for(&m.codecs, line.codec.payload_type) == Some(pt)
                 });
+            line.red_accepted = line.accepted
+                && line.red.is_some_and(|pt| {
+                    OfferedCodec::red_for(&m.codecs, line.codec.payload_type) == Some(pt)
+                });
         }
         s.negotiation.awaiting_answer = false;
         let early = std::mem::take(&mut s.negotiation.early_dtls);
@@ -745,6 +754,7 @@ impl Shard {
                             payload_type: pt,
                             ssrc,
                         }),
+                        red: l.red.filter(|_| l.red_accepted),
                     },
                 ))
             })
@@ -817,24 +827,39 @@ impl Shard {
 /// A payload type for `codec` that no other m-line of the bundle uses for something else.
 /// The RTX payload type for a codec's payload type: the one already used with it in this bundle,
 /// else one no line uses.
-fn assign_rtx_payload_type(lines: &[SubLine], apt: u8) -> u8 {
-    if let Some((pt, _)) = lines
+/// Whether a payload type is in use by a line of the bundle (its codec, RTX or RED).
+fn pt_taken(lines: &[SubLine], pt: u8) -> bool {
+    lines.iter().any(|l| {
+        l.codec.payload_type == pt || l.rtx.is_some_and(|(r, _)| r == pt) || l.red == Some(pt)
+    })
+}
+
+/// A payload type for a format that wraps `apt` (RTX or RED): the one lines with that codec
+/// already use, else a free one.
+fn assign_wrapper_payload_type(
+    lines: &[SubLine],
+    apt: u8,
+    of: impl Fn(&SubLine) -> Option<u8>,
+) -> u8 {
+    if let Some(pt) = lines
         .iter()
         .filter(|l| l.codec.payload_type == apt)
-        .find_map(|l| l.rtx)
+        .find_map(of)
     {
         return pt;
     }
-    let taken = |pt: u8| {
-        lines
-            .iter()
-            .any(|l| l.codec.payload_type == pt || l.rtx.is_some_and(|(r, _)| r == pt))
-            || pt == apt
-    };
     (96..=127)
         .chain(35..=63)
-        .find(|pt| !taken(*pt))
+        .find(|&pt| !pt_taken(lines, pt) && pt != apt)
         .unwrap_or(127)
+}
+
+fn assign_rtx_payload_type(lines: &[SubLine], apt: u8) -> u8 {
+    assign_wrapper_payload_type(lines, apt, |l| l.rtx.map(|(pt, _)| pt))
+}
+
+fn assign_red_payload_type(lines: &[SubLine], apt: u8) -> u8 {
+    assign_wrapper_payload_type(lines, apt, |l| l.red)
 }
 
 fn assign_payload_type(lines: &[SubLine], codec: &OfferedCodec) -> u8 {
@@ -846,17 +871,12 @@ fn assign_payload_type(lines: &[SubLine], codec: &OfferedCodec) -> u8 {
     if let Some(l) = lines.iter().find(|l| same(l)) {
         return l.codec.payload_type;
     }
-    let taken = |pt: u8| {
-        lines
-            .iter()
-            .any(|l| l.codec.payload_type == pt || l.rtx.is_some_and(|(r, _)| r == pt))
-    };
-    if !taken(codec.payload_type) {
+    if !pt_taken(lines, codec.payload_type) {
         return codec.payload_type;
     }
     (96..=127)
         .chain(35..=63)
-        .find(|pt| !taken(*pt))
+        .find(|&pt| !pt_taken(lines, pt))
         .unwrap_or(codec.payload_type)
 }
 
@@ -883,6 +903,8 @@ mod tests {
             },
             rtx: rtx.map(|r| (r, 2)),
             rtx_accepted: false,
+            red: None,
+            red_accepted: false,
             ext: Vec::new(),
             relay_index: None,
             accepted: false,

@@ -159,6 +159,7 @@ impl Shard {
                 initial_seq: rng.gen(),
                 initial_ts: rng.gen(),
                 rtx: None,
+                red: None,
             };
             let (relay, mut out) = self.relay_and_out();
             if relay.add_viewer_track(now, sid, spec, &mut out).is_ok() {

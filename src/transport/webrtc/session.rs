@@ -39,6 +39,9 @@ pub struct SubLine {
     pub rtx: Option<(u8, u32)>,
     /// The last answer accepted the RTX stream too.
     pub rtx_accepted: bool,
+    /// The RED payload type offered with audio (RFC 2198), and whether the answer took it.
+    pub red: Option<u8>,
+    pub red_accepted: bool,
     pub ext: Vec<(u8, String)>,
     /// The relay's viewer-track index once the peer accepted the line and SRTP is up.
     pub relay_index: Option<usize>,

@@ -122,6 +122,8 @@ pub struct ShardStats {
     pub paused_tracks: u64,
     /// Probe clusters sent to viewers (padding on their RTX streams).
     pub probes: u64,
+    /// Audio packets sent to lossy viewers as RED, with the previous frame as redundancy.
+    pub red_packets: u64,
     pub dropped_packets: u64,
     pub keyframe_requests: u64,
     pub sessions_closed: u64,
@@ -154,6 +156,7 @@ impl ShardStats {
         self.retransmitted_packets += o.retransmitted_packets;
         self.paused_tracks += o.paused_tracks;
         self.probes += o.probes;
+        self.red_packets += o.red_packets;
 
         self.dropped_packets += o.dropped_packets;
         self.keyframe_requests += o.keyframe_requests;
@@ -364,6 +367,7 @@ impl Shard {
             retransmitted_packets: c.retransmitted_packets,
             paused_tracks: c.paused_tracks,
             probes: c.probes,
+            red_packets: c.red_packets,
 
             dropped_packets: c.dropped_packets,
             keyframe_requests: c.keyframe_requests,
@@ -626,12 +630,17 @@ impl Shard {
                 payload_type: rtx_pt,
                 ssrc: rng.gen(),
             });
+            // Audio may go as RED (redundant frames) when the viewer's link loses packets.
+            let red = (kind == MediaKind::Audio)
+                .then(|| OfferedCodec::red_for(&m.codecs, pt))
+                .flatten();
             let src = Source {
                 ssrc,
                 cname: format!("volna-{pub_public}"),
                 stream_id: format!("volna-{pub_public}"),
                 track_id: format!("{pub_public}-{track}"),
                 rtx: rtx.map(|r| (r.payload_type, r.ssrc)),
+                red,
             };
             let a =
                 AnswerMedia::accept(m, codec, Direction::SendOnly, VIEWER_EXTS, Some(src), false);
@@ -647,6 +656,7 @@ impl Shard {
                 initial_seq: rng.gen(),
                 initial_ts: rng.gen(),
                 rtx,
+                red,
             });
             answers.push(a);
         }
