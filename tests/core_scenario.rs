@@ -1170,7 +1170,7 @@ fn audio_goes_as_red_to_a_viewer_that_loses_packets() {
     let frame = |seq: u16| vec![seq as u8; 40 + (seq % 7) as usize];
     // Audio at 50 packets/s; returns V1's and V2's audio payloads (payload type, payload).
     type Got = Vec<(u8, Vec<u8>)>;
-    let mut run = |relay: &mut Relay, sink: &mut Recorder, from: u16, to: u16| {
+    let run = |relay: &mut Relay, sink: &mut Recorder, from: u16, to: u16| {
         let (mut v1, mut v2): (Got, Got) = (Vec::new(), Vec::new());
         for seq in from..to {
             let now = t0 + Duration::from_millis(u64::from(seq) * 20);
