@@ -11,6 +11,7 @@
 //! broadcast calls and measures them; `report` writes the Markdown, JSON and SVG results.
 
 pub mod client;
+pub mod congestion;
 pub mod impair;
 pub mod janus;
 pub mod netns;

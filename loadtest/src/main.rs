@@ -27,7 +27,7 @@ use volna_load::volna_target::{VolnaOptions, VolnaTarget};
 #[command(about = "volna load generator")]
 struct Args {
     /// Scenario to run.
-    #[arg(long, default_value = "core-fanout", value_parser = ["core-fanout", "audio", "meeting", "broadcast"])]
+    #[arg(long, default_value = "core-fanout", value_parser = ["core-fanout", "audio", "meeting", "broadcast", "rfc8867-5.1"])]
     scenario: String,
     /// core-fanout: viewers per publisher.
     #[arg(long, default_value_t = 10)]
@@ -97,6 +97,15 @@ fn main() -> ExitCode {
         core_fanout(&args);
         return ExitCode::SUCCESS;
     }
+    if args.scenario == "rfc8867-5.1" {
+        return match rfc8867(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("volna-load: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let janus = args.target == "janus" || args.compare.as_deref() == Some("janus");
     if janus && !netns::in_netns() {
         // Janus's ICE agent ignores loopback: the whole run moves into a namespace with a veth
@@ -120,6 +129,94 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// RFC 8867 §5.1 on virtual time (see `congestion`): the trace as JSON, a plot of capacity,
+/// estimate and delivered rate, and a Markdown summary per phase.
+fn rfc8867(args: &Args) -> Result<(), String> {
+    let seconds = args.seconds.unwrap_or(100.0).max(1.0) as u64;
+    let samples = volna_load::congestion::rfc8867_5_1(seconds);
+    std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
+    let line = |name: &str, f: fn(&volna_load::congestion::Sample) -> f64, dashed: bool| {
+        (
+            name.to_owned(),
+            samples.iter().map(f).collect::<Vec<f64>>(),
+            dashed,
+        )
+    };
+    let svg = volna_load::report::svg_plot(
+        "RFC 8867 5.1: capacity, volna's estimate and what the viewer got (samples every 0.5 s)",
+        "kbps",
+        &[
+            line("capacity", |s| s.capacity_kbps, true),
+            line("estimate", |s| s.estimate_kbps, false),
+            line("delivered", |s| s.delivered_kbps, false),
+        ],
+    );
+    // Phases of the script: (from, to, capacity); steady = the phase's last 10 s.
+    let phases = [
+        (0.0, 40.0),
+        (40.0, 60.0),
+        (60.0, 80.0),
+        (80.0, seconds as f64),
+    ];
+    let mut md = String::from("# RFC 8867 §5.1 against volna's congestion control\n\n");
+    md.push_str(&format!(
+        "`volna-load --scenario rfc8867-5.1 --seconds {seconds} --out DIR`: the relay core forwards a \
+         simulcast publisher (150 / 500 / 1500 kbps layers) to one viewer behind the §5.1 link \
+         (1, 2.5, 0.6, 1 Mbps from 0, 40, 60, 80 s; 50 ms one-way delay; 300 ms of queue), \
+         the viewer's side answers with transport-cc feedback every 50 ms. Virtual time. \
+         The x axis of the plot is in half seconds.\n\n"
+    ));
+    md.push_str("| phase | capacity kbps | steady estimate kbps | steady delivered kbps | utilisation | layer |\n|---|---|---|---|---|---|\n");
+    for (from, to) in phases.into_iter().filter(|(f, _)| *f < seconds as f64) {
+        let steady: Vec<_> = samples
+            .iter()
+            .filter(|s| s.t > (to - 10.0).max(from) && s.t <= to)
+            .collect();
+        if steady.is_empty() {
+            continue;
+        }
+        let mean = |f: fn(&volna_load::congestion::Sample) -> f64| {
+            steady.iter().map(|s| f(s)).sum::<f64>() / steady.len() as f64
+        };
+        let cap = mean(|s| s.capacity_kbps);
+        let delivered = mean(|s| s.delivered_kbps);
+        md.push_str(&format!(
+            "| {from:.0}–{to:.0} s | {cap:.0} | {:.0} | {delivered:.0} | {:.0}% | {} |\n",
+            mean(|s| s.estimate_kbps),
+            100.0 * delivered / cap.max(1.0),
+            steady.last().map_or(-1, |s| s.layer)
+        ));
+    }
+    // How fast the estimate followed each change.
+    let follow = |at: f64, pred: &dyn Fn(&volna_load::congestion::Sample) -> bool| {
+        samples
+            .iter()
+            .find(|s| s.t > at && pred(s))
+            .map_or("not within the run".to_owned(), |s| {
+                format!("{:.1} s", s.t - at)
+            })
+    };
+    md.push_str(&format!(
+        "\nEstimate at or above 80% of 2.5 Mbps after the rise at 40 s: {}. \
+         At or below 0.66 Mbps after the drop at 60 s: {}. \
+         At or above 80% of 1 Mbps after the rise at 80 s: {}.\n",
+        follow(40.0, &|s| s.estimate_kbps >= 2000.0),
+        follow(60.0, &|s| s.estimate_kbps <= 660.0),
+        follow(80.0, &|s| s.estimate_kbps >= 800.0),
+    ));
+    let json = serde_json::to_string_pretty(&samples).map_err(|e| e.to_string())?;
+    for (name, body) in [
+        ("report.md", md.as_str()),
+        ("trace.json", json.as_str()),
+        ("rfc8867-5.1.svg", svg.as_str()),
+    ] {
+        let path = args.out.join(name);
+        std::fs::write(&path, body).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    print!("{md}");
+    Ok(())
 }
 
 fn default_relay_bin() -> PathBuf {

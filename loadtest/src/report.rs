@@ -299,7 +299,7 @@ const COLORS: [&str; 8] = [
 ];
 
 /// A line plot over seconds: one polyline per (name, values, dashed).
-fn svg_plot(title: &str, unit: &str, lines: &[(String, Vec<f64>, bool)]) -> String {
+pub fn svg_plot(title: &str, unit: &str, lines: &[(String, Vec<f64>, bool)]) -> String {
     let (w, h) = (800.0, 420.0);
     let (left, right, top, bottom) = (70.0, 220.0, 40.0, 40.0);
     let pw = w - left - right;

@@ -1242,9 +1242,9 @@ impl Relay {
             if !can_probe {
                 continue;
             }
-            // Room for everything, plus the margin a paused track needs to come back.
+            // Room for everything, plus the margin a track needs to move up (or come back).
             if v.probe_out.is_none() {
-                if let Some(cluster) = v.cc.bwe.poll_probe(now, want + want / 4) {
+                if let Some(cluster) = v.cc.bwe.poll_probe(now, want + want / 2) {
                     v.probe_out = Some(ProbeOut::new(now, cluster));
                     counters.probes += 1;
                 }
