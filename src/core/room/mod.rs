@@ -244,6 +244,8 @@ struct ViewerTrack {
     /// Next sequence number on the RTX stream (a `Cell`: resends are made while the viewer's
     /// tracks are being looked through).
     rtx_seq: std::cell::Cell<u16>,
+    /// Since when the allocator has found no room for this track (see `PAUSE_AFTER`).
+    short_since: Option<Instant>,
 }
 
 impl ViewerTrack {
@@ -426,6 +428,9 @@ const TWCC_FEEDBACK_INTERVAL: Duration = Duration::from_millis(50);
 /// that lasts after the last such loss.
 const RED_LOSS: f64 = 0.01;
 const RED_HOLD: Duration = Duration::from_secs(10);
+
+/// How long a running video's lowest layer must not fit before it is paused.
+const PAUSE_AFTER: Duration = Duration::from_secs(2);
 
 /// How often each viewer's estimate is split over its tracks.
 const ALLOCATION_INTERVAL: Duration = Duration::from_millis(250);
@@ -692,6 +697,7 @@ impl Relay {
             sent_transport_seq,
             live: true,
             rtx_seq,
+            short_since: None,
         });
         self.request_keyframe(now, source.publisher, source.track, 0, sink);
         Ok(index)
@@ -1212,10 +1218,23 @@ impl Relay {
                 let d = &demands[k];
                 // Probes aim at what every track would take at its best.
                 want += d.layers[d.n_layers - 1];
+                // A pause costs a key frame to come back from: video that runs is paused only
+                // once its lowest layer has not fitted for a while, not on a passing dip.
+                let short_since = match out[k] {
+                    None if pause_video && can_probe => Some(*vt.short_since.get_or_insert(now)),
+                    _ => None,
+                };
+                vt.short_since = short_since;
                 let choice = match out[k] {
                     Some(layer) => Some(layer),
                     // Without pausing, video that does not fit gets its lowest layer.
                     None if !(pause_video && can_probe) => Some(0),
+                    None if !vt.fwd.is_paused()
+                        && short_since
+                            .is_some_and(|s| now.saturating_duration_since(s) < PAUSE_AFTER) =>
+                    {
+                        Some(0)
+                    }
                     None => None,
                 };
                 match choice {
