@@ -503,6 +503,7 @@ fn active_speaker_follows_audio_levels_with_hysteresis() {
         .iter()
         .map(|(_, e)| match e {
             RelayEvent::ActiveSpeaker { publisher, .. } => *publisher,
+            other => panic!("unexpected {other:?}"),
         })
         .collect();
     assert_eq!(who, vec![Some(10), Some(11)], "{events:?}");
@@ -1244,4 +1245,105 @@ fn audio_goes_as_red_to_a_viewer_that_loses_packets() {
         assert_eq!(&p[5..5 + len], &prev[..], "the previous frame");
         assert_eq!(&p[5 + len..], &frame(seq)[..], "then the primary frame");
     }
+}
+
+/// A simulcast publisher is told which layers viewers need: with no one watching, after five
+/// seconds only its lowest layer; it stops the other, and when a viewer with room comes, the top
+/// layer is asked for again at once (its rate while it was sent is remembered).
+#[test]
+fn publishers_hear_which_layers_are_needed() {
+    use volna::core::rtcp::Remb;
+    let t0 = Instant::now();
+    let mut relay = Relay::new(RelayConfig::default());
+    let mut sink = Recorder::default();
+    let mut tracks = publisher_tracks();
+    tracks[1].ssrc = None;
+    tracks[1].rids = vec!["f".into(), "q".into()];
+    tracks[1].ext = ext(&[(4, ExtKind::Mid), (10, ExtKind::RtpStreamId)]);
+    relay.add_publisher(PUB, "room", 77, tracks).unwrap();
+    // Layer slots in RID order: 0 = "f" (1000 B packets), 1 = "q" (200 B).
+    let layers: [(u32, u8, usize); 2] = [(0x61, b'f', 1000), (0x62, b'q', 200)];
+    let mut seq = [0u16; 2];
+    let mut events = Vec::new();
+    let mut run = |relay: &mut Relay,
+                   sink: &mut Recorder,
+                   from_ms: u64,
+                   to_ms: u64,
+                   send: [bool; 2],
+                   events: &mut Vec<(u64, usize, u8)>| {
+        for ms in from_ms..to_ms {
+            let now = t0 + Duration::from_millis(ms);
+            if ms % 33 == 0 {
+                for (i, &(ssrc, rid, len)) in layers.iter().enumerate().filter(|(i, _)| send[*i]) {
+                    let mut p = rtp(
+                        ssrc,
+                        96,
+                        seq[i],
+                        ms as u32 * 90,
+                        &[0x40, b'1', 0xa0, rid],
+                        KEY,
+                    );
+                    p.resize(len, 0);
+                    seq[i] = seq[i].wrapping_add(1);
+                    feed(relay, now, &p, sink);
+                }
+            }
+            if ms % 10 == 0 {
+                relay.handle_timeout(now, sink);
+                while let Some(ev) = relay.poll_event() {
+                    if let RelayEvent::Layers { track, active, .. } = ev {
+                        events.push((ms, track, active));
+                    }
+                }
+            }
+            sink.take();
+        }
+    };
+    run(&mut relay, &mut sink, 0, 8000, [true, true], &mut events);
+    assert_eq!(events.len(), 1, "{events:?}");
+    let (at, track, active) = events[0];
+    assert_eq!((track, active), (1, 0b10), "only the lowest layer, \"q\"");
+    // Rates are known after a second of packets; five seconds later "f" is let go.
+    assert!(
+        (6_000..7_000).contains(&at),
+        "after five seconds unneeded: {at}"
+    );
+    // The publisher stops "f"; a viewer of the video with room arrives.
+    run(
+        &mut relay,
+        &mut sink,
+        8_000,
+        17_000,
+        [false, true],
+        &mut events,
+    );
+    assert_eq!(
+        events.len(),
+        1,
+        "nothing more while no one watches: {events:?}"
+    );
+    relay.add_viewer(V2, "room").unwrap();
+    let video = viewer_tracks(0x200).remove(0);
+    relay
+        .add_viewer_track(t0 + Duration::from_secs(17), V2, video, &mut sink)
+        .unwrap();
+    let mut b = [0u8; 64];
+    let n = Remb {
+        sender_ssrc: 0x200,
+        bitrate_bps: 5_000_000,
+        ssrc: 0x201,
+    }
+    .write(&mut b)
+    .unwrap();
+    relay.handle_viewer_rtcp(t0 + Duration::from_secs(17), V2, &b[..n], &mut sink);
+    run(
+        &mut relay,
+        &mut sink,
+        17_000,
+        17_500,
+        [false, true],
+        &mut events,
+    );
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!((events[1].1, events[1].2), (1, 0b11), "both layers again");
 }

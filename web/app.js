@@ -66,6 +66,23 @@ async function onOffer(msg) {
   await request({ type: 'answer', sdp: app.sub.localDescription.sdp });
 }
 
+// The relay says which simulcast layers of our track anyone needs: encode only those.
+async function onLayers(msg) {
+  const t = app.pub && app.pub.getTransceivers().find((x) => `${app.me.id}-${x.mid}` === msg.track);
+  if (!t) return;
+  const params = t.sender.getParameters();
+  if (!params.encodings || params.encodings.length < 2) return;
+  let changed = false;
+  for (const e of params.encodings) {
+    const on = msg.active.includes(e.rid);
+    if (e.active !== on) {
+      e.active = on;
+      changed = true;
+    }
+  }
+  if (changed) await t.sender.setParameters(params);
+}
+
 function onMessage(ev) {
   const msg = JSON.parse(ev.data);
   app.events.push(msg);
@@ -92,6 +109,7 @@ function onMessage(ev) {
     }
     case 'active_speaker': app.speaker = msg.participant; refresh(); break;
     case 'offer': onOffer(msg).catch((e) => console.error('answer failed', e)); break;
+    case 'layers': onLayers(msg).catch((e) => console.error('layers failed', e)); break;
     case 'error': console.warn('server error', msg); break;
     default: break;
   }
@@ -133,12 +151,25 @@ app.join = async (room, name, token) => {
   app.speaker = joined.active_speaker || null;
   joined.participants.forEach(addParticipant);
 
-  app.local = await navigator.mediaDevices.getUserMedia({ audio: true, video: { width: 320, height: 240 } });
+  // ?simulcast=1: the camera goes out as two layers (half size and full), each viewer gets the
+  // one its link carries.
+  const simulcast = new URLSearchParams(location.search).get('simulcast') === '1';
+  const size = simulcast ? { width: 640, height: 360 } : { width: 320, height: 240 };
+  app.local = await navigator.mediaDevices.getUserMedia({ audio: true, video: size });
   const mine = tile(app.me.id, `${app.me.name || app.me.identity} (you)`);
   mine.querySelector('video').srcObject = app.local;
   mine.querySelector('video').muted = true;
   app.pub = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
-  for (const track of app.local.getTracks()) app.pub.addTransceiver(track, { direction: 'sendonly', streams: [app.local] });
+  for (const track of app.local.getTracks()) {
+    const init = { direction: 'sendonly', streams: [app.local] };
+    if (simulcast && track.kind === 'video') {
+      init.sendEncodings = [
+        { rid: 'q', scaleResolutionDownBy: 2, maxBitrate: 150000 },
+        { rid: 'f', maxBitrate: 700000 },
+      ];
+    }
+    app.pub.addTransceiver(track, init);
+  }
   await app.pub.setLocalDescription(await app.pub.createOffer());
   const answer = await request({ type: 'publish', sdp: app.pub.localDescription.sdp });
   await app.pub.setRemoteDescription({ type: 'answer', sdp: answer.sdp });
@@ -164,13 +195,25 @@ app.leave = async () => {
   app.local && app.local.getTracks().forEach((t) => t.stop());
 };
 
+/** Send-side figures of the video: per simulcast layer, bytes and frames so far. */
+app.outbound = async () => {
+  const out = [];
+  if (!app.pub) return out;
+  (await app.pub.getStats()).forEach((s) => {
+    if (s.type === 'outbound-rtp' && s.kind === 'video') {
+      out.push({ rid: s.rid, bytesSent: s.bytesSent, framesEncoded: s.framesEncoded || 0, frameWidth: s.frameWidth || 0 });
+    }
+  });
+  return out;
+};
+
 /** Receive-side figures: per remote track, what was decoded. */
 app.inbound = async () => {
   const out = [];
   if (!app.sub) return out;
   (await app.sub.getStats()).forEach((s) => {
     if (s.type === 'inbound-rtp') {
-      out.push({ kind: s.kind, mid: s.mid, track: app.tracks[s.mid], framesDecoded: s.framesDecoded || 0, packetsReceived: s.packetsReceived || 0 });
+      out.push({ kind: s.kind, mid: s.mid, track: app.tracks[s.mid], framesDecoded: s.framesDecoded || 0, packetsReceived: s.packetsReceived || 0, frameWidth: s.frameWidth || 0 });
     }
   });
   return out;

@@ -127,6 +127,12 @@ pub enum ServerMessage {
     ActiveSpeaker {
         participant: Option<String>,
     },
+    /// To a publisher: the simulcast layers (RIDs) of one of its tracks that viewers need now;
+    /// it may stop encoding the others until they are listed again.
+    Layers {
+        track: String,
+        active: Vec<String>,
+    },
     /// The subscriber connection's offer; `tracks` maps each live mid to its track id.
     Offer {
         sdp: String,

@@ -120,3 +120,49 @@ test('a late joiner decodes the others within 2 s of joining', { skip }, async (
   assert.ok(ok, `late joiner decodes 3 videos within 2 s (after ${elapsed} ms: ${JSON.stringify(await receiving(late))})`);
   pages.push(late);
 });
+
+test('a simulcast participant alone encodes only its low layer; when someone joins, the top one comes back', { skip, timeout: 60000 }, async () => {
+  // The meeting ends first: encoding two layers needs the CPU its pages were using.
+  for (const p of pages.splice(0)) {
+    await p.evaluate(() => window.app.leave()).catch(() => {});
+    await p.close();
+  }
+  const solo = await browser.newPage();
+  await solo.goto(`http://${HTTP}/?room=solo&simulcast=1`);
+  await solo.evaluate(() => window.app.join('solo', 'Sim'));
+  const videoTrack = await solo.evaluate(() => window.app.trackId('video'));
+  const sending = await waitFor(async () => {
+    const out = await solo.evaluate(() => window.app.outbound());
+    return out.length === 2 && out.every((o) => o.bytesSent > 0) ? out : null;
+  }, 15000, 250);
+  assert.ok(sending, `both layers go out: ${JSON.stringify(await solo.evaluate(() => window.app.outbound()))}`);
+  // Nobody watches: after a few seconds the relay says only "q" is needed.
+  const low = await waitFor(async () => {
+    const ev = await events(solo, 'layers');
+    return ev.find((e) => e.track === videoTrack && e.active.join() === 'q');
+  }, 15000, 250);
+  assert.ok(low, `told that only "q" is needed: ${JSON.stringify(await events(solo, 'layers'))}; sending ${JSON.stringify(await solo.evaluate(() => window.app.outbound()))}`);
+  // The page stops encoding "f".
+  await sleep(1500);
+  const f = async () => (await solo.evaluate(() => window.app.outbound())).find((o) => o.rid === 'f');
+  const a = await f();
+  await sleep(2000);
+  const b = await f();
+  assert.ok(a && b && b.bytesSent - a.bytesSent < 2000, `"f" is not sent: ${JSON.stringify(a)} -> ${JSON.stringify(b)}`);
+  // Someone joins and subscribes: "f" is asked for again and reaches the newcomer.
+  const viewer = await openDemo();
+  await viewer.evaluate(() => window.app.join('solo', 'Watcher'));
+  const both = await waitFor(async () => {
+    const ev = await events(solo, 'layers');
+    return ev.find((e) => e.track === videoTrack && e.active.includes('f') && e.active.includes('q'));
+  }, 15000, 250);
+  assert.ok(both, `both layers asked for again: ${JSON.stringify(await events(solo, 'layers'))}`);
+  const top = await waitFor(async () => {
+    const list = await viewer.evaluate(() => window.app.inbound());
+    const v = list.find((t) => t.kind === 'video');
+    return v && v.frameWidth === 640 ? v : null;
+  }, 15000, 500);
+  assert.ok(top, `the newcomer decodes the top layer: ${JSON.stringify(await viewer.evaluate(() => window.app.inbound()))}`);
+  await viewer.evaluate(() => window.app.leave());
+  await solo.evaluate(() => window.app.leave());
+});

@@ -163,6 +163,10 @@ struct PubTrack {
     spec: TrackSpec,
     /// One per simulcast encoding; one for a track without simulcast.
     layers: Vec<Layer>,
+    /// The layers the publisher was last told to send (a bit per layer), and since when some
+    /// of them have not been needed.
+    active: u8,
+    unneeded_since: Option<Instant>,
     viewers: Vec<(SessionId, usize)>,
     /// Smoothed loudness from the audio-level extension (127 - dBov; louder is larger).
     loudness: f32,
@@ -184,6 +188,8 @@ struct Layer {
     last_seq: Option<u16>,
     /// Picture size of its last key frame, where the codec tells (VP8): ranks layers.
     pixels: u32,
+    /// Its rate when it was last sent: what it would need if the publisher sent it again.
+    known_bps: u64,
 }
 
 impl Layer {
@@ -203,23 +209,47 @@ impl Layer {
             rate: RateMeter::default(),
             last_seq: None,
             pixels: 0,
+            known_bps: 0,
         }
     }
 }
 
 impl PubTrack {
-    /// The layers being sent, lowest quality first (by key-frame size where known, then by
-    /// rate), at most [`alloc::MAX_LAYERS`]; returns how many.
-    fn ranked(&self, now: Instant, out: &mut [usize; alloc::MAX_LAYERS]) -> usize {
+    /// The layers with a rate (by `rate`: what they send now, or what they sent when last
+    /// active), lowest quality first (by key-frame size where known, then by rate), at most
+    /// [`alloc::MAX_LAYERS`]; returns how many.
+    fn ranked(&self, rate: impl Fn(&Layer) -> u64, out: &mut [usize; alloc::MAX_LAYERS]) -> usize {
         let mut n = 0;
         for (i, l) in self.layers.iter().enumerate() {
-            if n < out.len() && (self.layers.len() == 1 || l.rate.bps(now) > 0) {
+            if n < out.len() && (self.layers.len() == 1 || rate(l) > 0) {
                 out[n] = i;
                 n += 1;
             }
         }
-        out[..n].sort_by_key(|&i| (self.layers[i].pixels, self.layers[i].rate.bps(now)));
+        out[..n].sort_by_key(|&i| (self.layers[i].pixels, rate(&self.layers[i])));
         n
+    }
+
+    /// This track as the allocator sees it, its layers rated by `rate`, with `target` (a
+    /// layer slot) as the one on; also returns the slots in the demand's order.
+    fn demand(
+        &self,
+        rate: impl Fn(&Layer) -> u64,
+        priority: u8,
+        target: Option<u8>,
+    ) -> Option<(alloc::Demand, [usize; alloc::MAX_LAYERS])> {
+        let mut ranked = [0usize; alloc::MAX_LAYERS];
+        let n_layers = self.ranked(&rate, &mut ranked);
+        if n_layers == 0 {
+            return None;
+        }
+        let mut d = alloc::Demand::single(self.spec.kind, 0, priority, false);
+        for (k, &slot) in ranked[..n_layers].iter().enumerate() {
+            d.layers[k] = rate(&self.layers[slot]);
+        }
+        d.n_layers = n_layers;
+        d.on = target.and_then(|t| ranked[..n_layers].iter().position(|&s| s == usize::from(t)));
+        Some((d, ranked))
     }
 }
 
@@ -429,6 +459,9 @@ const TWCC_FEEDBACK_INTERVAL: Duration = Duration::from_millis(50);
 const RED_LOSS: f64 = 0.01;
 const RED_HOLD: Duration = Duration::from_secs(10);
 
+/// How long a simulcast layer must go unneeded before its publisher is told it may stop it.
+const LAYER_OFF_AFTER: Duration = Duration::from_secs(5);
+
 /// How long a running video's lowest layer must not fit before it is paused.
 const PAUSE_AFTER: Duration = Duration::from_secs(2);
 
@@ -491,6 +524,14 @@ pub enum RelayEvent {
         room: Arc<str>,
         publisher: Option<SessionId>,
     },
+    /// The simulcast layers of a publisher track that viewers need changed: `active` has a bit
+    /// per layer (in the track's RID order). The publisher may stop encoding the others; any of
+    /// them may be asked for again.
+    Layers {
+        publisher: SessionId,
+        track: usize,
+        active: u8,
+    },
 }
 
 /// Loudness (127 - dBov) a speaker must exceed: quieter than -60 dBov is background.
@@ -523,6 +564,10 @@ pub struct Relay {
     next_probe: Option<Instant>,
     /// Source layers to ask for a key frame after an allocation round (reused).
     resumed: Vec<(TrackRef, u8)>,
+    /// Per source track, the layers (bit per slot) some viewer would take (reused).
+    wanted: Vec<(TrackRef, u8)>,
+    /// Publisher tracks with simulcast layers.
+    simulcast_tracks: usize,
 }
 
 impl Relay {
@@ -546,6 +591,8 @@ impl Relay {
             next_twcc_feedback: None,
             next_probe: None,
             resumed: Vec::new(),
+            wanted: Vec::new(),
+            simulcast_tracks: 0,
         }
     }
 
@@ -605,6 +652,8 @@ impl Relay {
                         .collect()
                 };
                 PubTrack {
+                    active: ((1u16 << layers.len()) - 1) as u8,
+                    unneeded_since: None,
                     layers,
                     spec,
                     viewers: Vec::new(),
@@ -612,6 +661,7 @@ impl Relay {
                 }
             })
             .collect::<Vec<PubTrack>>();
+        self.simulcast_tracks += tracks.iter().filter(|t| t.layers.len() > 1).count();
         let twcc = tracks
             .iter()
             .any(|t| t.spec.ext.id(ExtKind::TransportWideCc).is_some())
@@ -758,6 +808,7 @@ impl Relay {
         let Some(p) = self.publishers.remove(&id) else {
             return Vec::new();
         };
+        self.simulcast_tracks -= p.tracks.iter().filter(|t| t.layers.len() > 1).count();
         if let Some(r) = self.rooms.get_mut(&p.room) {
             r.publishers.retain(|x| *x != id);
             if r.speaker == Some(id) {
@@ -1146,8 +1197,20 @@ impl Relay {
             header,
             rtx_body,
             next_probe,
+            wanted,
             ..
         } = self;
+        wanted.clear();
+        for l in publishers
+            .values_mut()
+            .flat_map(|p| p.tracks.iter_mut())
+            .flat_map(|t| t.layers.iter_mut())
+        {
+            let bps = l.rate.bps(now);
+            if bps > 0 {
+                l.known_bps = bps;
+            }
+        }
         for (&vid, v) in viewers.iter_mut() {
             if v.cc.bwe.loss_fraction() >= RED_LOSS {
                 v.red_until = Some(now + RED_HOLD);
@@ -1171,6 +1234,8 @@ impl Relay {
                     .any(|t| t.live && t.spec.rtx.is_some() && !t.sent_transport_seq.is_empty());
             let speaker = rooms.get(&v.room).and_then(|r| r.speaker);
             let mut demands = [alloc::Demand::single(MediaKind::Audio, 0, 0, true); MAX];
+            let mut wishes = demands;
+            let mut wish_index = [[0usize; alloc::MAX_LAYERS]; MAX];
             // Per demand: the viewer track, and its source's layers lowest quality first.
             let mut index = [(0usize, [0usize; alloc::MAX_LAYERS]); MAX];
             let mut n = 0;
@@ -1182,42 +1247,53 @@ impl Relay {
                 if n == MAX {
                     break;
                 }
-                let mut ranked = [0usize; alloc::MAX_LAYERS];
-                let n_layers = src.ranked(now, &mut ranked);
-                if n_layers == 0 {
+                let priority = u8::from(speaker == Some(vt.spec.source.publisher));
+                let target = vt.fwd.target();
+                let Some((mut d, ranked)) = src.demand(|l| l.rate.bps(now), priority, target)
+                else {
                     continue;
-                }
-                let mut d = alloc::Demand::single(
-                    src.spec.kind,
-                    0,
-                    u8::from(speaker == Some(vt.spec.source.publisher)),
-                    false,
-                );
-                for (k, &slot) in ranked[..n_layers].iter().enumerate() {
-                    d.layers[k] = src.layers[slot].rate.bps(now);
-                }
-                d.n_layers = n_layers;
-                d.on = vt
-                    .fwd
-                    .target()
-                    .and_then(|t| ranked[..n_layers].iter().position(|&s| s == usize::from(t)));
+                };
                 if d.on.is_none() && !vt.fwd.is_paused() {
                     // Following a layer no longer sent: count it as the lowest.
                     d.on = Some(0);
                 }
+                // What the viewer would take if every layer the publisher has sent were there:
+                // the layers worth asking the publisher for.
+                let (w, w_ranked) = src
+                    .demand(|l| l.known_bps, priority, target)
+                    .unwrap_or((d, ranked));
                 demands[n] = d;
+                wishes[n] = w;
                 index[n] = (i, ranked);
+                wish_index[n] = w_ranked;
                 n += 1;
             }
             let mut out = [None; MAX];
             alloc::allocate(estimate, &demands[..n], &mut out[..n]);
+            let mut wish_out = [None; MAX];
+            alloc::allocate(estimate, &wishes[..n], &mut wish_out[..n]);
+            for k in 0..n {
+                let (i, _) = index[k];
+                // Up to the layer wished for (the lowest when none fits): lower layers stay, so
+                // stepping down needs no one to start encoding.
+                let top = wish_out[k].unwrap_or(0);
+                let mask = wish_index[k][..=top.min(wishes[k].n_layers - 1)]
+                    .iter()
+                    .fold(0u8, |m, &slot| m | (1 << slot));
+                let source = v.tracks[i].spec.source;
+                match wanted.iter_mut().find(|(s, _)| *s == source) {
+                    Some((_, m)) => *m |= mask,
+                    None => wanted.push((source, mask)),
+                }
+            }
             let mut want = 0u64;
             for k in 0..n {
                 let (i, ranked) = index[k];
                 let vt = &mut v.tracks[i];
-                let d = &demands[k];
-                // Probes aim at what every track would take at its best.
-                want += d.layers[d.n_layers - 1];
+                // Probes aim at what every track would take at its best, counting layers the
+                // publisher was told it may stop: room for them is what brings them back.
+                let w = &wishes[k];
+                want += w.layers[w.n_layers - 1];
                 // A pause costs a key frame to come back from: video that runs is paused only
                 // once its lowest layer has not fitted for a while, not on a passing dip.
                 let short_since = match out[k] {
@@ -1273,11 +1349,64 @@ impl Relay {
                 *next_probe = Some(next_probe.map_or(o.next_at, |n| n.min(o.next_at)));
             }
         }
+        self.report_layers(now);
         let mut list = std::mem::take(&mut self.resumed);
         for (src, layer) in list.drain(..) {
             self.request_keyframe(now, src.publisher, src.track, layer, sink);
         }
         self.resumed = list;
+    }
+
+    /// Tells publishers which simulcast layers viewers need (see [`RelayEvent::Layers`]): a
+    /// layer some viewer would take is asked for at once; one none would take is let go after
+    /// [`LAYER_OFF_AFTER`]. The lowest layer stays, and layers never seen are left alone.
+    fn report_layers(&mut self, now: Instant) {
+        for (&pid, p) in self.publishers.iter_mut() {
+            for (ti, t) in p.tracks.iter_mut().enumerate() {
+                if t.layers.len() < 2 {
+                    continue;
+                }
+                let mut ranked = [0usize; alloc::MAX_LAYERS];
+                if t.ranked(|l| l.known_bps, &mut ranked) == 0 {
+                    continue;
+                }
+                let source = TrackRef {
+                    publisher: pid,
+                    track: ti,
+                };
+                let wanted = self
+                    .wanted
+                    .iter()
+                    .find(|(s, _)| *s == source)
+                    .map_or(0, |(_, m)| *m);
+                let unseen = t
+                    .layers
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, l)| l.known_bps == 0)
+                    .fold(0u8, |m, (i, _)| m | (1 << i));
+                let need = wanted | unseen | (1 << ranked[0]);
+                let start = need & !t.active;
+                let stop = t.active & !need;
+                let before = t.active;
+                if stop == 0 {
+                    t.unneeded_since = None;
+                } else if now.saturating_duration_since(*t.unneeded_since.get_or_insert(now))
+                    >= LAYER_OFF_AFTER
+                {
+                    t.active &= !stop;
+                    t.unneeded_since = None;
+                }
+                t.active |= start;
+                if t.active != before {
+                    self.events.push_back(RelayEvent::Layers {
+                        publisher: pid,
+                        track: ti,
+                        active: t.active,
+                    });
+                }
+            }
+        }
     }
 
     /// Asks a publisher track for a keyframe, at most once per configured interval; a request
@@ -1325,7 +1454,8 @@ impl Relay {
     /// When [`Relay::handle_timeout`] next has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let mut next: Option<Instant> = self.next_speaker_check.filter(|_| !self.rooms.is_empty());
-        if let Some(a) = self.next_allocation.filter(|_| !self.viewers.is_empty()) {
+        let rounds = !self.viewers.is_empty() || self.simulcast_tracks > 0;
+        if let Some(a) = self.next_allocation.filter(|_| rounds) {
             next = Some(next.map_or(a, |n| n.min(a)));
         }
         for t in [self.next_twcc_feedback, self.next_probe]
@@ -1354,7 +1484,9 @@ impl Relay {
             self.next_speaker_check = Some(now + self.config.speaker_interval);
             self.update_speakers();
         }
-        if !self.viewers.is_empty() && self.next_allocation.is_none_or(|t| now >= t) {
+        // Rounds also run for simulcast publishers alone: their unwatched layers are let go.
+        let rounds = !self.viewers.is_empty() || self.simulcast_tracks > 0;
+        if rounds && self.next_allocation.is_none_or(|t| now >= t) {
             self.next_allocation = Some(now + ALLOCATION_INTERVAL);
             self.allocate(now, sink);
         }

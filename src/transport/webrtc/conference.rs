@@ -802,7 +802,7 @@ impl Shard {
         self.offer_if_needed(sid);
     }
 
-    /// Relay events to participants: active speaker changes.
+    /// Relay events to participants: active speaker changes, simulcast layers needed.
     pub(super) fn drain_relay_events(&mut self) {
         while let Some(ev) = self.relay.poll_event() {
             match ev {
@@ -819,14 +819,51 @@ impl Shard {
                     }
                     self.broadcast(&room, 0, &ServerMessage::ActiveSpeaker { participant: who });
                 }
+                RelayEvent::Layers {
+                    publisher,
+                    track,
+                    active,
+                } => {
+                    // Only participants hear of it: WHIP has no channel back to its publisher.
+                    let Some(p) = self
+                        .participants
+                        .values()
+                        .find(|p| p.publisher == Some(publisher))
+                    else {
+                        continue;
+                    };
+                    let Some((_, _, mid)) = self
+                        .sessions
+                        .get(&publisher)
+                        .and_then(|s| s.published.get(track))
+                    else {
+                        continue;
+                    };
+                    let Some(spec) = self
+                        .relay
+                        .publisher_tracks(publisher)
+                        .and_then(|mut t| t.nth(track))
+                    else {
+                        continue;
+                    };
+                    let active = spec
+                        .rids
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| active & (1 << i) != 0)
+                        .map(|(_, rid)| rid.clone())
+                        .collect();
+                    let msg = ServerMessage::Layers {
+                        track: format!("{}-{mid}", p.public_id),
+                        active,
+                    };
+                    deliver(p, msg);
+                }
             }
         }
     }
 }
 
-/// A payload type for `codec` that no other m-line of the bundle uses for something else.
-/// The RTX payload type for a codec's payload type: the one already used with it in this bundle,
-/// else one no line uses.
 /// Whether a payload type is in use by a line of the bundle (its codec, RTX or RED).
 fn pt_taken(lines: &[SubLine], pt: u8) -> bool {
     lines.iter().any(|l| {
@@ -854,14 +891,18 @@ fn assign_wrapper_payload_type(
         .unwrap_or(127)
 }
 
+/// The RTX payload type for a codec's payload type: the one already used with it in this bundle,
+/// else one no line uses.
 fn assign_rtx_payload_type(lines: &[SubLine], apt: u8) -> u8 {
     assign_wrapper_payload_type(lines, apt, |l| l.rtx.map(|(pt, _)| pt))
 }
 
+/// The RED payload type for an audio codec's payload type, chosen as for RTX.
 fn assign_red_payload_type(lines: &[SubLine], apt: u8) -> u8 {
     assign_wrapper_payload_type(lines, apt, |l| l.red)
 }
 
+/// A payload type for `codec` that no other m-line of the bundle uses for something else.
 fn assign_payload_type(lines: &[SubLine], codec: &OfferedCodec) -> u8 {
     let same = |l: &SubLine| {
         l.codec.name.eq_ignore_ascii_case(&codec.name)
