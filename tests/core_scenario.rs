@@ -1347,3 +1347,116 @@ fn publishers_hear_which_layers_are_needed() {
     assert_eq!(events.len(), 2, "{events:?}");
     assert_eq!((events[1].1, events[1].2), (1, 0b11), "both layers again");
 }
+
+/// A viewer whose estimate cannot carry the publisher's Opus gets it re-encoded at a low bitrate
+/// (same sequence numbers and timestamps, valid Opus, a fraction of the size); a viewer with room
+/// gets the publisher's own bytes; with room again, the first viewer gets the original too.
+#[test]
+fn audio_is_reencoded_for_a_viewer_that_cannot_carry_it() {
+    use opus::{Application, Bitrate, Channels, Decoder, Encoder};
+    use volna::core::rtcp::Remb;
+    let t0 = Instant::now();
+    let mut relay = Relay::new(RelayConfig::default());
+    let mut sink = Recorder::default();
+    relay
+        .add_publisher(PUB, "room", 77, publisher_tracks())
+        .unwrap();
+    let audio = |base: u32| viewer_tracks(base).into_iter().skip(1).collect::<Vec<_>>();
+    add_viewer(&mut relay, t0, V1, audio(0x100), &mut sink);
+    add_viewer(&mut relay, t0, V2, audio(0x200), &mut sink);
+    let remb = |bps: u64| {
+        let mut b = [0u8; 64];
+        let n = Remb {
+            sender_ssrc: 0x100,
+            bitrate_bps: bps,
+            ssrc: 0x102,
+        }
+        .write(&mut b)
+        .unwrap();
+        b[..n].to_vec()
+    };
+    relay.handle_viewer_rtcp(t0, V1, &remb(30_000), &mut sink);
+    let mut enc = Encoder::new(48_000, Channels::Stereo, Application::Audio).unwrap();
+    enc.set_bitrate(Bitrate::Bits(64_000)).unwrap();
+    let mut pcm = vec![0i16; 1920];
+    let mut buf = vec![0u8; 1275];
+    let mut seq = 0u16;
+    // 50 packets/s; returns, per viewer, (sequence, payload) of what it got.
+    type Got = Vec<(u16, Vec<u8>)>;
+    let mut run = |relay: &mut Relay, sink: &mut Recorder, frames: u32| {
+        let (mut v1, mut v2, mut sent): (Got, Got, Vec<Vec<u8>>) =
+            (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..frames {
+            let now = t0 + Duration::from_millis(u64::from(seq) * 20);
+            for i in 0..960 {
+                let x = f64::from(u32::from(seq) * 960 + i as u32) * 440.0 * std::f64::consts::TAU
+                    / 48_000.0;
+                pcm[2 * i] = (x.sin() * 8000.0) as i16;
+                pcm[2 * i + 1] = pcm[2 * i];
+            }
+            let n = enc.encode(&pcm, &mut buf).unwrap();
+            sent.push(buf[..n].to_vec());
+            let p = rtp(
+                AUDIO_SSRC,
+                111,
+                seq,
+                u32::from(seq) * 960,
+                &[0x40, b'0'],
+                &buf[..n],
+            );
+            feed(relay, now, &p, sink);
+            relay.handle_timeout(now, sink);
+            seq += 1;
+            for (to, p) in sink.take().0 {
+                let v = RtpView::parse(&p).unwrap();
+                let got = (v.sequence, v.payload(&p).to_vec());
+                if to == V1 {
+                    v1.push(got)
+                } else {
+                    v2.push(got)
+                }
+            }
+        }
+        (v1, v2, sent)
+    };
+    // The first allocation round decides; from then on V1 gets the low-rate stream.
+    let (v1, v2, sent) = run(&mut relay, &mut sink, 150);
+    let tail =
+        |v: &Got| v[50..].iter().map(|(_, p)| p.len()).sum::<usize>() as f64 * 8.0 / 2.0 / 1000.0;
+    assert!(
+        tail(&v1) < 16.0,
+        "V1 gets about 12 kbps: {} kbps",
+        tail(&v1)
+    );
+    assert!(tail(&v2) > 50.0, "V2 gets the original: {} kbps", tail(&v2));
+    assert!(
+        v2.iter().zip(&sent).all(|((_, p), s)| p == s),
+        "V2's bytes are the publisher's"
+    );
+    assert!(
+        v1.windows(2).all(|w| w[1].0 == w[0].0.wrapping_add(1)),
+        "V1's numbering has no gap"
+    );
+    assert!(relay.counters().transcoded_packets >= 95);
+    let mut dec = Decoder::new(48_000, Channels::Mono).unwrap();
+    let mut out = vec![0i16; 960];
+    let mut energy = 0f64;
+    for (_, p) in &v1[100..] {
+        assert_eq!(
+            dec.decode(p, &mut out, false).unwrap(),
+            960,
+            "valid 20 ms Opus"
+        );
+        energy += out.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>();
+    }
+    assert!(
+        (energy / (50.0 * 960.0)).sqrt() > 2000.0,
+        "the tone is audible"
+    );
+    relay.handle_viewer_rtcp(t0 + Duration::from_secs(3), V1, &remb(2_000_000), &mut sink);
+    let (v1, _, sent) = run(&mut relay, &mut sink, 50);
+    assert!(
+        v1[25..].iter().zip(&sent[25..]).all(|((_, p), s)| p == s),
+        "the original again"
+    );
+}

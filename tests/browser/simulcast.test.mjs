@@ -148,6 +148,48 @@ test('at 150 kbps the capped viewer gets audio only, without a gap, and video ag
   assert.ok(resumed, `video resumes when the cap lifts: ${JSON.stringify(await far.evaluate(() => window.inbound()))}`);
 });
 
+test('at 50 kbps the capped viewer still hears the call: audio re-encoded at a low bitrate', { skip }, async () => {
+  const s0 = await relayStats(near, HTTP);
+  // Opus from Chromium takes about 60 kbps on the wire (headers included); 12 kbps Opus about 40.
+  cap('50kbit');
+  try {
+    const low = await waitFor(async () => {
+      const s = await relayStats(near, HTTP);
+      log('40', JSON.stringify(s.viewer_estimates), s.transcoded_packets);
+      return s.transcoded_packets > s0.transcoded_packets + 50 ? s : null;
+    }, 20000, 500);
+    assert.ok(low, 'the capped viewer gets re-encoded audio');
+    await sleep(2000);
+    const a = await far.evaluate(() => window.inbound());
+    await sleep(10000);
+    const b = await far.evaluate(() => window.inbound());
+    log('40 audio', JSON.stringify(a), JSON.stringify(b));
+    const packets = b.audioPackets - a.audioPackets;
+    const concealed = (b.concealedSamples - a.concealedSamples) / Math.max(1, b.totalSamplesReceived - a.totalSamplesReceived);
+    assert.ok(packets >= 450, `audio flows: ${packets} packets in 10 s`);
+    assert.ok(concealed < 0.05, `audio is continuous: ${(concealed * 100).toFixed(2)}% concealed`);
+    const near1 = await near.evaluate(() => window.inbound());
+    assert.ok(near1.audioLevel > 0 || near1.audioPackets > 0, 'the other viewer hears the original');
+  } finally {
+    uncap();
+  }
+  // With room again the viewer gets the original Opus (and video) back.
+  const resumed = await waitFor(async () => {
+    const s1 = await relayStats(near, HTTP);
+    await sleep(1000);
+    const s2 = await relayStats(near, HTTP);
+    return s2.transcoded_packets === s1.transcoded_packets ? s2 : null;
+  }, 20000, 0);
+  assert.ok(resumed, 'no more re-encoding once the link has room');
+  const video = await waitFor(async () => {
+    const a = await far.evaluate(() => window.inbound());
+    await sleep(1000);
+    const b = await far.evaluate(() => window.inbound());
+    return b.framesDecoded > a.framesDecoded + 10 ? b : null;
+  }, 20000, 0);
+  assert.ok(video, 'and its video');
+});
+
 test('with 5% random loss on its link the viewer hears continuous audio (RED) and video does not freeze', { skip }, async () => {
   // nftables drops one in twenty UDP packets the relay sends towards the viewer's namespace.
   relayNs.exec(['nft', 'add', 'table', 'inet', 'volna_loss']);

@@ -9,10 +9,11 @@ use super::{Acked, Usage};
 
 /// How long a cluster lasts at its rate.
 const CLUSTER: Duration = Duration::from_millis(30);
-/// The least padding a cluster carries, however low its rate: more than a token-bucket shaper's
-/// burst allowance (a few kB on a mobile or shaped link), so the probe measures the rate and not
-/// the bucket.
+/// The least padding a cluster carries: more than a token-bucket shaper's burst allowance (a few
+/// kB on a mobile or shaped link), so the probe measures the rate and not the bucket; at very low
+/// rates no more than `MAX_LOW_RATE_CLUSTER` of it, so a probe does not hold the link for long.
 const MIN_BYTES: f64 = 8000.0;
+const MAX_LOW_RATE_CLUSTER: Duration = Duration::from_millis(250);
 const MIN_PACKETS: u32 = 5;
 /// Between probes while the allocator wants more than the estimate; doubled after each probe
 /// that found the path full, up to `MAX_INTERVAL`.
@@ -101,7 +102,8 @@ impl ProbeController {
         }
         let bps = (2 * estimate).min(want);
         let pad_bps = bps.saturating_sub(sent_bps).max(bps / 4);
-        let bytes = (pad_bps as f64 * CLUSTER.as_secs_f64() / 8.0).max(MIN_BYTES);
+        let at_rate = |d: Duration| pad_bps as f64 * d.as_secs_f64() / 8.0;
+        let bytes = at_rate(CLUSTER).max(MIN_BYTES.min(at_rate(MAX_LOW_RATE_CLUSTER)));
         let packets = ((bytes / PROBE_PACKET_BYTES as f64) as u32).clamp(MIN_PACKETS, MAX_PACKETS);
         // At a low rate the cluster lasts as long as its bytes need.
         let duration = Duration::from_secs_f64(

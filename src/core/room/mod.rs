@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use crate::core::audio::OpusTranscoder;
 use crate::core::bwe::{BandwidthEstimator, BweConfig};
 use crate::core::cache::RetransmitCache;
 use crate::core::forward::{Decision, Forwarder};
@@ -143,6 +144,8 @@ pub struct RelayCounters {
     pub probes: u64,
     /// Audio packets sent as RED (RFC 2198) with the previous frame, to viewers losing packets.
     pub red_packets: u64,
+    /// Audio packets sent re-encoded at a low bitrate, to viewers whose links need it.
+    pub transcoded_packets: u64,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -170,6 +173,8 @@ struct PubTrack {
     viewers: Vec<(SessionId, usize)>,
     /// Smoothed loudness from the audio-level extension (127 - dBov; louder is larger).
     loudness: f32,
+    /// Re-encodes this (Opus) track at a low bitrate while some viewer needs it.
+    transcoder: Option<Box<OpusTranscoder>>,
 }
 
 /// One RTP stream of a publisher track: the track itself, or one of its simulcast layers.
@@ -276,6 +281,8 @@ struct ViewerTrack {
     rtx_seq: std::cell::Cell<u16>,
     /// Since when the allocator has found no room for this track (see `PAUSE_AFTER`).
     short_since: Option<Instant>,
+    /// Audio re-encoded at [`LOW_AUDIO_BPS`] for this viewer (its link cannot carry more).
+    low_audio: bool,
 }
 
 impl ViewerTrack {
@@ -459,6 +466,9 @@ const TWCC_FEEDBACK_INTERVAL: Duration = Duration::from_millis(50);
 const RED_LOSS: f64 = 0.01;
 const RED_HOLD: Duration = Duration::from_secs(10);
 
+/// The bitrate audio is re-encoded at for viewers whose links cannot carry the original.
+const LOW_AUDIO_BPS: u64 = 12_000;
+
 /// How long a simulcast layer must go unneeded before its publisher is told it may stop it.
 const LAYER_OFF_AFTER: Duration = Duration::from_secs(5);
 
@@ -568,6 +578,8 @@ pub struct Relay {
     wanted: Vec<(TrackRef, u8)>,
     /// Publisher tracks with simulcast layers.
     simulcast_tracks: usize,
+    /// Audio tracks some viewer gets re-encoded at a low bitrate (reused).
+    low_sources: Vec<TrackRef>,
 }
 
 impl Relay {
@@ -593,6 +605,7 @@ impl Relay {
             resumed: Vec::new(),
             wanted: Vec::new(),
             simulcast_tracks: 0,
+            low_sources: Vec::new(),
         }
     }
 
@@ -658,6 +671,7 @@ impl Relay {
                     spec,
                     viewers: Vec::new(),
                     loudness: 0.0,
+                    transcoder: None,
                 }
             })
             .collect::<Vec<PubTrack>>();
@@ -748,6 +762,7 @@ impl Relay {
             live: true,
             rtx_seq,
             short_since: None,
+            low_audio: false,
         });
         self.request_keyframe(now, source.publisher, source.track, 0, sink);
         Ok(index)
@@ -920,6 +935,11 @@ impl Relay {
                 track.loudness += (loudness - track.loudness) * 0.2;
             }
         }
+        // Once per packet, whatever the number of viewers who get it re-encoded.
+        let low = match track.transcoder.as_deref_mut() {
+            Some(t) => t.transcode(payload).ok(),
+            None => None,
+        };
         for &(vid, vti) in &track.viewers {
             let Some(v) = self.viewers.get_mut(&vid) else {
                 continue;
@@ -933,10 +953,11 @@ impl Relay {
             let ext = vt.translation(&track.spec.ext, transport_seq);
             match write_header(&mut self.header, buf, view, &rw, ext) {
                 Ok(n) => {
+                    let low = low.filter(|_| vt.low_audio);
                     let red = vt
                         .spec
                         .red
-                        .filter(|_| v.red_until.is_some_and(|t| now < t))
+                        .filter(|_| low.is_none() && v.red_until.is_some_and(|t| now < t))
                         .and_then(|red_pt| {
                             let cache = &track.layers[li].cache;
                             let k = red_prefix(
@@ -949,14 +970,18 @@ impl Relay {
                             )?;
                             Some((red_pt, k))
                         });
-                    let (prefix, payload) = match red {
-                        Some((red_pt, k)) => {
+                    let (prefix, payload) = match (low, red) {
+                        (Some(low), _) => {
+                            self.counters.transcoded_packets += 1;
+                            (&[][..], low)
+                        }
+                        (None, Some((red_pt, k))) => {
                             // The RTP payload type becomes RED's; the marker bit stays.
                             self.header[1] = (self.header[1] & 0x80) | (red_pt & 0x7f);
                             self.counters.red_packets += 1;
                             (&self.red[..k], payload)
                         }
-                        None => payload_prefix(&vt.fwd, payload, &mut self.prefix),
+                        (None, None) => payload_prefix(&vt.fwd, payload, &mut self.prefix),
                     };
                     sink.rtp(vid, &self.header[..n], prefix, payload);
                     let len = n + prefix.len() + payload.len();
@@ -1131,8 +1156,8 @@ impl Relay {
                             // The same transport-wide number as the original, so the resend is
                             // the same bytes under the same SRTP index; if it is no longer
                             // known, the packet is not resent. Nor is audio that may have gone
-                            // as RED: its bytes cannot be made again.
-                            if vt.spec.red.is_some() {
+                            // as RED or re-encoded: its bytes cannot be made again.
+                            if vt.spec.red.is_some() || vt.low_audio {
                                 continue;
                             }
                             let transport_seq = if vt.sent_transport_seq.is_empty() {
@@ -1198,9 +1223,11 @@ impl Relay {
             rtx_body,
             next_probe,
             wanted,
+            low_sources,
             ..
         } = self;
         wanted.clear();
+        low_sources.clear();
         for l in publishers
             .values_mut()
             .flat_map(|p| p.tracks.iter_mut())
@@ -1270,6 +1297,31 @@ impl Relay {
             }
             let mut out = [None; MAX];
             alloc::allocate(estimate, &demands[..n], &mut out[..n]);
+            // Audio never stops, but a link that cannot carry even the publishers' audio gets it
+            // re-encoded at a low bitrate; back to the original with twice the room.
+            let audio_bps: u64 = demands[..n]
+                .iter()
+                .filter(|d| d.kind == MediaKind::Audio)
+                .map(|d| d.layers[0])
+                .sum();
+            let low = if !v.cc.has_signal() {
+                Some(false)
+            } else if estimate < audio_bps {
+                Some(true)
+            } else if estimate > 2 * audio_bps {
+                Some(false)
+            } else {
+                None
+            };
+            for k in (0..n).filter(|&k| demands[k].kind == MediaKind::Audio) {
+                let vt = &mut v.tracks[index[k].0];
+                if let Some(low) = low {
+                    vt.low_audio = low && demands[k].layers[0] > LOW_AUDIO_BPS * 3 / 2;
+                }
+                if vt.low_audio && !low_sources.contains(&vt.spec.source) {
+                    low_sources.push(vt.spec.source);
+                }
+            }
             let mut wish_out = [None; MAX];
             alloc::allocate(estimate, &wishes[..n], &mut wish_out[..n]);
             for k in 0..n {
@@ -1350,6 +1402,21 @@ impl Relay {
             }
         }
         self.report_layers(now);
+        // A transcoder per audio track some viewer needs it for; none for the rest.
+        for (&pid, p) in self.publishers.iter_mut() {
+            for (ti, t) in p.tracks.iter_mut().enumerate() {
+                let source = TrackRef {
+                    publisher: pid,
+                    track: ti,
+                };
+                let needed = t.spec.codec == Codec::Opus && self.low_sources.contains(&source);
+                if needed && t.transcoder.is_none() {
+                    t.transcoder = OpusTranscoder::new(LOW_AUDIO_BPS as i32).ok().map(Box::new);
+                } else if !needed {
+                    t.transcoder = None;
+                }
+            }
+        }
         let mut list = std::mem::take(&mut self.resumed);
         for (src, layer) in list.drain(..) {
             self.request_keyframe(now, src.publisher, src.track, layer, sink);

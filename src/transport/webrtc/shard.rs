@@ -124,6 +124,8 @@ pub struct ShardStats {
     pub probes: u64,
     /// Audio packets sent to lossy viewers as RED, with the previous frame as redundancy.
     pub red_packets: u64,
+    /// Audio packets re-encoded at a low bitrate for viewers whose links need it.
+    pub transcoded_packets: u64,
     pub dropped_packets: u64,
     pub keyframe_requests: u64,
     pub sessions_closed: u64,
@@ -157,6 +159,7 @@ impl ShardStats {
         self.paused_tracks += o.paused_tracks;
         self.probes += o.probes;
         self.red_packets += o.red_packets;
+        self.transcoded_packets += o.transcoded_packets;
 
         self.dropped_packets += o.dropped_packets;
         self.keyframe_requests += o.keyframe_requests;
@@ -368,6 +371,7 @@ impl Shard {
             paused_tracks: c.paused_tracks,
             probes: c.probes,
             red_packets: c.red_packets,
+            transcoded_packets: c.transcoded_packets,
 
             dropped_packets: c.dropped_packets,
             keyframe_requests: c.keyframe_requests,
