@@ -25,22 +25,9 @@ use crate::signal::sdp::{
 use crate::transport::buffers::SendBatch;
 use crate::transport::quic::roq::datagram;
 
-/// What viewers may negotiate: the extensions volna passes on or writes, the last of them the
-/// transport-wide sequence number, which volna writes itself so that the viewer's transport-cc
-/// feedback drives its bandwidth estimate.
-pub(super) const VIEWER_EXTS: &[ExtKind] = &[
-    ExtKind::Mid,
-    ExtKind::AudioLevel,
-    ExtKind::AbsSendTime,
-    ExtKind::TransmissionOffset,
-    ExtKind::VideoOrientation,
-    ExtKind::PlayoutDelay,
-    ExtKind::TransportWideCc,
-];
-
-/// What publishers may negotiate: the same (volna answers their transport-wide numbers with
-/// transport-cc feedback, so their own estimators can ramp up), plus the RID that names a
-/// simulcast layer.
+/// What publishers may negotiate: the extensions volna passes on or reads, the transport-wide
+/// sequence number (volna answers it with transport-cc feedback, so a publisher's own estimator
+/// can ramp up) and, last, the RID that names a simulcast layer.
 pub(super) const NEGOTIATED_EXTS: &[ExtKind] = &[
     ExtKind::Mid,
     ExtKind::AudioLevel,
@@ -51,6 +38,10 @@ pub(super) const NEGOTIATED_EXTS: &[ExtKind] = &[
     ExtKind::TransportWideCc,
     ExtKind::RtpStreamId,
 ];
+
+/// What viewers may negotiate: the same but the RID (what a viewer gets is one stream). volna
+/// writes the transport-wide number itself, so the viewer's feedback drives its estimate.
+pub(super) const VIEWER_EXTS: &[ExtKind] = NEGOTIATED_EXTS.split_at(NEGOTIATED_EXTS.len() - 1).0;
 
 /// Limits that keep one client from using up a node.
 #[derive(Debug, Clone)]
