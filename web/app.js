@@ -17,6 +17,7 @@ let nextId = 1;
 const pending = new Map();
 
 function request(msg) {
+  if (!app.ws || app.ws.readyState !== WebSocket.OPEN) return Promise.reject(new Error('not connected'));
   const id = nextId++;
   app.ws.send(JSON.stringify({ ...msg, id }));
   return new Promise((resolve, reject) => pending.set(id, { resolve, reject }));
@@ -120,7 +121,12 @@ app.join = async (room, name, token) => {
   url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
   app.ws = new WebSocket(url);
   app.ws.onmessage = onMessage;
-  app.ws.onclose = () => app.events.push({ type: 'socket_closed' });
+  app.ws.onclose = () => {
+    app.events.push({ type: 'socket_closed' });
+    // Nothing will answer what is still waiting.
+    for (const p of pending.values()) p.reject(new Error('connection closed'));
+    pending.clear();
+  };
   await new Promise((resolve, reject) => { app.ws.onopen = resolve; app.ws.onerror = () => reject(new Error('cannot reach the server')); });
 
   app.sub = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
