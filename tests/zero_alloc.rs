@@ -201,6 +201,182 @@ fn forwarding_allocates_nothing() {
     );
 }
 
+/// The paths simulcast and weak links add, counted the same way: two layers told apart by their
+/// RID, viewers moved between them by their estimates (so each switch shifts VP8 picture ids in a
+/// rewritten descriptor), audio as RED to viewers that report loss, and transport-cc feedback to
+/// the publisher.
+#[test]
+fn simulcast_red_and_feedback_allocate_nothing() {
+    use volna::core::rtcp::{ReceiverReport, Remb, ReportBlock};
+    let t0 = Instant::now();
+    let mut relay = Relay::new(RelayConfig::default());
+    let fb = Feedback {
+        nack: true,
+        pli: true,
+        fir: false,
+        remb: false,
+    };
+    let tracks = vec![
+        TrackSpec {
+            kind: MediaKind::Audio,
+            mid: "0".into(),
+            codec: Codec::Opus,
+            payload_type: 111,
+            clock_rate: 48000,
+            ssrc: Some(1),
+            ext: ext(&[(4, ExtKind::Mid), (5, ExtKind::TransportWideCc)]),
+            feedback: Feedback::default(),
+            rids: Vec::new(),
+        },
+        TrackSpec {
+            kind: MediaKind::Video,
+            mid: "1".into(),
+            codec: Codec::Vp8,
+            payload_type: 96,
+            clock_rate: 90000,
+            ssrc: None,
+            ext: ext(&[
+                (4, ExtKind::Mid),
+                (5, ExtKind::TransportWideCc),
+                (10, ExtKind::RtpStreamId),
+            ]),
+            feedback: fb,
+            rids: vec!["f".into(), "q".into()],
+        },
+    ];
+    relay.add_publisher(1, "room", 9, tracks).unwrap();
+    let mut sink = FixedSink {
+        buf: [0; 2048],
+        rtp: 0,
+        rtcp: 0,
+    };
+    for v in 0..10u64 {
+        relay.add_viewer(100 + v, "room").unwrap();
+        for track in 0..2 {
+            let spec = ViewerTrackSpec {
+                source: TrackRef {
+                    publisher: 1,
+                    track,
+                },
+                mid: track.to_string(),
+                ssrc: 1000 + (v as u32) * 2 + track as u32,
+                payload_type: if track == 0 { 111 } else { 96 },
+                ext: ext(&[(2, ExtKind::Mid)]),
+                initial_seq: 0,
+                initial_ts: 0,
+                rtx: None,
+                red: (track == 0).then_some(63),
+            };
+            relay
+                .add_viewer_track(t0, 100 + v, spec, &mut sink)
+                .unwrap();
+        }
+    }
+    // Each viewer's report: its estimate (REMB) and 10% loss (receiver report).
+    let report = |v: u64, bps: u64| {
+        let mut b = [0u8; 128];
+        let ssrc = 1000 + (v as u32) * 2;
+        let block = ReportBlock {
+            ssrc,
+            fraction_lost: 26,
+            ..ReportBlock::default()
+        };
+        let mut n = ReceiverReport::write(ssrc, &[block], &mut b).unwrap();
+        n += Remb {
+            sender_ssrc: ssrc,
+            bitrate_bps: bps,
+            ssrc: ssrc + 1,
+        }
+        .write(&mut b[n..])
+        .unwrap();
+        b[..n].to_vec()
+    };
+    let high: Vec<Vec<u8>> = (0..10).map(|v| report(v, 5_000_000)).collect();
+    let low: Vec<Vec<u8>> = (0..10).map(|v| report(v, 400_000)).collect();
+    // Audio, layer "f" (1000 B) and layer "q" (300 B) in turn, each with MID, RID and a
+    // transport-wide number; VP8 with 15-bit picture ids, a key frame every 60 packets a layer.
+    let mut arena = bytes::BytesMut::with_capacity(12_000 * 1100);
+    let packets: Vec<bytes::Bytes> = (0..12_000u32)
+        .map(|i| {
+            let (kind, n) = (i % 3, i / 3);
+            let (ssrc, pt, mid, rid, len) = match kind {
+                0 => (1u32, 111u8, b'0', None, 100usize),
+                1 => (2, 96, b'1', Some(b'f'), 1000),
+                _ => (3, 96, b'1', Some(b'q'), 300),
+            };
+            let mut p = vec![0x90, pt, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+            p[2..4].copy_from_slice(&(n as u16).to_be_bytes());
+            p[4..8].copy_from_slice(&(n * 960).to_be_bytes());
+            p[8..12].copy_from_slice(&ssrc.to_be_bytes());
+            let t = (i as u16).to_be_bytes();
+            match rid {
+                Some(r) => p.extend_from_slice(&[
+                    0xbe, 0xde, 0, 2, 0x40, mid, 0xa0, r, 0x51, t[0], t[1], 0,
+                ]),
+                None => {
+                    p.extend_from_slice(&[0xbe, 0xde, 0, 2, 0x40, mid, 0x51, t[0], t[1], 0, 0, 0])
+                }
+            }
+            if rid.is_some() {
+                let id = ((n as u16) & 0x7fff | 0x8000).to_be_bytes();
+                let key = n % 60 == 0;
+                p.extend_from_slice(&[0x90, 0x80, id[0], id[1], u8::from(!key)]);
+            }
+            p.resize(p.len() + len, 0xab);
+            arena.extend_from_slice(&p);
+            arena.split().freeze()
+        })
+        .collect();
+    let forward = |relay: &mut Relay, sink: &mut FixedSink, i: u32| {
+        let pkt = &packets[i as usize];
+        let now = t0 + Duration::from_millis(u64::from(i));
+        let view = RtpView::parse(pkt).unwrap();
+        relay.handle_rtp(now, 1, pkt, &view, sink);
+        if i.is_multiple_of(10) {
+            relay.handle_timeout(now, sink);
+            while relay.poll_event().is_some() {}
+        }
+    };
+    let signal = |relay: &mut Relay, sink: &mut FixedSink, i: u32, flip: bool| {
+        let now = t0 + Duration::from_millis(u64::from(i));
+        for v in 0..10u64 {
+            let r = if (v % 2 == 0) != flip { &high } else { &low };
+            relay.handle_viewer_rtcp(now, 100 + v, &r[v as usize], sink);
+        }
+    };
+    // Warm-up: layers are learned, rates measured, viewers placed on their layers.
+    for i in 0..3000 {
+        if i % 300 == 0 {
+            signal(&mut relay, &mut sink, i, false);
+        }
+        forward(&mut relay, &mut sink, i);
+    }
+    let red_before = relay.counters().red_packets;
+    let allocations_before = ALLOCATIONS.load(Ordering::Relaxed);
+    COUNTING.with(|c| c.set(true));
+    for i in 3000..12_000 {
+        // Half way the estimates swap: every viewer switches layer.
+        if i % 300 == 0 {
+            signal(&mut relay, &mut sink, i, i >= 7500);
+        }
+        forward(&mut relay, &mut sink, i);
+    }
+    COUNTING.with(|c| c.set(false));
+    let allocations = ALLOCATIONS.load(Ordering::Relaxed) - allocations_before;
+    assert!(
+        relay.counters().red_packets > red_before + 10_000,
+        "audio went as RED"
+    );
+    assert!(
+        sink.rtcp > 0,
+        "RTCP (transport-cc feedback among it) ran in the counted section"
+    );
+    assert_eq!(
+        allocations, 0,
+        "heap allocations with simulcast switches, RED and publisher feedback"
+    );
+}
+
 mod shard_path {
     use super::*;
     use bytes::BytesMut;

@@ -96,6 +96,10 @@ mod tests {
         assert!(kbps(bytes_out) < 16.0, "output {} kbps", kbps(bytes_out));
         let rms = (energy / (50.0 * 960.0)).sqrt();
         assert!(rms > 2000.0, "the tone is still there: rms {rms}");
-        assert!(t.transcode(&[0xff, 0xff, 0xff]).is_err() || t.transcode(&[]).is_err());
+        // A code-3 packet that claims more frames than it holds is refused, and the transcoder
+        // goes on.
+        assert!(t.transcode(&[0x03, 0xff, 0x00]).is_err());
+        let n = enc.encode(&pcm, &mut pkt).unwrap();
+        assert!(t.transcode(&pkt[..n]).is_ok());
     }
 }

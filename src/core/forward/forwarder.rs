@@ -21,6 +21,9 @@ pub enum DropReason {
     Paused,
     /// A simulcast layer this viewer does not follow.
     OtherLayer,
+    /// A packet already forwarded (a duplicate from the publisher's side): sending it again
+    /// would protect different bytes under the same SRTP index.
+    Duplicate,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +45,9 @@ impl Vp8Shift {
         *self == Vp8Shift::default()
     }
 }
+
+/// Source sequence numbers remembered as forwarded, to refuse duplicates.
+const SEEN: usize = 1024;
 
 #[derive(Debug, Clone, Copy)]
 struct Started {
@@ -86,6 +92,8 @@ pub struct Forwarder {
     /// next key frame of the target, and `current` keeps flowing until then.
     target: Option<u8>,
     started: Option<Started>,
+    /// Which of the last `SEEN` source sequence numbers (extended) were forwarded, a bit each.
+    seen: [u64; SEEN / 64],
     last_out: Option<LastOut>,
     vp8: Vp8Shift,
     packets: u32,
@@ -113,6 +121,7 @@ impl Forwarder {
             current: None,
             target: Some(0),
             started: None,
+            seen: [0; SEEN / 64],
             last_out: None,
             vp8: Vp8Shift::default(),
             packets: 0,
@@ -196,20 +205,35 @@ impl Forwarder {
             return Decision::Drop(DropReason::WaitingForKeyframe);
         };
         let ext = s.extend(view.sequence);
-        if ext < s.start_ext {
+        if ext < s.start_ext || ext <= s.highest_ext - SEEN as i64 {
             return Decision::Drop(DropReason::BeforeStart);
         }
+        if ext > s.highest_ext {
+            // The window moves on: what it uncovers was not forwarded yet.
+            let from = (s.highest_ext + 1).max(ext - SEEN as i64 + 1);
+            for e in from..=ext {
+                let i = e.rem_euclid(SEEN as i64) as usize;
+                self.seen[i / 64] &= !(1 << (i % 64));
+            }
+        }
+        let bit = ext.rem_euclid(SEEN as i64) as usize;
+        if self.seen[bit / 64] & (1 << (bit % 64)) != 0 {
+            return Decision::Drop(DropReason::Duplicate);
+        }
+        self.seen[bit / 64] |= 1 << (bit % 64);
         let out = view.sequence.wrapping_add(s.seq_offset);
         let ts = view.timestamp.wrapping_add(s.ts_offset);
         if ext >= s.highest_ext {
             s.highest_ext = ext;
+            // A packet without them (padding, a later partition) keeps the last ones known.
             let (picture_id, tl0) = self.vp8_out(payload);
+            let prev = self.last_out;
             self.last_out = Some(LastOut {
                 seq: out,
                 ts,
                 at: now,
-                picture_id,
-                tl0,
+                picture_id: picture_id.or(prev.and_then(|l| l.picture_id)),
+                tl0: tl0.or(prev.and_then(|l| l.tl0)),
             });
         }
         self.packets = self.packets.wrapping_add(1);
@@ -257,6 +281,7 @@ impl Forwarder {
             }
         };
         let ext = i64::from(view.sequence);
+        self.seen = [0; SEEN / 64];
         self.started = Some(Started {
             layer,
             seq_offset: seq.wrapping_sub(view.sequence),
@@ -368,6 +393,8 @@ mod tests {
             (65533, DELTA, Some(1002)), // late packet (retransmission) keeps its number
             (65530, DELTA, None),       // before the start
             (3, DELTA, Some(1008)),
+            (3, DELTA, None),     // a duplicate is not sent again
+            (65533, DELTA, None), // nor is a late packet twice
         ];
         for (i, (seq, payload, want)) in steps.iter().enumerate() {
             let got = match f.decide(t0(), 0, &view(*seq, 7), payload) {

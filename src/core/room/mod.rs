@@ -18,7 +18,7 @@ use bytes::Bytes;
 use crate::core::audio::OpusTranscoder;
 use crate::core::bwe::{BandwidthEstimator, BweConfig};
 use crate::core::cache::RetransmitCache;
-use crate::core::forward::{Decision, Forwarder};
+use crate::core::forward::{Decision, DropReason, Forwarder};
 use crate::core::rtcp::twcc::{self, PacketResult};
 use crate::core::rtcp::{self, Compound, Pli, ReceiverReport, Remb, RtcpPacket, SenderReport};
 use crate::core::rtp::codec::vp8;
@@ -166,10 +166,8 @@ struct PubTrack {
     spec: TrackSpec,
     /// One per simulcast encoding; one for a track without simulcast.
     layers: Vec<Layer>,
-    /// The layers the publisher was last told to send (a bit per layer), and since when some
-    /// of them have not been needed.
+    /// The layers the publisher was last told to send (a bit per layer).
     active: u8,
-    unneeded_since: Option<Instant>,
     viewers: Vec<(SessionId, usize)>,
     /// Smoothed loudness from the audio-level extension (127 - dBov; louder is larger).
     loudness: f32,
@@ -195,6 +193,8 @@ struct Layer {
     pixels: u32,
     /// Its rate when it was last sent: what it would need if the publisher sent it again.
     known_bps: u64,
+    /// Since when no viewer has wanted it (while the publisher was told to send it).
+    unneeded_since: Option<Instant>,
 }
 
 impl Layer {
@@ -215,6 +215,7 @@ impl Layer {
             last_seq: None,
             pixels: 0,
             known_bps: 0,
+            unneeded_since: None,
         }
     }
 }
@@ -231,7 +232,13 @@ impl PubTrack {
                 n += 1;
             }
         }
-        out[..n].sort_by_key(|&i| (self.layers[i].pixels, rate(&self.layers[i])));
+        // Picture sizes rank only when every layer's is known (a lost first packet of a key
+        // frame leaves one at 0); otherwise the rates do.
+        let sized = out[..n].iter().all(|&i| self.layers[i].pixels > 0);
+        out[..n].sort_by_key(|&i| {
+            let px = if sized { self.layers[i].pixels } else { 0 };
+            (px, rate(&self.layers[i]))
+        });
         n
     }
 
@@ -263,8 +270,9 @@ struct Publisher {
     rtcp_ssrc: u32,
     tracks: Vec<PubTrack>,
     next_report: Option<Instant>,
-    /// Transport-cc feedback to send, when the publisher negotiated it.
-    twcc: Option<twcc_rx::TwccReceiver>,
+    /// Transport-cc feedback to send, and the extension id it reads, when the publisher
+    /// negotiated it (one id for the whole bundle).
+    twcc: Option<(twcc_rx::TwccReceiver, u8)>,
 }
 
 struct ViewerTrack {
@@ -281,8 +289,10 @@ struct ViewerTrack {
     rtx_seq: std::cell::Cell<u16>,
     /// Since when the allocator has found no room for this track (see `PAUSE_AFTER`).
     short_since: Option<Instant>,
-    /// Audio re-encoded at [`LOW_AUDIO_BPS`] for this viewer (its link cannot carry more).
+    /// Audio re-encoded at [`LOW_AUDIO_BPS`] for this viewer (its link cannot carry more), and
+    /// whether it ever was (what went out then cannot be made again for a resend).
     low_audio: bool,
+    ever_low: bool,
 }
 
 impl ViewerTrack {
@@ -460,6 +470,9 @@ const SENT_TRANSPORT_SEQ: usize = 1024;
 
 /// How long arrivals wait before transport-cc feedback reports them to the publisher.
 const TWCC_FEEDBACK_INTERVAL: Duration = Duration::from_millis(50);
+
+/// The largest packet volna makes itself (RED): well under a path MTU, SRTP's tag included.
+const MAX_PACKET: usize = 1200;
 
 /// Loss on a viewer's link from which its audio goes as RED (where negotiated), and how long
 /// that lasts after the last such loss.
@@ -666,7 +679,6 @@ impl Relay {
                 };
                 PubTrack {
                     active: ((1u16 << layers.len()) - 1) as u8,
-                    unneeded_since: None,
                     layers,
                     spec,
                     viewers: Vec::new(),
@@ -678,8 +690,8 @@ impl Relay {
         self.simulcast_tracks += tracks.iter().filter(|t| t.layers.len() > 1).count();
         let twcc = tracks
             .iter()
-            .any(|t| t.spec.ext.id(ExtKind::TransportWideCc).is_some())
-            .then(twcc_rx::TwccReceiver::new);
+            .find_map(|t| t.spec.ext.id(ExtKind::TransportWideCc))
+            .map(|id| (twcc_rx::TwccReceiver::new(), id));
         self.publishers.insert(
             id,
             Publisher {
@@ -763,6 +775,7 @@ impl Relay {
             rtx_seq,
             short_since: None,
             low_audio: false,
+            ever_low: false,
         });
         self.request_keyframe(now, source.publisher, source.track, 0, sink);
         Ok(index)
@@ -897,19 +910,26 @@ impl Relay {
             self.counters.dropped_packets += 1;
             return;
         };
-        let Some((ti, li)) = find_track(p, buf, view) else {
-            self.counters.dropped_packets += 1;
-            return;
-        };
-        let track = &mut p.tracks[ti];
-        if let (Some(rx), Some(id)) = (&mut p.twcc, track.spec.ext.id(ExtKind::TransportWideCc)) {
-            if let Some((_, &[a, b])) = view.extensions(buf).find(|(i, _)| *i == id) {
+        // Every packet that arrived is reported, whatever becomes of it: the publisher's
+        // estimator reads a missing report as a loss.
+        if let Some((rx, id)) = p.twcc.as_mut() {
+            if let Some((_, &[a, b])) = view.extensions(buf).find(|(i, _)| *i == *id) {
                 let epoch = *self.epoch.get_or_insert(now);
                 let us = now.saturating_duration_since(epoch).as_micros() as i64;
                 rx.on_packet(u16::from_be_bytes([a, b]), us);
                 self.next_twcc_feedback
                     .get_or_insert(now + TWCC_FEEDBACK_INTERVAL);
             }
+        }
+        let Some((ti, li)) = find_track(p, buf, view) else {
+            self.counters.dropped_packets += 1;
+            return;
+        };
+        let track = &mut p.tracks[ti];
+        if view.payload_end == view.payload_start {
+            // Padding only (a publisher probing its uplink): nothing to measure or forward.
+            track.layers[li].ssrc = Some(view.ssrc);
+            return;
         }
         let layer = &mut track.layers[li];
         layer.ssrc = Some(view.ssrc);
@@ -945,9 +965,14 @@ impl Relay {
                 continue;
             };
             let vt = &mut v.tracks[vti];
-            let Decision::Forward(rw) = vt.fwd.decide(now, li as u8, view, payload) else {
-                self.counters.dropped_packets += 1;
-                continue;
+            let rw = match vt.fwd.decide(now, li as u8, view, payload) {
+                Decision::Forward(rw) => rw,
+                // Layers the viewer does not follow and paused video are not losses.
+                Decision::Drop(DropReason::OtherLayer | DropReason::Paused) => continue,
+                Decision::Drop(_) => {
+                    self.counters.dropped_packets += 1;
+                    continue;
+                }
             };
             let transport_seq = v.cc.take_seq(&vt.spec.ext);
             let ext = vt.translation(&track.spec.ext, transport_seq);
@@ -960,14 +985,9 @@ impl Relay {
                         .filter(|_| low.is_none() && v.red_until.is_some_and(|t| now < t))
                         .and_then(|red_pt| {
                             let cache = &track.layers[li].cache;
-                            let k = red_prefix(
-                                now,
-                                cache,
-                                view,
-                                &vt.fwd,
-                                rw.payload_type,
-                                &mut self.red,
-                            )?;
+                            let room = MAX_PACKET.checked_sub(n + payload.len())?;
+                            let out = &mut self.red[..room.min(1200)];
+                            let k = red_prefix(now, cache, view, &vt.fwd, rw.payload_type, out)?;
                             Some((red_pt, k))
                         });
                     let (prefix, payload) = match (low, red) {
@@ -1157,7 +1177,7 @@ impl Relay {
                             // the same bytes under the same SRTP index; if it is no longer
                             // known, the packet is not resent. Nor is audio that may have gone
                             // as RED or re-encoded: its bytes cannot be made again.
-                            if vt.spec.red.is_some() || vt.low_audio {
+                            if vt.spec.red.is_some() || vt.ever_low {
                                 continue;
                             }
                             let transport_seq = if vt.sent_transport_seq.is_empty() {
@@ -1317,6 +1337,7 @@ impl Relay {
                 let vt = &mut v.tracks[index[k].0];
                 if let Some(low) = low {
                     vt.low_audio = low && demands[k].layers[0] > LOW_AUDIO_BPS * 3 / 2;
+                    vt.ever_low |= vt.low_audio;
                 }
                 if vt.low_audio && !low_sources.contains(&vt.spec.source) {
                     low_sources.push(vt.spec.source);
@@ -1453,18 +1474,19 @@ impl Relay {
                     .filter(|(_, l)| l.known_bps == 0)
                     .fold(0u8, |m, (i, _)| m | (1 << i));
                 let need = wanted | unseen | (1 << ranked[0]);
-                let start = need & !t.active;
-                let stop = t.active & !need;
                 let before = t.active;
-                if stop == 0 {
-                    t.unneeded_since = None;
-                } else if now.saturating_duration_since(*t.unneeded_since.get_or_insert(now))
-                    >= LAYER_OFF_AFTER
-                {
-                    t.active &= !stop;
-                    t.unneeded_since = None;
+                t.active |= need;
+                for (i, l) in t.layers.iter_mut().enumerate() {
+                    let bit = 1u8 << i;
+                    if need & bit != 0 || t.active & bit == 0 {
+                        l.unneeded_since = None;
+                    } else if now.saturating_duration_since(*l.unneeded_since.get_or_insert(now))
+                        >= LAYER_OFF_AFTER
+                    {
+                        t.active &= !bit;
+                        l.unneeded_since = None;
+                    }
                 }
-                t.active |= start;
                 if t.active != before {
                     self.events.push_back(RelayEvent::Layers {
                         publisher: pid,
@@ -1586,7 +1608,7 @@ impl Relay {
                 if let Some(fb) = p
                     .twcc
                     .as_mut()
-                    .and_then(|t| t.feedback(p.rtcp_ssrc, media_ssrc))
+                    .and_then(|(t, _)| t.feedback(p.rtcp_ssrc, media_ssrc))
                 {
                     sink.rtcp(pid, fb);
                 }

@@ -128,27 +128,28 @@ pub fn write(
     let reference = first_arrival.div_euclid(REFERENCE_US);
     let r = (reference as i32 as u32) & 0x00ff_ffff;
     out.extend_from_slice(&[(r >> 16) as u8, (r >> 8) as u8, r as u8, feedback_count]);
-    let mut t = reference * REFERENCE_US;
-    let mut deltas: Vec<(u16, i64)> = Vec::with_capacity(results.len());
-    for r in results {
-        match r.arrival_us {
-            None => deltas.push((0, 0)),
+    // Each packet's status symbol and delta, in order: walked twice (chunks, then deltas) rather
+    // than collected, so writing feedback allocates nothing beyond `out`.
+    let deltas = || {
+        let mut t = reference * REFERENCE_US;
+        results.iter().map(move |r| match r.arrival_us {
+            None => (0u16, 0i64),
             Some(a) => {
                 let d = (a - t) / DELTA_US;
                 t += d * DELTA_US;
-                let symbol = if (0..=255).contains(&d) { 1 } else { 2 };
-                deltas.push((symbol, d));
+                (if (0..=255).contains(&d) { 1 } else { 2 }, d)
             }
-        }
-    }
-    for group in deltas.chunks(7) {
+        })
+    };
+    let mut symbols = deltas().map(|(s, _)| s).peekable();
+    while symbols.peek().is_some() {
         let mut c: u16 = 0xc000;
-        for (i, (symbol, _)) in group.iter().enumerate() {
+        for (i, symbol) in symbols.by_ref().take(7).enumerate() {
             c |= symbol << (2 * (6 - i));
         }
         out.extend_from_slice(&c.to_be_bytes());
     }
-    for (symbol, d) in deltas {
+    for (symbol, d) in deltas() {
         match symbol {
             1 => out.push(d as u8),
             2 => out.extend_from_slice(&(d.clamp(-32768, 32767) as i16).to_be_bytes()),

@@ -849,6 +849,7 @@ impl Shard {
                     let active = spec
                         .rids
                         .iter()
+                        .take(crate::core::room::alloc::MAX_LAYERS)
                         .enumerate()
                         .filter(|(i, _)| active & (1 << i) != 0)
                         .map(|(_, rid)| rid.clone())
