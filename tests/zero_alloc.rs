@@ -87,6 +87,31 @@ fn packet(ssrc: u32, pt: u8, payload: &[u8]) -> Vec<u8> {
     p
 }
 
+/// Ten viewers (ids 100..110) of the publisher's audio (track 0) and video (track 1), with these
+/// extensions, and RED on the audio when `red` gives its payload type.
+fn add_viewers(relay: &mut Relay, t0: Instant, sink: &mut FixedSink, ext: ExtMap, red: Option<u8>) {
+    for v in 0..10u64 {
+        relay.add_viewer(100 + v, "room").unwrap();
+        for track in 0..2 {
+            let spec = ViewerTrackSpec {
+                source: TrackRef {
+                    publisher: 1,
+                    track,
+                },
+                mid: track.to_string(),
+                ssrc: 1000 + (v as u32) * 2 + track as u32,
+                payload_type: if track == 0 { 111 } else { 96 },
+                ext: ext.clone(),
+                initial_seq: 0,
+                initial_ts: 0,
+                rtx: None,
+                red: red.filter(|_| track == 0),
+            };
+            relay.add_viewer_track(t0, 100 + v, spec, sink).unwrap();
+        }
+    }
+}
+
 #[test]
 fn forwarding_allocates_nothing() {
     let t0 = Instant::now();
@@ -127,28 +152,13 @@ fn forwarding_allocates_nothing() {
         rtp: 0,
         rtcp: 0,
     };
-    for v in 0..10u64 {
-        relay.add_viewer(100 + v, "room").unwrap();
-        for track in 0..2 {
-            let spec = ViewerTrackSpec {
-                source: TrackRef {
-                    publisher: 1,
-                    track,
-                },
-                mid: track.to_string(),
-                ssrc: 1000 + (v as u32) * 2 + track as u32,
-                payload_type: if track == 0 { 111 } else { 96 },
-                ext: ext(&[(2, ExtKind::Mid), (3, ExtKind::AudioLevel)]),
-                initial_seq: 0,
-                initial_ts: 0,
-                rtx: None,
-                red: None,
-            };
-            relay
-                .add_viewer_track(t0, 100 + v, spec, &mut sink)
-                .unwrap();
-        }
-    }
+    add_viewers(
+        &mut relay,
+        t0,
+        &mut sink,
+        ext(&[(2, ExtKind::Mid), (3, ExtKind::AudioLevel)]),
+        None,
+    );
     let audio = packet(1, 111, &[0xfc; 80]);
     let mut video = packet(2, 96, &[0x10, 0x00, 0x9d, 0x01, 0x2a]);
     video.resize(1200, 0xab);
@@ -250,28 +260,13 @@ fn simulcast_red_and_feedback_allocate_nothing() {
         rtp: 0,
         rtcp: 0,
     };
-    for v in 0..10u64 {
-        relay.add_viewer(100 + v, "room").unwrap();
-        for track in 0..2 {
-            let spec = ViewerTrackSpec {
-                source: TrackRef {
-                    publisher: 1,
-                    track,
-                },
-                mid: track.to_string(),
-                ssrc: 1000 + (v as u32) * 2 + track as u32,
-                payload_type: if track == 0 { 111 } else { 96 },
-                ext: ext(&[(2, ExtKind::Mid)]),
-                initial_seq: 0,
-                initial_ts: 0,
-                rtx: None,
-                red: (track == 0).then_some(63),
-            };
-            relay
-                .add_viewer_track(t0, 100 + v, spec, &mut sink)
-                .unwrap();
-        }
-    }
+    add_viewers(
+        &mut relay,
+        t0,
+        &mut sink,
+        ext(&[(2, ExtKind::Mid)]),
+        Some(63),
+    );
     // Each viewer's report: its estimate (REMB) and 10% loss (receiver report).
     let report = |v: u64, bps: u64| {
         let mut b = [0u8; 128];

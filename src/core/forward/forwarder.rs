@@ -175,10 +175,7 @@ impl Forwarder {
     /// One packet of `layer` of the source track.
     pub fn decide(&mut self, now: Instant, layer: u8, view: &RtpView, payload: &[u8]) -> Decision {
         let Some(target) = self.target else {
-            // Keep counting, so a resume on the same layer knows which packets are old.
-            if let Some(s) = self.started.as_mut().filter(|s| s.layer == layer) {
-                s.highest_ext = s.highest_ext.max(s.extend(view.sequence));
-            }
+            self.note_skipped(layer, view.sequence);
             return Decision::Drop(DropReason::Paused);
         };
         if self.current != Some(layer) {
@@ -190,9 +187,7 @@ impl Forwarder {
                 .filter(|s| s.layer == layer)
                 .is_some_and(|s| s.extend(view.sequence) <= s.highest_ext);
             if stale || (self.codec.is_video() && !self.codec.starts_keyframe(payload)) {
-                if let Some(s) = self.started.as_mut().filter(|s| s.layer == layer) {
-                    s.highest_ext = s.highest_ext.max(s.extend(view.sequence));
-                }
+                self.note_skipped(layer, view.sequence);
                 return Decision::Drop(if self.last_out.is_none() {
                     DropReason::WaitingForKeyframe
                 } else {
@@ -245,6 +240,14 @@ impl Forwarder {
             payload_type: self.payload_type,
             marker: view.marker,
         })
+    }
+
+    /// Keeps counting a layer's packets that are not sent, so a resume on that layer knows
+    /// which packets are old.
+    fn note_skipped(&mut self, layer: u8, seq: u16) {
+        if let Some(s) = self.started.as_mut().filter(|s| s.layer == layer) {
+            s.highest_ext = s.highest_ext.max(s.extend(seq));
+        }
     }
 
     /// The picture id and TL0PICIDX a VP8 packet goes out with.

@@ -388,8 +388,9 @@ impl ProbeOut {
 
 /// Sends the packets of a viewer's probe cluster that are due, on a viewer track's RTX stream:
 /// padding-only packets (RFC 3550 §5.1, as RTX senders pad), each with a transport-wide number,
-/// so the feedback times them; the receiver's RTX stream discards them. Returns whether it sent
-/// any.
+/// so the feedback times them; the receiver's RTX stream discards them. Folds the time its next
+/// packet is due into `next_probe`.
+#[allow(clippy::too_many_arguments)]
 fn send_probe(
     now: Instant,
     vid: SessionId,
@@ -397,8 +398,24 @@ fn send_probe(
     publishers: &HashMap<SessionId, Publisher>,
     header: &mut [u8; 512],
     body: &mut [u8; 1500],
+    next_probe: &mut Option<Instant>,
     sink: &mut impl Sink,
-) -> bool {
+) {
+    send_probe_packets(now, vid, v, publishers, header, body, sink);
+    if let Some(o) = &v.probe_out {
+        *next_probe = Some(next_probe.map_or(o.next_at, |n| n.min(o.next_at)));
+    }
+}
+
+fn send_probe_packets(
+    now: Instant,
+    vid: SessionId,
+    v: &mut Viewer,
+    publishers: &HashMap<SessionId, Publisher>,
+    header: &mut [u8; 512],
+    body: &mut [u8; 1500],
+    sink: &mut impl Sink,
+) {
     let Viewer {
         tracks,
         cc,
@@ -406,7 +423,7 @@ fn send_probe(
         ..
     } = v;
     let Some(out) = probe_out.as_mut().filter(|o| o.next_at <= now) else {
-        return false;
+        return;
     };
     // The padding that makes up the rest of the probe packet size.
     let pad = crate::core::bwe::PROBE_PACKET_BYTES
@@ -415,8 +432,9 @@ fn send_probe(
     // A track with an RTX stream and a packet to take the header extensions from (video first).
     let pick = tracks
         .iter()
-        .filter(|t| t.live && t.spec.rtx.is_some() && !t.sent_transport_seq.is_empty())
+        .filter(|t| t.live && !t.sent_transport_seq.is_empty())
         .filter_map(|t| {
+            let rtx = t.spec.rtx?;
             let p = publishers.get(&t.spec.source.publisher)?;
             let src = &p.tracks[t.spec.source.track];
             // Any recent packet of the source serves as the template, also while paused.
@@ -424,17 +442,15 @@ fn send_probe(
                 .layers
                 .iter()
                 .find_map(|l| l.cache.get(now, l.last_seq?))?;
-            Some((t, src, pkt, view))
+            Some((t, rtx, src, pkt, view))
         })
-        .max_by_key(|(_, src, ..)| src.spec.kind == MediaKind::Video);
-    let (Some((vt, src, pkt, view)), Some(rtx)) = (pick, pick.and_then(|(vt, ..)| vt.spec.rtx))
-    else {
+        .max_by_key(|(_, _, src, ..)| src.spec.kind == MediaKind::Video);
+    let Some((vt, rtx, src, pkt, view)) = pick else {
         *probe_out = None;
-        return false;
+        return;
     };
     body[..pad].fill(0);
     body[pad - 1] = pad as u8;
-    let mut count = 0u32;
     while out.left > 0 && out.next_at <= now {
         out.left -= 1;
         out.next_at += out.gap;
@@ -456,12 +472,10 @@ fn send_probe(
             cc.bwe
                 .on_sent(now, t, n + pad + SRTP_OVERHEAD, Some(out.cluster.id));
         }
-        count += 1;
     }
     if out.left == 0 {
         *probe_out = None;
     }
-    count > 0
 }
 
 /// Packets whose transport-wide numbers a viewer track remembers for resends (more than the
@@ -579,7 +593,7 @@ pub struct Relay {
     /// A rewritten VP8 payload descriptor, sent ahead of the rest of the shared payload.
     prefix: [u8; 16],
     /// RED headers and the redundant frame, sent ahead of the shared primary frame.
-    red: [u8; 1200],
+    red: [u8; MAX_PACKET],
     /// Origin of the arrival times in transport-cc feedback to publishers.
     epoch: Option<Instant>,
     next_twcc_feedback: Option<Instant>,
@@ -611,7 +625,7 @@ impl Relay {
             next_allocation: None,
             rtx_body: [0; 1500],
             prefix: [0; 16],
-            red: [0; 1200],
+            red: [0; MAX_PACKET],
             epoch: None,
             next_twcc_feedback: None,
             next_probe: None,
@@ -986,7 +1000,7 @@ impl Relay {
                         .and_then(|red_pt| {
                             let cache = &track.layers[li].cache;
                             let room = MAX_PACKET.checked_sub(n + payload.len())?;
-                            let out = &mut self.red[..room.min(1200)];
+                            let out = &mut self.red[..room];
                             let k = red_prefix(now, cache, view, &vt.fwd, rw.payload_type, out)?;
                             Some((red_pt, k))
                         });
@@ -1417,10 +1431,7 @@ impl Relay {
                     counters.probes += 1;
                 }
             }
-            send_probe(now, vid, v, publishers, header, rtx_body, sink);
-            if let Some(o) = &v.probe_out {
-                *next_probe = Some(next_probe.map_or(o.next_at, |n| n.min(o.next_at)));
-            }
+            send_probe(now, vid, v, publishers, header, rtx_body, next_probe, sink);
         }
         self.report_layers(now);
         // A transcoder per audio track some viewer needs it for; none for the rest.
@@ -1590,10 +1601,7 @@ impl Relay {
                 ..
             } = self;
             for (&vid, v) in viewers.iter_mut().filter(|(_, v)| v.probe_out.is_some()) {
-                send_probe(now, vid, v, publishers, header, rtx_body, sink);
-                if let Some(o) = &v.probe_out {
-                    *next_probe = Some(next_probe.map_or(o.next_at, |n| n.min(o.next_at)));
-                }
+                send_probe(now, vid, v, publishers, header, rtx_body, next_probe, sink);
             }
         }
         if self.next_twcc_feedback.is_some_and(|t| now >= t) {
