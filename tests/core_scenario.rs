@@ -1466,3 +1466,149 @@ fn audio_is_reencoded_for_a_viewer_that_cannot_carry_it() {
         "the original again"
     );
 }
+
+/// A VP9 stream with three spatial and three temporal layers in one SSRC (SVC): the viewer with
+/// room gets every layer; the one on a narrow link only the smallest picture, numbered without
+/// gaps and with the marker bit where its pictures end. Given room, it is sent the larger
+/// pictures from the next key picture, which the relay asks for.
+#[test]
+fn svc_layers_follow_each_viewers_estimate() {
+    use volna::core::rtcp::Remb;
+    let t0 = Instant::now();
+    let mut relay = Relay::new(RelayConfig::default());
+    let mut sink = Recorder::default();
+    let mut tracks = publisher_tracks();
+    tracks[1].codec = Codec::Vp9;
+    relay.add_publisher(PUB, "room", 77, tracks).unwrap();
+    add_viewer(&mut relay, t0, V1, viewer_tracks(0x100), &mut sink);
+    add_viewer(&mut relay, t0, V2, viewer_tracks(0x200), &mut sink);
+    let remb = |viewer_ssrc: u32, bps: u64| {
+        let mut b = [0u8; 64];
+        let n = Remb {
+            sender_ssrc: viewer_ssrc,
+            bitrate_bps: bps,
+            ssrc: viewer_ssrc + 1,
+        }
+        .write(&mut b)
+        .unwrap();
+        b[..n].to_vec()
+    };
+    relay.handle_viewer_rtcp(t0, V1, &remb(0x100, 5_000_000), &mut sink);
+    relay.handle_viewer_rtcp(t0, V2, &remb(0x200, 200_000), &mut sink);
+
+    // Packets per layer frame and their size, by spatial id: about 50, 250 and 1000 kbps.
+    const PACKETS: [(usize, usize); 3] = [(1, 200), (2, 500), (4, 1000)];
+    let mut seq = 100u16;
+    let mut frame = 0u32;
+    let mut key_due = true;
+    // Per viewer: (sequence, spatial id, marker) of each video packet.
+    type Got = Vec<(u16, u8, bool)>;
+    let mut run = |relay: &mut Relay, sink: &mut Recorder, from_ms: u64, to_ms: u64| {
+        let (mut v1, mut v2, mut plis): (Got, Got, usize) = (Vec::new(), Vec::new(), 0);
+        for ms in from_ms..to_ms {
+            let now = t0 + Duration::from_millis(ms);
+            if ms % 20 == 0 {
+                let p = rtp(
+                    AUDIO_SSRC,
+                    111,
+                    (ms / 20) as u16,
+                    ms as u32 * 48,
+                    &[],
+                    &[0xfc; 60],
+                );
+                feed(relay, now, &p, sink);
+            }
+            if ms % 33 == 0 {
+                let key = std::mem::take(&mut key_due);
+                let tid = [0u8, 2, 1, 2][frame as usize % 4];
+                let tid = if key { 0 } else { tid };
+                for (sid, &(count, len)) in PACKETS.iter().enumerate() {
+                    for k in 0..count {
+                        // L, B on the first packet, E on the last, P unless key; then the layer
+                        // byte (U on every frame, D above layer 0) and TL0PICIDX.
+                        let mut b0 = 0x20;
+                        b0 |= if k == 0 { 0x08 } else { 0 };
+                        b0 |= if k + 1 == count { 0x04 } else { 0 };
+                        b0 |= if key { 0 } else { 0x40 };
+                        let l = (tid << 5) | 0x10 | ((sid as u8) << 1) | u8::from(sid > 0);
+                        let mut payload = vec![b0, l, frame as u8];
+                        payload.resize(len, 0xab);
+                        let mut p = rtp(VIDEO_SSRC, 96, seq, frame * 3000, &[], &payload);
+                        if sid == 2 && k + 1 == count {
+                            p[1] |= 0x80;
+                        }
+                        feed(relay, now, &p, sink);
+                        seq = seq.wrapping_add(1);
+                    }
+                }
+                frame += 1;
+            }
+            if ms % 10 == 0 {
+                relay.handle_timeout(now, sink);
+            }
+            let (rtp_out, rtcp_out) = sink.take();
+            for (_, p) in rtcp_out.iter().filter(|(to, _)| *to == PUB) {
+                for c in Compound::new(p) {
+                    if let Ok(RtcpPacket::Pli(pli)) = c {
+                        assert_eq!(pli.media_ssrc, VIDEO_SSRC);
+                        key_due = true;
+                        plis += 1;
+                    }
+                }
+            }
+            for (to, p) in &rtp_out {
+                let v = RtpView::parse(p).unwrap();
+                if v.payload_type != 98 {
+                    continue;
+                }
+                let pl = v.payload(p);
+                let got = (v.sequence, (pl[1] >> 1) & 7, v.marker);
+                match *to {
+                    V1 => v1.push(got),
+                    V2 => v2.push(got),
+                    _ => {}
+                }
+            }
+        }
+        (v1, v2, plis)
+    };
+    let (v1, v2, _) = run(&mut relay, &mut sink, 0, 3000);
+    // The last 40 packets: well after the first second, when the rates are known.
+    let late = |v: &Got| v[v.len().saturating_sub(40)..].to_vec();
+    assert!(v1.len() >= 500, "V1 gets video: {}", v1.len());
+    assert!(
+        (0..3).all(|s| late(&v1).iter().any(|p| p.1 == s)),
+        "V1 gets every spatial layer"
+    );
+    let marked: Vec<u8> = late(&v1).iter().filter(|p| p.2).map(|p| p.1).collect();
+    assert!(
+        marked.len() >= 4 && marked.iter().all(|&s| s == 2),
+        "V1's pictures end on layer 2: {marked:?}"
+    );
+    let v2_late = late(&v2);
+    assert!(v2.len() >= 60, "V2 gets video: {}", v2.len());
+    assert!(
+        v2_late.iter().all(|p| p.1 == 0 && p.2),
+        "V2 gets layer 0 only, each packet ending its picture: {v2_late:?}"
+    );
+    relay.handle_viewer_rtcp(
+        t0 + Duration::from_millis(3000),
+        V2,
+        &remb(0x200, 5_000_000),
+        &mut sink,
+    );
+    let (_, v2b, plis) = run(&mut relay, &mut sink, 3000, 5000);
+    assert!(plis >= 1, "a key picture is asked for");
+    assert!(
+        (0..3).all(|s| late(&v2b).iter().any(|p| p.1 == s)),
+        "V2 gets every layer once it has room"
+    );
+    let all: Got = v2.iter().chain(&v2b).copied().collect();
+    for w in all.windows(2) {
+        assert_eq!(
+            w[1].0,
+            w[0].0.wrapping_add(1),
+            "one numbering for V2: {w:?}"
+        );
+    }
+}

@@ -5,10 +5,14 @@
 //! A simulcast track has several layers (one SSRC each); the viewer follows one at a time. A
 //! switch (or a resume after a pause) happens at a key frame of the new layer, and the viewer's
 //! numbering goes on right after the last packet it got, so its decoder sees one clean stream.
+//!
+//! A VP9 stream may carry spatial and temporal layers in one SSRC (SVC). The viewer is sent the
+//! layers up to its [`SvcLayers`]: higher ones are left out, the packets that remain are numbered
+//! without gaps, and the marker bit ends each picture at the highest spatial layer sent.
 
 use std::time::Instant;
 
-use crate::core::rtp::codec::vp8;
+use crate::core::rtp::codec::{vp8, vp9};
 use crate::core::rtp::{Codec, Rewrite, RtpView};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +25,8 @@ pub enum DropReason {
     Paused,
     /// A simulcast layer this viewer does not follow.
     OtherLayer,
+    /// An SVC layer above the ones this viewer follows.
+    Thinned,
     /// A packet already forwarded (a duplicate from the publisher's side): sending it again
     /// would protect different bytes under the same SRTP index.
     Duplicate,
@@ -48,6 +54,92 @@ impl Vp8Shift {
 
 /// Source sequence numbers remembered as forwarded, to refuse duplicates.
 const SEEN: usize = 1024;
+
+/// The spatial and temporal layers of an SVC stream a viewer is sent: those up to these ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SvcLayers {
+    pub spatial: u8,
+    pub temporal: u8,
+}
+
+impl SvcLayers {
+    /// Every layer (VP9 ids are 3 bits).
+    pub const ALL: SvcLayers = SvcLayers {
+        spatial: 7,
+        temporal: 7,
+    };
+}
+
+/// Per-viewer state of an SVC stream: the layers followed, and how the source numbering maps to
+/// the viewer's once packets are left out. Indexed by extended source sequence number (or the
+/// viewer's, for `source_of`) modulo `SEEN`, like `Forwarder::seen`.
+#[derive(Debug, Clone)]
+struct Svc {
+    target: SvcLayers,
+    /// The layers sent now: moves down at a picture start, up at a switching point.
+    current: SvcLayers,
+    /// Source packets left out since the start, up to the highest seen.
+    thinned_total: u16,
+    /// Per source packet: how many were left out before it.
+    thinned_before: [u16; SEEN],
+    /// Per source packet: left out (never to be resent).
+    thinned: [u64; SEEN / 64],
+    /// Per source packet: sent with the marker bit (a resend must carry the same header).
+    marked: [u64; SEEN / 64],
+    /// Per viewer sequence number: the source one.
+    source_of: [u16; SEEN],
+}
+
+impl Svc {
+    fn new() -> Self {
+        Svc {
+            target: SvcLayers::ALL,
+            current: SvcLayers::ALL,
+            thinned_total: 0,
+            thinned_before: [0; SEEN],
+            thinned: [0; SEEN / 64],
+            marked: [0; SEEN / 64],
+            source_of: [0; SEEN],
+        }
+    }
+
+    /// Moves the layers sent at the switching points `d` offers; returns whether its packet is
+    /// sent.
+    fn follow(&mut self, d: &vp9::Descriptor) -> bool {
+        let (cur, target) = (&mut self.current, self.target);
+        if d.begin && d.sid == 0 {
+            if d.inter_picture {
+                // A new picture: stepping down is safe at once.
+                cur.spatial = cur.spatial.min(target.spatial);
+                cur.temporal = cur.temporal.min(target.temporal);
+            } else {
+                // A key picture: its upper layers refer only to the ones below.
+                *cur = target;
+            }
+        }
+        // Up one spatial layer where its frame refers to no earlier picture (only to the layer
+        // below, which is sent); up one temporal layer at a switching-up point.
+        if d.begin && !d.inter_picture && d.sid == cur.spatial + 1 && d.sid <= target.spatial {
+            cur.spatial = d.sid;
+        }
+        if d.begin && d.switch_up && d.tid == cur.temporal + 1 && d.tid <= target.temporal {
+            cur.temporal = d.tid;
+        }
+        d.sid <= cur.spatial && d.tid <= cur.temporal
+    }
+}
+
+fn bit(set: &[u64; SEEN / 64], i: usize) -> bool {
+    set[i / 64] & (1 << (i % 64)) != 0
+}
+
+fn put(set: &mut [u64; SEEN / 64], i: usize, on: bool) {
+    if on {
+        set[i / 64] |= 1 << (i % 64);
+    } else {
+        set[i / 64] &= !(1 << (i % 64));
+    }
+}
 
 #[derive(Debug, Clone, Copy)]
 struct Started {
@@ -96,6 +188,8 @@ pub struct Forwarder {
     seen: [u64; SEEN / 64],
     last_out: Option<LastOut>,
     vp8: Vp8Shift,
+    /// VP9 only (boxed: a few kilobytes other codecs do without).
+    svc: Option<Box<Svc>>,
     packets: u32,
     octets: u32,
 }
@@ -124,6 +218,7 @@ impl Forwarder {
             seen: [0; SEEN / 64],
             last_out: None,
             vp8: Vp8Shift::default(),
+            svc: (codec == Codec::Vp9).then(|| Box::new(Svc::new())),
             packets: 0,
             octets: 0,
         }
@@ -148,6 +243,19 @@ impl Forwarder {
     pub fn pause(&mut self) {
         self.target = None;
         self.current = None;
+    }
+
+    /// The SVC layers to send (VP9), moved to at the stream's next switching points. Sending
+    /// every layer is the default.
+    pub fn set_svc_target(&mut self, layers: SvcLayers) {
+        if let Some(svc) = self.svc.as_mut() {
+            svc.target = layers;
+        }
+    }
+
+    /// The SVC layers wanted and the ones sent now; `None` for codecs without them.
+    pub fn svc_layers(&self) -> Option<(SvcLayers, SvcLayers)> {
+        self.svc.as_ref().map(|s| (s.target, s.current))
     }
 
     pub fn is_paused(&self) -> bool {
@@ -204,19 +312,65 @@ impl Forwarder {
             return Decision::Drop(DropReason::BeforeStart);
         }
         if ext > s.highest_ext {
-            // The window moves on: what it uncovers was not forwarded yet.
+            // The window moves on: what it uncovers was not forwarded yet (nor left out).
             let from = (s.highest_ext + 1).max(ext - SEEN as i64 + 1);
             for e in from..=ext {
                 let i = e.rem_euclid(SEEN as i64) as usize;
-                self.seen[i / 64] &= !(1 << (i % 64));
+                put(&mut self.seen, i, false);
+                if let Some(svc) = self.svc.as_mut() {
+                    put(&mut svc.thinned, i, false);
+                    put(&mut svc.marked, i, false);
+                    svc.thinned_before[i] = svc.thinned_total;
+                    // Where a packet that never came would be: a viewer's NACK for it is
+                    // passed on to the publisher.
+                    let out = (e as u16)
+                        .wrapping_add(s.seq_offset)
+                        .wrapping_sub(svc.thinned_total);
+                    svc.source_of[usize::from(out) % SEEN] = e as u16;
+                }
             }
         }
-        let bit = ext.rem_euclid(SEEN as i64) as usize;
-        if self.seen[bit / 64] & (1 << (bit % 64)) != 0 {
+        let i = ext.rem_euclid(SEEN as i64) as usize;
+        let newest = ext > s.highest_ext;
+        let mut marker = view.marker;
+        let mut thinned_before = 0;
+        if bit(&self.seen, i) {
             return Decision::Drop(DropReason::Duplicate);
         }
-        self.seen[bit / 64] |= 1 << (bit % 64);
-        let out = view.sequence.wrapping_add(s.seq_offset);
+        if let Some(svc) = self.svc.as_mut() {
+            if bit(&svc.thinned, i) {
+                return Decision::Drop(DropReason::Thinned);
+            }
+            if let Some(d) = vp9::Descriptor::parse(payload).filter(|d| d.layered) {
+                let sent = if newest {
+                    svc.follow(&d)
+                } else {
+                    d.sid <= svc.current.spatial && d.tid <= svc.current.temporal
+                };
+                if !sent {
+                    // Left out: later packets are numbered as if it never was. A late one
+                    // cannot be, and leaves a gap the viewer may ask for in vain.
+                    put(&mut svc.thinned, i, true);
+                    if newest {
+                        svc.thinned_total = svc.thinned_total.wrapping_add(1);
+                        s.highest_ext = ext;
+                    }
+                    return Decision::Drop(DropReason::Thinned);
+                }
+                // The picture ends, for this viewer, with the highest spatial layer it gets.
+                marker |= d.end && d.sid == svc.current.spatial;
+            }
+            thinned_before = svc.thinned_before[i];
+        }
+        put(&mut self.seen, i, true);
+        let out = view
+            .sequence
+            .wrapping_add(s.seq_offset)
+            .wrapping_sub(thinned_before);
+        if let Some(svc) = self.svc.as_mut() {
+            put(&mut svc.marked, i, marker);
+            svc.source_of[usize::from(out) % SEEN] = view.sequence;
+        }
         let ts = view.timestamp.wrapping_add(s.ts_offset);
         if ext >= s.highest_ext {
             s.highest_ext = ext;
@@ -238,7 +392,7 @@ impl Forwarder {
             sequence: out,
             timestamp: ts,
             payload_type: self.payload_type,
-            marker: view.marker,
+            marker,
         })
     }
 
@@ -285,6 +439,12 @@ impl Forwarder {
         };
         let ext = i64::from(view.sequence);
         self.seen = [0; SEEN / 64];
+        if let Some(svc) = self.svc.as_mut() {
+            // A key frame: numbering starts over with nothing left out yet.
+            let target = svc.target;
+            **svc = Svc::new();
+            svc.target = target;
+        }
         self.started = Some(Started {
             layer,
             seq_offset: seq.wrapping_sub(view.sequence),
@@ -314,12 +474,23 @@ impl Forwarder {
         if ext < s.start_ext || ext > s.highest_ext {
             return None;
         }
+        let mut sequence = view.sequence.wrapping_add(s.seq_offset);
+        let mut marker = view.marker;
+        if let Some(svc) = self.svc.as_deref() {
+            // Only what was sent, as it was sent.
+            let i = ext.rem_euclid(SEEN as i64) as usize;
+            if ext <= s.highest_ext - SEEN as i64 || !bit(&self.seen, i) {
+                return None;
+            }
+            sequence = sequence.wrapping_sub(svc.thinned_before[i]);
+            marker = bit(&svc.marked, i);
+        }
         Some(Rewrite {
             ssrc: self.ssrc,
-            sequence: view.sequence.wrapping_add(s.seq_offset),
+            sequence,
             timestamp: view.timestamp.wrapping_add(s.ts_offset),
             payload_type: self.payload_type,
-            marker: view.marker,
+            marker,
         })
     }
 
@@ -333,7 +504,20 @@ impl Forwarder {
 
     /// Maps a sequence number in the viewer's numbering back to the current layer's (for NACKs).
     pub fn source_sequence(&self, viewer_seq: u16) -> Option<u16> {
-        self.started.map(|s| viewer_seq.wrapping_sub(s.seq_offset))
+        let s = self.started?;
+        let Some(svc) = self.svc.as_deref() else {
+            return Some(viewer_seq.wrapping_sub(s.seq_offset));
+        };
+        // Packets left out shift the numbering: look the number up, and check it maps back.
+        let src = svc.source_of[usize::from(viewer_seq) % SEEN];
+        let ext = s.extend(src);
+        let i = ext.rem_euclid(SEEN as i64) as usize;
+        let in_window =
+            ext >= s.start_ext && ext <= s.highest_ext && ext > s.highest_ext - SEEN as i64;
+        let out = src
+            .wrapping_add(s.seq_offset)
+            .wrapping_sub(svc.thinned_before[i]);
+        (in_window && !bit(&svc.thinned, i) && out == viewer_seq).then_some(src)
     }
 
     /// Maps an RTP timestamp of `layer` to the viewer's (for sender reports); `None` unless the
@@ -531,6 +715,107 @@ mod tests {
         );
         assert!(!f.covers(7001), "from before the switch");
         assert_eq!(f.source_sequence(1004), Some(7003));
+    }
+
+    /// A VP9 payload descriptor of a one-packet layer frame: L set, non-flexible (TL0PICIDX).
+    fn vp9(inter: bool, tid: u8, up: bool, sid: u8) -> [u8; 3] {
+        let b0 = 0x20 | 0x08 | 0x04 | if inter { 0x40 } else { 0 };
+        let l = (tid << 5) | (u8::from(up) << 4) | (sid << 1) | u8::from(sid > 0);
+        [b0, l, 0]
+    }
+
+    /// An SVC stream of three spatial and three temporal layers (one packet per layer frame),
+    /// thinned per viewer: higher layers are left out, the rest numbered without gaps, the
+    /// picture's marker moved to the highest layer sent; layers come back only at switching
+    /// points; NACKs map through the new numbering, and left-out packets are never resent.
+    #[test]
+    fn svc_layers_are_thinned_per_viewer() {
+        let mut f = Forwarder::new(Codec::Vp9, 90_000, 9, 98, 100, 0);
+        let src = std::cell::Cell::new(5000u16);
+        // Sends one picture (temporal id, key or not, U bit); returns (sid, out seq, marker)
+        // of the packets forwarded.
+        let picture = |f: &mut Forwarder, tid: u8, key: bool, up: bool| {
+            let mut sent = Vec::new();
+            for sid in 0..3u8 {
+                let mut v = view(src.get(), u32::from(src.get()) * 10);
+                v.marker = sid == 2;
+                let p = vp9(!key, tid, up, sid);
+                if let Decision::Forward(rw) = f.decide(t0(), 0, &v, &p) {
+                    sent.push((sid, rw.sequence, rw.marker));
+                }
+                src.set(src.get().wrapping_add(1));
+            }
+            sent
+        };
+        assert_eq!(f.svc_layers(), Some((SvcLayers::ALL, SvcLayers::ALL)));
+        assert_eq!(
+            picture(&mut f, 0, true, false),
+            [(0, 100, false), (1, 101, false), (2, 102, true)]
+        );
+        f.set_svc_target(SvcLayers {
+            spatial: 1,
+            temporal: 7,
+        });
+        assert_eq!(
+            picture(&mut f, 2, false, true),
+            [(0, 103, false), (1, 104, true)]
+        );
+        f.set_svc_target(SvcLayers {
+            spatial: 0,
+            temporal: 0,
+        });
+        assert_eq!(
+            picture(&mut f, 1, false, true),
+            [],
+            "temporal layer 1 left out"
+        );
+        assert_eq!(picture(&mut f, 2, false, true), []);
+        assert_eq!(picture(&mut f, 0, false, false), [(0, 105, true)]);
+        // NACKs map through the gaps left; left-out packets cannot be resent.
+        assert_eq!(f.source_sequence(105), Some(5012));
+        assert_eq!(f.source_sequence(104), Some(5004));
+        assert_eq!(f.source_sequence(106), None, "not sent yet");
+        let mut v = view(5004, 50_040);
+        assert_eq!(
+            f.rewrite_again(&v).map(|r| (r.sequence, r.marker)),
+            Some((104, true)),
+            "resent as sent: the marker moved"
+        );
+        v.sequence = 5005;
+        assert_eq!(f.rewrite_again(&v), None, "left out");
+        // Up again: temporal layers one by one at switching-up points, spatial ones where a
+        // frame refers to no earlier picture.
+        f.set_svc_target(SvcLayers {
+            spatial: 2,
+            temporal: 2,
+        });
+        assert_eq!(picture(&mut f, 2, false, true), [], "two temporal steps");
+        assert_eq!(
+            picture(&mut f, 1, false, false),
+            [],
+            "not a switching point"
+        );
+        assert_eq!(picture(&mut f, 1, false, true), [(0, 106, true)]);
+        assert_eq!(picture(&mut f, 2, false, true), [(0, 107, true)]);
+        assert_eq!(f.svc_layers().map(|l| l.1.spatial), Some(0));
+        assert_eq!(
+            picture(&mut f, 0, true, false),
+            [(0, 108, false), (1, 109, false), (2, 110, true)],
+            "a key picture brings every layer back"
+        );
+        // A packet lost before the relay leaves a gap the viewer's NACK is passed on for.
+        src.set(src.get().wrapping_add(1));
+        assert_eq!(
+            picture(&mut f, 2, false, true).first(),
+            Some(&(0, 112, false))
+        );
+        assert_eq!(f.source_sequence(111), Some(5030));
+        let mut late = view(5030, 0);
+        late.marker = false;
+        let Decision::Forward(rw) = f.decide(t0(), 0, &late, &vp9(true, 2, true, 0)) else {
+            panic!("the late packet is sent")
+        };
+        assert_eq!(rw.sequence, 111);
     }
 
     #[test]

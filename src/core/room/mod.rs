@@ -7,6 +7,7 @@
 
 pub mod alloc;
 mod stats;
+mod svc;
 pub mod twcc_rx;
 
 use std::collections::HashMap;
@@ -18,7 +19,7 @@ use bytes::Bytes;
 use crate::core::audio::OpusTranscoder;
 use crate::core::bwe::{BandwidthEstimator, BweConfig};
 use crate::core::cache::RetransmitCache;
-use crate::core::forward::{Decision, DropReason, Forwarder};
+use crate::core::forward::{Decision, DropReason, Forwarder, SvcLayers};
 use crate::core::rtcp::twcc::{self, PacketResult};
 use crate::core::rtcp::{self, Compound, Pli, ReceiverReport, Remb, RtcpPacket, SenderReport};
 use crate::core::rtp::codec::vp8;
@@ -173,6 +174,8 @@ struct PubTrack {
     loudness: f32,
     /// Re-encodes this (Opus) track at a low bitrate while some viewer needs it.
     transcoder: Option<Box<OpusTranscoder>>,
+    /// Rates per spatial and temporal layer, for VP9 (whose streams may carry several).
+    svc: Option<Box<svc::SvcRates>>,
 }
 
 /// One RTP stream of a publisher track: the track itself, or one of its simulcast layers.
@@ -694,10 +697,11 @@ impl Relay {
                 PubTrack {
                     active: ((1u16 << layers.len()) - 1) as u8,
                     layers,
-                    spec,
                     viewers: Vec::new(),
                     loudness: 0.0,
                     transcoder: None,
+                    svc: (spec.codec == Codec::Vp9).then(Box::default),
+                    spec,
                 }
             })
             .collect::<Vec<PubTrack>>();
@@ -957,6 +961,9 @@ impl Relay {
         layer.stats.on_packet(now, view.sequence, view.timestamp);
         layer.cache.insert(now, packet, view);
         let payload = view.payload(buf);
+        if let Some(svc) = track.svc.as_deref_mut() {
+            svc.on_packet(now, payload, buf.len());
+        }
         if track.layers.len() > 1 && track.spec.codec == Codec::Vp8 {
             if let Some(px) = vp8::keyframe_pixels(payload) {
                 track.layers[li].pixels = px;
@@ -982,7 +989,9 @@ impl Relay {
             let rw = match vt.fwd.decide(now, li as u8, view, payload) {
                 Decision::Forward(rw) => rw,
                 // Layers the viewer does not follow and paused video are not losses.
-                Decision::Drop(DropReason::OtherLayer | DropReason::Paused) => continue,
+                Decision::Drop(
+                    DropReason::OtherLayer | DropReason::Paused | DropReason::Thinned,
+                ) => continue,
                 Decision::Drop(_) => {
                     self.counters.dropped_packets += 1;
                     continue;
@@ -1299,6 +1308,8 @@ impl Relay {
             let mut wish_index = [[0usize; alloc::MAX_LAYERS]; MAX];
             // Per demand: the viewer track, and its source's layers lowest quality first.
             let mut index = [(0usize, [0usize; alloc::MAX_LAYERS]); MAX];
+            // Per demand of an SVC track: its choices (none for other tracks).
+            let mut svc_choices = [(0usize, [(SvcLayers::ALL, 0); alloc::MAX_LAYERS]); MAX];
             let mut n = 0;
             for (i, vt) in v.tracks.iter().enumerate().filter(|(_, t)| t.live) {
                 let Some(p) = publishers.get(&vt.spec.source.publisher) else {
@@ -1310,8 +1321,21 @@ impl Relay {
                 }
                 let priority = u8::from(speaker == Some(vt.spec.source.publisher));
                 let target = vt.fwd.target();
-                let Some((mut d, ranked)) = src.demand(|l| l.rate.bps(now), priority, target)
-                else {
+                let mut choices = [(SvcLayers::ALL, 0); alloc::MAX_LAYERS];
+                let n_choices = src.svc.as_ref().map_or(0, |s| s.choices(now, &mut choices));
+                let svc_on = vt
+                    .fwd
+                    .svc_layers()
+                    .map(|l| l.0)
+                    .filter(|_| target.is_some());
+                let measured = if n_choices > 0 {
+                    // One stream: its layers are the choices; the publisher is told nothing.
+                    let d = svc::demand(&choices[..n_choices], priority, svc_on);
+                    Some((d, [0; alloc::MAX_LAYERS]))
+                } else {
+                    src.demand(|l| l.rate.bps(now), priority, target)
+                };
+                let Some((mut d, ranked)) = measured else {
                     continue;
                 };
                 if d.on.is_none() && !vt.fwd.is_paused() {
@@ -1322,10 +1346,12 @@ impl Relay {
                 // the layers worth asking the publisher for.
                 let (w, w_ranked) = src
                     .demand(|l| l.known_bps, priority, target)
+                    .filter(|_| n_choices == 0)
                     .unwrap_or((d, ranked));
                 demands[n] = d;
                 wishes[n] = w;
                 index[n] = (i, ranked);
+                svc_choices[n] = (n_choices, choices);
                 wish_index[n] = w_ranked;
                 n += 1;
             }
@@ -1402,14 +1428,30 @@ impl Relay {
                 };
                 match choice {
                     Some(layer) => {
-                        let slot = ranked[layer] as u8;
+                        let (n_choices, choices) = svc_choices[k];
+                        let slot = if n_choices > 0 {
+                            0
+                        } else {
+                            ranked[layer] as u8
+                        };
                         if vt.fwd.target() != Some(slot) {
                             vt.fwd.set_target(slot);
                         }
                         // A switch (or resume) waits for a key frame of the layer: ask for one
                         // each round until it comes (requests are rate-limited per layer).
+                        let mut key_wait = vt.fwd.current() != Some(slot);
+                        if n_choices > 0 {
+                            // Within an SVC stream, a larger picture starts at a key picture;
+                            // smaller ones and frame rates change without one.
+                            let want = choices[layer].0;
+                            vt.fwd.set_svc_target(want);
+                            key_wait |= vt
+                                .fwd
+                                .svc_layers()
+                                .is_some_and(|(_, cur)| cur.spatial < want.spatial);
+                        }
                         let key = (vt.spec.source, slot);
-                        if vt.fwd.current() != Some(slot) && !resumed.contains(&key) {
+                        if key_wait && !resumed.contains(&key) {
                             resumed.push(key);
                         }
                     }
