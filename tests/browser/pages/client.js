@@ -64,12 +64,36 @@ window.publishSimulcast = async (url, encodings) => {
   return r;
 };
 
+// SVC: the camera at 960×540 sent as one VP9 encoding with spatial and temporal layers
+// (`mode`, e.g. 'L3T3_KEY').
+window.publishSvc = async (url, mode) => {
+  const stream = await navigator.mediaDevices.getUserMedia({
+    audio: true,
+    video: { width: 960, height: 540, frameRate: 30 },
+  });
+  const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
+  for (const track of stream.getTracks()) {
+    const init = { direction: 'sendonly', streams: [stream] };
+    if (track.kind === 'video') init.sendEncodings = [{ scalabilityMode: mode }];
+    const t = pc.addTransceiver(track, init);
+    if (track.kind === 'video') {
+      const all = RTCRtpSender.getCapabilities('video').codecs;
+      const vp9 = all.filter((c) => c.mimeType.toLowerCase() === 'video/vp9');
+      t.setCodecPreferences([...vp9, ...all.filter((c) => !vp9.includes(c))]);
+    }
+  }
+  window.pc = pc;
+  const r = await negotiate(pc, url);
+  window.session = r.location;
+  return r;
+};
+
 // What each simulcast layer sends now: rid, frame size, bytes and frames so far.
 window.outbound = async () => {
   const out = [];
   (await window.pc.getStats()).forEach((s) => {
     if (s.type === 'outbound-rtp' && s.kind === 'video') {
-      out.push({ rid: s.rid, frameWidth: s.frameWidth || 0, bytesSent: s.bytesSent, framesEncoded: s.framesEncoded, limitation: s.qualityLimitationReason });
+      out.push({ rid: s.rid, scalabilityMode: s.scalabilityMode, frameWidth: s.frameWidth || 0, bytesSent: s.bytesSent, framesEncoded: s.framesEncoded, limitation: s.qualityLimitationReason });
     }
   });
   return out;
