@@ -13,6 +13,7 @@ use volna::core::rtp::{Codec, ExtKind, ExtMap, RtpView};
 const PUB: SessionId = 1;
 const V1: SessionId = 2;
 const V2: SessionId = 3;
+const V3: SessionId = 4;
 const AUDIO_SSRC: u32 = 0xa0d1;
 const VIDEO_SSRC: u32 = 0x7e0;
 
@@ -1611,4 +1612,73 @@ fn svc_layers_follow_each_viewers_estimate() {
             "one numbering for V2: {w:?}"
         );
     }
+}
+
+/// A viewer that joins shortly after a key frame starts from the cache: the key frame and every
+/// packet since are sent to it at once, numbered from its first sequence number, and the
+/// publisher is not asked for another. One joining after the key frame is too old asks.
+#[test]
+fn joining_viewers_start_from_the_cached_key_frame() {
+    let t0 = Instant::now();
+    let mut relay = Relay::new(RelayConfig::default());
+    let mut sink = Recorder::default();
+    relay.add_publisher(PUB, "room", 77, publisher_tracks()).unwrap();
+    add_viewer(&mut relay, t0, V1, viewer_tracks(0x100), &mut sink);
+    let plis = |sink: &mut Recorder| {
+        let (_, rtcp) = sink.take();
+        rtcp_of(&rtcp, PUB)
+            .iter()
+            .filter(|r| r.starts_with("Pli"))
+            .count()
+    };
+    assert_eq!(plis(&mut sink), 1, "the first viewer asks for a key frame");
+    // The key frame (two packets), then a delta frame every 33 ms.
+    let mut seq = 2000u16;
+    let mut send = |relay: &mut Relay, sink: &mut Recorder, ms: u64, payload: &[u8]| {
+        let p = rtp(VIDEO_SSRC, 96, seq, ms as u32 * 90, &[], payload);
+        feed(relay, t0 + Duration::from_millis(ms), &p, sink);
+        seq = seq.wrapping_add(1);
+    };
+    send(&mut relay, &mut sink, 10, KEY);
+    send(&mut relay, &mut sink, 10, &[0x00, 0x00, 0xaa]);
+    for ms in (43..300).step_by(33) {
+        send(&mut relay, &mut sink, ms, DELTA);
+    }
+    let (to_v1, _) = sink.take();
+    assert_eq!(to_v1.len(), 10, "V1 got the key frame and the deltas");
+
+    let at = t0 + Duration::from_millis(300);
+    add_viewer(&mut relay, at, V2, viewer_tracks(0x200), &mut sink);
+    let (rtp_out, rtcp_out) = sink.take();
+    assert!(rtcp_of(&rtcp_out, PUB).iter().all(|r| !r.starts_with("Pli")), "no key frame asked for");
+    let got: Vec<(u16, Vec<u8>)> = rtp_out
+        .iter()
+        .filter(|(to, _)| *to == V2)
+        .map(|(_, p)| {
+            let v = RtpView::parse(p).unwrap();
+            (v.sequence, v.payload(p).to_vec())
+        })
+        .collect();
+    assert_eq!(got.len(), 10, "V2 is sent the key frame and every packet since");
+    assert_eq!(got[0].1, KEY);
+    let seqs: Vec<u16> = got.iter().map(|g| g.0).collect();
+    assert_eq!(seqs, (100..110).collect::<Vec<u16>>());
+    assert_eq!(relay.counters().replayed_packets, 10);
+    send(&mut relay, &mut sink, 340, DELTA);
+    let (rtp_out, _) = sink.take();
+    let next: Vec<u16> = rtp_out
+        .iter()
+        .filter(|(to, _)| *to == V2)
+        .map(|(_, p)| RtpView::parse(p).unwrap().sequence)
+        .collect();
+    assert_eq!(next, [110], "live packets go on from there");
+
+    for ms in (373..1500).step_by(33) {
+        send(&mut relay, &mut sink, ms, DELTA);
+    }
+    sink.take();
+    let late = t0 + Duration::from_millis(1500);
+    add_viewer(&mut relay, late, V3, viewer_tracks(0x300), &mut sink);
+    assert_eq!(plis(&mut sink), 1, "a key frame over a second old is not replayed");
+    assert_eq!(relay.counters().replayed_packets, 10);
 }

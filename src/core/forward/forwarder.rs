@@ -258,6 +258,11 @@ impl Forwarder {
         self.svc.as_ref().map(|s| (s.target, s.current))
     }
 
+    /// When the last packet was sent (the arrival time it was decided at).
+    pub fn last_sent_at(&self) -> Option<Instant> {
+        self.last_out.map(|l| l.at)
+    }
+
     pub fn is_paused(&self) -> bool {
         self.target.is_none()
     }

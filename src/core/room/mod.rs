@@ -147,6 +147,8 @@ pub struct RelayCounters {
     pub red_packets: u64,
     /// Audio packets sent re-encoded at a low bitrate, to viewers whose links need it.
     pub transcoded_packets: u64,
+    /// Video packets sent to starting viewers from the key-frame cache.
+    pub replayed_packets: u64,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -198,6 +200,9 @@ struct Layer {
     known_bps: u64,
     /// Since when no viewer has wanted it (while the publisher was told to send it).
     unneeded_since: Option<Instant>,
+    /// The first packet of its last key frame, and when it arrived: a viewer starting on the
+    /// layer is sent what followed it from the cache, instead of asking the publisher.
+    key_start: Option<(u16, Instant)>,
 }
 
 impl Layer {
@@ -219,6 +224,7 @@ impl Layer {
             pixels: 0,
             known_bps: 0,
             unneeded_since: None,
+            key_start: None,
         }
     }
 }
@@ -505,6 +511,12 @@ const LAYER_OFF_AFTER: Duration = Duration::from_secs(5);
 /// How long a running video's lowest layer must not fit before it is paused.
 const PAUSE_AFTER: Duration = Duration::from_secs(2);
 
+/// A viewer starting on a layer is sent its last key frame and what followed from the cache when
+/// the key frame is at most this old and that many packets back; otherwise the publisher is
+/// asked for a new one.
+const KEYFRAME_REPLAY_AGE: Duration = Duration::from_millis(1000);
+const KEYFRAME_REPLAY_PACKETS: u16 = 256;
+
 /// How often each viewer's estimate is split over its tracks.
 const ALLOCATION_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -604,6 +616,9 @@ pub struct Relay {
     next_probe: Option<Instant>,
     /// Source layers to ask for a key frame after an allocation round (reused).
     resumed: Vec<(TrackRef, u8)>,
+    /// Viewer tracks (viewer, index, source, layer) a round found waiting for a key frame to
+    /// start on: sent from the cache where it can, else asked for in `resumed`.
+    starting: Vec<(SessionId, usize, TrackRef, u8)>,
     /// Per source track, the layers (bit per slot) some viewer would take (reused).
     wanted: Vec<(TrackRef, u8)>,
     /// Publisher tracks with simulcast layers.
@@ -633,6 +648,7 @@ impl Relay {
             next_twcc_feedback: None,
             next_probe: None,
             resumed: Vec::new(),
+            starting: Vec::new(),
             wanted: Vec::new(),
             simulcast_tracks: 0,
             low_sources: Vec::new(),
@@ -795,8 +811,78 @@ impl Relay {
             low_audio: false,
             ever_low: false,
         });
-        self.request_keyframe(now, source.publisher, source.track, 0, sink);
+        if !self.replay_keyframe(now, viewer, index, sink) {
+            self.request_keyframe(now, source.publisher, source.track, 0, sink);
+        }
         Ok(index)
+    }
+
+    /// Starts a viewer track that waits for a key frame from the cache: the layer's last key
+    /// frame and every packet since, sent now, so the publisher need not make another. Only
+    /// where the key frame came after what the viewer was last sent (its timestamps go on from
+    /// there), is recent, and every packet since is at hand. Returns whether it did.
+    fn replay_keyframe(
+        &mut self,
+        now: Instant,
+        viewer: SessionId,
+        index: usize,
+        sink: &mut impl Sink,
+    ) -> bool {
+        let Some(v) = self.viewers.get_mut(&viewer) else {
+            return false;
+        };
+        let Some(vt) = v.tracks.get_mut(index).filter(|t| t.live) else {
+            return false;
+        };
+        let Some(slot) = vt.fwd.target().filter(|&t| vt.fwd.current() != Some(t)) else {
+            return false;
+        };
+        let Some(src) = self
+            .publishers
+            .get(&vt.spec.source.publisher)
+            .and_then(|p| p.tracks.get(vt.spec.source.track))
+        else {
+            return false;
+        };
+        let Some(layer) = src.layers.get(usize::from(slot)) else {
+            return false;
+        };
+        let (Some((first, key_at)), Some(last)) = (layer.key_start, layer.last_seq) else {
+            return false;
+        };
+        let count = last.wrapping_sub(first).wrapping_add(1);
+        if now.saturating_duration_since(key_at) > KEYFRAME_REPLAY_AGE
+            || count > KEYFRAME_REPLAY_PACKETS
+            || vt.fwd.last_sent_at().is_some_and(|at| at >= key_at)
+            || (0..count).any(|k| layer.cache.get(now, first.wrapping_add(k)).is_none())
+        {
+            return false;
+        }
+        for k in 0..count {
+            let Some((pkt, view)) = layer.cache.get(now, first.wrapping_add(k)) else {
+                continue;
+            };
+            // Decided as of the key frame's arrival, so timestamps count from then.
+            let Decision::Forward(rw) = vt.fwd.decide(key_at, slot, view, view.payload(pkt)) else {
+                continue;
+            };
+            let transport_seq = v.cc.take_seq(&vt.spec.ext);
+            let ext = vt.translation(&src.spec.ext, transport_seq);
+            let Ok(n) = write_header(&mut self.header, pkt, view, &rw, ext) else {
+                continue;
+            };
+            let (prefix, payload) = payload_prefix(&vt.fwd, view.payload(pkt), &mut self.prefix);
+            sink.rtp(viewer, &self.header[..n], prefix, payload);
+            let len = n + prefix.len() + payload.len();
+            if let Some(t) = transport_seq {
+                vt.sent_transport_seq[rw.sequence as usize % SENT_TRANSPORT_SEQ] = (rw.sequence, t);
+            }
+            v.cc.sent(now, transport_seq, len);
+            self.counters.forwarded_packets += 1;
+            self.counters.forwarded_bytes += len as u64;
+            self.counters.replayed_packets += 1;
+        }
+        vt.fwd.current() == Some(slot)
     }
 
     /// Stops forwarding one viewer track (its slot stays, so other indices do not move).
@@ -961,6 +1047,10 @@ impl Relay {
         layer.stats.on_packet(now, view.sequence, view.timestamp);
         layer.cache.insert(now, packet, view);
         let payload = view.payload(buf);
+        if newer && track.spec.kind == MediaKind::Video && track.spec.codec.starts_keyframe(payload)
+        {
+            track.layers[li].key_start = Some((view.sequence, now));
+        }
         if let Some(svc) = track.svc.as_deref_mut() {
             svc.on_packet(now, payload, buf.len());
         }
@@ -1261,6 +1351,7 @@ impl Relay {
             publishers,
             rooms,
             resumed,
+            starting,
             counters,
             header,
             rtx_body,
@@ -1437,21 +1528,23 @@ impl Relay {
                         if vt.fwd.target() != Some(slot) {
                             vt.fwd.set_target(slot);
                         }
-                        // A switch (or resume) waits for a key frame of the layer: ask for one
-                        // each round until it comes (requests are rate-limited per layer).
-                        let mut key_wait = vt.fwd.current() != Some(slot);
+                        // A switch (or resume) waits for a key frame of the layer: the cache's,
+                        // or one asked for each round until it comes (rate-limited per layer).
+                        let mut larger = false;
                         if n_choices > 0 {
                             // Within an SVC stream, a larger picture starts at a key picture;
                             // smaller ones and frame rates change without one.
                             let want = choices[layer].0;
                             vt.fwd.set_svc_target(want);
-                            key_wait |= vt
+                            larger = vt
                                 .fwd
                                 .svc_layers()
                                 .is_some_and(|(_, cur)| cur.spatial < want.spatial);
                         }
                         let key = (vt.spec.source, slot);
-                        if key_wait && !resumed.contains(&key) {
+                        if vt.fwd.current() != Some(slot) {
+                            starting.push((vid, i, key.0, key.1));
+                        } else if larger && !resumed.contains(&key) {
                             resumed.push(key);
                         }
                     }
@@ -1491,6 +1584,14 @@ impl Relay {
                 }
             }
         }
+        let mut starting = std::mem::take(&mut self.starting);
+        for (vid, i, src, layer) in starting.drain(..) {
+            let key = (src, layer);
+            if !self.replay_keyframe(now, vid, i, sink) && !self.resumed.contains(&key) {
+                self.resumed.push(key);
+            }
+        }
+        self.starting = starting;
         let mut list = std::mem::take(&mut self.resumed);
         for (src, layer) in list.drain(..) {
             self.request_keyframe(now, src.publisher, src.track, layer, sink);

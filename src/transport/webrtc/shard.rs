@@ -117,6 +117,8 @@ pub struct ShardStats {
     pub red_packets: u64,
     /// Audio packets re-encoded at a low bitrate for viewers whose links need it.
     pub transcoded_packets: u64,
+    /// Video packets sent to starting viewers from the key-frame cache (no new key frame asked).
+    pub replayed_packets: u64,
     pub dropped_packets: u64,
     pub keyframe_requests: u64,
     pub sessions_closed: u64,
@@ -151,7 +153,7 @@ impl ShardStats {
         self.probes += o.probes;
         self.red_packets += o.red_packets;
         self.transcoded_packets += o.transcoded_packets;
-
+        self.replayed_packets += o.replayed_packets;
         self.dropped_packets += o.dropped_packets;
         self.keyframe_requests += o.keyframe_requests;
         self.sessions_closed += o.sessions_closed;
@@ -363,7 +365,7 @@ impl Shard {
             probes: c.probes,
             red_packets: c.red_packets,
             transcoded_packets: c.transcoded_packets,
-
+            replayed_packets: c.replayed_packets,
             dropped_packets: c.dropped_packets,
             keyframe_requests: c.keyframe_requests,
             sessions_closed: self.closed,
