@@ -1622,7 +1622,9 @@ fn joining_viewers_start_from_the_cached_key_frame() {
     let t0 = Instant::now();
     let mut relay = Relay::new(RelayConfig::default());
     let mut sink = Recorder::default();
-    relay.add_publisher(PUB, "room", 77, publisher_tracks()).unwrap();
+    relay
+        .add_publisher(PUB, "room", 77, publisher_tracks())
+        .unwrap();
     add_viewer(&mut relay, t0, V1, viewer_tracks(0x100), &mut sink);
     let plis = |sink: &mut Recorder| {
         let (_, rtcp) = sink.take();
@@ -1650,7 +1652,12 @@ fn joining_viewers_start_from_the_cached_key_frame() {
     let at = t0 + Duration::from_millis(300);
     add_viewer(&mut relay, at, V2, viewer_tracks(0x200), &mut sink);
     let (rtp_out, rtcp_out) = sink.take();
-    assert!(rtcp_of(&rtcp_out, PUB).iter().all(|r| !r.starts_with("Pli")), "no key frame asked for");
+    assert!(
+        rtcp_of(&rtcp_out, PUB)
+            .iter()
+            .all(|r| !r.starts_with("Pli")),
+        "no key frame asked for"
+    );
     let got: Vec<(u16, Vec<u8>)> = rtp_out
         .iter()
         .filter(|(to, _)| *to == V2)
@@ -1659,7 +1666,11 @@ fn joining_viewers_start_from_the_cached_key_frame() {
             (v.sequence, v.payload(p).to_vec())
         })
         .collect();
-    assert_eq!(got.len(), 10, "V2 is sent the key frame and every packet since");
+    assert_eq!(
+        got.len(),
+        10,
+        "V2 is sent the key frame and every packet since"
+    );
     assert_eq!(got[0].1, KEY);
     let seqs: Vec<u16> = got.iter().map(|g| g.0).collect();
     assert_eq!(seqs, (100..110).collect::<Vec<u16>>());
@@ -1679,6 +1690,108 @@ fn joining_viewers_start_from_the_cached_key_frame() {
     sink.take();
     let late = t0 + Duration::from_millis(1500);
     add_viewer(&mut relay, late, V3, viewer_tracks(0x300), &mut sink);
-    assert_eq!(plis(&mut sink), 1, "a key frame over a second old is not replayed");
+    assert_eq!(
+        plis(&mut sink),
+        1,
+        "a key frame over a second old is not replayed"
+    );
     assert_eq!(relay.counters().replayed_packets, 10);
+}
+
+/// Video to a viewer whose link is known leaves paced: a key frame's burst of 30 packets is
+/// spread at 2.5 times the estimate instead of going out at once, audio is not held behind it,
+/// and transport-wide numbers follow the order packets leave in.
+#[test]
+fn video_is_paced_to_the_viewers_estimate() {
+    use volna::core::rtcp::Remb;
+    let t0 = Instant::now();
+    let mut relay = Relay::new(RelayConfig::default());
+    let mut sink = Recorder::default();
+    relay
+        .add_publisher(PUB, "room", 77, publisher_tracks())
+        .unwrap();
+    add_viewer(
+        &mut relay,
+        t0,
+        V1,
+        transport_cc_tracks(0x100, false),
+        &mut sink,
+    );
+    let mut b = [0u8; 64];
+    let n = Remb {
+        sender_ssrc: 0x100,
+        bitrate_bps: 1_000_000,
+        ssrc: 0x101,
+    }
+    .write(&mut b)
+    .unwrap();
+    relay.handle_viewer_rtcp(t0, V1, &b[..n], &mut sink);
+    sink.take();
+    // The key frame: 30 packets of about 1000 bytes, all at 10 ms.
+    let at = t0 + Duration::from_millis(10);
+    for k in 0..30u16 {
+        let mut payload = if k == 0 {
+            KEY.to_vec()
+        } else {
+            vec![0x00, 0x00]
+        };
+        payload.resize(1000, 0xab);
+        feed(
+            &mut relay,
+            at,
+            &rtp(VIDEO_SSRC, 96, 500 + k, 900, &[], &payload),
+            &mut sink,
+        );
+    }
+    // (ms, payload type, transport-wide number) of each packet sent to V1.
+    let mut out: Vec<(u64, u8, u16)> = Vec::new();
+    let record = |out: &mut Vec<(u64, u8, u16)>, sink: &mut Recorder, ms: u64| {
+        for (to, p) in sink.take().0 {
+            if to == V1 {
+                let v = RtpView::parse(&p).unwrap();
+                out.push((ms, v.payload_type, transport_seq(&p).unwrap()));
+            }
+        }
+    };
+    record(&mut out, &mut sink, 10);
+    assert!(
+        out.len() <= 3,
+        "only the first packets leave at once: {}",
+        out.len()
+    );
+    for ms in 11..300u64 {
+        let now = t0 + Duration::from_millis(ms);
+        if ms % 20 == 0 {
+            let p = rtp(AUDIO_SSRC, 111, ms as u16, ms as u32 * 48, &[], &[0xfc; 60]);
+            feed(&mut relay, now, &p, &mut sink);
+        }
+        if relay.poll_timeout().is_some_and(|t| t <= now) {
+            relay.handle_timeout(now, &mut sink);
+        }
+        record(&mut out, &mut sink, ms);
+    }
+    let video: Vec<u64> = out.iter().filter(|o| o.1 == 98).map(|o| o.0).collect();
+    assert_eq!(video.len(), 30, "every packet of the key frame leaves");
+    let spread = video[29] - video[0];
+    // 30 kB at 2.5 Mbps: about 96 ms.
+    assert!(
+        (70..=130).contains(&spread),
+        "spread over {spread} ms: {video:?}"
+    );
+    let audio_during: Vec<u64> = out
+        .iter()
+        .filter(|o| o.1 == 109 && o.0 < video[29])
+        .map(|o| o.0)
+        .collect();
+    assert!(
+        audio_during.iter().all(|ms| ms % 20 == 0) && !audio_during.is_empty(),
+        "audio leaves as it comes, between video packets: {audio_during:?}"
+    );
+    for w in out.windows(2) {
+        assert_eq!(
+            w[1].2,
+            w[0].2.wrapping_add(1),
+            "numbered in the order sent: {out:?}"
+        );
+    }
 }

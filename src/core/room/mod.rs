@@ -6,6 +6,7 @@
 //! Nothing here reads a clock or touches a socket.
 
 pub mod alloc;
+mod pacer;
 mod stats;
 mod svc;
 pub mod twcc_rx;
@@ -333,7 +334,65 @@ struct Viewer {
     probe_out: Option<ProbeOut>,
     /// Audio goes as RED (where negotiated) until then: set while the link loses packets.
     red_until: Option<Instant>,
+    /// Its video, waiting to leave at the pacing rate.
+    pacer: pacer::Pacer,
 }
+
+impl Viewer {
+    /// The rate its video leaves at, a margin above its estimate; `None` (not paced) while
+    /// nothing tells about its link.
+    fn pacing_rate(&self) -> Option<u64> {
+        self.cc
+            .has_signal()
+            .then(|| (self.cc.bwe.estimate_bps() as f64 * PACING_FACTOR) as u64)
+    }
+
+    /// Sends the queued video that is due; returns when more will be.
+    fn pace(&mut self, now: Instant, vid: SessionId, sink: &mut impl Sink) -> Option<Instant> {
+        // Without a rate (the signal went away), what waits goes at once.
+        let rate = self.pacing_rate().unwrap_or(u64::MAX / 2);
+        while let Some(mut q) = self.pacer.pop(now, rate) {
+            self.send_queued(now, vid, &mut q, sink);
+        }
+        self.pacer.next_due(rate)
+    }
+
+    /// One queued packet out, with the next transport-wide number written into its header.
+    fn send_queued(
+        &mut self,
+        now: Instant,
+        vid: SessionId,
+        q: &mut pacer::Queued,
+        sink: &mut impl Sink,
+    ) {
+        let transport_seq = q.transport_seq_at.map(|at| {
+            let seq = self.cc.next_seq;
+            self.cc.next_seq = seq.wrapping_add(1);
+            q.header[at..at + 2].copy_from_slice(&seq.to_be_bytes());
+            seq
+        });
+        let payload = &q.packet[q.payload.0..q.payload.1];
+        sink.rtp(
+            vid,
+            &q.header[..q.header_len],
+            &q.prefix[..q.prefix_len],
+            payload,
+        );
+        if let (Some(t), Some(vt)) = (transport_seq, self.tracks.get_mut(q.track)) {
+            if let Some(slot) = vt
+                .sent_transport_seq
+                .get_mut(usize::from(q.sequence) % SENT_TRANSPORT_SEQ)
+            {
+                *slot = (q.sequence, t);
+            }
+        }
+        self.cc.sent(now, transport_seq, q.len());
+    }
+}
+
+/// Video is paced at this multiple of the viewer's estimate (as GCC senders do): bursts are
+/// spread out, and the estimate can still be exceeded enough to be tested.
+const PACING_FACTOR: f64 = 2.5;
 
 /// Congestion control of one viewer's transport: transport-wide sequence numbers on what it is
 /// sent, and the estimate its feedback (or REMB) gives.
@@ -619,6 +678,9 @@ pub struct Relay {
     /// Viewer tracks (viewer, index, source, layer) a round found waiting for a key frame to
     /// start on: sent from the cache where it can, else asked for in `resumed`.
     starting: Vec<(SessionId, usize, TrackRef, u8)>,
+    /// Viewers with video waiting in their pacers, and when the first of it is due.
+    pacing: Vec<SessionId>,
+    next_pace: Option<Instant>,
     /// Per source track, the layers (bit per slot) some viewer would take (reused).
     wanted: Vec<(TrackRef, u8)>,
     /// Publisher tracks with simulcast layers.
@@ -648,7 +710,9 @@ impl Relay {
             next_twcc_feedback: None,
             next_probe: None,
             resumed: Vec::new(),
-            starting: Vec::new(),
+            starting: Vec::with_capacity(64),
+            pacing: Vec::with_capacity(64),
+            next_pace: None,
             wanted: Vec::new(),
             simulcast_tracks: 0,
             low_sources: Vec::new(),
@@ -760,6 +824,7 @@ impl Relay {
                 cc: ViewerCc::new(),
                 probe_out: None,
                 red_until: None,
+                pacer: pacer::Pacer::new(),
             },
         );
         Ok(())
@@ -1087,6 +1152,23 @@ impl Relay {
                     continue;
                 }
             };
+            if track.spec.kind == MediaKind::Video && v.cc.has_signal() {
+                let hp = (&mut self.header, &mut self.prefix);
+                if let Some(q) = queue_entry(now, vti, vt, &track.spec.ext, packet, view, &rw, hp) {
+                    self.counters.forwarded_packets += 1;
+                    self.counters.forwarded_bytes += q.len() as u64;
+                    if let Some(mut oldest) = v.pacer.push(q) {
+                        v.send_queued(now, vid, &mut oldest, sink);
+                    }
+                    if let Some(due) = v.pace(now, vid, sink) {
+                        self.next_pace = Some(self.next_pace.map_or(due, |n| n.min(due)));
+                        if !self.pacing.contains(&vid) {
+                            self.pacing.push(vid);
+                        }
+                    }
+                    continue;
+                }
+            }
             let transport_seq = v.cc.take_seq(&vt.spec.ext);
             let ext = vt.translation(&track.spec.ext, transport_seq);
             match write_header(&mut self.header, buf, view, &rw, ext) {
@@ -1701,7 +1783,7 @@ impl Relay {
         if let Some(a) = self.next_allocation.filter(|_| rounds) {
             next = Some(next.map_or(a, |n| n.min(a)));
         }
-        for t in [self.next_twcc_feedback, self.next_probe]
+        for t in [self.next_twcc_feedback, self.next_probe, self.next_pace]
             .into_iter()
             .flatten()
         {
@@ -1732,6 +1814,21 @@ impl Relay {
         if rounds && self.next_allocation.is_none_or(|t| now >= t) {
             self.next_allocation = Some(now + ALLOCATION_INTERVAL);
             self.allocate(now, sink);
+        }
+        if self.next_pace.is_some_and(|t| now >= t) {
+            self.next_pace = None;
+            let mut pacing = std::mem::take(&mut self.pacing);
+            pacing.retain(|vid| {
+                let Some(v) = self.viewers.get_mut(vid) else {
+                    return false;
+                };
+                let due = v.pace(now, *vid, sink);
+                if let Some(due) = due {
+                    self.next_pace = Some(self.next_pace.map_or(due, |n| n.min(due)));
+                }
+                due.is_some()
+            });
+            self.pacing = pacing;
         }
         if self.next_probe.is_some_and(|t| now >= t) {
             self.next_probe = None;
@@ -1892,6 +1989,57 @@ fn send_keyframe_request(
 
 /// Splits a payload for one viewer: its VP8 descriptor rewritten into `buf` when the viewer's
 /// picture ids are shifted (after a layer switch), and the shared rest.
+/// A forwarded video packet made ready to wait in the viewer's pacer: its header rewritten (with
+/// room for the transport-wide number, written when it leaves) and payload prefix copied, the
+/// payload shared. `None` where it does not fit the queue's slots (it is then sent at once).
+#[allow(clippy::too_many_arguments)]
+fn queue_entry(
+    now: Instant,
+    index: usize,
+    vt: &ViewerTrack,
+    from: &ExtMap,
+    packet: &Bytes,
+    view: &RtpView,
+    rw: &Rewrite,
+    (header, prefix_buf): (&mut [u8; 512], &mut [u8; 16]),
+) -> Option<pacer::Queued> {
+    let twcc = vt.spec.ext.id(ExtKind::TransportWideCc);
+    let n = write_header(
+        header,
+        packet,
+        view,
+        rw,
+        vt.translation(from, twcc.map(|_| 0)),
+    )
+    .ok()?;
+    let header = header.get(..n).filter(|h| h.len() <= pacer::HEADER_MAX)?;
+    let transport_seq_at = match twcc {
+        Some(id) => {
+            let written = RtpView::parse(header).ok()?;
+            let (_, data) = written.extensions(header).find(|(i, _)| *i == id)?;
+            Some(data.as_ptr() as usize - header.as_ptr() as usize)
+        }
+        None => None,
+    };
+    let (prefix, payload) = payload_prefix(&vt.fwd, view.payload(packet), prefix_buf);
+    let start = payload.as_ptr() as usize - packet.as_ptr() as usize;
+    let mut q = pacer::Queued {
+        track: index,
+        sequence: rw.sequence,
+        header: [0; pacer::HEADER_MAX],
+        header_len: n,
+        transport_seq_at,
+        prefix: [0; pacer::PREFIX_MAX],
+        prefix_len: prefix.len(),
+        packet: packet.clone(),
+        payload: (start, start + payload.len()),
+        queued_at: now,
+    };
+    q.header[..n].copy_from_slice(header);
+    q.prefix.get_mut(..prefix.len())?.copy_from_slice(prefix);
+    Some(q)
+}
+
 fn payload_prefix<'a, 'b>(
     fwd: &Forwarder,
     payload: &'a [u8],
