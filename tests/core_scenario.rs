@@ -1795,3 +1795,212 @@ fn video_is_paced_to_the_viewers_estimate() {
         );
     }
 }
+
+/// Bits written MSB first, for building dependency descriptors.
+fn bits(fields: &[(u32, u32)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut n = 0;
+    for &(width, value) in fields {
+        for i in (0..width).rev() {
+            if n % 8 == 0 {
+                out.push(0);
+            }
+            *out.last_mut().unwrap() |= (((value >> i) & 1) as u8) << (7 - n % 8);
+            n += 1;
+        }
+    }
+    out
+}
+
+/// AV1 with two spatial layers in one SSRC, described by the dependency descriptor: the viewer
+/// with room gets both, the narrow one only the smaller picture (renumbered, marker moved) until
+/// it has room and a key frame brings the larger one back.
+#[test]
+fn av1_layers_follow_the_dependency_descriptor() {
+    use volna::core::rtcp::Remb;
+    let t0 = Instant::now();
+    let mut relay = Relay::new(RelayConfig::default());
+    let mut sink = Recorder::default();
+    let mut tracks = publisher_tracks();
+    tracks[1].codec = Codec::Av1;
+    tracks[1].ext = ext(&[(4, ExtKind::Mid), (12, ExtKind::DependencyDescriptor)]);
+    relay.add_publisher(PUB, "room", 77, tracks).unwrap();
+    add_viewer(&mut relay, t0, V1, viewer_tracks(0x100), &mut sink);
+    add_viewer(&mut relay, t0, V2, viewer_tracks(0x200), &mut sink);
+    let remb = |viewer_ssrc: u32, bps: u64| {
+        let mut b = [0u8; 64];
+        let n = Remb {
+            sender_ssrc: viewer_ssrc,
+            bitrate_bps: bps,
+            ssrc: viewer_ssrc + 1,
+        }
+        .write(&mut b)
+        .unwrap();
+        b[..n].to_vec()
+    };
+    relay.handle_viewer_rtcp(t0, V1, &remb(0x100, 5_000_000), &mut sink);
+    relay.handle_viewer_rtcp(t0, V2, &remb(0x200, 250_000), &mut sink);
+    // L2T1: decode targets S0 and S1; templates S0 key (S S), S0 (R R), S1 on a key picture
+    // (- S), S1 (- R); no chains, no resolutions.
+    let structure: Vec<(u32, u32)> = vec![
+        (1, 1),
+        (1, 0),
+        (1, 0),
+        (1, 0),
+        (1, 0), // structure present, nothing custom
+        (6, 0),
+        (5, 1), // template id offset 0, two decode targets
+        (2, 0),
+        (2, 2),
+        (2, 0),
+        (2, 3), // layers: S0, S0, S1, S1
+        (2, 2),
+        (2, 2),
+        (2, 3),
+        (2, 3),
+        (2, 0),
+        (2, 2),
+        (2, 0),
+        (2, 3), // dtis
+        (1, 0),
+        (1, 1),
+        (4, 1),
+        (1, 0),
+        (1, 1),
+        (4, 0),
+        (1, 0),
+        (1, 1),
+        (4, 0),
+        (1, 1),
+        (4, 1),
+        (1, 0), // fdiffs
+        (1, 0),
+        (1, 0), // no chains, no resolutions
+    ];
+    let dd = |start: bool, end: bool, template: u32, frame: u32, key: bool| {
+        let mut f = vec![
+            (1, u32::from(start)),
+            (1, u32::from(end)),
+            (6, template),
+            (16, frame),
+        ];
+        if key {
+            f.extend_from_slice(&structure);
+        }
+        bits(&f)
+    };
+    // Packets per frame and their size, by spatial id: about 50 and 500 kbps.
+    const PACKETS: [(usize, usize); 2] = [(1, 200), (4, 500)];
+    let (mut seq, mut frame, mut key_due) = (100u16, 0u32, true);
+    type Got = Vec<(u16, u8, bool)>;
+    let mut run = |relay: &mut Relay, sink: &mut Recorder, from_ms: u64, to_ms: u64| {
+        let (mut v1, mut v2, mut plis): (Got, Got, usize) = (Vec::new(), Vec::new(), 0);
+        for ms in from_ms..to_ms {
+            let now = t0 + Duration::from_millis(ms);
+            if ms % 20 == 0 {
+                let p = rtp(
+                    AUDIO_SSRC,
+                    111,
+                    (ms / 20) as u16,
+                    ms as u32 * 48,
+                    &[],
+                    &[0xfc; 60],
+                );
+                feed(relay, now, &p, sink);
+            }
+            if ms % 33 == 0 {
+                let key = std::mem::take(&mut key_due);
+                for (sid, &(count, len)) in PACKETS.iter().enumerate() {
+                    let template = match (sid, key) {
+                        (0, true) => 0,
+                        (0, false) => 1,
+                        (_, true) => 2,
+                        _ => 3,
+                    };
+                    for k in 0..count {
+                        let d = dd(
+                            k == 0,
+                            k + 1 == count,
+                            template,
+                            frame * 2 + sid as u32,
+                            key && sid == 0 && k == 0,
+                        );
+                        let mut e = vec![(12 << 4) | (d.len() as u8 - 1)];
+                        e.extend_from_slice(&d);
+                        // Aggregation header: N on a key frame's first packet; then the spatial
+                        // id, for the test to read back.
+                        let n = if key && sid == 0 && k == 0 { 0x08 } else { 0 };
+                        let mut payload = vec![0x10 | n, sid as u8];
+                        payload.resize(len, 0xab);
+                        let mut p = rtp(VIDEO_SSRC, 96, seq, frame * 3000, &e, &payload);
+                        if sid == 1 && k + 1 == count {
+                            p[1] |= 0x80;
+                        }
+                        feed(relay, now, &p, sink);
+                        seq = seq.wrapping_add(1);
+                    }
+                }
+                frame += 1;
+            }
+            if ms % 10 == 0 {
+                relay.handle_timeout(now, sink);
+            }
+            let (rtp_out, rtcp_out) = sink.take();
+            plis += rtcp_of(&rtcp_out, PUB)
+                .iter()
+                .filter(|r| r.starts_with("Pli"))
+                .count();
+            if plis > 0 {
+                key_due = true;
+            }
+            for (to, p) in &rtp_out {
+                let v = RtpView::parse(p).unwrap();
+                if v.payload_type != 98 {
+                    continue;
+                }
+                let got = (v.sequence, v.payload(p)[1], v.marker);
+                match *to {
+                    V1 => v1.push(got),
+                    V2 => v2.push(got),
+                    _ => {}
+                }
+            }
+        }
+        (v1, v2, plis)
+    };
+    let (v1, v2, _) = run(&mut relay, &mut sink, 0, 3000);
+    let late = |v: &Got| v[v.len().saturating_sub(30)..].to_vec();
+    assert!(
+        (0..2).all(|s| late(&v1).iter().any(|p| p.1 == s)),
+        "V1 gets both layers"
+    );
+    assert!(
+        late(&v1).iter().filter(|p| p.2).all(|p| p.1 == 1),
+        "V1's pictures end on layer 1"
+    );
+    let v2_late = late(&v2);
+    assert!(
+        v2.len() > 60 && v2_late.iter().all(|p| p.1 == 0 && p.2),
+        "V2 gets layer 0 only, each frame ending its picture: {v2_late:?}"
+    );
+    relay.handle_viewer_rtcp(
+        t0 + Duration::from_millis(3000),
+        V2,
+        &remb(0x200, 5_000_000),
+        &mut sink,
+    );
+    let (_, v2b, plis) = run(&mut relay, &mut sink, 3000, 5000);
+    assert!(plis >= 1, "a key frame is asked for");
+    assert!(
+        (0..2).all(|s| late(&v2b).iter().any(|p| p.1 == s)),
+        "V2 gets both layers once it has room"
+    );
+    let all: Got = v2.iter().chain(&v2b).copied().collect();
+    for w in all.windows(2) {
+        assert_eq!(
+            w[1].0,
+            w[0].0.wrapping_add(1),
+            "one numbering for V2: {w:?}"
+        );
+    }
+}

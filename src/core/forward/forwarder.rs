@@ -6,9 +6,11 @@
 //! switch (or a resume after a pause) happens at a key frame of the new layer, and the viewer's
 //! numbering goes on right after the last packet it got, so its decoder sees one clean stream.
 //!
-//! A VP9 stream may carry spatial and temporal layers in one SSRC (SVC). The viewer is sent the
-//! layers up to its [`SvcLayers`]: higher ones are left out, the packets that remain are numbered
-//! without gaps, and the marker bit ends each picture at the highest spatial layer sent.
+//! A VP9 or AV1 stream may carry spatial and temporal layers in one SSRC (SVC). The viewer is
+//! sent the layers up to its [`SvcLayers`]: higher ones are left out, the packets that remain are
+//! numbered without gaps, and the marker bit ends each picture at the highest spatial layer sent.
+//! VP9 names the layers in its payload descriptor; for AV1 the caller reads the dependency
+//! descriptor extension and passes a [`LayerFrame`].
 
 use std::time::Instant;
 
@@ -70,6 +72,28 @@ impl SvcLayers {
     };
 }
 
+/// An SVC frame as a header extension describes it (AV1's dependency descriptor).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerFrame {
+    /// First and last packet of the frame.
+    pub start: bool,
+    pub end: bool,
+    pub spatial: u8,
+    pub temporal: u8,
+    /// A key frame (it came with a new dependency structure).
+    pub key: bool,
+    /// The layers (bit `spatial * 8 + temporal`) whose decode targets may be switched to at
+    /// this frame.
+    pub switch_points: u64,
+}
+
+impl LayerFrame {
+    fn switch_point(&self, to: SvcLayers) -> bool {
+        let bit = u32::from(to.spatial.min(7)) * 8 + u32::from(to.temporal.min(7));
+        self.switch_points & (1 << bit) != 0
+    }
+}
+
 /// Per-viewer state of an SVC stream: the layers followed, and how the source numbering maps to
 /// the viewer's once packets are left out. Indexed by extended source sequence number (or the
 /// viewer's, for `source_of`) modulo `SEEN`, like `Forwarder::seen`.
@@ -103,8 +127,27 @@ impl Svc {
         }
     }
 
-    /// Moves the layers sent at the switching points `d` offers; returns whether its packet is
-    /// sent.
+    /// Moves the layers sent at the switching points the frame offers; returns whether its
+    /// packet is sent.
+    fn follow_frame(&mut self, f: &LayerFrame) -> bool {
+        let (cur, target) = (&mut self.current, self.target);
+        if f.start && f.spatial == 0 {
+            if f.key {
+                *cur = target;
+            } else {
+                // A new picture: stepping down is safe at once.
+                cur.spatial = cur.spatial.min(target.spatial);
+                cur.temporal = cur.temporal.min(target.temporal);
+            }
+        }
+        // Up where the frame is a switching point for the layers wanted.
+        if f.start && *cur != target && f.switch_point(target) {
+            *cur = target;
+        }
+        f.spatial <= cur.spatial && f.temporal <= cur.temporal
+    }
+
+    /// The same for a VP9 packet, by its descriptor.
     fn follow(&mut self, d: &vp9::Descriptor) -> bool {
         let (cur, target) = (&mut self.current, self.target);
         if d.begin && d.sid == 0 {
@@ -188,7 +231,7 @@ pub struct Forwarder {
     seen: [u64; SEEN / 64],
     last_out: Option<LastOut>,
     vp8: Vp8Shift,
-    /// VP9 only (boxed: a few kilobytes other codecs do without).
+    /// VP9 and AV1 only (boxed: a few kilobytes other codecs do without).
     svc: Option<Box<Svc>>,
     packets: u32,
     octets: u32,
@@ -218,7 +261,7 @@ impl Forwarder {
             seen: [0; SEEN / 64],
             last_out: None,
             vp8: Vp8Shift::default(),
-            svc: (codec == Codec::Vp9).then(|| Box::new(Svc::new())),
+            svc: matches!(codec, Codec::Vp9 | Codec::Av1).then(|| Box::new(Svc::new())),
             packets: 0,
             octets: 0,
         }
@@ -287,6 +330,18 @@ impl Forwarder {
 
     /// One packet of `layer` of the source track.
     pub fn decide(&mut self, now: Instant, layer: u8, view: &RtpView, payload: &[u8]) -> Decision {
+        self.decide_frame(now, layer, view, payload, None)
+    }
+
+    /// The same, for a packet whose SVC layers a header extension told (`frame`).
+    pub fn decide_frame(
+        &mut self,
+        now: Instant,
+        layer: u8,
+        view: &RtpView,
+        payload: &[u8],
+        frame: Option<&LayerFrame>,
+    ) -> Decision {
         let Some(target) = self.target else {
             self.note_skipped(layer, view.sequence);
             return Decision::Drop(DropReason::Paused);
@@ -346,11 +401,20 @@ impl Forwarder {
             if bit(&svc.thinned, i) {
                 return Decision::Drop(DropReason::Thinned);
             }
-            if let Some(d) = vp9::Descriptor::parse(payload).filter(|d| d.layered) {
-                let sent = if newest {
-                    svc.follow(&d)
-                } else {
-                    d.sid <= svc.current.spatial && d.tid <= svc.current.temporal
+            let vp9 = || {
+                let d = vp9::Descriptor::parse(payload).filter(|d| d.layered)?;
+                Some((d, d.end, d.sid, d.tid))
+            };
+            let layers = match frame {
+                Some(f) => Some((None, f.end, f.spatial, f.temporal)),
+                None if self.codec == Codec::Vp9 => vp9().map(|(d, e, s, t)| (Some(d), e, s, t)),
+                None => None,
+            };
+            if let Some((d, end, sid, tid)) = layers {
+                let sent = match (newest, frame, d) {
+                    (true, Some(f), _) => svc.follow_frame(f),
+                    (true, None, Some(d)) => svc.follow(&d),
+                    _ => sid <= svc.current.spatial && tid <= svc.current.temporal,
                 };
                 if !sent {
                     // Left out: later packets are numbered as if it never was. A late one
@@ -363,7 +427,7 @@ impl Forwarder {
                     return Decision::Drop(DropReason::Thinned);
                 }
                 // The picture ends, for this viewer, with the highest spatial layer it gets.
-                marker |= d.end && d.sid == svc.current.spatial;
+                marker |= end && sid == svc.current.spatial;
             }
             thinned_before = svc.thinned_before[i];
         }

@@ -3,4 +3,4 @@
 
 pub mod forwarder;
 
-pub use forwarder::{Decision, DropReason, Forwarder, SvcLayers};
+pub use forwarder::{Decision, DropReason, Forwarder, LayerFrame, SvcLayers};

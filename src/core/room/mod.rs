@@ -177,8 +177,10 @@ struct PubTrack {
     loudness: f32,
     /// Re-encodes this (Opus) track at a low bitrate while some viewer needs it.
     transcoder: Option<Box<OpusTranscoder>>,
-    /// Rates per spatial and temporal layer, for VP9 (whose streams may carry several).
+    /// Rates per spatial and temporal layer, for VP9 and AV1 (whose streams may carry several).
     svc: Option<Box<svc::SvcRates>>,
+    /// AV1 with the dependency descriptor: its structure, and the extension id.
+    dd: Option<(Box<svc::DdState>, u8)>,
 }
 
 /// One RTP stream of a publisher track: the track itself, or one of its simulcast layers.
@@ -780,7 +782,12 @@ impl Relay {
                     viewers: Vec::new(),
                     loudness: 0.0,
                     transcoder: None,
-                    svc: (spec.codec == Codec::Vp9).then(Box::default),
+                    svc: matches!(spec.codec, Codec::Vp9 | Codec::Av1).then(Box::default),
+                    dd: spec
+                        .ext
+                        .id(ExtKind::DependencyDescriptor)
+                        .filter(|_| spec.codec == Codec::Av1)
+                        .map(|id| (Box::default(), id)),
                     spec,
                 }
             })
@@ -909,7 +916,12 @@ impl Relay {
         else {
             return false;
         };
-        let Some(layer) = src.layers.get(usize::from(slot)) else {
+        // (AV1 frames' layers are in descriptors not kept with the packets.)
+        let Some(layer) = src
+            .layers
+            .get(usize::from(slot))
+            .filter(|_| src.dd.is_none())
+        else {
             return false;
         };
         let (Some((first, key_at)), Some(last)) = (layer.key_start, layer.last_seq) else {
@@ -1116,8 +1128,17 @@ impl Relay {
         {
             track.layers[li].key_start = Some((view.sequence, now));
         }
+        // The layers of an AV1 frame, from its dependency descriptor (read once, for everyone).
+        let frame = track.dd.as_mut().and_then(|(dd, id)| {
+            let (_, data) = view.extensions(buf).find(|(i, _)| *i == *id)?;
+            dd.frame(data)
+        });
         if let Some(svc) = track.svc.as_deref_mut() {
-            svc.on_packet(now, payload, buf.len());
+            match &frame {
+                Some(f) => svc.on_layer(now, f.spatial, f.temporal, buf.len()),
+                None if track.spec.codec == Codec::Vp9 => svc.on_vp9(now, payload, buf.len()),
+                None => {}
+            }
         }
         if track.layers.len() > 1 && track.spec.codec == Codec::Vp8 {
             if let Some(px) = vp8::keyframe_pixels(payload) {
@@ -1141,7 +1162,10 @@ impl Relay {
                 continue;
             };
             let vt = &mut v.tracks[vti];
-            let rw = match vt.fwd.decide(now, li as u8, view, payload) {
+            let rw = match vt
+                .fwd
+                .decide_frame(now, li as u8, view, payload, frame.as_ref())
+            {
                 Decision::Forward(rw) => rw,
                 // Layers the viewer does not follow and paused video are not losses.
                 Decision::Drop(

@@ -1,12 +1,12 @@
-//! What an SVC (VP9) track sends per spatial and temporal layer, and the choices it offers the
+//! What an SVC (VP9 or AV1) track sends per spatial and temporal layer, and the choices it offers the
 //! allocator: the lowest picture at its lowest frame rate, then each picture size at full rate.
 
 use std::time::Instant;
 
 use super::alloc::{Demand, MAX_LAYERS};
 use super::{MediaKind, RateMeter};
-use crate::core::forward::SvcLayers;
-use crate::core::rtp::codec::vp9;
+use crate::core::forward::{LayerFrame, SvcLayers};
+use crate::core::rtp::codec::{av1_dd, vp9};
 
 /// Spatial and temporal ids measured (more are forwarded, but not chosen between).
 const IDS: usize = 4;
@@ -21,15 +21,19 @@ pub(super) struct SvcRates {
 }
 
 impl SvcRates {
-    /// Counts one packet (`len` bytes on the wire) in the layer its descriptor names.
-    pub fn on_packet(&mut self, now: Instant, payload: &[u8], len: usize) {
-        let Some(d) = vp9::Descriptor::parse(payload).filter(|d| d.layered) else {
-            return;
-        };
+    /// Counts one VP9 packet (`len` bytes on the wire) in the layer its descriptor names.
+    pub fn on_vp9(&mut self, now: Instant, payload: &[u8], len: usize) {
+        if let Some(d) = vp9::Descriptor::parse(payload).filter(|d| d.layered) {
+            self.on_layer(now, d.sid, d.tid, len);
+        }
+    }
+
+    /// Counts one packet of layer (`spatial`, `temporal`).
+    pub fn on_layer(&mut self, now: Instant, spatial: u8, temporal: u8, len: usize) {
         if let Some(m) = self
             .meters
-            .get_mut(usize::from(d.sid))
-            .and_then(|m| m.get_mut(usize::from(d.tid)))
+            .get_mut(usize::from(spatial))
+            .and_then(|m| m.get_mut(usize::from(temporal)))
         {
             m.on_bytes(now, len);
         }
@@ -95,6 +99,39 @@ pub(super) fn demand(choices: &[Choice], priority: u8, target: Option<SvcLayers>
     d
 }
 
+/// The dependency descriptors of an AV1 track: the structure of its last key frame.
+#[derive(Default)]
+pub(super) struct DdState {
+    structure: av1_dd::Structure,
+    has_structure: bool,
+}
+
+impl DdState {
+    /// The layers of the frame a packet's descriptor describes; `None` where it cannot be read
+    /// (the packet is then forwarded whole).
+    pub fn frame(&mut self, data: &[u8]) -> Option<LayerFrame> {
+        let f = av1_dd::parse(data, &mut self.structure, &mut self.has_structure).ok()?;
+        let s = &self.structure;
+        let mut switch_points = 0u64;
+        for (dt, &(spatial, temporal)) in s.target_layers[..usize::from(s.decode_targets)]
+            .iter()
+            .enumerate()
+        {
+            if f.dti(dt) == av1_dd::DTI_SWITCH && spatial < 8 && temporal < 8 {
+                switch_points |= 1 << (spatial * 8 + temporal);
+            }
+        }
+        Some(LayerFrame {
+            start: f.start,
+            end: f.end,
+            spatial: f.spatial,
+            temporal: f.temporal,
+            key: f.new_structure,
+            switch_points,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,7 +162,7 @@ mod tests {
                     for t in 0..*temporal {
                         // 1 kB per second per layer: 8 kbps.
                         if ms % 100 == 0 && ms < 1000 || ms == 1000 {
-                            r.on_packet(now, &layer(s, t), if ms == 1000 { 0 } else { 100 });
+                            r.on_vp9(now, &layer(s, t), if ms == 1000 { 0 } else { 100 });
                         }
                     }
                 }

@@ -16,10 +16,13 @@ pub enum ExtKind {
     /// Transport-wide sequence number (draft-holmer-rmcat-transport-wide-cc-extensions-01): volna
     /// numbers what it sends to each viewer and reads the viewer's feedback on it.
     TransportWideCc,
+    /// AV1 dependency descriptor (AV1 RTP specification, appendix A): read from publishers for
+    /// the layers of SVC frames.
+    DependencyDescriptor,
 }
 
 impl ExtKind {
-    pub const ALL: [ExtKind; 9] = [
+    pub const ALL: [ExtKind; 10] = [
         ExtKind::Mid,
         ExtKind::AudioLevel,
         ExtKind::AbsSendTime,
@@ -29,6 +32,7 @@ impl ExtKind {
         ExtKind::RtpStreamId,
         ExtKind::RepairedRtpStreamId,
         ExtKind::TransportWideCc,
+        ExtKind::DependencyDescriptor,
     ];
 
     pub fn uri(self) -> &'static str {
@@ -46,6 +50,9 @@ impl ExtKind {
             ExtKind::TransportWideCc => {
                 "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
             }
+            ExtKind::DependencyDescriptor => {
+                "https://aomediacodec.github.io/av1-rtp-spec/#dependency-descriptor-rtp-header-extension"
+            }
         }
     }
 
@@ -55,7 +62,9 @@ impl ExtKind {
 
     /// Whether a forwarded packet carries the publisher's value of this extension to viewers.
     /// MID and RIDs name the publisher's own m-line and layer, and the transport-wide sequence
-    /// number belongs to the publisher's own transport, so they are never passed on.
+    /// number belongs to the publisher's own transport, so they are never passed on. Nor is the
+    /// dependency descriptor: once layers are left out or simulcast streams switched, its frame
+    /// numbers and structure would no longer describe what the viewer gets.
     pub fn forwarded(self) -> bool {
         !matches!(
             self,
@@ -63,6 +72,7 @@ impl ExtKind {
                 | ExtKind::RtpStreamId
                 | ExtKind::RepairedRtpStreamId
                 | ExtKind::TransportWideCc
+                | ExtKind::DependencyDescriptor
         )
     }
 }

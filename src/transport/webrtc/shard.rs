@@ -27,7 +27,8 @@ use crate::transport::quic::roq::datagram;
 
 /// What publishers may negotiate: the extensions volna passes on or reads, the transport-wide
 /// sequence number (volna answers it with transport-cc feedback, so a publisher's own estimator
-/// can ramp up) and, last, the RID that names a simulcast layer.
+/// can ramp up) and, last, the AV1 dependency descriptor (the layers of SVC frames) and the RID
+/// that names a simulcast layer.
 pub(super) const NEGOTIATED_EXTS: &[ExtKind] = &[
     ExtKind::Mid,
     ExtKind::AudioLevel,
@@ -36,12 +37,14 @@ pub(super) const NEGOTIATED_EXTS: &[ExtKind] = &[
     ExtKind::VideoOrientation,
     ExtKind::PlayoutDelay,
     ExtKind::TransportWideCc,
+    ExtKind::DependencyDescriptor,
     ExtKind::RtpStreamId,
 ];
 
-/// What viewers may negotiate: the same but the RID (what a viewer gets is one stream). volna
-/// writes the transport-wide number itself, so the viewer's feedback drives its estimate.
-pub(super) const VIEWER_EXTS: &[ExtKind] = NEGOTIATED_EXTS.split_at(NEGOTIATED_EXTS.len() - 1).0;
+/// What viewers may negotiate: the same but the last two (what a viewer gets is one stream, its
+/// layers chosen by volna). volna writes the transport-wide number itself, so the viewer's
+/// feedback drives its estimate.
+pub(super) const VIEWER_EXTS: &[ExtKind] = NEGOTIATED_EXTS.split_at(NEGOTIATED_EXTS.len() - 2).0;
 
 /// Limits that keep one client from using up a node.
 #[derive(Debug, Clone)]

@@ -1,6 +1,7 @@
 //! Codec payload descriptors, read only as far as forwarding needs: does this packet start a keyframe?
 
 pub mod av1;
+pub mod av1_dd;
 pub mod h264;
 pub mod vp8;
 pub mod vp9;
