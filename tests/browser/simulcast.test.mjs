@@ -1,8 +1,8 @@
 // Weak links with real Chromium: a simulcast publisher (three layers) and two viewers, one of them
 // in its own namespace behind a veth whose relay-side egress is capped with tbf. The capped viewer
 // gets a layer its link carries, then audio only, and the top layer again when the cap lifts; the
-// uncapped viewer stays on the top layer throughout. Then the same with one VP9 stream carrying
-// spatial and temporal layers (SVC), thinned by the relay per viewer.
+// uncapped viewer stays on the top layer throughout. Then the same with one VP9 stream, and one
+// AV1 stream, carrying spatial and temporal layers (SVC), thinned by the relay per viewer.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { Netns, isRoot, startVolna, startPages, launchChromium, openPage, relayStats, waitFor, sleep } from './lib.mjs';
@@ -214,27 +214,30 @@ test('with 5% random loss on its link the viewer hears continuous audio (RED) an
   }
 });
 
-test('SVC: a viewer capped at 300 kbps decodes the smaller VP9 layers of one stream while the other gets the full picture, and climbs back when the cap lifts', { skip }, async () => {
-  // The simulcast call ends; an SVC one starts, with fresh pages.
+for (const codec of ['VP9', 'AV1']) {
+test(`SVC: a viewer capped at 300 kbps decodes the smaller ${codec} layers of one stream while the other gets the full picture, and climbs back when the cap lifts`, { skip }, async () => {
+  // The call before ends; an SVC one starts, with fresh pages.
   for (const p of [pub, near, far]) await p.evaluate(() => window.hangUp()).catch(() => {});
-  const svcPub = await openPage(browserA, PAGES);
-  const svcNear = await openPage(browserA, PAGES);
-  const svcFar = await openPage(browserB, PAGES);
-  await svcPub.evaluate((u) => window.publishSvc(u, 'L3T3_KEY'), `http://${HTTP}/whip/svc`);
+  pub = await openPage(browserA, PAGES);
+  near = await openPage(browserA, PAGES);
+  far = await openPage(browserB, PAGES);
+  const [svcPub, svcNear, svcFar] = [pub, near, far];
+  const room = `svc${codec}`;
+  await svcPub.evaluate((u, c) => window.publishSvc(u, 'L3T3_KEY', `video/${c}`), `http://${HTTP}/whip/${room}`, codec);
   const sending = await waitFor(async () => {
     const [o] = await svcPub.evaluate(() => window.outbound());
     log('svc publisher', JSON.stringify(o));
     return o && o.framesEncoded > 30 && o.frameWidth === 960 ? o : null;
   }, 20000, 500);
-  assert.ok(sending, `the publisher sends L3T3_KEY at 960 wide: ${JSON.stringify(await svcPub.evaluate(() => window.outbound()))}`);
+  assert.ok(sending, `the publisher sends ${codec} L3T3_KEY at 960 wide: ${JSON.stringify(await svcPub.evaluate(() => window.outbound()))}`);
   assert.equal(sending.scalabilityMode, 'L3T3_KEY');
-  await svcNear.evaluate((u) => window.view(u), `http://${HTTP}/whep/svc`);
+  await svcNear.evaluate((u) => window.view(u, true), `http://${HTTP}/whep/${room}`);
   cap('300kbit');
-  await svcFar.evaluate((u) => window.view(u), `http://${HTTP}/whep/svc`);
+  await svcFar.evaluate((u) => window.view(u, true), `http://${HTTP}/whep/${room}`);
   const full = await waitFor(async () => {
     const n = await svcNear.evaluate(() => window.inbound());
     log('svc settle', JSON.stringify(n), JSON.stringify(await svcFar.evaluate(() => window.inbound())));
-    return n.frameWidth === 960 && /vp9/i.test(n.codec) ? n : null;
+    return n.frameWidth === 960 && n.codec === `video/${codec}` ? n : null;
   }, 30000, 500);
   assert.ok(full, `the uncapped viewer decodes the full picture: ${JSON.stringify(await svcNear.evaluate(() => window.inbound()))}`);
 
@@ -248,7 +251,7 @@ test('SVC: a viewer capped at 300 kbps decodes the smaller VP9 layers of one str
     log('svc capped', JSON.stringify(f), JSON.stringify((await relayStats(svcNear, HTTP)).viewer_estimates));
   }
   const end = await svcFar.evaluate(() => window.inbound());
-  assert.match(end.codec, /vp9/i);
+  assert.equal(end.codec, `video/${codec}`);
   assert.ok(widths.every((w) => w > 0 && w < 960), `the capped viewer decodes a smaller spatial layer: widths ${widths}`);
   assert.ok(end.framesDecoded - start.framesDecoded >= 15 * 7, `it keeps decoding: ${start.framesDecoded} -> ${end.framesDecoded}`);
   assert.ok(end.freezeCount - start.freezeCount <= 1, `at most one freeze in 15 s: ${start.freezeCount} -> ${end.freezeCount}`);
@@ -262,3 +265,4 @@ test('SVC: a viewer capped at 300 kbps decodes the smaller VP9 layers of one str
   }, 10000, 500);
   assert.ok(back, `within 10 s of the cap lifting the viewer gets the full picture: ${JSON.stringify(await svcFar.evaluate(() => window.inbound()))}`);
 });
+}

@@ -887,6 +887,49 @@ mod tests {
         assert_eq!(rw.sequence, 111);
     }
 
+    /// AV1 frames described by a header extension: a temporal layer comes back only at a frame
+    /// that is a switching point for the layers wanted.
+    #[test]
+    fn described_frames_switch_at_their_switch_points() {
+        let mut f = Forwarder::new(Codec::Av1, 90_000, 9, 45, 100, 0);
+        let mut seq = 10u16;
+        let mut send = |f: &mut Forwarder, temporal: u8, key: bool, switch_points: u64| {
+            let frame = LayerFrame {
+                start: true,
+                end: true,
+                spatial: 0,
+                temporal,
+                key,
+                switch_points,
+            };
+            // AV1 aggregation header: N on a key frame.
+            let payload = [if key { 0x18 } else { 0x10 }, 0];
+            seq += 1;
+            match f.decide_frame(t0(), 0, &view(seq, 0), &payload, Some(&frame)) {
+                Decision::Forward(rw) => Some(rw.sequence),
+                Decision::Drop(_) => None,
+            }
+        };
+        let to = |temporal| SvcLayers {
+            spatial: 0,
+            temporal,
+        };
+        assert_eq!(send(&mut f, 0, true, 0), Some(100));
+        assert_eq!(send(&mut f, 1, false, 0), Some(101));
+        f.set_svc_target(to(0));
+        assert_eq!(send(&mut f, 1, false, 0), None, "down at once");
+        assert_eq!(send(&mut f, 0, false, 0), Some(102));
+        f.set_svc_target(to(1));
+        assert_eq!(send(&mut f, 1, false, 0), None, "not a switching point");
+        assert_eq!(send(&mut f, 0, false, 0), Some(103));
+        assert_eq!(
+            send(&mut f, 1, false, 1 << 1),
+            Some(104),
+            "a switching point for T1"
+        );
+        assert_eq!(send(&mut f, 1, false, 0), Some(105));
+    }
+
     #[test]
     fn audio_starts_at_once_and_shifts_timestamps() {
         let mut f = Forwarder::new(Codec::Opus, 48_000, 9, 111, 0, 0);

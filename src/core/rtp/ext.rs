@@ -17,7 +17,8 @@ pub enum ExtKind {
     /// numbers what it sends to each viewer and reads the viewer's feedback on it.
     TransportWideCc,
     /// AV1 dependency descriptor (AV1 RTP specification, appendix A): read from publishers for
-    /// the layers of SVC frames.
+    /// the layers of SVC frames, and passed on to viewers of single-stream AV1 (only they
+    /// negotiate it: across simulcast switches its frame numbers would not go on).
     DependencyDescriptor,
 }
 
@@ -62,9 +63,7 @@ impl ExtKind {
 
     /// Whether a forwarded packet carries the publisher's value of this extension to viewers.
     /// MID and RIDs name the publisher's own m-line and layer, and the transport-wide sequence
-    /// number belongs to the publisher's own transport, so they are never passed on. Nor is the
-    /// dependency descriptor: once layers are left out or simulcast streams switched, its frame
-    /// numbers and structure would no longer describe what the viewer gets.
+    /// number belongs to the publisher's own transport, so they are never passed on.
     pub fn forwarded(self) -> bool {
         !matches!(
             self,
@@ -72,7 +71,6 @@ impl ExtKind {
                 | ExtKind::RtpStreamId
                 | ExtKind::RepairedRtpStreamId
                 | ExtKind::TransportWideCc
-                | ExtKind::DependencyDescriptor
         )
     }
 }

@@ -18,7 +18,7 @@ use super::session::{Negotiation, ParticipantId, Role, Session};
 use crate::core::room::{
     MediaKind, Relay, RelayConfig, Rtx, SessionId, Sink, TrackRef, TrackSpec, ViewerTrackSpec,
 };
-use crate::core::rtp::{header_len, is_rtcp, ExtKind, RtpView};
+use crate::core::rtp::{header_len, is_rtcp, Codec, ExtKind, RtpView};
 use crate::signal::sdp::{
     build_answer, AnswerMedia, Direction, Local, Offer, OfferedCodec, SdpError, Setup, Source,
 };
@@ -41,10 +41,14 @@ pub(super) const NEGOTIATED_EXTS: &[ExtKind] = &[
     ExtKind::RtpStreamId,
 ];
 
-/// What viewers may negotiate: the same but the last two (what a viewer gets is one stream, its
-/// layers chosen by volna). volna writes the transport-wide number itself, so the viewer's
-/// feedback drives its estimate.
+/// What viewers may negotiate: the same but the last two (what a viewer gets is one stream).
+/// volna writes the transport-wide number itself, so the viewer's feedback drives its estimate.
 pub(super) const VIEWER_EXTS: &[ExtKind] = NEGOTIATED_EXTS.split_at(NEGOTIATED_EXTS.len() - 2).0;
+
+/// Viewers of a single-stream AV1 track also get its dependency descriptors: receivers need them
+/// to tell the frames of an SVC stream's layers apart.
+pub(super) const AV1_VIEWER_EXTS: &[ExtKind] =
+    NEGOTIATED_EXTS.split_at(NEGOTIATED_EXTS.len() - 1).0;
 
 /// Limits that keep one client from using up a node.
 #[derive(Debug, Clone)]
@@ -590,6 +594,15 @@ impl Shard {
             let p = self.sessions.get(&pub_id).ok_or(ShardError::NoPublisher)?;
             (p.public_id.clone(), p.published.clone())
         };
+        // Per source track: AV1 without simulcast (its descriptors describe what viewers get).
+        let av1_single: Vec<bool> = self
+            .relay
+            .publisher_tracks(pub_id)
+            .map(|ts| {
+                ts.map(|t| t.codec == Codec::Av1 && t.rids.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
         let mut used = vec![false; sources.len()];
         let mut answers = Vec::with_capacity(offer.media.len());
         let mut vtracks = Vec::new();
@@ -642,8 +655,12 @@ impl Shard {
                 rtx: rtx.map(|r| (r.payload_type, r.ssrc)),
                 red,
             };
-            let a =
-                AnswerMedia::accept(m, codec, Direction::SendOnly, VIEWER_EXTS, Some(src), false);
+            let exts = if av1_single.get(track) == Some(&true) {
+                AV1_VIEWER_EXTS
+            } else {
+                VIEWER_EXTS
+            };
+            let a = AnswerMedia::accept(m, codec, Direction::SendOnly, exts, Some(src), false);
             vtracks.push(ViewerTrackSpec {
                 source: TrackRef {
                     publisher: pub_id,

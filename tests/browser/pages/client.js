@@ -64,9 +64,9 @@ window.publishSimulcast = async (url, encodings) => {
   return r;
 };
 
-// SVC: the camera at 960×540 sent as one VP9 encoding with spatial and temporal layers
-// (`mode`, e.g. 'L3T3_KEY').
-window.publishSvc = async (url, mode) => {
+// SVC: the camera at 960×540 sent as one encoding with spatial and temporal layers (`mode`,
+// e.g. 'L3T3_KEY'), in `codec` ('video/VP9' or 'video/AV1').
+window.publishSvc = async (url, mode, codec) => {
   const stream = await navigator.mediaDevices.getUserMedia({
     audio: true,
     video: { width: 960, height: 540, frameRate: 30 },
@@ -78,8 +78,9 @@ window.publishSvc = async (url, mode) => {
     const t = pc.addTransceiver(track, init);
     if (track.kind === 'video') {
       const all = RTCRtpSender.getCapabilities('video').codecs;
-      const vp9 = all.filter((c) => c.mimeType.toLowerCase() === 'video/vp9');
-      t.setCodecPreferences([...vp9, ...all.filter((c) => !vp9.includes(c))]);
+      const first = all.filter((c) => c.mimeType.toLowerCase() === codec.toLowerCase());
+      if (first.length === 0) throw new Error(`this browser cannot send ${codec}`);
+      t.setCodecPreferences([...first, ...all.filter((c) => !first.includes(c))]);
     }
   }
   window.pc = pc;
@@ -99,9 +100,18 @@ window.outbound = async () => {
   return out;
 };
 
-window.view = async (url) => {
+// `withDescriptor`: also offer to receive the AV1 dependency descriptor (Chromium leaves it out
+// of receive-only offers), which SVC streams need.
+window.view = async (url, withDescriptor) => {
   const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
-  pc.addTransceiver('video', { direction: 'recvonly' });
+  const video = pc.addTransceiver('video', { direction: 'recvonly' });
+  if (withDescriptor) {
+    const exts = video.getHeaderExtensionsToNegotiate();
+    for (const e of exts) {
+      if (e.uri.includes('dependency-descriptor')) e.direction = 'recvonly';
+    }
+    video.setHeaderExtensionsToNegotiate(exts);
+  }
   pc.addTransceiver('audio', { direction: 'recvonly' });
   pc.ontrack = (ev) => {
     const el = document.getElementById(ev.track.kind === 'video' ? 'v' : 'a');
