@@ -1799,10 +1799,10 @@ fn video_is_paced_to_the_viewers_estimate() {
 /// Bits written MSB first, for building dependency descriptors.
 fn bits(fields: &[(u32, u32)]) -> Vec<u8> {
     let mut out = Vec::new();
-    let mut n = 0;
+    let mut n = 0u32;
     for &(width, value) in fields {
         for i in (0..width).rev() {
-            if n % 8 == 0 {
+            if n.is_multiple_of(8) {
                 out.push(0);
             }
             *out.last_mut().unwrap() |= (((value >> i) & 1) as u8) << (7 - n % 8);

@@ -71,8 +71,9 @@ fn kind_str(k: MediaKind) -> &'static str {
     }
 }
 
-/// Header extensions offered to subscribers; ids are shared by all m-lines of the bundle.
-fn subscriber_exts(kind: MediaKind) -> Vec<(u8, String)> {
+/// Header extensions offered to subscribers (with the AV1 dependency descriptor when `dd`); ids
+/// are shared by all m-lines of the bundle.
+fn subscriber_exts(kind: MediaKind, dd: bool) -> Vec<(u8, String)> {
     let list: &[(u8, ExtKind)] = match kind {
         MediaKind::Audio => &[
             (1, ExtKind::Mid),
@@ -88,7 +89,9 @@ fn subscriber_exts(kind: MediaKind) -> Vec<(u8, String)> {
             (6, ExtKind::TransportWideCc),
         ],
     };
+    let dd = dd.then_some((7, ExtKind::DependencyDescriptor));
     list.iter()
+        .chain(dd.as_ref())
         .map(|(id, k)| (*id, k.uri().to_owned()))
         .collect()
 }
@@ -494,6 +497,18 @@ impl Shard {
             .into_iter()
             .filter(|t| t.owner != pid && (p.auto_subscribe || p.wanted.contains(&t.info.id)))
             .collect();
+        // Single-stream AV1 goes with its dependency descriptors (SVC frames need them).
+        let with_dd: Vec<bool> = desired
+            .iter()
+            .map(|d| {
+                d.codec.name.eq_ignore_ascii_case("AV1")
+                    && self
+                        .relay
+                        .publisher_tracks(d.source.publisher)
+                        .and_then(|mut ts| ts.nth(d.source.track))
+                        .is_some_and(|t| t.rids.is_empty())
+            })
+            .collect();
         let sid = match p.subscriber {
             Some(sid) => sid,
             None if desired.is_empty() => return,
@@ -526,7 +541,7 @@ impl Shard {
             }
         }
         let mut rng = rand::thread_rng();
-        for d in &desired {
+        for (d, &dd) in desired.iter().zip(&with_dd) {
             if neg.lines.iter().any(|l| l.source == Some(d.source)) {
                 continue;
             }
@@ -561,7 +576,7 @@ impl Shard {
                 rtx_accepted: false,
                 red,
                 red_accepted: false,
-                ext: subscriber_exts(d.kind),
+                ext: subscriber_exts(d.kind, dd),
                 relay_index: None,
                 accepted: false,
             });
