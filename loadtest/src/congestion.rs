@@ -36,7 +36,7 @@ const FEEDBACK_EVERY: Duration = Duration::from_millis(50);
 const RETURN_DELAY: Duration = Duration::from_millis(50);
 
 /// One sample of the run, every half second.
-#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct Sample {
     pub t: f64,
     pub capacity_kbps: f64,

@@ -71,6 +71,10 @@ struct Args {
     /// No progress line on stderr.
     #[arg(long)]
     quiet: bool,
+    /// rfc8867-5.1: report on this trace (a JSON array of samples recorded over real sockets,
+    /// as `tests/browser/rfc8867.test.mjs` writes it) instead of running on virtual time.
+    #[arg(long)]
+    trace: Option<PathBuf>,
 }
 
 struct Counting {
@@ -134,8 +138,36 @@ fn main() -> ExitCode {
 /// RFC 8867 §5.1 on virtual time (see `congestion`): the trace as JSON, a plot of capacity,
 /// estimate and delivered rate, and a Markdown summary per phase.
 fn rfc8867(args: &Args) -> Result<(), String> {
-    let seconds = args.seconds.unwrap_or(100.0).max(1.0) as u64;
-    let samples = volna_load::congestion::rfc8867_5_1(seconds);
+    let (samples, how) = match &args.trace {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let samples: Vec<volna_load::congestion::Sample> =
+                serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+            let how = "Recorded over real sockets by `tests/browser/rfc8867.test.mjs` \
+                 (`VOLNA_RFC8867_OUT=DIR node --test tests/browser/rfc8867.test.mjs`, which then runs \
+                 `volna-load --scenario rfc8867-5.1 --trace DIR/trace.json --out DIR`): a Chromium \
+                 simulcast publisher, and a Chromium viewer whose traffic to volna goes through \
+                 `volna-impair --profile rfc8867-5.1` (1, 2.5, 0.6, 1 Mbps from 0, 40, 60, 80 s; \
+                 50 ms one-way delay; 300 ms of queue; both directions). The estimate is volna's for \
+                 that viewer (`/stats`), delivered is what the viewer's transport received \
+                 (SRTP included), sampled every 0.5 s."
+                .to_owned();
+            (samples, how)
+        }
+        None => {
+            let seconds = args.seconds.unwrap_or(100.0).max(1.0) as u64;
+            let how = format!(
+                "`volna-load --scenario rfc8867-5.1 --seconds {seconds} --out DIR`: the relay core \
+                 forwards a simulcast publisher (150 / 500 / 1500 kbps layers) to one viewer behind \
+                 the §5.1 link (1, 2.5, 0.6, 1 Mbps from 0, 40, 60, 80 s; 50 ms one-way delay; \
+                 300 ms of queue), the viewer's side answers with transport-cc feedback every \
+                 50 ms. Virtual time."
+            );
+            (volna_load::congestion::rfc8867_5_1(seconds), how)
+        }
+    };
+    let seconds = samples.last().map_or(0.0, |s| s.t).ceil().max(1.0) as u64;
     std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
     let line = |name: &str, f: fn(&volna_load::congestion::Sample) -> f64, dashed: bool| {
         (
@@ -162,11 +194,7 @@ fn rfc8867(args: &Args) -> Result<(), String> {
     ];
     let mut md = String::from("# RFC 8867 §5.1 against volna's congestion control\n\n");
     md.push_str(&format!(
-        "`volna-load --scenario rfc8867-5.1 --seconds {seconds} --out DIR`: the relay core forwards a \
-         simulcast publisher (150 / 500 / 1500 kbps layers) to one viewer behind the §5.1 link \
-         (1, 2.5, 0.6, 1 Mbps from 0, 40, 60, 80 s; 50 ms one-way delay; 300 ms of queue), \
-         the viewer's side answers with transport-cc feedback every 50 ms. Virtual time. \
-         The x axis of the plot is in half seconds.\n\n"
+        "{how} The x axis of the plot is in half seconds.\n\n"
     ));
     md.push_str("| phase | capacity kbps | steady estimate kbps | steady delivered kbps | utilisation | layer |\n|---|---|---|---|---|---|\n");
     for (from, to) in phases.into_iter().filter(|(f, _)| *f < seconds as f64) {

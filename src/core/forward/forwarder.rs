@@ -162,10 +162,16 @@ impl Svc {
         }
         // Up one spatial layer where its frame refers to no earlier picture (only to the layer
         // below, which is sent); up one temporal layer at a switching-up point.
-        if d.begin && !d.inter_picture && d.sid == cur.spatial + 1 && d.sid <= target.spatial {
+        let next = |l: u8| l.checked_add(1);
+        if d.begin
+            && !d.inter_picture
+            && Some(d.sid) == next(cur.spatial)
+            && d.sid <= target.spatial
+            && d.tid <= cur.temporal
+        {
             cur.spatial = d.sid;
         }
-        if d.begin && d.switch_up && d.tid == cur.temporal + 1 && d.tid <= target.temporal {
+        if d.begin && d.switch_up && Some(d.tid) == next(cur.temporal) && d.tid <= target.temporal {
             cur.temporal = d.tid;
         }
         d.sid <= cur.spatial && d.tid <= cur.temporal
@@ -441,6 +447,13 @@ impl Forwarder {
             svc.source_of[usize::from(out) % SEEN] = view.sequence;
         }
         let ts = view.timestamp.wrapping_add(s.ts_offset);
+        if let Some(l) = self.last_out.as_mut().filter(|_| ext < s.highest_ext) {
+            // A late packet numbered past the last one sent (packets after it were left out):
+            // a restart must number after it, or an SRTP index would be used twice.
+            if (out.wrapping_sub(l.seq) as i16) > 0 {
+                l.seq = out;
+            }
+        }
         if ext >= s.highest_ext {
             s.highest_ext = ext;
             // A packet without them (padding, a later partition) keeps the last ones known.
@@ -513,6 +526,7 @@ impl Forwarder {
             let target = svc.target;
             **svc = Svc::new();
             svc.target = target;
+            svc.current = target;
         }
         self.started = Some(Started {
             layer,
@@ -885,6 +899,37 @@ mod tests {
             panic!("the late packet is sent")
         };
         assert_eq!(rw.sequence, 111);
+    }
+
+    /// A viewer that starts with smaller layers than the stream has is thinned from its first
+    /// key picture on; and a late packet sent past the last one numbers what follows a restart,
+    /// so no sequence number is used twice.
+    #[test]
+    fn svc_starts_thinned_and_restarts_after_late_packets() {
+        let mut f = Forwarder::new(Codec::Vp9, 90_000, 9, 98, 100, 0);
+        f.set_svc_target(SvcLayers {
+            spatial: 0,
+            temporal: 7,
+        });
+        let mut send = |f: &mut Forwarder, seq: u16, key: bool, sid: u8| match f.decide(
+            t0(),
+            0,
+            &view(seq, u32::from(seq) * 10),
+            &vp9(!key, 0, false, sid),
+        ) {
+            Decision::Forward(rw) => Some((rw.sequence, rw.marker)),
+            Decision::Drop(_) => None,
+        };
+        assert_eq!(send(&mut f, 10, true, 0), Some((100, true)), "the key picture, layer 0 only");
+        assert_eq!(send(&mut f, 11, true, 1), None);
+        assert_eq!(send(&mut f, 12, true, 2), None);
+        // 13 (layer 0 of the next picture) is late; 14 and 15 are left out.
+        assert_eq!(send(&mut f, 14, false, 1), None);
+        assert_eq!(send(&mut f, 15, false, 2), None);
+        assert_eq!(send(&mut f, 13, false, 0), Some((101, true)));
+        f.pause();
+        f.set_target(0);
+        assert_eq!(send(&mut f, 16, true, 0), Some((102, true)), "numbered after the late one");
     }
 
     /// AV1 frames described by a header extension: a temporal layer comes back only at a frame

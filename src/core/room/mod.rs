@@ -203,9 +203,10 @@ struct Layer {
     known_bps: u64,
     /// Since when no viewer has wanted it (while the publisher was told to send it).
     unneeded_since: Option<Instant>,
-    /// The first packet of its last key frame, and when it arrived: a viewer starting on the
-    /// layer is sent what followed it from the cache, instead of asking the publisher.
-    key_start: Option<(u16, Instant)>,
+    /// The first packet of its last key frame, when it arrived, and its timestamp: a viewer
+    /// starting on the layer is sent what followed it from the cache, instead of asking the
+    /// publisher.
+    key_start: Option<(u16, Instant, u32)>,
 }
 
 impl Layer {
@@ -349,6 +350,27 @@ impl Viewer {
             .then(|| (self.cc.bwe.estimate_bps() as f64 * PACING_FACTOR) as u64)
     }
 
+    /// Queues a packet and sends what is due; returns when more will be.
+    fn enqueue(
+        &mut self,
+        now: Instant,
+        vid: SessionId,
+        q: pacer::Queued,
+        sink: &mut impl Sink,
+    ) -> Option<Instant> {
+        if let Some(mut oldest) = self.pacer.push(q) {
+            self.send_queued(now, vid, &mut oldest, sink);
+        }
+        self.pace(now, vid, sink)
+    }
+
+    /// Sends everything queued, now.
+    fn flush(&mut self, now: Instant, vid: SessionId, sink: &mut impl Sink) {
+        while let Some(mut q) = self.pacer.take_front() {
+            self.send_queued(now, vid, &mut q, sink);
+        }
+    }
+
     /// Sends the queued video that is due; returns when more will be.
     fn pace(&mut self, now: Instant, vid: SessionId, sink: &mut impl Sink) -> Option<Instant> {
         // Without a rate (the signal went away), what waits goes at once.
@@ -359,7 +381,8 @@ impl Viewer {
         self.pacer.next_due(rate)
     }
 
-    /// One queued packet out, with the next transport-wide number written into its header.
+    /// One queued packet out, with the next transport-wide number written into its header
+    /// (dropped if its track was removed meanwhile).
     fn send_queued(
         &mut self,
         now: Instant,
@@ -367,6 +390,9 @@ impl Viewer {
         q: &mut pacer::Queued,
         sink: &mut impl Sink,
     ) {
+        if !self.tracks.get(q.track).is_some_and(|t| t.live) {
+            return;
+        }
         let transport_seq = q.transport_seq_at.map(|at| {
             let seq = self.cc.next_seq;
             self.cc.next_seq = seq.wrapping_add(1);
@@ -389,6 +415,21 @@ impl Viewer {
             }
         }
         self.cc.sent(now, transport_seq, q.len());
+    }
+}
+
+/// Notes that a viewer has video waiting until `due` (see [`Relay::handle_timeout`]).
+fn note_pacing(
+    next_pace: &mut Option<Instant>,
+    pacing: &mut Vec<SessionId>,
+    vid: SessionId,
+    due: Option<Instant>,
+) {
+    if let Some(due) = due {
+        *next_pace = Some(next_pace.map_or(due, |n| n.min(due)));
+        if !pacing.contains(&vid) {
+            pacing.push(vid);
+        }
     }
 }
 
@@ -782,11 +823,13 @@ impl Relay {
                     viewers: Vec::new(),
                     loudness: 0.0,
                     transcoder: None,
-                    svc: matches!(spec.codec, Codec::Vp9 | Codec::Av1).then(Box::default),
+                    // SVC choices are made within one stream: not across simulcast layers.
+                    svc: (matches!(spec.codec, Codec::Vp9 | Codec::Av1) && spec.rids.is_empty())
+                        .then(Box::default),
                     dd: spec
                         .ext
                         .id(ExtKind::DependencyDescriptor)
-                        .filter(|_| spec.codec == Codec::Av1)
+                        .filter(|_| spec.codec == Codec::Av1 && spec.rids.is_empty())
                         .map(|id| (Box::default(), id)),
                     spec,
                 }
@@ -924,7 +967,7 @@ impl Relay {
         else {
             return false;
         };
-        let (Some((first, key_at)), Some(last)) = (layer.key_start, layer.last_seq) else {
+        let (Some((first, key_at, _)), Some(last)) = (layer.key_start, layer.last_seq) else {
             return false;
         };
         let count = last.wrapping_sub(first).wrapping_add(1);
@@ -935,14 +978,32 @@ impl Relay {
         {
             return false;
         }
+        let paced = v.cc.has_signal();
         for k in 0..count {
             let Some((pkt, view)) = layer.cache.get(now, first.wrapping_add(k)) else {
                 continue;
             };
+            let vt = &mut v.tracks[index];
             // Decided as of the key frame's arrival, so timestamps count from then.
             let Decision::Forward(rw) = vt.fwd.decide(key_at, slot, view, view.payload(pkt)) else {
                 continue;
             };
+            self.counters.replayed_packets += 1;
+            if paced {
+                // Up to a second of video at once: it leaves at the viewer's pace.
+                let hp = (&mut self.header, &mut self.prefix);
+                match queue_entry(now, index, vt, &src.spec.ext, pkt, view, &rw, hp) {
+                    Some(q) => {
+                        self.counters.forwarded_packets += 1;
+                        self.counters.forwarded_bytes += q.len() as u64;
+                        let due = v.enqueue(now, viewer, q, sink);
+                        note_pacing(&mut self.next_pace, &mut self.pacing, viewer, due);
+                        continue;
+                    }
+                    None => v.flush(now, viewer, sink),
+                }
+            }
+            let vt = &mut v.tracks[index];
             let transport_seq = v.cc.take_seq(&vt.spec.ext);
             let ext = vt.translation(&src.spec.ext, transport_seq);
             let Ok(n) = write_header(&mut self.header, pkt, view, &rw, ext) else {
@@ -957,9 +1018,8 @@ impl Relay {
             v.cc.sent(now, transport_seq, len);
             self.counters.forwarded_packets += 1;
             self.counters.forwarded_bytes += len as u64;
-            self.counters.replayed_packets += 1;
         }
-        vt.fwd.current() == Some(slot)
+        v.tracks[index].fwd.current() == Some(slot)
     }
 
     /// Stops forwarding one viewer track (its slot stays, so other indices do not move).
@@ -1124,14 +1184,19 @@ impl Relay {
         layer.stats.on_packet(now, view.sequence, view.timestamp);
         layer.cache.insert(now, packet, view);
         let payload = view.payload(buf);
-        if newer && track.spec.kind == MediaKind::Video && track.spec.codec.starts_keyframe(payload)
+        // Once per key frame: H.264 marks each parameter set and slice of one.
+        let key = &mut track.layers[li].key_start;
+        if newer
+            && track.spec.kind == MediaKind::Video
+            && key.is_none_or(|k| k.2 != view.timestamp)
+            && track.spec.codec.starts_keyframe(payload)
         {
-            track.layers[li].key_start = Some((view.sequence, now));
+            *key = Some((view.sequence, now, view.timestamp));
         }
         // The layers of an AV1 frame, from its dependency descriptor (read once, for everyone).
         let frame = track.dd.as_mut().and_then(|(dd, id)| {
             let (_, data) = view.extensions(buf).find(|(i, _)| *i == *id)?;
-            dd.frame(data)
+            dd.frame(data, newer)
         });
         if let Some(svc) = track.svc.as_deref_mut() {
             match &frame {
@@ -1178,21 +1243,19 @@ impl Relay {
             };
             if track.spec.kind == MediaKind::Video && v.cc.has_signal() {
                 let hp = (&mut self.header, &mut self.prefix);
-                if let Some(q) = queue_entry(now, vti, vt, &track.spec.ext, packet, view, &rw, hp) {
-                    self.counters.forwarded_packets += 1;
-                    self.counters.forwarded_bytes += q.len() as u64;
-                    if let Some(mut oldest) = v.pacer.push(q) {
-                        v.send_queued(now, vid, &mut oldest, sink);
+                match queue_entry(now, vti, vt, &track.spec.ext, packet, view, &rw, hp) {
+                    Some(q) => {
+                        self.counters.forwarded_packets += 1;
+                        self.counters.forwarded_bytes += q.len() as u64;
+                        let due = v.enqueue(now, vid, q, sink);
+                        note_pacing(&mut self.next_pace, &mut self.pacing, vid, due);
+                        continue;
                     }
-                    if let Some(due) = v.pace(now, vid, sink) {
-                        self.next_pace = Some(self.next_pace.map_or(due, |n| n.min(due)));
-                        if !self.pacing.contains(&vid) {
-                            self.pacing.push(vid);
-                        }
-                    }
-                    continue;
+                    // Sent at once, so what waits goes first: one stream stays in order.
+                    None => v.flush(now, vid, sink),
                 }
             }
+            let vt = &mut v.tracks[vti];
             let transport_seq = v.cc.take_seq(&vt.spec.ext);
             let ext = vt.translation(&track.spec.ext, transport_seq);
             match write_header(&mut self.header, buf, view, &rw, ext) {

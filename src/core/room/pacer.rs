@@ -15,7 +15,9 @@ use bytes::Bytes;
 /// Packets a viewer's queue holds; beyond that the oldest leaves at once.
 const QUEUE: usize = 128;
 /// Header and payload prefix bytes a queued packet may have (longer ones are not queued).
-pub(super) const HEADER_MAX: usize = 96;
+/// (AV1 key frames' dependency descriptors carry their structure: headers reach 100 bytes and
+/// more.)
+pub(super) const HEADER_MAX: usize = 160;
 pub(super) const PREFIX_MAX: usize = 16;
 /// What may leave back to back after an idle spell: one packet, or 5 ms at the pacing rate.
 const BURST: Duration = Duration::from_millis(5);
@@ -113,7 +115,8 @@ impl Pacer {
         Some(q)
     }
 
-    fn take_front(&mut self) -> Option<Queued> {
+    /// The oldest packet, whatever the rate (to send everything at once).
+    pub fn take_front(&mut self) -> Option<Queued> {
         let q = self.queue.pop_front()?;
         self.queued_bytes -= q.len();
         Some(q)

@@ -108,10 +108,18 @@ pub(super) struct DdState {
 
 impl DdState {
     /// The layers of the frame a packet's descriptor describes; `None` where it cannot be read
-    /// (the packet is then forwarded whole).
-    pub fn frame(&mut self, data: &[u8]) -> Option<LayerFrame> {
-        let f = av1_dd::parse(data, &mut self.structure, &mut self.has_structure).ok()?;
-        let s = &self.structure;
+    /// (the packet is then forwarded whole). Only the newest packets' structures are kept: a late
+    /// one's is read but not taken over.
+    pub fn frame(&mut self, data: &[u8], newest: bool) -> Option<LayerFrame> {
+        let mut late = None;
+        let (structure, has) = if newest {
+            (&mut self.structure, &mut self.has_structure)
+        } else {
+            let (s, h) = late.insert((self.structure.clone(), self.has_structure));
+            (s, h)
+        };
+        let f = av1_dd::parse(data, structure, has).ok()?;
+        let s = &*structure;
         let mut switch_points = 0u64;
         for (dt, &(spatial, temporal)) in s.target_layers[..usize::from(s.decode_targets)]
             .iter()

@@ -10,7 +10,9 @@ async function gathered(pc) {
   });
 }
 
-async function negotiate(pc, url) {
+// `answerVia` ('ip port') puts the relay's candidates at another address: an impairment proxy
+// in front of it.
+async function negotiate(pc, url, answerVia) {
   await pc.setLocalDescription(await pc.createOffer());
   await gathered(pc);
   const res = await fetch(url, {
@@ -20,7 +22,8 @@ async function negotiate(pc, url) {
   });
   const text = await res.text();
   if (res.status !== 201) throw new Error(`${url}: ${res.status} ${text}`);
-  await pc.setRemoteDescription({ type: 'answer', sdp: text });
+  const sdp = answerVia ? text.replace(/^(a=candidate:\S+ \d+ \S+ \d+) \S+ \d+ /gm, `$1 ${answerVia} `) : text;
+  await pc.setRemoteDescription({ type: 'answer', sdp });
   return { location: new URL(res.headers.get('Location'), url).href, publisher: res.headers.get('X-Volna-Publisher') };
 }
 
@@ -101,8 +104,8 @@ window.outbound = async () => {
 };
 
 // `withDescriptor`: also offer to receive the AV1 dependency descriptor (Chromium leaves it out
-// of receive-only offers), which SVC streams need.
-window.view = async (url, withDescriptor) => {
+// of receive-only offers), which SVC streams need. `answerVia`: see `negotiate`.
+window.view = async (url, withDescriptor, answerVia) => {
   const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
   const video = pc.addTransceiver('video', { direction: 'recvonly' });
   if (withDescriptor) {
@@ -122,11 +125,20 @@ window.view = async (url, withDescriptor) => {
   };
   pc.onconnectionstatechange = () => window.events.push(`pc:${pc.connectionState}`);
   window.pc = pc;
-  const r = await negotiate(pc, url);
+  const r = await negotiate(pc, url, answerVia);
   window.session = r.location;
   const dtls = pc.getTransceivers()[0].receiver.transport;
   if (dtls) dtls.onstatechange = () => window.events.push(`dtls:${dtls.state}`);
   return r;
+};
+
+// Bytes the viewer's transport has received so far (media, repairs, probes; SRTP included).
+window.transportBytes = async () => {
+  let bytes = 0;
+  (await window.pc.getStats()).forEach((s) => {
+    if (s.type === 'transport') bytes += s.bytesReceived || 0;
+  });
+  return bytes;
 };
 
 window.inbound = async () => {

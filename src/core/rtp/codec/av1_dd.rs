@@ -97,6 +97,9 @@ impl Bits<'_> {
 
     /// Non-symmetric unsigned value below `n`.
     fn ns(&mut self, n: u32) -> Result<u32, DdError> {
+        if n <= 1 {
+            return Ok(0);
+        }
         let w = 32 - n.leading_zeros();
         let m = (1u32 << w) - n;
         let v = self.f(w - 1)?;
