@@ -151,7 +151,9 @@ fn rfc8867(args: &Args) -> Result<(), String> {
                  `volna-impair --profile rfc8867-5.1` (1, 2.5, 0.6, 1 Mbps from 0, 40, 60, 80 s; \
                  50 ms one-way delay; 300 ms of queue; both directions). The estimate is volna's for \
                  that viewer (`/stats`), delivered is what the viewer's transport received \
-                 (SRTP included), sampled every 0.5 s."
+                 (SRTP included), sampled every 0.5 s. The publisher's top layer (960×540 from \
+                 Chromium's fake camera) needs about 600 kbps: from 40 s there is no more to send, \
+                 and the estimate stays near what the layers could use (volna probes for no more)."
                 .to_owned();
             (samples, how)
         }

@@ -360,7 +360,9 @@ pub fn svg_plot(title: &str, unit: &str, lines: &[(String, Vec<f64>, bool)]) -> 
     );
     for (k, (name, values, dashed)) in lines.iter().enumerate() {
         let color = COLORS[(k % (lines.len().div_ceil(2).max(1))) % COLORS.len()];
-        let color = if lines.iter().any(|l| l.2) {
+        // Dashed lines pair with solid ones (one relay against another) only when half are.
+        let paired = lines.iter().filter(|l| l.2).count() * 2 == lines.len();
+        let color = if paired {
             color
         } else {
             COLORS[k % COLORS.len()]
@@ -420,7 +422,9 @@ fn short(v: f64) -> String {
     if v >= 1e6 {
         format!("{:.1}M", v / 1e6)
     } else if v >= 1e3 {
-        format!("{:.0}k", v / 1e3)
+        // 1.25k stays 1.25k: tick labels must not round to the wrong value.
+        let k = format!("{:.2}", v / 1e3);
+        format!("{}k", k.trim_end_matches('0').trim_end_matches('.'))
     } else if v >= 10.0 {
         format!("{v:.0}")
     } else {

@@ -920,7 +920,11 @@ mod tests {
             Decision::Forward(rw) => Some((rw.sequence, rw.marker)),
             Decision::Drop(_) => None,
         };
-        assert_eq!(send(&mut f, 10, true, 0), Some((100, true)), "the key picture, layer 0 only");
+        assert_eq!(
+            send(&mut f, 10, true, 0),
+            Some((100, true)),
+            "the key picture, layer 0 only"
+        );
         assert_eq!(send(&mut f, 11, true, 1), None);
         assert_eq!(send(&mut f, 12, true, 2), None);
         // 13 (layer 0 of the next picture) is late; 14 and 15 are left out.
@@ -929,7 +933,11 @@ mod tests {
         assert_eq!(send(&mut f, 13, false, 0), Some((101, true)));
         f.pause();
         f.set_target(0);
-        assert_eq!(send(&mut f, 16, true, 0), Some((102, true)), "numbered after the late one");
+        assert_eq!(
+            send(&mut f, 16, true, 0),
+            Some((102, true)),
+            "numbered after the late one"
+        );
     }
 
     /// AV1 frames described by a header extension: a temporal layer comes back only at a frame

@@ -48,12 +48,12 @@ window.publish = async (url, videoCodec) => {
   return r;
 };
 
-// Simulcast: the camera at 960×540 sent as the given encodings (rid, scaleResolutionDownBy,
-// maxBitrate).
-window.publishSimulcast = async (url, encodings) => {
+// Simulcast: the camera (960×540 unless `size` says) sent as the given encodings (rid,
+// scaleResolutionDownBy, maxBitrate).
+window.publishSimulcast = async (url, encodings, size = [960, 540]) => {
   const stream = await navigator.mediaDevices.getUserMedia({
     audio: true,
-    video: { width: 960, height: 540, frameRate: 30 },
+    video: { width: size[0], height: size[1], frameRate: 30 },
   });
   const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
   for (const track of stream.getTracks()) {
