@@ -911,7 +911,7 @@ mod tests {
             spatial: 0,
             temporal: 7,
         });
-        let mut send = |f: &mut Forwarder, seq: u16, key: bool, sid: u8| match f.decide(
+        let send = |f: &mut Forwarder, seq: u16, key: bool, sid: u8| match f.decide(
             t0(),
             0,
             &view(seq, u32::from(seq) * 10),
