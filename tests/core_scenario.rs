@@ -1730,7 +1730,6 @@ fn joining_viewers_start_from_the_cached_key_frame() {
 /// and transport-wide numbers follow the order packets leave in.
 #[test]
 fn video_is_paced_to_the_viewers_estimate() {
-    use volna::core::rtcp::Remb;
     let t0 = Instant::now();
     let mut relay = Relay::new(RelayConfig::default());
     let mut sink = Recorder::default();
@@ -1744,15 +1743,7 @@ fn video_is_paced_to_the_viewers_estimate() {
         transport_cc_tracks(0x100, false),
         &mut sink,
     );
-    let mut b = [0u8; 64];
-    let n = Remb {
-        sender_ssrc: 0x100,
-        bitrate_bps: 1_000_000,
-        ssrc: 0x101,
-    }
-    .write(&mut b)
-    .unwrap();
-    relay.handle_viewer_rtcp(t0, V1, &b[..n], &mut sink);
+    relay.handle_viewer_rtcp(t0, V1, &remb_of(0x100, 1_000_000), &mut sink);
     sink.take();
     // The key frame: 30 packets of about 1000 bytes, all at 10 ms.
     let at = t0 + Duration::from_millis(10);
