@@ -58,6 +58,11 @@ pub enum Command {
         muted: bool,
         reply: Reply<()>,
     },
+    Pin {
+        pid: ParticipantId,
+        tracks: Vec<String>,
+        reply: Reply<()>,
+    },
     Leave {
         pid: ParticipantId,
     },
@@ -238,6 +243,9 @@ fn apply_with(shard: &mut Shard, quic: &mut QuicConns, now: Instant, cmd: Comman
             reply,
         } => {
             let _ = reply.send(shard.participant_subscribe(now, pid, &tracks, on));
+        }
+        Command::Pin { pid, tracks, reply } => {
+            let _ = reply.send(shard.participant_pin(pid, &tracks));
         }
         Command::Mute {
             pid,

@@ -1889,3 +1889,127 @@ fn av1_layers_follow_the_dependency_descriptor() {
     };
     svc_layers_follow_estimates(video, 250_000, 2, |p| p[1], picture);
 }
+
+/// Which video a short link carries at its best: with room for one top layer of two, the pinned
+/// track gets it; without a pin, a presentation (RFC 4796 slides) goes before a camera.
+#[test]
+fn pinned_tracks_and_presentations_go_first() {
+    const P2: SessionId = 5;
+    const V: SessionId = 6;
+    let t0 = Instant::now();
+    let mut relay = Relay::new(RelayConfig::default());
+    let mut sink = Recorder::default();
+    // Each publisher: simulcast q (about 80 kbps) and f (about 1 Mbps), SSRCs base+1 and base+2.
+    for (id, _) in [(PUB, 0x50u32), (P2, 0x60)] {
+        let mut tracks = publisher_tracks();
+        tracks[1].ssrc = None;
+        tracks[1].rids = vec!["q".into(), "f".into()];
+        tracks[1].ext = ext(&[(4, ExtKind::Mid), (10, ExtKind::RtpStreamId)]);
+        relay.add_publisher(id, "room", 77, tracks).unwrap();
+    }
+    relay.add_viewer(V, "room").unwrap();
+    for (i, publisher) in [PUB, P2].into_iter().enumerate() {
+        let spec = ViewerTrackSpec {
+            source: TrackRef {
+                publisher,
+                track: 1,
+            },
+            mid: i.to_string(),
+            ssrc: 0x700 + i as u32,
+            payload_type: 98,
+            ext: ext(&[(2, ExtKind::Mid)]),
+            initial_seq: 0,
+            initial_ts: 0,
+            rtx: None,
+            red: None,
+        };
+        relay.add_viewer_track(t0, V, spec, &mut sink).unwrap();
+    }
+    relay.handle_viewer_rtcp(t0, V, &remb_of(0x700, 1_500_000), &mut sink);
+    // (publisher, base SSRC, next sequence numbers per layer, key frame due per layer)
+    let mut pubs = [
+        (PUB, 0x50u32, [0u16, 5000], [true; 2]),
+        (P2, 0x60, [0, 5000], [true; 2]),
+    ];
+    let mut ms = 0u64;
+    // Runs `secs` seconds; returns, per publisher, the largest payload V got in the last one.
+    let mut run = |relay: &mut Relay, sink: &mut Recorder, secs: u64| {
+        let mut top = [0usize; 2];
+        let end = ms + secs * 1000;
+        while ms < end {
+            let now = t0 + Duration::from_millis(ms);
+            if ms % 33 == 0 {
+                for (id, base, seqs, keys) in pubs.iter_mut() {
+                    for (l, (rid, count, len)) in
+                        [(b'q', 1, 300), (b'f', 4, 1000)].into_iter().enumerate()
+                    {
+                        let key = std::mem::take(&mut keys[l]);
+                        for k in 0..count {
+                            let mut payload =
+                                vec![if k == 0 { 0x10 } else { 0x00 }, u8::from(!key)];
+                            if k == 0 && key {
+                                payload.extend_from_slice(&[0, 0, 0x9d, 0x01, 0x2a]);
+                                payload.extend_from_slice(&[(l as u8 + 1) * 100, 0, 100, 0]);
+                            }
+                            payload.resize(len, 0xab);
+                            let e = [0x40, b'1', 0xa0, rid];
+                            let p = rtp(
+                                *base + 1 + l as u32,
+                                96,
+                                seqs[l],
+                                ms as u32 * 90,
+                                &e,
+                                &payload,
+                            );
+                            feed_from(relay, now, *id, &p, sink);
+                            seqs[l] = seqs[l].wrapping_add(1);
+                        }
+                    }
+                }
+            }
+            if ms % 10 == 0 {
+                relay.handle_timeout(now, sink);
+            }
+            let (rtp_out, rtcp_out) = sink.take();
+            for (_, p) in &rtcp_out {
+                for c in Compound::new(p) {
+                    if let Ok(RtcpPacket::Pli(pli)) = c {
+                        for (_, base, _, keys) in pubs.iter_mut() {
+                            if let Some(l) =
+                                pli.media_ssrc.checked_sub(*base + 1).filter(|&l| l < 2)
+                            {
+                                keys[l as usize] = true;
+                            }
+                        }
+                    }
+                }
+            }
+            for (to, p) in &rtp_out {
+                let v = RtpView::parse(p).unwrap();
+                if *to == V && ms + 1000 >= end {
+                    let i = (v.ssrc - 0x700) as usize;
+                    top[i] = top[i].max(v.payload(p).len());
+                }
+            }
+            ms += 1;
+        }
+        top
+    };
+    assert!(relay.set_pinned(V, 1, true));
+    assert_eq!(
+        run(&mut relay, &mut sink, 4),
+        [300, 1000],
+        "the pinned track gets the top layer"
+    );
+    relay.set_pinned(V, 1, false);
+    relay.set_pinned(V, 0, true);
+    assert_eq!(run(&mut relay, &mut sink, 3), [1000, 300], "the pin moved");
+    relay.set_pinned(V, 0, false);
+    relay.set_slides(P2, 1, true);
+    assert!(relay.track_is_slides(P2, 1));
+    assert_eq!(
+        run(&mut relay, &mut sink, 3),
+        [300, 1000],
+        "the presentation goes first"
+    );
+}

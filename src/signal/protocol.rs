@@ -47,6 +47,12 @@ pub enum ClientMessage {
         track: String,
         muted: bool,
     },
+    /// The tracks this client shows large: their video goes first when its link is short.
+    Pin {
+        #[serde(default)]
+        id: Option<serde_json::Value>,
+        tracks: Vec<String>,
+    },
     Leave {
         #[serde(default)]
         id: Option<serde_json::Value>,
@@ -70,6 +76,7 @@ impl ClientMessage {
             | ClientMessage::Subscribe { id, .. }
             | ClientMessage::Unsubscribe { id, .. }
             | ClientMessage::Mute { id, .. }
+            | ClientMessage::Pin { id, .. }
             | ClientMessage::Leave { id }
             | ClientMessage::Ping { id } => id.clone(),
         }
@@ -81,6 +88,9 @@ pub struct TrackInfo {
     pub id: String,
     pub kind: &'static str,
     pub muted: bool,
+    /// "slides" for a presentation (a screen share: RFC 4796 `a=content:slides` in the offer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<&'static str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -201,6 +211,10 @@ mod tests {
             ),
             (r#"{"type":"publish","sdp":"v=0"}"#, true),
             (r#"{"type":"mute","track":"a","muted":true}"#, true),
+            (r#"{"type":"pin","id":9,"tracks":["p-1"]}"#, true),
+            (r#"{"type":"pin","tracks":[]}"#, true),
+            (r#"{"type":"pin","tracks":"p-1"}"#, false),
+            (r#"{"type":"pin"}"#, false),
             (r#"{"type":"ping"}"#, true),
             (r#"{"type":"join","room":"r"}"#, false),
             (r#"{"type":"fly"}"#, false),
@@ -224,6 +238,20 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&m).unwrap(),
             r#"{"type":"error","id":3,"code":403,"reason":"forbidden","message":"no"}"#
+        );
+        let t = |content| TrackInfo {
+            id: "p-1".into(),
+            kind: "video",
+            muted: false,
+            content,
+        };
+        assert_eq!(
+            serde_json::to_string(&t(None)).unwrap(),
+            r#"{"id":"p-1","kind":"video","muted":false}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&t(Some("slides"))).unwrap(),
+            r#"{"id":"p-1","kind":"video","muted":false,"content":"slides"}"#
         );
         let m = ServerMessage::ActiveSpeaker { participant: None };
         assert_eq!(

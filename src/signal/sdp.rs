@@ -204,6 +204,8 @@ pub struct OfferedMedia {
     pub send_rids: Vec<(String, Vec<u8>)>,
     /// RFC 8843 §6: port 0 with `a=bundle-only` is a live m-line inside the BUNDLE group.
     pub bundle_only: bool,
+    /// RFC 4796 `a=content:slides`: the video is a presentation (a screen share).
+    pub slides: bool,
 }
 
 impl OfferedMedia {
@@ -387,6 +389,10 @@ impl Offer {
                 simulcast: md.has_attribute("simulcast"),
                 send_rids: send_rids(md),
                 bundle_only,
+                slides: md
+                    .attribute("content")
+                    .flatten()
+                    .is_some_and(|v| v.split(',').any(|t| t.trim() == "slides")),
             });
         }
         if !media.iter().any(|m| m.kind.is_some() && m.active()) {

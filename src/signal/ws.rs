@@ -262,7 +262,9 @@ async fn handle(
             call(st, pid, |reply| Command::Answer { pid, sdp, reply }).await??;
             Ok(ServerMessage::Ok { id })
         }
-        ClientMessage::Subscribe { tracks, .. } | ClientMessage::Unsubscribe { tracks, .. }
+        ClientMessage::Subscribe { tracks, .. }
+        | ClientMessage::Unsubscribe { tracks, .. }
+        | ClientMessage::Pin { tracks, .. }
             if tracks.len() > 256 =>
         {
             Err(Refusal::new(
@@ -302,6 +304,11 @@ async fn handle(
                 reply,
             })
             .await??;
+            Ok(ServerMessage::Ok { id })
+        }
+        ClientMessage::Pin { id, tracks } => {
+            let pid = pid.ok_or_else(not_joined)?;
+            call(st, pid, |reply| Command::Pin { pid, tracks, reply }).await??;
             Ok(ServerMessage::Ok { id })
         }
         ClientMessage::Leave { id } => {

@@ -181,6 +181,8 @@ struct PubTrack {
     svc: Option<Box<svc::SvcRates>>,
     /// AV1 with the dependency descriptor: its structure, and the extension id.
     dd: Option<(Box<svc::DdState>, u8)>,
+    /// A presentation (screen share): its video goes before cameras'.
+    slides: bool,
 }
 
 /// One RTP stream of a publisher track: the track itself, or one of its simulcast layers.
@@ -302,6 +304,8 @@ struct ViewerTrack {
     rtx_seq: std::cell::Cell<u16>,
     /// Since when the allocator has found no room for this track (see `PAUSE_AFTER`).
     short_since: Option<Instant>,
+    /// Shown large by the viewer (pinned): its video goes first.
+    pinned: bool,
     /// Audio re-encoded at [`LOW_AUDIO_BPS`] for this viewer (its link cannot carry more), and
     /// whether it ever was (what went out then cannot be made again for a resend).
     low_audio: bool,
@@ -831,6 +835,7 @@ impl Relay {
                         .id(ExtKind::DependencyDescriptor)
                         .filter(|_| spec.codec == Codec::Av1 && spec.rids.is_empty())
                         .map(|id| (Box::default(), id)),
+                    slides: false,
                     spec,
                 }
             })
@@ -923,6 +928,7 @@ impl Relay {
             live: true,
             rtx_seq,
             short_since: None,
+            pinned: false,
             low_audio: false,
             ever_low: false,
         });
@@ -1020,6 +1026,40 @@ impl Relay {
             self.counters.forwarded_bytes += len as u64;
         }
         v.tracks[index].fwd.current() == Some(slot)
+    }
+
+    /// Marks a publisher track as a presentation (a screen share, RFC 4796 `a=content:slides`):
+    /// its video goes before cameras' when a viewer's link is short.
+    pub fn set_slides(&mut self, publisher: SessionId, track: usize, slides: bool) {
+        if let Some(t) = self
+            .publishers
+            .get_mut(&publisher)
+            .and_then(|p| p.tracks.get_mut(track))
+        {
+            t.slides = slides;
+        }
+    }
+
+    /// Whether a publisher track is a presentation (see [`Relay::set_slides`]).
+    pub fn track_is_slides(&self, publisher: SessionId, track: usize) -> bool {
+        self.publishers
+            .get(&publisher)
+            .and_then(|p| p.tracks.get(track))
+            .is_some_and(|t| t.slides)
+    }
+
+    /// Pins a viewer track (the viewer shows it large): its video goes first when the viewer's
+    /// link is short. Returns whether the track exists.
+    pub fn set_pinned(&mut self, viewer: SessionId, index: usize, pinned: bool) -> bool {
+        let Some(t) = self
+            .viewers
+            .get_mut(&viewer)
+            .and_then(|v| v.tracks.get_mut(index))
+        else {
+            return false;
+        };
+        t.pinned = pinned;
+        true
     }
 
     /// Stops forwarding one viewer track (its slot stays, so other indices do not move).
@@ -1579,7 +1619,15 @@ impl Relay {
                 if n == MAX {
                     break;
                 }
-                let priority = u8::from(speaker == Some(vt.spec.source.publisher));
+                // Who gets a short link's video first: what the viewer pinned, then
+                // presentations, then the active speaker.
+                let priority = if vt.pinned {
+                    3
+                } else if src.slides {
+                    2
+                } else {
+                    u8::from(speaker == Some(vt.spec.source.publisher))
+                };
                 let target = vt.fwd.target();
                 let mut choices = [(SvcLayers::ALL, 0); alloc::MAX_LAYERS];
                 let n_choices = src.svc.as_ref().map_or(0, |s| s.choices(now, &mut choices));

@@ -38,6 +38,8 @@ pub struct Participant {
     /// Tracks asked for with `subscribe` (used when `auto_subscribe` is off).
     pub wanted: BTreeSet<String>,
     pub muted: HashMap<String, bool>,
+    /// Tracks shown large (`pin`): their video goes first when the link is short.
+    pub pinned: BTreeSet<String>,
 }
 
 /// A published track as the room sees it.
@@ -127,6 +129,7 @@ impl Shard {
                         muted: p.muted.get(&id).copied().unwrap_or(false),
                         id,
                         kind: kind_str(*kind),
+                        content: self.relay.track_is_slides(s.id, i).then_some("slides"),
                     },
                     source: TrackRef {
                         publisher: s.id,
@@ -207,6 +210,7 @@ impl Shard {
             publisher: None,
             subscriber: None,
             wanted: BTreeSet::new(),
+            pinned: BTreeSet::new(),
             muted: HashMap::new(),
         };
         info!(participant = %p.public_id, identity, room, "participant joined");
@@ -379,6 +383,52 @@ impl Shard {
         // Explicit choices replace the automatic "everything".
         p.auto_subscribe = false;
         self.sync_subscriber(now, pid);
+        Ok(())
+    }
+
+    /// `pin`: the tracks this participant shows large (replacing the last set). Their video gets
+    /// the first share of its link, before the active speaker and presentations.
+    pub fn participant_pin(
+        &mut self,
+        pid: ParticipantId,
+        tracks: &[String],
+    ) -> Result<(), Refusal> {
+        let p = self
+            .participants
+            .get(&pid)
+            .ok_or_else(|| Refusal::new(409, "not_joined", "join a room first"))?;
+        let known: BTreeSet<String> = self
+            .room_tracks(&p.room)
+            .into_iter()
+            .map(|t| t.info.id)
+            .collect();
+        if let Some(bad) = tracks.iter().find(|t| !known.contains(*t)) {
+            return Err(Refusal::new(
+                404,
+                "no_such_track",
+                format!("no track {bad} in this room"),
+            ));
+        }
+        let p = self.participants.get_mut(&pid).expect("checked above");
+        p.pinned = tracks.iter().cloned().collect();
+        let Some(sid) = p.subscriber else {
+            return Ok(());
+        };
+        let pinned = p.pinned.clone();
+        let lines: Vec<(usize, bool)> = self
+            .sessions
+            .get(&sid)
+            .map(|s| {
+                s.negotiation
+                    .lines
+                    .iter()
+                    .filter_map(|l| Some((l.relay_index?, pinned.contains(&l.track_id))))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (index, on) in lines {
+            self.relay.set_pinned(sid, index, on);
+        }
         Ok(())
     }
 
@@ -786,7 +836,19 @@ impl Shard {
                 continue;
             };
             match r {
-                Ok(idx) => l.relay_index = Some(idx),
+                Ok(idx) => {
+                    l.relay_index = Some(idx);
+                    let track_id = l.track_id.clone();
+                    let pinned = self
+                        .sessions
+                        .get(&sid)
+                        .and_then(|s| s.participant)
+                        .and_then(|pid| self.participants.get(&pid))
+                        .is_some_and(|p| p.pinned.contains(&track_id));
+                    if pinned {
+                        self.relay.set_pinned(sid, idx, true);
+                    }
+                }
                 Err(_) => {
                     // Its publisher left meanwhile.
                     l.source = None;

@@ -499,6 +499,7 @@ impl Shard {
         let mut answers = Vec::with_capacity(offer.media.len());
         let mut tracks = Vec::new();
         let mut published = Vec::new();
+        let mut slides = Vec::new();
         for m in &offer.media {
             let codec = m
                 .kind
@@ -533,6 +534,7 @@ impl Shard {
                 rids: a.rids().to_vec(),
             });
             published.push((kind, codec.clone(), m.mid.clone()));
+            slides.push(m.slides);
             answers.push(a);
         }
         if tracks.is_empty() {
@@ -548,6 +550,9 @@ impl Shard {
         self.relay
             .add_publisher(s.id, room, s.rtcp_ssrc, tracks)
             .map_err(|e| ShardError::Internal(e.to_string()))?;
+        for (i, _) in slides.iter().enumerate().filter(|(_, &on)| on) {
+            self.relay.set_slides(s.id, i, true);
+        }
         info!(session = s.id, room, publisher = %s.public_id, "publisher created");
         let id = s.id;
         let created = Created {
