@@ -118,6 +118,7 @@ async fn participants_see_each_other_publish_mute_and_leave() {
         t2["track"]["kind"].as_str().unwrap(),
     ];
     assert_eq!(kinds, ["audio", "video"]);
+    assert!(t2["track"].get("content").is_none(), "a camera: {t2}");
     let offer = expect_type(&mut b, "offer").await;
     let sdp = offer["sdp"].as_str().unwrap();
     assert!(
@@ -163,6 +164,25 @@ a=fingerprint:sha-256 AA:BB:CC\r\na=setup:active\r\na=mid:1\r\na=recvonly\r\na=r
     assert_eq!(
         (m["participant"].as_str(), m["muted"].as_bool()),
         (Some(a_id.as_str()), Some(true))
+    );
+
+    // Pin: tracks of the room only.
+    let video_track = t2["track"]["id"].as_str().unwrap().to_owned();
+    send(
+        &mut b,
+        json!({"type": "pin", "id": 8, "tracks": [video_track]}),
+    )
+    .await;
+    assert_eq!(expect_type(&mut b, "ok").await["id"], 8);
+    send(
+        &mut b,
+        json!({"type": "pin", "id": 9, "tracks": ["nobody-1"]}),
+    )
+    .await;
+    let e = expect_type(&mut b, "error").await;
+    assert_eq!(
+        (e["code"].as_u64(), e["reason"].as_str()),
+        (Some(404), Some("no_such_track"))
     );
 
     // Ann leaves: Ben is told, and offered his connection again with both m-lines stopped.
@@ -503,4 +523,22 @@ async fn losing_media_removes_the_participant_and_tells_the_others() {
     })
     .await;
     assert!(end.is_ok(), "socket closed after media_lost");
+}
+
+/// A video m-line marked as a presentation (RFC 4796 `a=content:slides`) is announced with
+/// `"content": "slides"`.
+#[tokio::test]
+async fn presentations_are_announced_as_slides() {
+    let addr = start(&[], |_| {}).await;
+    let mut a = connect(addr, "").await;
+    let mut b = connect(addr, "").await;
+    join(&mut a, "r", "Ann", None).await;
+    join(&mut b, "r", "Ben", None).await;
+    let slides = OFFER.replace("a=mid:1\r\n", "a=mid:1\r\na=content:slides\r\n");
+    send(&mut a, json!({"type": "publish", "id": 2, "sdp": slides})).await;
+    expect_type(&mut a, "publish_answer").await;
+    let t1 = expect_type(&mut b, "track_published").await;
+    let t2 = expect_type(&mut b, "track_published").await;
+    assert!(t1["track"].get("content").is_none(), "{t1}");
+    assert_eq!(t2["track"]["content"], "slides", "{t2}");
 }

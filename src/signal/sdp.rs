@@ -864,6 +864,22 @@ a=rtpmap:102 H264/90000\r\na=fmtp:102 level-asymmetry-allowed=1;packetization-mo
 
     /// RFC 8853 simulcast: the send RIDs in the simulcast attribute's order, first alternatives,
     /// `~` (paused) stripped, each needing its `a=rid:... send`; the answer receives them.
+    /// RFC 4796: `a=content:slides` (alone or in a list) marks a presentation.
+    #[test]
+    fn content_slides_marks_a_presentation() {
+        for (line, slides) in [
+            ("", false),
+            ("a=content:slides\r\n", true),
+            ("a=content:main,slides\r\n", true),
+            ("a=content:main\r\n", false),
+        ] {
+            let sdp = CHROME_OFFER.replace("a=mid:1\r\n", &format!("a=mid:1\r\n{line}"));
+            let o = Offer::parse(&sdp).unwrap();
+            assert_eq!(o.media[1].slides, slides, "{line:?}");
+            assert!(!o.media[0].slides);
+        }
+    }
+
     #[test]
     fn simulcast_rids_are_read_and_answered() {
         let table: &[(&str, &[&str])] = &[
