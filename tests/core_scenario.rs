@@ -1938,7 +1938,7 @@ fn pinned_tracks_and_presentations_go_first() {
         let end = ms + secs * 1000;
         while ms < end {
             let now = t0 + Duration::from_millis(ms);
-            if ms % 33 == 0 {
+            if ms.is_multiple_of(33) {
                 for (id, base, seqs, keys) in pubs.iter_mut() {
                     for (l, (rid, count, len)) in
                         [(b'q', 1, 300), (b'f', 4, 1000)].into_iter().enumerate()
@@ -1967,7 +1967,7 @@ fn pinned_tracks_and_presentations_go_first() {
                     }
                 }
             }
-            if ms % 10 == 0 {
+            if ms.is_multiple_of(10) {
                 relay.handle_timeout(now, sink);
             }
             let (rtp_out, rtcp_out) = sink.take();
