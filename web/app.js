@@ -30,6 +30,7 @@ function tile(id, label) {
     t.className = 'tile';
     t.dataset.id = id;
     t.innerHTML = '<video autoplay playsinline></video><span class="label"></span><span class="mic">muted</span>';
+    t.addEventListener('click', () => app.togglePin(id).catch((e) => console.warn('pin failed', e)));
     $('grid').appendChild(t);
   }
   t.querySelector('.label').textContent = label;
@@ -115,6 +116,18 @@ function onMessage(ev) {
     default: break;
   }
 }
+
+// A click on a tile pins its video (shown large; the relay gives it the first share of a short
+// link), a second click unpins it.
+app.pinned = null;
+app.togglePin = async (id) => {
+  const p = app.participants.get(id);
+  const video = p && p.info.tracks.find((t) => t.kind === 'video');
+  const pin = app.pinned !== id && video ? id : null;
+  await request({ type: 'pin', tracks: pin ? [video.id] : [] });
+  app.pinned = pin;
+  document.querySelectorAll('.tile').forEach((t) => t.classList.toggle('pinned', t.dataset.id === app.pinned));
+};
 
 app.join = async (room, name, token) => {
   const url = new URL('/rtc', location.href);

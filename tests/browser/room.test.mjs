@@ -89,6 +89,19 @@ test('a participant mutes: the others are told', { skip }, async () => {
   }
 });
 
+test('a click on a tile pins that participant\'s video, a second click unpins it', { skip }, async () => {
+  const who = await pages[2].evaluate(() => window.app.me.id);
+  await pages[0].click(`.tile[data-id="${who}"]`);
+  const pinned = await waitFor(() => pages[0].evaluate(() => window.app.pinned), 2000, 100);
+  assert.equal(pinned, who, 'the relay accepted the pin');
+  assert.ok(await pages[0].$(`.tile.pinned[data-id="${who}"]`), 'the tile is shown large');
+  await pages[0].click(`.tile[data-id="${who}"]`);
+  const unpinned = await waitFor(() => pages[0].evaluate(() => window.app.pinned === null), 2000, 100);
+  assert.ok(unpinned, 'unpinned');
+  const r = await receiving(pages[0]);
+  assert.ok(r.videos >= 3, `video goes on: ${JSON.stringify(r)}`);
+});
+
 test('a participant leaves: the others are told and its tracks end within 2 s', { skip }, async () => {
   const leaver = pages[3];
   const who = await leaver.evaluate(() => window.app.me.id);

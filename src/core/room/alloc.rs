@@ -1,8 +1,8 @@
 //! Splitting one viewer's bandwidth estimate over its tracks: audio first and always; then every
-//! video at its lowest layer, by priority (the active speaker first) while they fit; then higher
-//! layers, by priority again; video that does not fit even at its lowest layer is paused. Going
-//! up (a higher layer, or back from a pause) needs room to spare, so a link near the edge does
-//! not flap.
+//! video at its lowest layer, by priority (pinned, then presentations, then the active speaker)
+//! while they fit; then higher layers, by priority again; video that does not fit even at its
+//! lowest layer is paused. Going up (a higher layer, or back from a pause) needs room to spare,
+//! so a link near the edge does not flap.
 
 use super::MediaKind;
 
