@@ -20,6 +20,9 @@ const BETA: f64 = 0.85;
 const DECREASE_GAP_US: i64 = 200_000;
 /// Acknowledged rate is measured over this window of arrival times.
 const ACKED_WINDOW_US: i64 = 500_000;
+/// A shorter window of the same, for decreases: what arrives while the queue builds is the
+/// link's rate now (a longer window can still hold the lower rate from before a switch up).
+const RECENT_WINDOW_US: i64 = 150_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Usage {
@@ -70,6 +73,9 @@ pub struct DelayController {
     acked_bytes: u64,
     acked_start_us: Option<i64>,
     acked_bps: Option<f64>,
+    recent_bytes: u64,
+    recent_start_us: Option<i64>,
+    recent_bps: Option<f64>,
     /// Packets sent in this span shared the path with a probe (and its queue).
     quiet_from_us: i64,
     quiet_until_us: i64,
@@ -103,6 +109,9 @@ impl DelayController {
             acked_bytes: 0,
             acked_start_us: None,
             acked_bps: None,
+            recent_bytes: 0,
+            recent_start_us: None,
+            recent_bps: None,
             quiet_from_us: i64::MAX,
             quiet_until_us: i64::MIN,
         }
@@ -188,6 +197,14 @@ impl DelayController {
             self.acked_bps = Some(self.acked_bytes as f64 * 8.0 * 1e6 / span as f64);
             self.acked_bytes = 0;
             self.acked_start_us = Some(arrival_us);
+        }
+        let start = *self.recent_start_us.get_or_insert(arrival_us);
+        self.recent_bytes += u64::from(size);
+        let span = arrival_us - start;
+        if span >= RECENT_WINDOW_US {
+            self.recent_bps = Some(self.recent_bytes as f64 * 8.0 * 1e6 / span as f64);
+            self.recent_bytes = 0;
+            self.recent_start_us = Some(arrival_us);
         }
     }
 
@@ -292,7 +309,10 @@ impl DelayController {
                     .last_decrease_us
                     .is_none_or(|t| now_us - t >= DECREASE_GAP_US);
                 if due {
-                    let base = self.acked_bps.unwrap_or(self.rate_bps);
+                    let base = match (self.acked_bps, self.recent_bps) {
+                        (Some(a), Some(r)) => a.max(r),
+                        (a, r) => a.or(r).unwrap_or(self.rate_bps),
+                    };
                     let target = BETA * base;
                     if target < self.rate_bps {
                         self.rate_bps = target;
