@@ -53,6 +53,7 @@ function addParticipant(p) {
 }
 
 function removeParticipant(id) {
+  if (app.pinned === id) app.pinned = null;
   const p = app.participants.get(id);
   if (p) p.tile.remove();
   app.participants.delete(id);
@@ -123,7 +124,9 @@ app.pinned = null;
 app.togglePin = async (id) => {
   const p = app.participants.get(id);
   const video = p && p.info.tracks.find((t) => t.kind === 'video');
-  const pin = app.pinned !== id && video ? id : null;
+  // (Your own tile, or one without video: nothing to pin.)
+  if (!video && app.pinned !== id) return;
+  const pin = app.pinned !== id ? id : null;
   await request({ type: 'pin', tracks: pin ? [video.id] : [] });
   app.pinned = pin;
   document.querySelectorAll('.tile').forEach((t) => t.classList.toggle('pinned', t.dataset.id === app.pinned));

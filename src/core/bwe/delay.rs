@@ -21,8 +21,10 @@ const DECREASE_GAP_US: i64 = 200_000;
 /// Acknowledged rate is measured over this window of arrival times.
 const ACKED_WINDOW_US: i64 = 500_000;
 /// A shorter window of the same, for decreases: what arrives while the queue builds is the
-/// link's rate now (a longer window can still hold the lower rate from before a switch up).
+/// link's rate now (a longer window can still hold the lower rate from before a switch up). It
+/// closes with at least `RECENT_PACKETS` packets, so a frame more or less does not swing it.
 const RECENT_WINDOW_US: i64 = 150_000;
+const RECENT_PACKETS: u32 = 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Usage {
@@ -74,6 +76,7 @@ pub struct DelayController {
     acked_start_us: Option<i64>,
     acked_bps: Option<f64>,
     recent_bytes: u64,
+    recent_packets: u32,
     recent_start_us: Option<i64>,
     recent_bps: Option<f64>,
     /// Packets sent in this span shared the path with a probe (and its queue).
@@ -110,6 +113,7 @@ impl DelayController {
             acked_start_us: None,
             acked_bps: None,
             recent_bytes: 0,
+            recent_packets: 0,
             recent_start_us: None,
             recent_bps: None,
             quiet_from_us: i64::MAX,
@@ -200,10 +204,12 @@ impl DelayController {
         }
         let start = *self.recent_start_us.get_or_insert(arrival_us);
         self.recent_bytes += u64::from(size);
+        self.recent_packets += 1;
         let span = arrival_us - start;
-        if span >= RECENT_WINDOW_US {
+        if span >= RECENT_WINDOW_US && self.recent_packets >= RECENT_PACKETS {
             self.recent_bps = Some(self.recent_bytes as f64 * 8.0 * 1e6 / span as f64);
             self.recent_bytes = 0;
+            self.recent_packets = 0;
             self.recent_start_us = Some(arrival_us);
         }
     }
@@ -311,7 +317,8 @@ impl DelayController {
                 if due {
                     let base = match (self.acked_bps, self.recent_bps) {
                         (Some(a), Some(r)) => a.max(r),
-                        (a, r) => a.or(r).unwrap_or(self.rate_bps),
+                        (Some(a), None) => a,
+                        (None, _) => self.rate_bps,
                     };
                     let target = BETA * base;
                     if target < self.rate_bps {

@@ -370,7 +370,7 @@ impl Viewer {
 
     /// Sends everything queued, now.
     fn flush(&mut self, now: Instant, vid: SessionId, sink: &mut impl Sink) {
-        while let Some(mut q) = self.pacer.take_front() {
+        while let Some(mut q) = self.pacer.force_front() {
             self.send_queued(now, vid, &mut q, sink);
         }
     }
@@ -980,11 +980,24 @@ impl Relay {
         if now.saturating_duration_since(key_at) > KEYFRAME_REPLAY_AGE
             || count > KEYFRAME_REPLAY_PACKETS
             || vt.fwd.last_sent_at().is_some_and(|at| at >= key_at)
-            || (0..count).any(|k| layer.cache.get(now, first.wrapping_add(k)).is_none())
         {
             return false;
         }
+        let mut bytes = 0usize;
+        for k in 0..count {
+            match layer.cache.get(now, first.wrapping_add(k)) {
+                Some((pkt, _)) => bytes += pkt.len(),
+                None => return false,
+            }
+        }
+        // No more than the pacer spreads within its longest wait: a bigger burst would overrun
+        // the viewer's link, and a fresh key frame from the publisher costs less.
         let paced = v.cc.has_signal();
+        if let Some(rate) = v.pacing_rate() {
+            if bytes as f64 * 8.0 > rate as f64 * pacer::MAX_QUEUE_DELAY.as_secs_f64() {
+                return false;
+            }
+        }
         for k in 0..count {
             let Some((pkt, view)) = layer.cache.get(now, first.wrapping_add(k)) else {
                 continue;

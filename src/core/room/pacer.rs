@@ -23,7 +23,7 @@ pub(super) const PREFIX_MAX: usize = 16;
 const BURST: Duration = Duration::from_millis(5);
 const MIN_BURST_BYTES: f64 = 1200.0;
 /// No packet waits longer than this, whatever the rate (a stale estimate must not hold video).
-const MAX_QUEUE_DELAY: Duration = Duration::from_millis(250);
+pub(super) const MAX_QUEUE_DELAY: Duration = Duration::from_millis(250);
 
 /// One packet waiting to leave.
 #[derive(Clone)]
@@ -115,8 +115,15 @@ impl Pacer {
         Some(q)
     }
 
-    /// The oldest packet, whatever the rate (to send everything at once).
-    pub fn take_front(&mut self) -> Option<Queued> {
+    /// The oldest packet, whatever the rate (to send everything at once), charged to the rate:
+    /// what follows waits for it.
+    pub fn force_front(&mut self) -> Option<Queued> {
+        let q = self.take_front()?;
+        self.debt += q.len() as f64;
+        Some(q)
+    }
+
+    fn take_front(&mut self) -> Option<Queued> {
         let q = self.queue.pop_front()?;
         self.queued_bytes -= q.len();
         Some(q)

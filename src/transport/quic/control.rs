@@ -23,6 +23,9 @@ pub struct QuicTrack {
     #[serde(default)]
     pub fmtp: String,
     pub ssrc: u32,
+    /// "slides" for a presentation (a screen share), as RFC 4796 `a=content` names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -80,6 +83,10 @@ mod tests {
             (r#"{"type":"join","v":1,"room":"r"}"#, true),
             (
                 r#"{"type":"publish","flow":0,"tracks":[{"kind":"audio","codec":"opus","payload_type":111,"clock_rate":48000,"channels":2,"ssrc":7}]}"#,
+                true,
+            ),
+            (
+                r#"{"type":"publish","flow":0,"tracks":[{"kind":"video","codec":"VP8","payload_type":96,"clock_rate":90000,"ssrc":8,"content":"slides"}]}"#,
                 true,
             ),
             (r#"{"type":"subscribe","flow":1}"#, true),

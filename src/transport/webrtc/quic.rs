@@ -111,6 +111,11 @@ impl Shard {
         self.relay
             .add_publisher(s.id, room, s.rtcp_ssrc, specs)
             .map_err(|e| Refusal::new(500, "internal", e.to_string()))?;
+        for (i, t) in tracks.iter().enumerate() {
+            if t.kind == "video" && t.content.as_deref() == Some("slides") {
+                self.relay.set_slides(s.id, i, true);
+            }
+        }
         let (id, public) = (s.id, s.public_id.clone());
         info!(session = id, room, publisher = %public, "QUIC publisher created");
         self.register(s);
@@ -174,6 +179,7 @@ impl Shard {
                     channels: codec.channels.parse().ok(),
                     fmtp: codec.fmtp.clone(),
                     ssrc,
+                    content: None,
                 });
             }
         }

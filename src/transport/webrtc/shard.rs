@@ -534,7 +534,7 @@ impl Shard {
                 rids: a.rids().to_vec(),
             });
             published.push((kind, codec.clone(), m.mid.clone()));
-            slides.push(m.slides);
+            slides.push(m.slides && kind == MediaKind::Video);
             answers.push(a);
         }
         if tracks.is_empty() {
