@@ -422,18 +422,45 @@ impl Viewer {
     }
 }
 
-/// Notes that a viewer has video waiting until `due` (see [`Relay::handle_timeout`]).
-fn note_pacing(
-    next_pace: &mut Option<Instant>,
-    pacing: &mut Vec<SessionId>,
-    vid: SessionId,
-    due: Option<Instant>,
-) {
-    if let Some(due) = due {
-        *next_pace = Some(next_pace.map_or(due, |n| n.min(due)));
-        if !pacing.contains(&vid) {
-            pacing.push(vid);
+/// The parts of the relay that queueing a packet in a viewer's pacer uses (borrowed apart from
+/// the viewers and publishers the caller holds).
+struct Pacing<'a> {
+    header: &'a mut [u8; 512],
+    prefix: &'a mut [u8; 16],
+    counters: &'a mut RelayCounters,
+    next_pace: &'a mut Option<Instant>,
+    pacing: &'a mut Vec<SessionId>,
+}
+
+impl Pacing<'_> {
+    /// Queues a forwarded video packet for track `index` of viewer `vid`; returns false where it
+    /// cannot wait, after sending what waits (so one stream stays in order): the caller then
+    /// sends it at once.
+    #[allow(clippy::too_many_arguments)]
+    fn queue(
+        &mut self,
+        now: Instant,
+        (vid, v, index): (SessionId, &mut Viewer, usize),
+        from: &ExtMap,
+        packet: &Bytes,
+        view: &RtpView,
+        rw: &Rewrite,
+        sink: &mut impl Sink,
+    ) -> bool {
+        let hp = (&mut *self.header, &mut *self.prefix);
+        let Some(q) = queue_entry(now, index, &v.tracks[index], from, packet, view, rw, hp) else {
+            v.flush(now, vid, sink);
+            return false;
+        };
+        self.counters.forwarded_packets += 1;
+        self.counters.forwarded_bytes += q.len() as u64;
+        if let Some(due) = v.enqueue(now, vid, q, sink) {
+            *self.next_pace = Some(self.next_pace.map_or(due, |n| n.min(due)));
+            if !self.pacing.contains(&vid) {
+                self.pacing.push(vid);
+            }
         }
+        true
     }
 }
 
@@ -1008,19 +1035,16 @@ impl Relay {
                 continue;
             };
             self.counters.replayed_packets += 1;
-            if paced {
-                // Up to a second of video at once: it leaves at the viewer's pace.
-                let hp = (&mut self.header, &mut self.prefix);
-                match queue_entry(now, index, vt, &src.spec.ext, pkt, view, &rw, hp) {
-                    Some(q) => {
-                        self.counters.forwarded_packets += 1;
-                        self.counters.forwarded_bytes += q.len() as u64;
-                        let due = v.enqueue(now, viewer, q, sink);
-                        note_pacing(&mut self.next_pace, &mut self.pacing, viewer, due);
-                        continue;
-                    }
-                    None => v.flush(now, viewer, sink),
-                }
+            // Up to a second of video at once: it leaves at the viewer's pace.
+            let mut pacing = Pacing {
+                header: &mut self.header,
+                prefix: &mut self.prefix,
+                counters: &mut self.counters,
+                next_pace: &mut self.next_pace,
+                pacing: &mut self.pacing,
+            };
+            if paced && pacing.queue(now, (viewer, v, index), &src.spec.ext, pkt, view, &rw, sink) {
+                continue;
             }
             let vt = &mut v.tracks[index];
             let transport_seq = v.cc.take_seq(&vt.spec.ext);
@@ -1294,19 +1318,18 @@ impl Relay {
                     continue;
                 }
             };
-            if track.spec.kind == MediaKind::Video && v.cc.has_signal() {
-                let hp = (&mut self.header, &mut self.prefix);
-                match queue_entry(now, vti, vt, &track.spec.ext, packet, view, &rw, hp) {
-                    Some(q) => {
-                        self.counters.forwarded_packets += 1;
-                        self.counters.forwarded_bytes += q.len() as u64;
-                        let due = v.enqueue(now, vid, q, sink);
-                        note_pacing(&mut self.next_pace, &mut self.pacing, vid, due);
-                        continue;
-                    }
-                    // Sent at once, so what waits goes first: one stream stays in order.
-                    None => v.flush(now, vid, sink),
-                }
+            let mut pacing = Pacing {
+                header: &mut self.header,
+                prefix: &mut self.prefix,
+                counters: &mut self.counters,
+                next_pace: &mut self.next_pace,
+                pacing: &mut self.pacing,
+            };
+            if track.spec.kind == MediaKind::Video
+                && v.cc.has_signal()
+                && pacing.queue(now, (vid, v, vti), &track.spec.ext, packet, view, &rw, sink)
+            {
+                continue;
             }
             let vt = &mut v.tracks[vti];
             let transport_seq = v.cc.take_seq(&vt.spec.ext);
