@@ -407,19 +407,18 @@ impl Forwarder {
             if bit(&svc.thinned, i) {
                 return Decision::Drop(DropReason::Thinned);
             }
-            let vp9 = || {
-                let d = vp9::Descriptor::parse(payload).filter(|d| d.layered)?;
-                Some((d, d.end, d.sid, d.tid))
-            };
-            let layers = match frame {
-                Some(f) => Some((None, f.end, f.spatial, f.temporal)),
-                None if self.codec == Codec::Vp9 => vp9().map(|(d, e, s, t)| (Some(d), e, s, t)),
-                None => None,
-            };
-            if let Some((d, end, sid, tid)) = layers {
-                let sent = match (newest, frame, d) {
+            // The layers come from the caller's descriptor, else from VP9's payload.
+            let vp9 = (frame.is_none() && self.codec == Codec::Vp9)
+                .then(|| vp9::Descriptor::parse(payload))
+                .flatten()
+                .filter(|d| d.layered);
+            let ids = frame
+                .map(|f| (f.end, f.spatial, f.temporal))
+                .or(vp9.map(|d| (d.end, d.sid, d.tid)));
+            if let Some((end, sid, tid)) = ids {
+                let sent = match (newest, frame, vp9) {
                     (true, Some(f), _) => svc.follow_frame(f),
-                    (true, None, Some(d)) => svc.follow(&d),
+                    (true, _, Some(d)) => svc.follow(&d),
                     _ => sid <= svc.current.spatial && tid <= svc.current.temporal,
                 };
                 if !sent {
