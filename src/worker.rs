@@ -46,6 +46,11 @@ pub enum Command {
         sdp: String,
         reply: Reply<()>,
     },
+    OfferFailed {
+        pid: ParticipantId,
+        reason: String,
+        reply: Reply<()>,
+    },
     Subscribe {
         pid: ParticipantId,
         tracks: Vec<String>,
@@ -235,6 +240,9 @@ fn apply_with(shard: &mut Shard, quic: &mut QuicConns, now: Instant, cmd: Comman
         }
         Command::Answer { pid, sdp, reply } => {
             let _ = reply.send(shard.participant_answer(now, pid, &sdp));
+        }
+        Command::OfferFailed { pid, reason, reply } => {
+            let _ = reply.send(shard.participant_offer_failed(now, pid, &reason));
         }
         Command::Subscribe {
             pid,

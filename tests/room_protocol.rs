@@ -185,18 +185,20 @@ a=fingerprint:sha-256 AA:BB:CC\r\na=setup:active\r\na=mid:1\r\na=recvonly\r\na=r
         (Some(404), Some("no_such_track"))
     );
 
-    // Ann leaves: Ben is told, and offered his connection again with both m-lines stopped.
+    // Ann leaves: Ben is told, and offered his connection again with her lines ended: the
+    // first (the BUNDLE tag) inactive and still in the group, the other stopped.
     send(&mut a, json!({"type": "leave", "id": 7})).await;
     assert_eq!(expect_type(&mut a, "ok").await["id"], 7);
     let left = expect_type(&mut b, "participant_left").await;
     assert_eq!(left["participant"], a_id.as_str());
     let again = expect_type(&mut b, "offer").await;
     let sdp = again["sdp"].as_str().unwrap();
-    assert_eq!(
-        sdp.matches("m=audio 0 ").count() + sdp.matches("m=video 0 ").count(),
-        2,
+    assert!(sdp.contains("a=group:BUNDLE 0\r\n"), "{sdp}");
+    assert!(
+        sdp.contains("m=audio 9 ") && sdp.contains("m=video 0 "),
         "{sdp}"
     );
+    assert!(!sdp.contains("a=sendonly"), "{sdp}");
     assert!(again["tracks"].as_object().unwrap().is_empty());
 }
 

@@ -31,6 +31,14 @@ pub enum ClientMessage {
         id: Option<serde_json::Value>,
         sdp: String,
     },
+    /// The client could not apply the latest `offer`: the server starts a new receiving
+    /// connection and offers it.
+    OfferFailed {
+        #[serde(default)]
+        id: Option<serde_json::Value>,
+        #[serde(default)]
+        reason: Option<String>,
+    },
     Subscribe {
         #[serde(default)]
         id: Option<serde_json::Value>,
@@ -73,6 +81,7 @@ impl ClientMessage {
             ClientMessage::Join { id, .. }
             | ClientMessage::Publish { id, .. }
             | ClientMessage::Answer { id, .. }
+            | ClientMessage::OfferFailed { id, .. }
             | ClientMessage::Subscribe { id, .. }
             | ClientMessage::Unsubscribe { id, .. }
             | ClientMessage::Mute { id, .. }

@@ -761,54 +761,59 @@ pub struct OfferLine {
     pub kind: MediaKind,
     pub codec: OfferedCodec,
     pub ext: Vec<(u8, String)>,
-    /// `None` for an m-line whose track has ended: it is offered with port 0 (stopped).
+    /// `None` for an m-line whose track has ended: it is offered with port 0 (stopped), or
+    /// `a=inactive` when it stays in the BUNDLE group (`bundled`).
     pub source: Option<Source>,
+    /// In the BUNDLE group: every line with a track, and the tag line (first) even without one,
+    /// so that the group's tag stays a live line (RFC 8843 §7).
+    pub bundled: bool,
 }
 
 /// Writes an offer (volna sends, the peer receives). `version` must grow with each offer.
 pub fn build_offer(local: &Local, version: u64, lines: &[OfferLine]) -> String {
     let mut s = String::with_capacity(1024 + 512 * lines.len());
-    let live: Vec<&str> = lines
+    let bundle: Vec<&str> = lines
         .iter()
-        .filter(|l| l.source.is_some())
+        .filter(|l| l.bundled)
         .map(|l| l.mid.as_str())
         .collect();
-    write_session(&mut s, local, version, &live, false);
+    write_session(&mut s, local, version, &bundle, false);
     let mut first = true;
     for l in lines {
         let media = match l.kind {
             MediaKind::Audio => "audio",
             MediaKind::Video => "video",
         };
-        match &l.source {
-            None => {
-                let fmt = l.codec.payload_type.to_string();
-                write_rejected(
-                    &mut s,
-                    local,
-                    "actpass",
-                    media,
-                    "UDP/TLS/RTP/SAVPF",
-                    &fmt,
-                    &l.mid,
-                );
-            }
-            Some(src) => {
-                let line = MediaLine {
-                    media,
-                    mid: &l.mid,
-                    kind: Some(l.kind),
-                    codec: &l.codec,
-                    feedback: l.codec.feedback.iter().map(String::as_str).collect(),
-                    ext: &l.ext,
-                    direction: Direction::SendOnly,
-                    source: Some(src),
-                    rids: &[],
-                };
-                write_media(&mut s, local, "actpass", &line, first);
-                first = false;
-            }
+        if !l.bundled {
+            let fmt = l.codec.payload_type.to_string();
+            write_rejected(
+                &mut s,
+                local,
+                "actpass",
+                media,
+                "UDP/TLS/RTP/SAVPF",
+                &fmt,
+                &l.mid,
+            );
+            continue;
         }
+        let line = MediaLine {
+            media,
+            mid: &l.mid,
+            kind: Some(l.kind),
+            codec: &l.codec,
+            feedback: l.codec.feedback.iter().map(String::as_str).collect(),
+            ext: &l.ext,
+            direction: if l.source.is_some() {
+                Direction::SendOnly
+            } else {
+                Direction::Inactive
+            },
+            source: l.source.as_ref(),
+            rids: &[],
+        };
+        write_media(&mut s, local, "actpass", &line, first);
+        first = false;
     }
     s
 }
@@ -1051,7 +1056,7 @@ a=rtpmap:102 H264/90000\r\na=fmtp:102 level-asymmetry-allowed=1;packetization-mo
     }
 
     #[test]
-    fn offer_with_a_stopped_line() {
+    fn offer_with_parked_and_stopped_lines() {
         let local = test_local();
         let codec = Offer::parse(CHROME_OFFER).unwrap().media[1].codecs[0].clone();
         let src = Source {
@@ -1062,38 +1067,44 @@ a=rtpmap:102 H264/90000\r\na=fmtp:102 level-asymmetry-allowed=1;packetization-mo
             rtx: None,
             red: None,
         };
+        let line = |mid: &str, source: Option<Source>, bundled| OfferLine {
+            mid: mid.into(),
+            kind: MediaKind::Video,
+            codec: codec.clone(),
+            ext: vec![(1, ExtKind::Mid.uri().into())],
+            source,
+            bundled,
+        };
+        // The tag line without a track (parked), a stopped line, a live one.
         let lines = [
-            OfferLine {
-                mid: "0".into(),
-                kind: MediaKind::Video,
-                codec: codec.clone(),
-                ext: vec![(1, ExtKind::Mid.uri().into())],
-                source: None,
-            },
-            OfferLine {
-                mid: "1".into(),
-                kind: MediaKind::Video,
-                codec,
-                ext: vec![(1, ExtKind::Mid.uri().into())],
-                source: Some(src),
-            },
+            line("0", None, true),
+            line("4", None, false),
+            line("5", Some(src), true),
         ];
         let text = build_offer(&local, 3, &lines);
-        for line in [
+        for want in [
             "o=volna 7 3 IN IP4",
-            "a=group:BUNDLE 1\r\n",
-            "m=video 0 UDP/TLS/RTP/SAVPF 96",
-            "m=video 9 UDP/TLS/RTP/SAVPF 96",
+            "a=group:BUNDLE 0 5\r\n",
+            "m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 127.0.0.1\r\na=mid:0\r\n",
+            "m=video 0 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 127.0.0.1\r\na=mid:4\r\n",
+            "a=inactive\r\na=rtcp-mux",
             "a=setup:actpass",
             "a=sendonly",
             "a=ssrc:42 msid:s t",
         ] {
-            assert!(text.contains(line), "missing {line}\n{text}");
+            assert!(text.contains(want), "missing {want}\n{text}");
         }
-        // A browser would parse it: so does our parser, with both m-lines.
+        // The candidate goes on the tag line, which is live even without a track.
+        let tag = &text[text.find("a=mid:0").unwrap()..text.find("a=mid:4").unwrap()];
+        assert!(
+            tag.contains("a=candidate:") && !tag.contains("a=msid"),
+            "{tag}"
+        );
+        assert_eq!(text.matches("a=candidate:").count(), 1);
+        // A browser would parse it: so does our parser, with all m-lines.
         let parsed = Offer::parse(&text).unwrap();
-        assert_eq!(parsed.media.len(), 2);
-        assert!(!parsed.media[0].active() && parsed.media[1].active());
+        let live: Vec<bool> = parsed.media.iter().map(OfferedMedia::active).collect();
+        assert_eq!(live, [true, false, true]);
     }
 
     #[test]

@@ -262,6 +262,13 @@ async fn handle(
             call(st, pid, |reply| Command::Answer { pid, sdp, reply }).await??;
             Ok(ServerMessage::Ok { id })
         }
+        ClientMessage::OfferFailed { id, reason } => {
+            let pid = pid.ok_or_else(not_joined)?;
+            let reason = reason.unwrap_or_default();
+            let reason: String = reason.chars().take(200).collect();
+            call(st, pid, |reply| Command::OfferFailed { pid, reason, reply }).await??;
+            Ok(ServerMessage::Ok { id })
+        }
         ClientMessage::Subscribe { tracks, .. }
         | ClientMessage::Unsubscribe { tracks, .. }
         | ClientMessage::Pin { tracks, .. }

@@ -10,7 +10,8 @@ use rand::Rng;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use super::session::{ParticipantId, Role, SubLine};
+use super::negotiation::{LineState, SubLine};
+use super::session::{ParticipantId, Role};
 use super::shard::{CloseCause, Remote, Shard, ShardError};
 use crate::core::room::{MediaKind, RelayEvent, Rtx, SessionId, TrackRef, ViewerTrackSpec};
 use crate::core::rtp::{ExtKind, ExtMap};
@@ -580,20 +581,23 @@ impl Shard {
         };
         let neg = &mut s.negotiation;
         let mut removed = Vec::new();
-        for line in neg.lines.iter_mut() {
-            let Some(src) = line.source else { continue };
+        for i in 0..neg.lines.len() {
+            let Some(src) = neg.lines[i].source else {
+                continue;
+            };
             if !desired.iter().any(|d| d.source == src) {
-                line.source = None;
-                if let Some(i) = line.relay_index.take() {
-                    removed.push(i);
-                }
-                neg.dirty = true;
+                removed.extend(neg.end(i));
             }
         }
+        // New tracks wait while an offer is outstanding: they come in the next one.
         let mut rng = rand::thread_rng();
         for (d, &dd) in desired.iter().zip(&with_dd) {
             if neg.lines.iter().any(|l| l.source == Some(d.source)) {
                 continue;
+            }
+            if !neg.can_add() {
+                neg.dirty = true;
+                break;
             }
             let mut codec = d.codec.clone();
             codec.feedback = match d.kind {
@@ -614,8 +618,8 @@ impl Shard {
             });
             let red = (d.kind == MediaKind::Audio)
                 .then(|| assign_red_payload_type(&neg.lines, codec.payload_type));
-            neg.lines.push(SubLine {
-                mid: neg.lines.len().to_string(),
+            neg.add(SubLine {
+                mid: String::new(),
                 kind: d.kind,
                 source: Some(d.source),
                 track_id: d.info.id.clone(),
@@ -629,8 +633,9 @@ impl Shard {
                 ext: subscriber_exts(d.kind, dd),
                 relay_index: None,
                 accepted: false,
+                offered_live: false,
+                free: false,
             });
-            neg.dirty = true;
         }
         for i in removed {
             self.relay.remove_viewer_track(sid, i);
@@ -647,15 +652,17 @@ impl Shard {
             return;
         }
         let Some(pid) = s.participant else { return };
-        let lines: Vec<OfferLine> = s
-            .negotiation
+        let neg = &s.negotiation;
+        let lines: Vec<OfferLine> = neg
             .lines
             .iter()
-            .map(|l| OfferLine {
+            .enumerate()
+            .map(|(i, l)| OfferLine {
                 mid: l.mid.clone(),
                 kind: l.kind,
                 codec: l.codec.clone(),
                 ext: l.ext.clone(),
+                bundled: neg.state(i) != LineState::Stopped,
                 source: l.source.map(|_| Source {
                     ssrc: l.ssrc,
                     cname: format!("volna-{}", l.stream_id),
@@ -673,12 +680,9 @@ impl Shard {
             .filter(|l| l.source.is_some())
             .map(|l| (l.mid.clone(), l.track_id.clone()))
             .collect();
-        let version = s.negotiation.version + 1;
-        let sdp = build_offer(&self.local(s), version, &lines);
+        let sdp = build_offer(&self.local(s), neg.version + 1, &lines);
         if let Some(s) = self.sessions.get_mut(&sid) {
-            s.negotiation.version = version;
-            s.negotiation.awaiting_answer = true;
-            s.negotiation.dirty = false;
+            s.negotiation.offered();
         }
         self.send(pid, ServerMessage::Offer { sdp, tracks });
     }
@@ -766,7 +770,7 @@ impl Shard {
                     OfferedCodec::red_for(&m.codecs, line.codec.payload_type) == Some(pt)
                 });
         }
-        s.negotiation.awaiting_answer = false;
+        s.negotiation.answered();
         let early = std::mem::take(&mut s.negotiation.early_dtls);
         let remote = s.remote;
         if first {
@@ -778,7 +782,38 @@ impl Shard {
             }
         }
         self.attach_accepted_lines(now, sid);
-        self.offer_if_needed(sid);
+        // Tracks that came while the offer was out go in the next one.
+        self.sync_subscriber(now, pid);
+        Ok(())
+    }
+
+    /// The client could not apply the outstanding offer. Its receiving connection is replaced:
+    /// the old session closes and a new one is offered from scratch (new ICE credentials and
+    /// DTLS), which a client can always apply to a new `RTCPeerConnection`.
+    pub fn participant_offer_failed(
+        &mut self,
+        now: Instant,
+        pid: ParticipantId,
+        reason: &str,
+    ) -> Result<(), Refusal> {
+        let p = self
+            .participants
+            .get(&pid)
+            .ok_or_else(|| Refusal::new(409, "not_joined", "join a room first"))?;
+        let sid = p
+            .subscriber
+            .filter(|sid| {
+                self.sessions
+                    .get(sid)
+                    .is_some_and(|s| s.negotiation.awaiting_answer)
+            })
+            .ok_or_else(|| Refusal::new(409, "no_offer", "no offer is outstanding"))?;
+        warn!(participant = %p.public_id, session = sid, reason, "client could not apply an offer: new receiving connection");
+        self.close(now, sid, CloseCause::Participant);
+        if let Some(p) = self.participants.get_mut(&pid) {
+            p.subscriber = None;
+        }
+        self.sync_subscriber(now, pid);
         Ok(())
     }
 
@@ -828,15 +863,13 @@ impl Shard {
         for (line, spec) in todo {
             let (relay, mut out) = self.relay_and_out();
             let r = relay.add_viewer_track(now, sid, spec, &mut out);
-            let Some(l) = self
-                .sessions
-                .get_mut(&sid)
-                .and_then(|s| s.negotiation.lines.get_mut(line))
-            else {
+            let Some(s) = self.sessions.get_mut(&sid) else {
                 continue;
             };
+            let neg = &mut s.negotiation;
             match r {
                 Ok(idx) => {
+                    let l = &mut neg.lines[line];
                     l.relay_index = Some(idx);
                     let track_id = l.track_id.clone();
                     let pinned = self
@@ -851,15 +884,12 @@ impl Shard {
                 }
                 Err(_) => {
                     // Its publisher left meanwhile.
-                    l.source = None;
+                    neg.end(line);
                     failed = true;
                 }
             }
         }
         if failed {
-            if let Some(s) = self.sessions.get_mut(&sid) {
-                s.negotiation.dirty = true;
-            }
             self.offer_if_needed(sid);
         }
     }
@@ -869,11 +899,13 @@ impl Shard {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
-        for l in s.negotiation.lines.iter_mut() {
-            if l.relay_index.is_some_and(|i| indices.contains(&i)) {
-                l.relay_index = None;
-                l.source = None;
-                s.negotiation.dirty = true;
+        let neg = &mut s.negotiation;
+        for i in 0..neg.lines.len() {
+            if neg.lines[i]
+                .relay_index
+                .is_some_and(|r| indices.contains(&r))
+            {
+                neg.end(i);
             }
         }
         self.offer_if_needed(sid);
@@ -1027,6 +1059,8 @@ mod tests {
             ext: Vec::new(),
             relay_index: None,
             accepted: false,
+            offered_live: false,
+            free: false,
         }
     }
 

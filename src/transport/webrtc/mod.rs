@@ -5,6 +5,7 @@
 pub mod conference;
 pub mod dtls;
 pub mod ice;
+pub mod negotiation;
 pub mod quic;
 pub mod session;
 pub mod shard;

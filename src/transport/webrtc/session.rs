@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::dtls::{Dtls, SrtpKeys};
-use crate::core::room::{MediaKind, SessionId, TrackRef, ViewerTrackSpec};
+use super::negotiation::Negotiation;
+use crate::core::room::{MediaKind, SessionId, ViewerTrackSpec};
 use crate::signal::sdp::OfferedCodec;
 
 /// Whom a session belongs to in the room protocol.
@@ -21,45 +22,6 @@ pub enum Role {
     Viewer,
     /// A room participant's receiving connection; volna makes the offers.
     Subscriber,
-}
-
-/// One m-line of a subscriber connection.
-#[derive(Debug, Clone)]
-pub struct SubLine {
-    pub mid: String,
-    pub kind: MediaKind,
-    /// The forwarded track; `None` once it ended (the m-line is then offered stopped).
-    pub source: Option<TrackRef>,
-    /// Public track id (`participant-mid`) for signalling and `a=msid`.
-    pub track_id: String,
-    pub stream_id: String,
-    pub ssrc: u32,
-    pub codec: OfferedCodec,
-    /// The RTX stream offered with video (payload type, SSRC), for resends and probes.
-    pub rtx: Option<(u8, u32)>,
-    /// The last answer accepted the RTX stream too.
-    pub rtx_accepted: bool,
-    /// The RED payload type offered with audio (RFC 2198), and whether the answer took it.
-    pub red: Option<u8>,
-    pub red_accepted: bool,
-    pub ext: Vec<(u8, String)>,
-    /// The relay's viewer-track index once the peer accepted the line and SRTP is up.
-    pub relay_index: Option<usize>,
-    /// The last answer accepted this line.
-    pub accepted: bool,
-}
-
-/// Offer/answer state of a subscriber connection (JSEP: one offer outstanding at a time).
-#[derive(Debug, Default)]
-pub struct Negotiation {
-    pub lines: Vec<SubLine>,
-    pub version: u64,
-    /// An offer was sent and its answer has not come.
-    pub awaiting_answer: bool,
-    /// The lines changed since the last offer.
-    pub dirty: bool,
-    /// DTLS datagrams that came before the first answer (the peer's ClientHello can overtake it).
-    pub early_dtls: Vec<Vec<u8>>,
 }
 
 pub struct Session {

@@ -14,7 +14,8 @@ use tracing::{debug, info, warn};
 use super::conference::Participant;
 use super::dtls::{Dtls, DtlsIdentity, DtlsOutput};
 use super::ice::BindingRequest;
-use super::session::{Negotiation, ParticipantId, Role, Session};
+use super::negotiation::Negotiation;
+use super::session::{ParticipantId, Role, Session};
 use crate::core::room::{
     MediaKind, Relay, RelayConfig, Rtx, SessionId, Sink, TrackRef, TrackSpec, ViewerTrackSpec,
 };
