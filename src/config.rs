@@ -124,6 +124,9 @@ pub struct MediaConfig {
     pub pause_video: bool,
     /// A session whose peer sends nothing for this long is closed (RFC 7675 consent).
     pub consent_timeout_secs: u64,
+    /// A room participant whose media or socket is lost stays in the room, shown to the others
+    /// as reconnecting, this long for its client to come back (`join` with `resume`).
+    pub reconnect_secs: u64,
     /// Bitrate cap announced to video publishers with REMB.
     pub publisher_max_bitrate_kbps: u64,
     /// Shortest gap between keyframe requests to one publisher track.
@@ -156,6 +159,7 @@ impl Default for MediaConfig {
             pin_workers: false,
             pause_video: true,
             consent_timeout_secs: 30,
+            reconnect_secs: 10,
             publisher_max_bitrate_kbps: 2500,
             keyframe_request_interval_ms: 500,
         }

@@ -67,6 +67,7 @@ pub async fn start(config: &Config) -> Result<Running, ServerError> {
             worker,
             media_addr: socket.local_addr().map_err(ServerError::Worker)?,
             consent_timeout: std::time::Duration::from_secs(config.media.consent_timeout_secs),
+            reconnect_grace: std::time::Duration::from_secs(config.media.reconnect_secs),
             relay: config.relay(),
             limits: config.shard_limits(),
         };

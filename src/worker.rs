@@ -16,21 +16,23 @@ use crate::signal::sdp::Offer;
 use crate::transport::buffers::RecvPool;
 use crate::transport::quic::control::QuicTrack;
 use crate::transport::udp::BatchSocket;
+use crate::transport::webrtc::conference::JoinRequest;
 use crate::transport::webrtc::session::{ParticipantId, Role};
 use crate::transport::webrtc::shard::WORKER_ID_SHIFT;
-use crate::transport::webrtc::{Created, Grants, Shard, ShardError, ShardStats};
+use crate::transport::webrtc::{Created, Shard, ShardError, ShardStats};
 
 type Reply<T> = oneshot::Sender<Result<T, Refusal>>;
 
 pub enum Command {
     Join {
-        room: String,
-        identity: String,
-        name: String,
-        grants: Grants,
-        auto_subscribe: bool,
+        req: JoinRequest,
         tx: mpsc::Sender<ServerMessage>,
         reply: Reply<(ParticipantId, ServerMessage)>,
+    },
+    /// The participant's socket `conn` closed without `leave`.
+    Disconnected {
+        pid: ParticipantId,
+        conn: u64,
     },
     /// The `joined` message reached the client: offers may follow.
     JoinedDelivered {
@@ -222,18 +224,10 @@ fn apply_with(shard: &mut Shard, quic: &mut QuicConns, now: Instant, cmd: Comman
         Command::Stats { reply } => {
             let _ = reply.send(shard.stats());
         }
-        Command::Join {
-            room,
-            identity,
-            name,
-            grants,
-            auto_subscribe,
-            tx,
-            reply,
-        } => {
-            let _ =
-                reply.send(shard.join(now, &room, &identity, &name, grants, auto_subscribe, tx));
+        Command::Join { req, tx, reply } => {
+            let _ = reply.send(shard.join(now, req, tx));
         }
+        Command::Disconnected { pid, conn } => shard.participant_disconnected(now, pid, conn),
         Command::JoinedDelivered { pid } => shard.joined_delivered(now, pid),
         Command::RoomPublish { pid, offer, reply } => {
             let _ = reply.send(shard.participant_publish(now, pid, &offer));

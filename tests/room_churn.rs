@@ -364,7 +364,7 @@ async fn republish_with_subscribers_of_only_that_publisher_and_a_change_during_a
     let mut a = Peer::join(addr, "re", "A").await;
     a.publish().await;
     // B watches only A (it publishes nothing); C watches everyone and publishes.
-    let mut b = Peer::join(addr, "re", "B").await;
+    let b = Peer::join(addr, "re", "B").await;
     let mut c = Peer::join(addr, "re", "C").await;
     c.publish().await;
     let mut peers = vec![a, b, c];

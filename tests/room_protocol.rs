@@ -490,7 +490,11 @@ async fn republishing_unpublishes_the_old_tracks() {
 #[tokio::test]
 async fn losing_media_removes_the_participant_and_tells_the_others() {
     // Nobody ever sends media here, so the publishing connection times out.
-    let addr = start(&[], |c| c.media.consent_timeout_secs = 1).await;
+    let addr = start(&[], |c| {
+        c.media.consent_timeout_secs = 1;
+        c.media.reconnect_secs = 1;
+    })
+    .await;
     let mut a = connect(addr, "").await;
     let mut b = connect(addr, "").await;
     let a_id = join(&mut a, "quiet", "a", None).await["participant"]["id"]
@@ -512,6 +516,9 @@ async fn losing_media_removes_the_participant_and_tells_the_others() {
         (Some(408), Some("media_lost")),
         "{e}"
     );
+    // A is shown reconnecting, and leaves when it does not come back within reconnect_secs.
+    let r = expect_type(&mut b, "participant_reconnecting").await;
+    assert_eq!(r["participant"], a_id.as_str());
     let left = expect_type(&mut b, "participant_left").await;
     assert_eq!(left["participant"], a_id.as_str());
     // A's socket is closed by the server.
@@ -543,4 +550,79 @@ async fn presentations_are_announced_as_slides() {
     let t2 = expect_type(&mut b, "track_published").await;
     assert!(t1["track"].get("content").is_none(), "{t1}");
     assert_eq!(t2["track"]["content"], "slides", "{t2}");
+}
+
+/// A participant whose socket drops is shown reconnecting; a new socket with its `resume` secret
+/// takes it back (same id, tracks published again), and the others never see it leave.
+#[tokio::test]
+async fn a_lost_socket_resumes_as_the_same_participant() {
+    let addr = start(&[], |_| {}).await;
+    let mut a = connect(addr, "").await;
+    let mut b = connect(addr, "").await;
+    let ja = join(&mut a, "back", "Ann", None).await;
+    let a_id = ja["participant"]["id"].as_str().unwrap().to_owned();
+    let secret = ja["resume"].as_str().unwrap().to_owned();
+    assert_eq!(secret.len(), 32, "{ja}");
+    assert_eq!(ja["resumed"], false);
+    join(&mut b, "back", "Ben", None).await;
+    send(&mut a, json!({"type": "publish", "id": 2, "sdp": OFFER})).await;
+    expect_type(&mut a, "publish_answer").await;
+    expect_type(&mut b, "offer").await;
+    // Ann's network drops: her socket closes without `leave`.
+    drop(a);
+    let r = expect_type(&mut b, "participant_reconnecting").await;
+    assert_eq!(r["participant"], a_id.as_str());
+    // A wrong secret is a new participant, not Ann.
+    let mut x = connect(addr, "").await;
+    send(
+        &mut x,
+        json!({"type": "join", "v": 1, "room": "back", "name": "Ann", "resume": "0123", "id": 1}),
+    )
+    .await;
+    let jx = expect_type(&mut x, "joined").await;
+    assert_eq!(jx["resumed"], false);
+    assert_ne!(jx["participant"]["id"], a_id.as_str());
+    let reconnecting: Vec<bool> = jx["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["id"] == a_id.as_str())
+        .map(|p| p["reconnecting"] == true)
+        .collect();
+    assert_eq!(reconnecting, [true], "joiners see Ann reconnecting: {jx}");
+    // Ann comes back with her secret.
+    let mut a = connect(addr, "").await;
+    send(
+        &mut a,
+        json!({"type": "join", "v": 1, "room": "back", "name": "Ann", "resume": secret, "id": 1}),
+    )
+    .await;
+    let again = expect_type(&mut a, "joined").await;
+    assert_eq!(again["resumed"], true, "{again}");
+    assert_eq!(again["participant"]["id"], a_id.as_str());
+    // Ben sees her old tracks end, her return, then (after she publishes again) new tracks.
+    let mut seen = Vec::new();
+    loop {
+        let m = recv(&mut b).await;
+        let t = m["type"].as_str().unwrap().to_owned();
+        assert_ne!(t, "participant_left", "Ann never leaves: {m}");
+        if t == "participant_joined" {
+            assert_ne!(
+                m["participant"]["id"],
+                a_id.as_str(),
+                "nor joins again: {m}"
+            );
+            continue;
+        }
+        seen.push(t.clone());
+        if t == "participant_reconnected" {
+            assert_eq!(m["participant"], a_id.as_str());
+            break;
+        }
+    }
+    assert!(seen.contains(&"track_unpublished".to_owned()), "{seen:?}");
+    send(&mut a, json!({"type": "publish", "id": 3, "sdp": OFFER})).await;
+    expect_type(&mut a, "publish_answer").await;
+    let t = expect_type(&mut b, "track_published").await;
+    assert_eq!(t["participant"], a_id.as_str());
 }

@@ -502,6 +502,7 @@ mod shard_path {
                 worker: 0,
                 media_addr: "127.0.0.1:5000".parse().unwrap(),
                 consent_timeout: Duration::from_secs(30),
+                reconnect_grace: Duration::from_secs(10),
                 relay: RelayConfig::default(),
                 limits: Limits::default(),
             },

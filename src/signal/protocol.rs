@@ -20,6 +20,9 @@ pub enum ClientMessage {
         token: Option<String>,
         #[serde(default = "yes")]
         auto_subscribe: bool,
+        /// The `resume` secret of an earlier `joined`: come back as the same participant.
+        #[serde(default)]
+        resume: Option<String>,
     },
     Publish {
         #[serde(default)]
@@ -108,6 +111,9 @@ pub struct ParticipantInfo {
     pub identity: String,
     pub name: String,
     pub tracks: Vec<TrackInfo>,
+    /// Its media or socket was lost and it has not come back yet.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub reconnecting: bool,
 }
 
 /// What the server sends.
@@ -123,11 +129,24 @@ pub enum ServerMessage {
         participants: Vec<ParticipantInfo>,
         #[serde(skip_serializing_if = "Option::is_none")]
         active_speaker: Option<String>,
+        /// Give it back in `join` to return as this participant after a lost connection.
+        resume: String,
+        /// This join resumed an earlier participant (same id): its tracks are to be published
+        /// again.
+        resumed: bool,
     },
     ParticipantJoined {
         participant: ParticipantInfo,
     },
     ParticipantLeft {
+        participant: String,
+    },
+    /// Its media or socket was lost; it stays in the room for `reconnect_secs` (10 s) and either
+    /// comes back (`participant_reconnected`) or leaves (`participant_left`).
+    ParticipantReconnecting {
+        participant: String,
+    },
+    ParticipantReconnected {
         participant: String,
     },
     TrackPublished {

@@ -16,6 +16,7 @@ use super::auth::{bearer, unix_now};
 use super::http::{error_response, valid_name, AppState};
 use super::protocol::{ClientMessage, Refusal, ServerMessage, VERSION};
 use super::sdp::Offer;
+use crate::transport::webrtc::conference::JoinRequest;
 use crate::transport::webrtc::session::ParticipantId;
 use crate::worker::Command;
 
@@ -77,7 +78,11 @@ async fn send(socket: &mut WebSocket, msg: &ServerMessage) -> bool {
     }
 }
 
+/// Names each socket, so a participant's old socket closing late does not touch the new one.
+static NEXT_CONN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 async fn run(mut socket: WebSocket, st: AppState, upgrade_token: Option<String>) {
+    let conn = NEXT_CONN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut joined: Option<(ParticipantId, mpsc::Receiver<ServerMessage>)> = None;
     let rate = f64::from(st.ws_messages_per_second.max(1));
     let mut bucket = Bucket {
@@ -125,7 +130,7 @@ async fn run(mut socket: WebSocket, st: AppState, upgrade_token: Option<String>)
                 };
                 let leaving = matches!(msg, ClientMessage::Leave { .. });
                 let id = msg.request_id();
-                let reply = match handle(&st, msg, &mut joined, upgrade_token.as_deref()).await {
+                let reply = match handle(&st, msg, &mut joined, upgrade_token.as_deref(), conn).await {
                     Ok(reply) => reply,
                     Err(r) => r.to_message(id),
                 };
@@ -148,8 +153,14 @@ async fn run(mut socket: WebSocket, st: AppState, upgrade_token: Option<String>)
             },
         }
     }
+    // Without `leave` the participant may come back (`join` with `resume`).
     if let Some((pid, _)) = joined {
-        let _ = st.workers.for_id(pid).tx.send(Command::Leave { pid }).await;
+        let _ = st
+            .workers
+            .for_id(pid)
+            .tx
+            .send(Command::Disconnected { pid, conn })
+            .await;
     }
     let _ = socket.send(Message::Close(None)).await;
 }
@@ -163,6 +174,7 @@ async fn handle(
     msg: ClientMessage,
     joined: &mut Option<(ParticipantId, mpsc::Receiver<ServerMessage>)>,
     upgrade_token: Option<&str>,
+    conn: u64,
 ) -> Result<ServerMessage, Refusal> {
     let gone = || Refusal::new(503, "unavailable", "media worker is not running");
     let pid = joined.as_ref().map(|(p, _)| *p);
@@ -174,6 +186,7 @@ async fn handle(
             name,
             token,
             auto_subscribe,
+            resume,
         } => {
             if pid.is_some() {
                 return Err(Refusal::new(
@@ -227,11 +240,15 @@ async fn handle(
                 .for_room(&room)
                 .tx
                 .send(Command::Join {
-                    room: room.clone(),
-                    identity: identity.clone(),
-                    name: display,
-                    grants: access.grants,
-                    auto_subscribe,
+                    req: JoinRequest {
+                        room: room.clone(),
+                        identity: identity.clone(),
+                        name: display,
+                        grants: access.grants,
+                        auto_subscribe,
+                        conn,
+                        resume,
+                    },
                     tx,
                     reply,
                 })

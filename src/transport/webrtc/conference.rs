@@ -25,6 +25,19 @@ pub struct Grants {
     pub subscribe: bool,
 }
 
+/// A `join` as the worker gets it (the socket checked the token and the names).
+#[derive(Debug, Clone)]
+pub struct JoinRequest {
+    pub room: String,
+    pub identity: String,
+    pub name: String,
+    pub grants: Grants,
+    pub auto_subscribe: bool,
+    /// The socket this participant talks over (a later socket takes it over with `resume`).
+    pub conn: u64,
+    pub resume: Option<String>,
+}
+
 pub struct Participant {
     pub id: ParticipantId,
     pub public_id: String,
@@ -41,6 +54,12 @@ pub struct Participant {
     pub muted: HashMap<String, bool>,
     /// Tracks shown large (`pin`): their video goes first when the link is short.
     pub pinned: BTreeSet<String>,
+    /// The secret a new socket gives in `join` to come back as this participant.
+    pub resume: String,
+    /// The socket that speaks for it now.
+    pub conn: u64,
+    /// Lost its media or socket: it leaves at this time unless it comes back first.
+    pub reconnecting: Option<Instant>,
 }
 
 /// A published track as the room sees it.
@@ -158,21 +177,31 @@ impl Shard {
             identity: p.identity.clone(),
             name: p.name.clone(),
             tracks,
+            reconnecting: p.reconnecting.is_some(),
         })
     }
 
-    /// A participant joins a room. Returns its id and the `joined` message for it.
-    #[allow(clippy::too_many_arguments)]
+    /// A participant joins a room (or comes back, with a valid `resume`). Returns its id and
+    /// the `joined` message for it.
     pub fn join(
         &mut self,
-        _now: Instant,
-        room: &str,
-        identity: &str,
-        name: &str,
-        grants: Grants,
-        auto_subscribe: bool,
+        now: Instant,
+        req: JoinRequest,
         tx: mpsc::Sender<ServerMessage>,
     ) -> Result<(ParticipantId, ServerMessage), Refusal> {
+        let room = req.room.as_str();
+        let back = req.resume.as_deref().and_then(|secret| {
+            self.participants
+                .values()
+                .find(|p| p.room == room && p.resume == secret && p.identity == req.identity)
+                .map(|p| p.id)
+        });
+        if let Some(id) = back {
+            self.resume(now, id, &req, tx);
+            return Ok((id, self.joined_message(id, true)));
+        }
+        let (identity, name) = (req.identity.as_str(), req.name.as_str());
+        let (grants, auto_subscribe) = (req.grants, req.auto_subscribe);
         let limits = &self.config.limits;
         let in_room = self
             .participants
@@ -213,6 +242,9 @@ impl Shard {
             wanted: BTreeSet::new(),
             pinned: BTreeSet::new(),
             muted: HashMap::new(),
+            resume: super::shard::random_hex(16),
+            conn: req.conn,
+            reconnecting: None,
         };
         info!(participant = %p.public_id, identity, room, "participant joined");
         self.participants.insert(id, p);
@@ -220,16 +252,22 @@ impl Shard {
         self.broadcast(
             room,
             id,
-            &ServerMessage::ParticipantJoined {
-                participant: me.clone(),
-            },
+            &ServerMessage::ParticipantJoined { participant: me },
         );
-        let others: Vec<ParticipantId> = self
+        Ok((id, self.joined_message(id, false)))
+    }
+
+    /// The `joined` reply for a participant: itself, the others in join order, the speaker.
+    fn joined_message(&self, id: ParticipantId, resumed: bool) -> ServerMessage {
+        let p = &self.participants[&id];
+        let room = p.room.as_str();
+        let mut others: Vec<ParticipantId> = self
             .participants
             .values()
             .filter(|p| p.room == room && p.id != id)
             .map(|p| p.id)
             .collect();
+        others.sort_unstable();
         let participants = others.iter().filter_map(|o| self.info(*o)).collect();
         let speaker = self
             .relay
@@ -240,15 +278,129 @@ impl Shard {
                     .find(|p| p.publisher == Some(sid))
             })
             .map(|p| p.public_id.clone());
-        let joined = ServerMessage::Joined {
+        ServerMessage::Joined {
             id: None,
             v: VERSION,
             room: room.to_owned(),
-            participant: me,
+            participant: self.info(id).expect("present"),
             participants,
             active_speaker: speaker,
+            resume: p.resume.clone(),
+            resumed,
+        }
+    }
+
+    /// A new socket takes over a participant (`join` with its `resume` secret): its old media
+    /// connections end (the client makes new ones and publishes again), and the others see it
+    /// come back rather than leave and join.
+    fn resume(
+        &mut self,
+        now: Instant,
+        id: ParticipantId,
+        req: &JoinRequest,
+        tx: mpsc::Sender<ServerMessage>,
+    ) {
+        let room = req.room.clone();
+        self.end_media(now, id, true);
+        let Some(p) = self.participants.get_mut(&id) else {
+            return;
         };
-        Ok((id, joined))
+        p.tx = tx;
+        p.conn = req.conn;
+        p.name = req.name.clone();
+        p.grants = req.grants;
+        let was = p.reconnecting.take().is_some();
+        let public = p.public_id.clone();
+        info!(participant = %public, room, "participant resumed");
+        if was {
+            self.broadcast(
+                &room,
+                id,
+                &ServerMessage::ParticipantReconnected {
+                    participant: public,
+                },
+            );
+        }
+    }
+
+    /// Closes a participant's publishing connection (and its receiving one with `subscriber`),
+    /// telling the room its tracks ended.
+    fn end_media(&mut self, now: Instant, id: ParticipantId, subscriber: bool) {
+        let Some(p) = self.participants.get(&id) else {
+            return;
+        };
+        let room = p.room.clone();
+        let public = p.public_id.clone();
+        let gone: Vec<String> = self
+            .room_tracks(&room)
+            .into_iter()
+            .filter(|t| t.owner == id)
+            .map(|t| t.info.id)
+            .collect();
+        let subscriber = p.subscriber.filter(|_| subscriber);
+        for sid in [p.publisher, subscriber].into_iter().flatten() {
+            self.close(now, sid, CloseCause::Participant);
+        }
+        if let Some(p) = self.participants.get_mut(&id) {
+            p.publisher = None;
+            if subscriber.is_some() {
+                p.subscriber = None;
+            }
+        }
+        for track in gone {
+            self.broadcast(
+                &room,
+                id,
+                &ServerMessage::TrackUnpublished {
+                    participant: public.clone(),
+                    track,
+                },
+            );
+        }
+        self.sync_room(now, &room, id);
+    }
+
+    /// The participant's socket closed without `leave` (`conn` names the socket, so a socket
+    /// that was already replaced changes nothing): it may come back.
+    pub fn participant_disconnected(&mut self, now: Instant, pid: ParticipantId, conn: u64) {
+        if self.participants.get(&pid).is_some_and(|p| p.conn == conn) {
+            self.start_reconnecting(now, pid);
+        }
+    }
+
+    /// Lost media or socket: the participant is shown as reconnecting until it comes back or
+    /// the grace period ends.
+    fn start_reconnecting(&mut self, now: Instant, pid: ParticipantId) {
+        let grace = self.config.reconnect_grace;
+        let Some(p) = self.participants.get_mut(&pid) else {
+            return;
+        };
+        if p.reconnecting.is_some() {
+            return;
+        }
+        p.reconnecting = Some(now + grace);
+        info!(participant = %p.public_id, room = %p.room, "participant reconnecting");
+        let (room, public) = (p.room.clone(), p.public_id.clone());
+        self.broadcast(
+            &room,
+            pid,
+            &ServerMessage::ParticipantReconnecting {
+                participant: public,
+            },
+        );
+    }
+
+    /// Participants that did not come back in time leave.
+    pub(super) fn expire_reconnecting(&mut self, now: Instant) {
+        let gone: Vec<ParticipantId> = self
+            .participants
+            .values()
+            .filter(|p| p.reconnecting.is_some_and(|t| t <= now))
+            .map(|p| p.id)
+            .collect();
+        for pid in gone {
+            self.leave(now, pid);
+        }
     }
 
     /// Rooms with media sessions, plus rooms whose participants have none yet.
@@ -285,30 +437,9 @@ impl Shard {
             ));
         }
         let room = p.room.clone();
-        if let Some(old) = p.publisher {
+        if p.publisher.is_some() {
             // Publishing again replaces the publishing connection: its tracks end first.
-            let public = p.public_id.clone();
-            let gone: Vec<String> = self
-                .room_tracks(&room)
-                .into_iter()
-                .filter(|t| t.owner == pid)
-                .map(|t| t.info.id)
-                .collect();
-            self.close(now, old, CloseCause::Participant);
-            if let Some(p) = self.participants.get_mut(&pid) {
-                p.publisher = None;
-            }
-            for track in gone {
-                self.broadcast(
-                    &room,
-                    pid,
-                    &ServerMessage::TrackUnpublished {
-                        participant: public.clone(),
-                        track,
-                    },
-                );
-            }
-            self.sync_room(now, &room, pid);
+            self.end_media(now, pid, false);
         }
         let max = self.config.limits.max_tracks_per_participant;
         let (sid, created) = self
@@ -508,6 +639,8 @@ impl Shard {
             _ => {}
         }
         if cause.ends_participant() {
+            // The client is told (it closes the socket and comes back with `resume`); the
+            // others see it reconnecting.
             self.send(
                 pid,
                 Refusal::new(
@@ -517,7 +650,7 @@ impl Shard {
                 )
                 .to_message(None),
             );
-            self.leave(now, pid);
+            self.start_reconnecting(now, pid);
         }
     }
 

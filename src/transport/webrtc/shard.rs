@@ -77,6 +77,8 @@ pub struct ShardConfig {
     /// The media address: bound by the worker and advertised as the only ICE candidate.
     pub media_addr: SocketAddr,
     pub consent_timeout: Duration,
+    /// How long a room participant that lost its media or socket may take to come back.
+    pub reconnect_grace: Duration,
     pub relay: RelayConfig,
     pub limits: Limits,
 }
@@ -1044,6 +1046,7 @@ impl Shard {
             for id in expired {
                 self.close(now, id, CloseCause::ConsentExpired);
             }
+            self.expire_reconnecting(now);
         }
     }
 
