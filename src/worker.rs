@@ -48,6 +48,11 @@ pub enum Command {
         sdp: String,
         reply: Reply<()>,
     },
+    RestartIce {
+        pid: ParticipantId,
+        offer: Option<Box<Offer>>,
+        reply: Reply<Option<String>>,
+    },
     OfferFailed {
         pid: ParticipantId,
         reason: String,
@@ -112,6 +117,15 @@ pub enum Command {
         room: String,
         resource: String,
         reply: oneshot::Sender<Result<(), ShardError>>,
+    },
+    /// WHIP/WHEP `PATCH`: the client's ICE ufrag; new credentials restart ICE. The reply has
+    /// volna's new credentials (`None`: nothing to restart) and its candidate.
+    PatchIce {
+        role: Role,
+        room: String,
+        resource: String,
+        ufrag: String,
+        reply: oneshot::Sender<Result<(Option<(String, String)>, SocketAddr), ShardError>>,
     },
     Stats {
         reply: oneshot::Sender<ShardStats>,
@@ -221,6 +235,16 @@ fn apply_with(shard: &mut Shard, quic: &mut QuicConns, now: Instant, cmd: Comman
         } => {
             let _ = reply.send(shard.delete(now, role, &room, &resource));
         }
+        Command::PatchIce {
+            role,
+            room,
+            resource,
+            ufrag,
+            reply,
+        } => {
+            let r = shard.patch_ice(role, &room, &resource, &ufrag);
+            let _ = reply.send(r.map(|creds| (creds, shard.media_addr())));
+        }
         Command::Stats { reply } => {
             let _ = reply.send(shard.stats());
         }
@@ -234,6 +258,9 @@ fn apply_with(shard: &mut Shard, quic: &mut QuicConns, now: Instant, cmd: Comman
         }
         Command::Answer { pid, sdp, reply } => {
             let _ = reply.send(shard.participant_answer(now, pid, &sdp));
+        }
+        Command::RestartIce { pid, offer, reply } => {
+            let _ = reply.send(shard.participant_restart_ice(pid, offer.as_deref()));
         }
         Command::OfferFailed { pid, reason, reply } => {
             let _ = reply.send(shard.participant_offer_failed(now, pid, &reason));

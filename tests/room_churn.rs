@@ -69,6 +69,8 @@ struct Peer {
     /// The most tracks it ever received at once.
     peak: usize,
     offers: usize,
+    last_offer: String,
+    publish_answer: String,
     /// Answer offers at once (a browser); when off, offers queue in `held`.
     answering: bool,
     held: Vec<Value>,
@@ -90,6 +92,8 @@ impl Peer {
             receiving: Vec::new(),
             peak: 0,
             offers: 0,
+            last_offer: String::new(),
+            publish_answer: String::new(),
             answering: true,
             held: Vec::new(),
         };
@@ -108,7 +112,8 @@ impl Peer {
     async fn publish(&mut self) {
         self.send(json!({"type": "publish", "id": 1, "sdp": OFFER}))
             .await;
-        self.until("publish_answer").await;
+        let a = self.until("publish_answer").await;
+        self.publish_answer = a["sdp"].as_str().unwrap().to_owned();
     }
 
     async fn leave(mut self) {
@@ -231,6 +236,7 @@ a=mid:{}\r\na={dir}\r\na=rtcp-mux\r\na=rtpmap:{pt} {codec}\r\n",
             ));
         }
         self.offers += 1;
+        self.last_offer = sdp.to_owned();
         self.tag = Some(group[0].clone());
         self.applied = lines;
         self.receiving = tracks.into_values().collect();
@@ -476,5 +482,55 @@ async fn an_offer_the_client_cannot_apply_gets_a_new_connection() {
     assert_eq!(
         (e["code"].as_u64(), e["reason"].as_str()),
         (Some(409), Some("no_offer"))
+    );
+}
+
+/// `restart_ice`: the publishing connection's offer with new credentials is answered with new
+/// ones; the receiving connection gets an offer with new credentials; an offer with the old
+/// credentials is refused.
+#[tokio::test]
+async fn restart_ice_renews_both_connections_credentials() {
+    let addr = start().await;
+    let mut a = Peer::join(addr, "ice", "A").await;
+    a.publish().await;
+    let mut b = Peer::join(addr, "ice", "B").await;
+    b.publish().await;
+    let mut peers = vec![a, b];
+    settle_all(&mut peers).await;
+    let a = &mut peers[0];
+    let ufrag = |sdp: &str| {
+        sdp.split("\r\n")
+            .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
+            .unwrap()
+            .to_owned()
+    };
+    let receiving = ufrag(&a.last_offer);
+    let publishing = ufrag(&a.publish_answer);
+    a.send(json!({"type": "restart_ice", "id": 20, "sdp": OFFER}))
+        .await;
+    let e = loop {
+        let v = a.next(Duration::from_secs(5)).await.expect("a reply");
+        if v["id"] == 20 {
+            break v;
+        }
+    };
+    assert_eq!(
+        (e["code"].as_u64(), e["reason"].as_str()),
+        (Some(400), Some("bad_sdp")),
+        "{e}"
+    );
+    let renewed = OFFER.replace("a=ice-ufrag:abcd", "a=ice-ufrag:efgh");
+    a.send(json!({"type": "restart_ice", "id": 21, "sdp": renewed}))
+        .await;
+    let ans = a.until("publish_answer").await;
+    assert_eq!(ans["id"], 21);
+    assert_ne!(ufrag(ans["sdp"].as_str().unwrap()), publishing);
+    let offer = a.until("offer").await;
+    assert_ne!(ufrag(offer["sdp"].as_str().unwrap()), receiving);
+    assert_eq!(
+        a.receiving.len(),
+        2,
+        "the same tracks go on: {:?}",
+        a.receiving
     );
 }

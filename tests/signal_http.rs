@@ -169,15 +169,53 @@ async fn whip_and_whep_success_path() {
     .await;
     assert_eq!(latest.status, 201, "{}", latest.body);
 
-    let p = request(
-        http,
-        "PATCH",
-        &location,
-        Some("application/trickle-ice-sdpfrag"),
-        b"a=end-of-candidates\r\n",
+    // PATCH (RFC 9725 §4.3): trickled candidates with the same credentials change nothing;
+    // new credentials restart ICE and get volna's new ones; bad fragments get 400 with a
+    // reason, unknown sessions 404, other media types 415.
+    const FRAG: &str = "application/trickle-ice-sdpfrag";
+    let patch = |path: String, ct: &'static str, body: &'static str| async move {
+        request(http, "PATCH", &path, Some(ct), body.as_bytes()).await
+    };
+    let trickle = patch(location.clone(), FRAG, "a=ice-ufrag:abcd\r\na=ice-pwd:0123456789012345678901\r\na=candidate:1 1 udp 1 10.0.0.9 9 typ host\r\n").await;
+    assert_eq!(trickle.status, 204, "{}", trickle.body);
+    let restart = patch(location.clone(), FRAG, "a=ice-ufrag:wxyz\r\na=ice-pwd:ABCDEFGHIJKLMNOPQRSTUVWX\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=mid:0\r\n").await;
+    assert_eq!(restart.status, 200, "{}", restart.body);
+    assert_eq!(restart.header("content-type"), Some(FRAG));
+    let old_ufrag = r
+        .body
+        .split("\r\n")
+        .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
+        .unwrap();
+    let new_ufrag = restart
+        .body
+        .split("\r\n")
+        .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
+        .expect("new credentials");
+    assert_ne!(old_ufrag, new_ufrag);
+    assert!(
+        restart.body.contains("a=mid:0\r\n") && restart.body.contains(" typ host\r\n"),
+        "{}",
+        restart.body
+    );
+    let again = patch(
+        location.clone(),
+        FRAG,
+        "a=ice-ufrag:wxyz\r\na=ice-pwd:ABCDEFGHIJKLMNOPQRSTUVWX\r\n",
     )
     .await;
-    assert_eq!(p.status, 405);
+    assert_eq!(again.status, 204, "the restart took the new credentials");
+    let bad = patch(location.clone(), FRAG, "a=end-of-candidates\r\n").await;
+    assert_eq!(bad.status, 400);
+    assert!(bad.body.contains("ice-ufrag"), "{}", bad.body);
+    let json = patch(location.clone(), "application/json", "{}").await;
+    assert_eq!(json.status, 415);
+    let unknown = patch(
+        "/whip/room1/session/0123456789abcdef".into(),
+        FRAG,
+        "a=ice-ufrag:wxyz\r\na=ice-pwd:ABCDEFGHIJKLMNOPQRSTUVWX\r\n",
+    )
+    .await;
+    assert_eq!(unknown.status, 404);
 
     let pre = request(http, "OPTIONS", "/whip/room1", None, b"").await;
     assert_eq!(pre.status, 204);

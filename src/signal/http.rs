@@ -14,6 +14,7 @@ use tracing::{info, warn};
 
 use super::auth::{bearer, unix_now, Auth};
 use super::sdp::Offer;
+use super::sdpfrag;
 use axum::response::Html;
 
 /// The demo page: join a room with camera and microphone (docs/protocol.md is its contract).
@@ -59,13 +60,13 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route(
             "/whip/{room}/session/{resource}",
             axum::routing::delete(whip_delete)
-                .patch(no_trickle)
+                .patch(whip_patch)
                 .options(preflight),
         )
         .route(
             "/whep/{room}/session/{resource}",
             axum::routing::delete(whep_delete)
-                .patch(no_trickle)
+                .patch(whep_patch)
                 .options(preflight),
         )
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
@@ -104,20 +105,88 @@ async fn cors(req: Request, next: Next) -> Response {
 
 async fn preflight() -> Response {
     let mut res = StatusCode::NO_CONTENT.into_response();
-    res.headers_mut()
-        .insert("accept-post", HeaderValue::from_static("application/sdp"));
+    let h = res.headers_mut();
+    h.insert("accept-post", HeaderValue::from_static("application/sdp"));
+    h.insert(
+        "accept-patch",
+        HeaderValue::from_static(sdpfrag::CONTENT_TYPE),
+    );
     res
 }
 
-/// Trickle ICE and ICE restarts are not supported yet (RFC 9725 §4.3.1 allows 405).
-async fn no_trickle() -> Response {
-    let mut res = error(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "trickle ICE and ICE restart are not supported; send a complete offer",
-    );
-    res.headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static("DELETE, OPTIONS"));
-    res
+/// `PATCH` of a WHIP/WHEP session (RFC 9725 §4.3) with an `application/trickle-ice-sdpfrag`
+/// body: new ICE credentials restart ICE (200 with volna's new credentials and candidate);
+/// the same credentials with candidates are trickle ICE, which an ICE-lite server does not need
+/// (204).
+async fn patch(
+    st: AppState,
+    role: Role,
+    room: String,
+    resource: String,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let media_type = ct.split(';').next().unwrap_or("").trim();
+    if !media_type.eq_ignore_ascii_case(sdpfrag::CONTENT_TYPE) {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            &format!("Content-Type must be {}, got {ct:?}", sdpfrag::CONTENT_TYPE),
+        );
+    }
+    let Ok(text) = std::str::from_utf8(&body) else {
+        return error(StatusCode::BAD_REQUEST, "the fragment is not UTF-8");
+    };
+    let frag = match sdpfrag::Fragment::parse(text) {
+        Ok(f) => f,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("bad sdpfrag: {e}")),
+    };
+    let worker = st.workers.for_room(&room);
+    let ufrag = frag.ufrag.clone();
+    match worker
+        .call(|reply| Command::PatchIce {
+            role,
+            room,
+            resource,
+            ufrag,
+            reply,
+        })
+        .await
+    {
+        Some(Ok((None, _))) => StatusCode::NO_CONTENT.into_response(),
+        Some(Ok((Some((ufrag, pwd)), candidate))) => (
+            StatusCode::OK,
+            [
+                (header::CONTENT_TYPE, sdpfrag::CONTENT_TYPE),
+                (header::ETAG, &format!("\"{ufrag}\"")),
+            ],
+            sdpfrag::restart_reply(&ufrag, &pwd, frag.mid.as_deref(), candidate),
+        )
+            .into_response(),
+        Some(Err(e)) => shard_error(e),
+        None => worker_gone(),
+    }
+}
+
+async fn whip_patch(
+    State(st): State<AppState>,
+    Path((room, resource)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    patch(st, Role::Publisher, room, resource, headers, body).await
+}
+
+async fn whep_patch(
+    State(st): State<AppState>,
+    Path((room, resource)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    patch(st, Role::Viewer, room, resource, headers, body).await
 }
 
 /// A plain-text error response with a numeric status.

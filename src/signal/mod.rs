@@ -4,4 +4,5 @@ pub mod auth;
 pub mod http;
 pub mod protocol;
 pub mod sdp;
+pub mod sdpfrag;
 pub mod ws;

@@ -34,6 +34,14 @@ pub enum ClientMessage {
         id: Option<serde_json::Value>,
         sdp: String,
     },
+    /// ICE restart: `sdp` is a new offer for the publishing connection with new ICE credentials
+    /// (answered with `publish_answer`); the receiving connection restarts too (a new `offer`).
+    RestartIce {
+        #[serde(default)]
+        id: Option<serde_json::Value>,
+        #[serde(default)]
+        sdp: Option<String>,
+    },
     /// The client could not apply the latest `offer`: the server starts a new receiving
     /// connection and offers it.
     OfferFailed {
@@ -85,6 +93,7 @@ impl ClientMessage {
             | ClientMessage::Publish { id, .. }
             | ClientMessage::Answer { id, .. }
             | ClientMessage::OfferFailed { id, .. }
+            | ClientMessage::RestartIce { id, .. }
             | ClientMessage::Subscribe { id, .. }
             | ClientMessage::Unsubscribe { id, .. }
             | ClientMessage::Mute { id, .. }

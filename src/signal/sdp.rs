@@ -754,6 +754,28 @@ pub fn build_answer(offer: &Offer, local: &Local, media: &[AnswerMedia]) -> Stri
     s
 }
 
+/// The same description with new ICE credentials (an ICE restart) and the next `o=` version.
+pub fn with_ice_credentials(sdp: &str, ufrag: &str, pwd: &str) -> String {
+    let mut out = String::with_capacity(sdp.len() + 16);
+    for line in sdp.split_terminator("\r\n") {
+        if line.starts_with("a=ice-ufrag:") {
+            let _ = write!(out, "a=ice-ufrag:{ufrag}");
+        } else if line.starts_with("a=ice-pwd:") {
+            let _ = write!(out, "a=ice-pwd:{pwd}");
+        } else if let Some(o) = line.strip_prefix("o=") {
+            let mut f: Vec<String> = o.split(' ').map(str::to_owned).collect();
+            if let Some(v) = f.get_mut(2).and_then(|v| Some((v.parse::<u64>().ok()?, v))) {
+                *v.1 = (v.0 + 1).to_string();
+            }
+            let _ = write!(out, "o={}", f.join(" "));
+        } else {
+            out.push_str(line);
+        }
+        out.push_str("\r\n");
+    }
+    out
+}
+
 /// One m-line of an offer volna makes to a room subscriber.
 #[derive(Debug, Clone)]
 pub struct OfferLine {
@@ -1053,6 +1075,19 @@ a=rtpmap:102 H264/90000\r\na=fmtp:102 level-asymmetry-allowed=1;packetization-mo
         assert!(o.media[1].active());
         let rejected = CHROME_OFFER.replace("m=video 9 UDP", "m=video 0 UDP");
         assert!(!Offer::parse(&rejected).unwrap().media[1].active());
+    }
+
+    #[test]
+    fn new_ice_credentials_keep_the_rest() {
+        let before = "v=0\r\no=volna 7 2 IN IP4 127.0.0.1\r\ns=-\r\nm=audio 9 X 0\r\na=ice-ufrag:old1\r\na=ice-pwd:oldpwd\r\na=mid:0\r\nm=video 9 X 1\r\na=ice-ufrag:old1\r\na=ice-pwd:oldpwd\r\n";
+        let after = with_ice_credentials(before, "new2", "newpwd");
+        assert_eq!(
+            after,
+            before
+                .replace("old1", "new2")
+                .replace("oldpwd", "newpwd")
+                .replace("7 2 IN", "7 3 IN")
+        );
     }
 
     #[test]

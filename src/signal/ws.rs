@@ -279,6 +279,18 @@ async fn handle(
             call(st, pid, |reply| Command::Answer { pid, sdp, reply }).await??;
             Ok(ServerMessage::Ok { id })
         }
+        ClientMessage::RestartIce { id, sdp } => {
+            let pid = pid.ok_or_else(not_joined)?;
+            let offer = sdp
+                .map(|s| Offer::parse(&s).map_err(|e| Refusal::new(400, "bad_sdp", e.to_string())))
+                .transpose()?
+                .map(Box::new);
+            let answer = call(st, pid, |reply| Command::RestartIce { pid, offer, reply }).await??;
+            Ok(match answer {
+                Some(sdp) => ServerMessage::PublishAnswer { id, sdp },
+                None => ServerMessage::Ok { id },
+            })
+        }
         ClientMessage::OfferFailed { id, reason } => {
             let pid = pid.ok_or_else(not_joined)?;
             let reason = reason.unwrap_or_default();

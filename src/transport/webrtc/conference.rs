@@ -785,6 +785,16 @@ impl Shard {
             return;
         }
         let Some(pid) = s.participant else { return };
+        if s.negotiation.restart_ice {
+            // The remote ufrag comes with the answer (or the first check with the new one).
+            self.restart_ice(sid, "");
+        }
+        if let Some(s) = self.sessions.get_mut(&sid) {
+            s.negotiation.restart_ice = false;
+        }
+        let Some(s) = self.sessions.get(&sid) else {
+            return;
+        };
         let neg = &s.negotiation;
         let lines: Vec<OfferLine> = neg
             .lines
@@ -918,6 +928,66 @@ impl Shard {
         // Tracks that came while the offer was out go in the next one.
         self.sync_subscriber(now, pid);
         Ok(())
+    }
+
+    /// `restart_ice`: the publishing connection's new offer (new ICE credentials) is answered
+    /// with volna's new credentials, and the receiving connection gets an offer that restarts
+    /// its ICE too. DTLS and SRTP carry on across the restart.
+    pub fn participant_restart_ice(
+        &mut self,
+        pid: ParticipantId,
+        offer: Option<&Offer>,
+    ) -> Result<Option<String>, Refusal> {
+        let p = self
+            .participants
+            .get(&pid)
+            .ok_or_else(|| Refusal::new(409, "not_joined", "join a room first"))?;
+        let (publisher, subscriber) = (p.publisher, p.subscriber);
+        let answer = match offer {
+            None => None,
+            Some(offer) => {
+                let sid = publisher.ok_or_else(|| {
+                    Refusal::new(
+                        409,
+                        "not_publishing",
+                        "there is no publishing connection to restart",
+                    )
+                })?;
+                let s = &self.sessions[&sid];
+                if offer.ice_ufrag == s.remote_ufrag {
+                    return Err(Refusal::new(
+                        400,
+                        "bad_sdp",
+                        "an ICE restart needs new a=ice-ufrag and a=ice-pwd",
+                    ));
+                }
+                let mids = |o: &Offer| o.media.iter().map(|m| m.mid.clone()).collect::<Vec<_>>();
+                let before = Offer::parse(&s.answer)
+                    .map(|a| mids(&a))
+                    .unwrap_or_default();
+                if mids(offer) != before {
+                    return Err(Refusal::new(
+                        400,
+                        "bad_sdp",
+                        "an ICE restart offer must keep the m-lines; publish again to change them",
+                    ));
+                }
+                let (ufrag, pwd) = self.restart_ice(sid, &offer.ice_ufrag).ok_or_else(|| {
+                    Refusal::new(409, "not_publishing", "no publishing connection")
+                })?;
+                let s = self.sessions.get_mut(&sid).expect("restarted above");
+                s.answer = crate::signal::sdp::with_ice_credentials(&s.answer, &ufrag, &pwd);
+                Some(s.answer.clone())
+            }
+        };
+        if let Some(sid) = subscriber {
+            if let Some(s) = self.sessions.get_mut(&sid) {
+                s.negotiation.restart_ice = true;
+                s.negotiation.dirty = true;
+            }
+            self.offer_if_needed(sid);
+        }
+        Ok(answer)
     }
 
     /// The client could not apply the outstanding offer. Its receiving connection is replaced:

@@ -71,6 +71,8 @@ pub struct Negotiation {
     pub early_dtls: Vec<Vec<u8>>,
     /// The number the next new or recycled line's mid gets.
     next_mid: u32,
+    /// The next offer restarts ICE (new credentials).
+    pub restart_ice: bool,
 }
 
 /// The line that carries the BUNDLE tag.

@@ -50,6 +50,9 @@ pub struct Session {
     /// a connection that cannot carry it yet.
     pub pending_viewer: Option<Vec<ViewerTrackSpec>>,
     pub rtcp_ssrc: u32,
+    /// The answer volna gave a publisher's offer (an ICE restart answers it again, with new
+    /// credentials).
+    pub answer: String,
     /// A publisher's tracks: kind and negotiated codec, in the relay's track order, with mids.
     pub published: Vec<(MediaKind, OfferedCodec, String)>,
     /// A subscriber's m-lines and offer state.

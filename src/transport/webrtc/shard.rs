@@ -132,6 +132,10 @@ pub struct ShardStats {
     pub dropped_packets: u64,
     pub keyframe_requests: u64,
     pub sessions_closed: u64,
+    /// ICE restarts (WHIP/WHEP `PATCH`, the room protocol's `restart_ice`).
+    pub ice_restarts: u64,
+    /// Sessions that moved to a new address on a nominating ICE check (a network change).
+    pub path_switches: u64,
     pub publisher_ids: Vec<(String, String)>,
     /// Receiving sessions' bandwidth estimates: (room, resource, kbps, from transport-cc
     /// feedback rather than REMB or the initial value).
@@ -167,6 +171,8 @@ impl ShardStats {
         self.dropped_packets += o.dropped_packets;
         self.keyframe_requests += o.keyframe_requests;
         self.sessions_closed += o.sessions_closed;
+        self.ice_restarts += o.ice_restarts;
+        self.path_switches += o.path_switches;
         self.publisher_ids.extend(o.publisher_ids);
         self.viewer_estimates.extend(o.viewer_estimates);
     }
@@ -280,6 +286,8 @@ pub struct Shard {
     datagrams_in: u64,
     junk: u64,
     closed: u64,
+    ice_restarts: u64,
+    path_switches: u64,
     pub(super) participants: HashMap<ParticipantId, Participant>,
     pub(super) next_participant: ParticipantId,
     pub(super) quic_queue: VecDeque<(SessionId, Bytes)>,
@@ -352,6 +360,8 @@ impl Shard {
             datagrams_in: 0,
             junk: 0,
             closed: 0,
+            ice_restarts: 0,
+            path_switches: 0,
             participants: HashMap::new(),
             next_participant: first,
             quic_queue: VecDeque::new(),
@@ -379,6 +389,8 @@ impl Shard {
             dropped_packets: c.dropped_packets,
             keyframe_requests: c.keyframe_requests,
             sessions_closed: self.closed,
+            ice_restarts: self.ice_restarts,
+            path_switches: self.path_switches,
             publisher_ids: self
                 .sessions
                 .values()
@@ -439,6 +451,7 @@ impl Shard {
             last_rx: now,
             pending_viewer: None,
             rtcp_ssrc: rand::random(),
+            answer: String::new(),
             published: Vec::new(),
             negotiation: Negotiation::default(),
             quic_flow: None,
@@ -550,6 +563,7 @@ impl Shard {
         let mut s = self.new_session(now, Role::Publisher, room, Some(Remote::of_offer(offer)))?;
         s.published = published;
         let answer = build_answer(offer, &self.local(&s), &answers);
+        s.answer = answer.clone();
         self.relay
             .add_publisher(s.id, room, s.rtcp_ssrc, tracks)
             .map_err(|e| ShardError::Internal(e.to_string()))?;
@@ -705,6 +719,55 @@ impl Shard {
         Ok(created)
     }
 
+    /// New local ICE credentials for a session (an ICE restart, RFC 8839 §4.4.1.1.1): checks
+    /// must then use them and `remote_ufrag` (empty: learnt from the first check), and the
+    /// next nominating check picks the path. DTLS and SRTP go on; media keeps flowing on the
+    /// old path until then.
+    pub(super) fn restart_ice(
+        &mut self,
+        id: SessionId,
+        remote_ufrag: &str,
+    ) -> Option<(String, String)> {
+        let s = self.sessions.get_mut(&id)?;
+        self.by_ufrag.remove(&s.local_ufrag);
+        s.local_ufrag = random_string(8);
+        s.local_pwd = random_string(24);
+        s.remote_ufrag = remote_ufrag.to_owned();
+        s.nominated = false;
+        self.by_ufrag.insert(s.local_ufrag.clone(), id);
+        self.ice_restarts += 1;
+        info!(session = id, room = %s.room, "ICE restart");
+        Some((s.local_ufrag.clone(), s.local_pwd.clone()))
+    }
+
+    /// A WHIP/WHEP `PATCH` with the client's ICE credentials (RFC 9725 §4.3): new ones restart
+    /// ICE and return volna's new ones; the same ones (trickled candidates) change nothing.
+    pub fn patch_ice(
+        &mut self,
+        role: Role,
+        room: &str,
+        resource: &str,
+        remote_ufrag: &str,
+    ) -> Result<Option<(String, String)>, ShardError> {
+        let id = *self
+            .by_resource
+            .get(resource)
+            .ok_or(ShardError::NoSession)?;
+        let s = self.sessions.get(&id).ok_or(ShardError::NoSession)?;
+        if s.role != role || s.room != room || s.participant.is_some() {
+            return Err(ShardError::NoSession);
+        }
+        if s.remote_ufrag == remote_ufrag {
+            return Ok(None);
+        }
+        Ok(self.restart_ice(id, remote_ufrag))
+    }
+
+    /// The address advertised as this worker's ICE candidate.
+    pub fn media_addr(&self) -> SocketAddr {
+        self.config.media_addr
+    }
+
     /// Ends a session by its resource id (WHIP/WHEP DELETE). `role` must match the URL used.
     pub fn delete(
         &mut self,
@@ -840,7 +903,10 @@ impl Shard {
         };
         s.last_rx = now;
         if use_candidate || !s.nominated {
-            if s.remote != Some(from) {
+            if let Some(old) = s.remote.filter(|&a| a != from) {
+                self.path_switches += 1;
+                info!(session = id, from = %old, to = %from, nominated = use_candidate, "ICE path moved");
+            } else if s.remote.is_none() {
                 debug!(session = id, peer = %from, nominated = use_candidate, "ICE path");
             }
             s.remote = Some(from);
