@@ -4,6 +4,12 @@
 //! `volna-impair --listen 127.0.0.1:6000 --target 127.0.0.1:50000 --loss 0.05 --delay-ms 50`
 //! Clients send to the listen address; the first client's address gets the replies. Conditions
 //! apply to both directions, each direction a queue of its own. Prints link stats at the end.
+//!
+//! `--rebind-after SECS` plays a NAT rebinding: from then on the proxy sends to the target from a
+//! new source port (as a NAT does when its mapping expires, or a phone that changes network).
+//! The stats then count what the target sent to the new port before answering an ICE check
+//! there (`media_before_check`: a relay that accepts unauthenticated new addresses sends media
+//! first).
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -38,6 +44,14 @@ struct Args {
     seconds: f64,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Move to a new source port towards the target after this many seconds (0: never).
+    #[arg(long, default_value_t = 0.0)]
+    rebind_after: f64,
+}
+
+/// A STUN message (RFC 8489: first two bits zero, the magic cookie at bytes 4..8).
+fn is_stun(p: &[u8]) -> bool {
+    p.len() >= 20 && p[0] < 2 && p[4..8] == [0x21, 0x12, 0xa4, 0x42]
 }
 
 fn stats_json(s: volna_load::impair::LinkStats) -> serde_json::Value {
@@ -65,7 +79,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let (front, back) = match (
+    let (front, mut back) = match (
         UdpSocket::bind(a.listen).await,
         UdpSocket::bind(if a.target.is_ipv4() {
             "0.0.0.0:0"
@@ -89,6 +103,11 @@ async fn main() -> ExitCode {
     let mut down = Link::new(schedule, start, a.seed.wrapping_add(1));
     let mut client: Option<SocketAddr> = None;
     let end = (a.seconds > 0.0).then(|| start + Duration::from_secs_f64(a.seconds));
+    let mut rebind = (a.rebind_after > 0.0).then(|| start + Duration::from_secs_f64(a.rebind_after));
+    // After a rebinding: whether the target answered a check on the new port yet, and what it
+    // sent there before that.
+    let mut checked = true;
+    let mut media_before_check = 0u64;
     let (mut b1, mut b2) = (vec![0u8; 65536], vec![0u8; 65536]);
     loop {
         let now = Instant::now();
@@ -103,7 +122,19 @@ async fn main() -> ExitCode {
         if end.is_some_and(|e| now >= e) {
             break;
         }
-        let wake = [up.poll_timeout(), down.poll_timeout(), end]
+        if rebind.is_some_and(|t| now >= t) {
+            rebind = None;
+            let local = if a.target.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+            match UdpSocket::bind(local).await {
+                Ok(s) if s.connect(a.target).await.is_ok() => {
+                    back = s;
+                    checked = false;
+                    eprintln!("volna-impair: rebound to {:?}", back.local_addr().ok());
+                }
+                _ => eprintln!("volna-impair: rebinding failed"),
+            }
+        }
+        let wake = [up.poll_timeout(), down.poll_timeout(), end, rebind]
             .into_iter()
             .flatten()
             .min()
@@ -114,6 +145,13 @@ async fn main() -> ExitCode {
                 up.handle_packet(Instant::now(), b1[..n].to_vec());
             },
             r = back.recv(&mut b2) => if let Ok(n) = r {
+                if !checked {
+                    if is_stun(&b2[..n]) {
+                        checked = true;
+                    } else {
+                        media_before_check += 1;
+                    }
+                }
                 down.handle_packet(Instant::now(), b2[..n].to_vec());
             },
             _ = tokio::time::sleep_until(wake.into()) => {}
@@ -121,7 +159,8 @@ async fn main() -> ExitCode {
     }
     println!(
         "{}",
-        serde_json::json!({"up": stats_json(up.stats()), "down": stats_json(down.stats())})
+        serde_json::json!({"up": stats_json(up.stats()), "down": stats_json(down.stats()),
+                           "media_before_check": media_before_check})
     );
     ExitCode::SUCCESS
 }

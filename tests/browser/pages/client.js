@@ -163,6 +163,33 @@ window.inbound = async () => {
   };
 };
 
+// ICE restart over WHIP/WHEP PATCH (RFC 9725 §4.3): new local credentials go to the session
+// URL as an sdpfrag; the reply's credentials replace volna's in the remote description.
+// Returns the PATCH status.
+window.restartIce = async () => {
+  const pc = window.pc;
+  pc.restartIce();
+  await pc.setLocalDescription(await pc.createOffer());
+  const local = pc.localDescription.sdp;
+  const ufrag = local.match(/^a=ice-ufrag:(.*)$/m)[1].trim();
+  const pwd = local.match(/^a=ice-pwd:(.*)$/m)[1].trim();
+  const mid = pc.getTransceivers()[0].mid;
+  const res = await fetch(window.session, {
+    method: 'PATCH',
+    headers: { 'Content-Type': 'application/trickle-ice-sdpfrag', 'If-Match': '*' },
+    body: `a=ice-ufrag:${ufrag}\r\na=ice-pwd:${pwd}\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=mid:${mid}\r\n`,
+  });
+  const frag = await res.text();
+  if (res.status !== 200) throw new Error(`PATCH: ${res.status} ${frag}`);
+  const newUfrag = frag.match(/^a=ice-ufrag:(.*)$/m)[1].trim();
+  const newPwd = frag.match(/^a=ice-pwd:(.*)$/m)[1].trim();
+  const sdp = pc.remoteDescription.sdp
+    .replace(/^a=ice-ufrag:.*$/gm, `a=ice-ufrag:${newUfrag}`)
+    .replace(/^a=ice-pwd:.*$/gm, `a=ice-pwd:${newPwd}`);
+  await pc.setRemoteDescription({ type: 'answer', sdp });
+  return res.status;
+};
+
 window.hangUp = async () => {
   const res = await fetch(window.session, { method: 'DELETE' });
   return res.status;
