@@ -626,3 +626,65 @@ async fn a_lost_socket_resumes_as_the_same_participant() {
     let t = expect_type(&mut b, "track_published").await;
     assert_eq!(t["participant"], a_id.as_str());
 }
+
+/// A plain HTTP request; returns the status line's code, the Location header and the body.
+async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).await.unwrap();
+    let status = raw.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let location = raw
+        .lines()
+        .find_map(|l| l.strip_prefix("location: "))
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    (status, location, raw)
+}
+
+/// A WHIP publisher in a room is shown to its participants as a participant of its own (with
+/// its tracks, received like anyone's), and leaves when its session ends.
+#[tokio::test]
+async fn whip_publishers_are_shown_to_room_participants() {
+    let addr = start(&[], |_| {}).await;
+    let mut a = connect(addr, "").await;
+    join(&mut a, "mixed", "Ann", None).await;
+    let (status, location, raw) = http(addr, "POST", "/whip/mixed", OFFER).await;
+    assert_eq!(status, 201, "{raw}");
+    let j = expect_type(&mut a, "participant_joined").await;
+    let who = j["participant"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(j["participant"]["identity"], "whip", "{j}");
+    assert_eq!(
+        j["participant"]["tracks"].as_array().unwrap().len(),
+        2,
+        "{j}"
+    );
+    let offer = expect_type(&mut a, "offer").await;
+    let tracks: Vec<&str> = offer["tracks"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        tracks.iter().all(|t| t.starts_with(&format!("{who}-"))),
+        "{offer}"
+    );
+    // A later joiner finds it in `joined`.
+    let mut b = connect(addr, "").await;
+    let jb = join(&mut b, "mixed", "Ben", None).await;
+    let ids: Vec<&str> = jb["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&who.as_str()), "{jb}");
+    let (status, _, _) = http(addr, "DELETE", &location, "").await;
+    assert_eq!(status, 200);
+    let left = expect_type(&mut a, "participant_left").await;
+    assert_eq!(left["participant"], who.as_str());
+}

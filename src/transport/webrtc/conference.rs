@@ -64,7 +64,8 @@ pub struct Participant {
 
 /// A published track as the room sees it.
 struct RoomTrack {
-    owner: ParticipantId,
+    /// `None` for a publisher without a room connection (WHIP, QUIC).
+    owner: Option<ParticipantId>,
     info: TrackInfo,
     source: TrackRef,
     kind: MediaKind,
@@ -144,7 +145,7 @@ impl Shard {
             for (i, (kind, codec, mid)) in s.published.iter().enumerate() {
                 let id = format!("{}-{mid}", p.public_id);
                 out.push(RoomTrack {
-                    owner: p.id,
+                    owner: Some(p.id),
                     info: TrackInfo {
                         muted: p.muted.get(&id).copied().unwrap_or(false),
                         id,
@@ -161,7 +162,85 @@ impl Shard {
                 });
             }
         }
+        for s in self.room_publishers_without_participant(room) {
+            for (i, (kind, codec, mid)) in s.published.iter().enumerate() {
+                out.push(RoomTrack {
+                    owner: None,
+                    info: TrackInfo {
+                        id: format!("{}-{mid}", s.public_id),
+                        kind: kind_str(*kind),
+                        muted: false,
+                        content: self.relay.track_is_slides(s.id, i).then_some("slides"),
+                    },
+                    source: TrackRef {
+                        publisher: s.id,
+                        track: i,
+                    },
+                    kind: *kind,
+                    codec: codec.clone(),
+                    stream_id: s.public_id.clone(),
+                });
+            }
+        }
         out
+    }
+
+    /// The room's WHIP and QUIC publishers: room participants see each as a participant of its
+    /// own (id: its publisher id), with its tracks, in the order they started.
+    fn room_publishers_without_participant<'a>(
+        &'a self,
+        room: &str,
+    ) -> impl Iterator<Item = &'a super::session::Session> + 'a {
+        self.relay
+            .room_publishers(room)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|sid| self.sessions.get(sid))
+            .filter(|s| s.participant.is_none() && s.role == Role::Publisher)
+    }
+
+    fn publisher_info(&self, s: &super::session::Session) -> ParticipantInfo {
+        let (identity, name) = if s.quic_flow.is_some() {
+            ("quic", "QUIC publisher")
+        } else {
+            ("whip", "WHIP publisher")
+        };
+        ParticipantInfo {
+            id: s.public_id.clone(),
+            identity: identity.into(),
+            name: name.into(),
+            tracks: self
+                .room_tracks(&s.room)
+                .into_iter()
+                .filter(|t| t.source.publisher == s.id)
+                .map(|t| t.info)
+                .collect(),
+            reconnecting: false,
+        }
+    }
+
+    /// A WHIP or QUIC publisher started: room participants see it join and receive its tracks.
+    pub(super) fn publisher_appeared(&mut self, now: Instant, sid: SessionId) {
+        let Some(s) = self.sessions.get(&sid) else {
+            return;
+        };
+        let room = s.room.clone();
+        let msg = ServerMessage::ParticipantJoined {
+            participant: self.publisher_info(s),
+        };
+        self.broadcast(&room, 0, &msg);
+        self.sync_room(now, &room, 0);
+    }
+
+    /// A WHIP or QUIC publisher ended (its tracks ended with it).
+    pub(super) fn publisher_gone(&mut self, room: &str, public_id: String) {
+        self.broadcast(
+            room,
+            0,
+            &ServerMessage::ParticipantLeft {
+                participant: public_id,
+            },
+        );
     }
 
     fn info(&self, pid: ParticipantId) -> Option<ParticipantInfo> {
@@ -169,7 +248,7 @@ impl Shard {
         let tracks = self
             .room_tracks(&p.room)
             .into_iter()
-            .filter(|t| t.owner == pid)
+            .filter(|t| t.owner == Some(pid))
             .map(|t| t.info)
             .collect();
         Some(ParticipantInfo {
@@ -268,7 +347,14 @@ impl Shard {
             .map(|p| p.id)
             .collect();
         others.sort_unstable();
-        let participants = others.iter().filter_map(|o| self.info(*o)).collect();
+        let participants = others
+            .iter()
+            .filter_map(|o| self.info(*o))
+            .chain(
+                self.room_publishers_without_participant(room)
+                    .map(|s| self.publisher_info(s)),
+            )
+            .collect();
         let speaker = self
             .relay
             .active_speaker(room)
@@ -334,7 +420,7 @@ impl Shard {
         let gone: Vec<String> = self
             .room_tracks(&room)
             .into_iter()
-            .filter(|t| t.owner == id)
+            .filter(|t| t.owner == Some(id))
             .map(|t| t.info.id)
             .collect();
         let subscriber = p.subscriber.filter(|_| subscriber);
@@ -459,7 +545,7 @@ impl Shard {
         for t in self
             .room_tracks(&room)
             .into_iter()
-            .filter(|t| t.owner == pid)
+            .filter(|t| t.owner == Some(pid))
         {
             self.broadcast(
                 &room,
@@ -579,7 +665,7 @@ impl Shard {
         if !self
             .room_tracks(&room)
             .iter()
-            .any(|t| t.owner == pid && t.info.id == track)
+            .any(|t| t.owner == Some(pid) && t.info.id == track)
         {
             return Err(Refusal::new(
                 404,
@@ -679,7 +765,7 @@ impl Shard {
         let desired: Vec<RoomTrack> = self
             .room_tracks(&room)
             .into_iter()
-            .filter(|t| t.owner != pid && (p.auto_subscribe || p.wanted.contains(&t.info.id)))
+            .filter(|t| t.owner != Some(pid) && (p.auto_subscribe || p.wanted.contains(&t.info.id)))
             .collect();
         // Single-stream AV1 goes with its dependency descriptors (SVC frames need them).
         let with_dd: Vec<bool> = desired

@@ -119,6 +119,7 @@ impl Shard {
         let (id, public) = (s.id, s.public_id.clone());
         info!(session = id, room, publisher = %public, "QUIC publisher created");
         self.register(s);
+        self.publisher_appeared(now, id);
         Ok((id, public))
     }
 

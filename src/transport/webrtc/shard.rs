@@ -492,8 +492,9 @@ impl Shard {
         room: &str,
         offer: &Offer,
     ) -> Result<Created, ShardError> {
-        self.publish_session(now, room, offer, usize::MAX)
-            .map(|(_, c)| c)
+        let (id, created) = self.publish_session(now, room, offer, usize::MAX)?;
+        self.publisher_appeared(now, id);
+        Ok(created)
     }
 
     /// Creates a publisher session with at most `max_tracks` tracks.
@@ -817,7 +818,11 @@ impl Shard {
                     .map(|s| s.id),
             );
         }
+        let mut gone_publisher = None;
         if let Some(mut s) = self.sessions.remove(&id) {
+            if role == Role::Publisher && participant.is_none() {
+                gone_publisher = Some((s.room.clone(), s.public_id.clone()));
+            }
             if let Some(d) = s.dtls.as_mut() {
                 d.close(now);
                 if let Some(addr) = s.remote {
@@ -846,6 +851,9 @@ impl Shard {
         }
         if let Some(pid) = participant {
             self.session_closed_for_participant(now, pid, id, role, cause);
+        }
+        if let Some((room, public)) = gone_publisher {
+            self.publisher_gone(&room, public);
         }
     }
 
