@@ -103,7 +103,8 @@ async fn main() -> ExitCode {
     let mut down = Link::new(schedule, start, a.seed.wrapping_add(1));
     let mut client: Option<SocketAddr> = None;
     let end = (a.seconds > 0.0).then(|| start + Duration::from_secs_f64(a.seconds));
-    let mut rebind = (a.rebind_after > 0.0).then(|| start + Duration::from_secs_f64(a.rebind_after));
+    let mut rebind =
+        (a.rebind_after > 0.0).then(|| start + Duration::from_secs_f64(a.rebind_after));
     // After a rebinding: whether the target answered a check on the new port yet, and what it
     // sent there before that.
     let mut checked = true;
@@ -124,7 +125,11 @@ async fn main() -> ExitCode {
         }
         if rebind.is_some_and(|t| now >= t) {
             rebind = None;
-            let local = if a.target.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+            let local = if a.target.is_ipv4() {
+                "0.0.0.0:0"
+            } else {
+                "[::]:0"
+            };
             match UdpSocket::bind(local).await {
                 Ok(s) if s.connect(a.target).await.is_ok() => {
                     back = s;
