@@ -498,8 +498,20 @@ fn active_speaker_follows_audio_levels_with_hysteresis() {
     run(&mut relay, &mut sink, 1000, 2000, 20, 110);
     // 11 barely louder than 10: not enough to take over.
     run(&mut relay, &mut sink, 2000, 3000, 21, 20);
-    // 11 clearly louder: it takes over.
-    run(&mut relay, &mut sink, 3000, 4000, 60, 10);
+    // Both equally loud, each a little louder in turn every 400 ms: the highlight stays.
+    for turn in 0..5 {
+        let (a, b) = if turn % 2 == 0 { (22, 12) } else { (12, 22) };
+        run(
+            &mut relay,
+            &mut sink,
+            3000 + turn * 400,
+            3400 + turn * 400,
+            a,
+            b,
+        );
+    }
+    // 11 clearly louder for good: it takes over after leading for a second.
+    run(&mut relay, &mut sink, 5000, 6500, 60, 10);
     let who: Vec<Option<SessionId>> = events
         .iter()
         .map(|(_, e)| match e {
@@ -511,6 +523,10 @@ fn active_speaker_follows_audio_levels_with_hysteresis() {
     assert!(
         events[0].0 >= 1000 && events[0].0 < 1400,
         "speaker found within 400 ms: {events:?}"
+    );
+    assert!(
+        events[1].0 >= 6000 && events[1].0 < 6500,
+        "taken over after leading for a second: {events:?}"
     );
     assert_eq!(relay.active_speaker("room"), Some(11));
     // The speaker leaves: the room has none.

@@ -4,6 +4,8 @@
 
 const app = {
   ws: null, me: null, room: null,
+  // ?bundle=balanced tries the other bundle policy (both work with volna).
+  bundlePolicy: new URLSearchParams(location.search).get('bundle') || 'max-bundle',
   pub: null, sub: null, local: null,
   participants: new Map(), // id -> { info, tile, stream }
   tracks: {},              // subscriber mid -> track id
@@ -14,6 +16,8 @@ window.app = app;
 
 const $ = (id) => document.getElementById(id);
 let nextId = 1;
+// Offers are applied one after another, in the order they came.
+let offers = Promise.resolve();
 const pending = new Map();
 
 function request(msg) {
@@ -60,13 +64,57 @@ function removeParticipant(id) {
   refresh();
 }
 
+// The receiving connection: volna offers, we answer. Each remote track belongs to the
+// participant named by its stream id (a=msid).
+function newSubscriber() {
+  const pc = new RTCPeerConnection({ bundlePolicy: app.bundlePolicy });
+  pc.ontrack = (ev) => {
+    const stream = ev.streams[0];
+    const owner = stream ? stream.id : null;
+    const trackId = app.tracks[ev.transceiver.mid];
+    const p = app.participants.get(owner);
+    if (p) {
+      p.stream.addTrack(ev.track);
+      if (ev.track.kind === 'audio') {
+        const a = new Audio();
+        a.srcObject = new MediaStream([ev.track]);
+        a.play().catch(() => {});
+        p.audio = a;
+      }
+      addParticipant(p.info);
+    }
+    // A stopped m-line ends the track; the BUNDLE tag line is made inactive instead, which
+    // removes the track from its stream.
+    let done = false;
+    const ended = () => {
+      if (done) return;
+      done = true;
+      app.events.push({ type: 'track_ended', track: trackId });
+      if (p) p.stream.removeTrack(ev.track);
+    };
+    ev.track.addEventListener('ended', ended);
+    if (stream) stream.addEventListener('removetrack', (e) => { if (e.track === ev.track) ended(); });
+  };
+  return pc;
+}
+
 async function onOffer(msg) {
   app.tracks = msg.tracks;
-  await app.sub.setRemoteDescription({ type: 'offer', sdp: msg.sdp });
-  const answer = await app.sub.createAnswer();
-  await app.sub.setLocalDescription(answer);
+  const pc = app.sub;
+  try {
+    await pc.setRemoteDescription({ type: 'offer', sdp: msg.sdp });
+    await pc.setLocalDescription(await pc.createAnswer());
+  } catch (e) {
+    // An offer we cannot apply: say so, and take the new connection volna offers next.
+    app.events.push({ type: 'offer_failed', message: e.message });
+    console.error('offer failed', e);
+    pc.close();
+    app.sub = newSubscriber();
+    await request({ type: 'offer_failed', reason: e.message });
+    return;
+  }
   // volna is ICE-lite: it needs no candidates from us, the answer can go at once.
-  await request({ type: 'answer', sdp: app.sub.localDescription.sdp });
+  await request({ type: 'answer', sdp: pc.localDescription.sdp });
 }
 
 // The relay says which simulcast layers of our track anyone needs: encode only those.
@@ -111,7 +159,7 @@ function onMessage(ev) {
       break;
     }
     case 'active_speaker': app.speaker = msg.participant; refresh(); break;
-    case 'offer': onOffer(msg).catch((e) => console.error('answer failed', e)); break;
+    case 'offer': offers = offers.then(() => onOffer(msg)).catch((e) => console.error('answer failed', e)); break;
     case 'layers': onLayers(msg).catch((e) => console.error('layers failed', e)); break;
     case 'error': console.warn('server error', msg); break;
     default: break;
@@ -132,7 +180,8 @@ app.togglePin = async (id) => {
   document.querySelectorAll('.tile').forEach((t) => t.classList.toggle('pinned', t.dataset.id === app.pinned));
 };
 
-app.join = async (room, name, token) => {
+// `opts.publish === false` joins only to watch: no camera, no publishing connection.
+app.join = async (room, name, token, opts = {}) => {
   const url = new URL('/rtc', location.href);
   url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
   app.ws = new WebSocket(url);
@@ -145,25 +194,7 @@ app.join = async (room, name, token) => {
   };
   await new Promise((resolve, reject) => { app.ws.onopen = resolve; app.ws.onerror = () => reject(new Error('cannot reach the server')); });
 
-  app.sub = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
-  app.sub.ontrack = (ev) => {
-    const owner = ev.streams[0] ? ev.streams[0].id : null;
-    const trackId = app.tracks[ev.transceiver.mid];
-    const p = app.participants.get(owner);
-    if (p) {
-      p.stream.addTrack(ev.track);
-      if (ev.track.kind === 'audio') {
-        const a = new Audio();
-        a.srcObject = new MediaStream([ev.track]);
-        a.play().catch(() => {});
-        p.audio = a;
-      }
-    }
-    ev.track.onended = () => {
-      app.events.push({ type: 'track_ended', track: trackId });
-      if (p) p.stream.removeTrack(ev.track);
-    };
-  };
+  app.sub = newSubscriber();
 
   const joinMsg = { type: 'join', v: 1, room, name };
   if (token) joinMsg.token = token;
@@ -173,30 +204,58 @@ app.join = async (room, name, token) => {
   app.speaker = joined.active_speaker || null;
   joined.participants.forEach(addParticipant);
 
-  // ?simulcast=1: the camera goes out as two layers (half size and full), each viewer gets the
-  // one its link carries.
-  const simulcast = new URLSearchParams(location.search).get('simulcast') === '1';
-  const size = simulcast ? { width: 640, height: 360 } : { width: 320, height: 240 };
+  if (opts.publish === false) {
+    refresh();
+    return joined;
+  }
+  const size = simulcast() ? { width: 640, height: 360 } : { width: 320, height: 240 };
   app.local = await navigator.mediaDevices.getUserMedia({ audio: true, video: size });
   const mine = tile(app.me.id, `${app.me.name || app.me.identity} (you)`);
   mine.querySelector('video').srcObject = app.local;
   mine.querySelector('video').muted = true;
-  app.pub = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
+  app.pub = await publish([]);
+  refresh();
+  return joined;
+};
+
+// ?simulcast=1: the camera goes out as two layers (half size and full), each viewer gets the
+// one its link carries.
+const simulcast = () => new URLSearchParams(location.search).get('simulcast') === '1';
+
+// The publishing connection: we offer the camera and microphone (and `extra` tracks), volna
+// answers.
+async function publish(extra) {
+  const pc = new RTCPeerConnection({ bundlePolicy: app.bundlePolicy });
   for (const track of app.local.getTracks()) {
     const init = { direction: 'sendonly', streams: [app.local] };
-    if (simulcast && track.kind === 'video') {
+    if (simulcast() && track.kind === 'video') {
       init.sendEncodings = [
         { rid: 'q', scaleResolutionDownBy: 2, maxBitrate: 150000 },
         { rid: 'f', maxBitrate: 700000 },
       ];
     }
-    app.pub.addTransceiver(track, init);
+    pc.addTransceiver(track, init);
   }
-  await app.pub.setLocalDescription(await app.pub.createOffer());
-  const answer = await request({ type: 'publish', sdp: app.pub.localDescription.sdp });
-  await app.pub.setRemoteDescription({ type: 'answer', sdp: answer.sdp });
-  refresh();
-  return joined;
+  for (const track of extra) pc.addTransceiver(track, { direction: 'sendonly', streams: [app.local] });
+  try {
+    await pc.setLocalDescription(await pc.createOffer());
+    const answer = await request({ type: 'publish', sdp: pc.localDescription.sdp });
+    await pc.setRemoteDescription({ type: 'answer', sdp: answer.sdp });
+  } catch (e) {
+    pc.close();
+    throw e;
+  }
+  return pc;
+}
+
+// Publishes again on a new connection, with a second video track (a second camera, or a screen)
+// when `extraVideo` is set; volna unpublishes the old connection's tracks, which is closed then.
+app.republish = async (extraVideo) => {
+  if (app.extra) app.extra.getTracks().forEach((t) => t.stop());
+  app.extra = extraVideo ? await navigator.mediaDevices.getUserMedia({ video: { width: 320, height: 240 } }) : null;
+  const old = app.pub;
+  app.pub = await publish(app.extra ? app.extra.getVideoTracks() : []);
+  if (old) old.close();
 };
 
 app.trackId = (kind) => {
@@ -214,7 +273,7 @@ app.leave = async () => {
   try { await request({ type: 'leave' }); } catch (e) { console.warn(e); }
   app.ws.close();
   [app.pub, app.sub].forEach((pc) => pc && pc.close());
-  app.local && app.local.getTracks().forEach((t) => t.stop());
+  [app.local, app.extra].forEach((s) => s && s.getTracks().forEach((t) => t.stop()));
 };
 
 /** Send-side figures of the video: per simulcast layer, bytes and frames so far. */

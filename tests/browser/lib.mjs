@@ -1,6 +1,7 @@
 // Helpers for the end-to-end tests: a network namespace per test file, the relay and the clients
 // started inside it, and polling with deadlines. Everything started here is stopped in `cleanup`.
 import { spawn, execFileSync } from 'node:child_process';
+import { createServer } from 'node:net';
 import { mkdtempSync, writeFileSync, chmodSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, dirname, resolve } from 'node:path';
@@ -124,7 +125,7 @@ export async function startPages(ns, addr) {
 }
 
 /** Launches Debian's Chromium inside the namespace, driven over a pipe. */
-export async function launchChromium(ns) {
+export async function launchChromium(ns, { args = [] } = {}) {
   const dir = ns.tempDir();
   const wrapper = join(dir, 'chromium-in-netns');
   writeFileSync(wrapper, `#!/bin/sh\nexec ip netns exec ${ns.name} /usr/bin/chromium "$@"\n`);
@@ -146,8 +147,64 @@ export async function launchChromium(ns) {
       '--use-fake-ui-for-media-stream',
       '--allow-loopback-in-peer-connection',
       '--autoplay-policy=no-user-gesture-required',
+      ...args,
     ],
   });
+}
+
+/**
+ * Launches Debian's Firefox ESR inside the namespace, driven over WebDriver BiDi. Firefox gathers
+ * no ICE candidates when the namespace has only loopback: give it an address on a veth pair (both
+ * ends in the namespace) and a default route. Its BiDi socket listens on the namespace's loopback:
+ * a forwarder on this side's loopback, on the same port, reaches it through `ip netns exec`.
+ * `prefs` are added to the profile's.
+ */
+export async function launchFirefox(ns, { prefs = {} } = {}) {
+  const dir = ns.tempDir();
+  const wrapper = join(dir, 'firefox-in-netns');
+  writeFileSync(wrapper, `#!/bin/sh\nexec ip netns exec ${ns.name} /usr/bin/firefox-esr "$@"\n`);
+  chmodSync(wrapper, 0o755);
+  const bridge = createServer((sock) => {
+    const relay = `const s = require('net').connect(${bridge.address().port}, '127.0.0.1');
+      process.stdin.pipe(s); s.pipe(process.stdout);
+      s.on('error', () => process.exit(1)); s.on('close', () => process.exit(0));`;
+    const p = spawn('ip', ['netns', 'exec', ns.name, process.execPath, '-e', relay], { stdio: ['pipe', 'pipe', 'ignore'] });
+    sock.pipe(p.stdin);
+    p.stdout.pipe(sock);
+    sock.on('error', () => p.kill('SIGKILL'));
+    sock.on('close', () => p.kill('SIGKILL'));
+    p.on('exit', () => sock.destroy());
+    p.stdin.on('error', () => {});
+  });
+  await new Promise((r) => bridge.listen(0, '127.0.0.1', r));
+  const browser = await puppeteer.launch({
+    browser: 'firefox',
+    executablePath: wrapper,
+    headless: true,
+    debuggingPort: bridge.address().port,
+    userDataDir: join(dir, 'profile'),
+    extraPrefsFirefox: {
+      'media.navigator.streams.fake': true,
+      'media.navigator.permission.disabled': true,
+      'media.autoplay.default': 0,
+      'media.peerconnection.ice.obfuscate_host_addresses': false,
+      'app.update.enabled': false,
+      'app.update.auto': false,
+      'datareporting.healthreport.uploadEnabled': false,
+      'datareporting.policy.dataSubmissionEnabled': false,
+      'toolkit.telemetry.enabled': false,
+      'browser.safebrowsing.malware.enabled': false,
+      'browser.safebrowsing.phishing.enabled': false,
+      'browser.safebrowsing.downloads.enabled': false,
+      'network.captive-portal-service.enabled': false,
+      ...prefs,
+    },
+  }).catch((e) => {
+    bridge.close();
+    throw e;
+  });
+  browser.on('disconnected', () => bridge.close());
+  return browser;
 }
 
 export async function openPage(browser, origin) {

@@ -689,6 +689,8 @@ struct RoomState {
     name: Arc<str>,
     publishers: Vec<SessionId>,
     speaker: Option<SessionId>,
+    /// Who has been loud enough to take over, and since when.
+    challenger: Option<(SessionId, Instant)>,
 }
 
 impl RoomState {
@@ -697,6 +699,7 @@ impl RoomState {
             name: name.into(),
             publishers: Vec::new(),
             speaker: None,
+            challenger: None,
         }
     }
 }
@@ -721,8 +724,11 @@ pub enum RelayEvent {
 
 /// Loudness (127 - dBov) a speaker must exceed: quieter than -60 dBov is background.
 const SPEAKING_LOUDNESS: f32 = 67.0;
-/// A new speaker must be this much louder than the current one to take over.
+/// A new speaker must be this much louder than the current one to take over...
 const SPEAKER_HYSTERESIS: f32 = 3.0;
+/// ...for this long without a break, so two people talking equally loud do not make the
+/// highlight flap between them.
+const SPEAKER_HOLD: Duration = Duration::from_millis(1000);
 
 /// All rooms of one worker.
 pub struct Relay {
@@ -1978,7 +1984,7 @@ impl Relay {
     pub fn handle_timeout(&mut self, now: Instant, sink: &mut impl Sink) {
         if self.next_speaker_check.is_none_or(|t| now >= t) {
             self.next_speaker_check = Some(now + self.config.speaker_interval);
-            self.update_speakers();
+            self.update_speakers(now);
         }
         // Rounds also run for simulcast publishers alone: their unwatched layers are let go.
         let rounds = !self.viewers.is_empty() || self.simulcast_tracks > 0;
@@ -2096,8 +2102,10 @@ impl Relay {
 }
 
 impl Relay {
-    /// Picks each room's loudest publisher above the speaking threshold, with hysteresis.
-    fn update_speakers(&mut self) {
+    /// Picks each room's loudest publisher above the speaking threshold, with hysteresis in
+    /// level and in time: a new speaker takes over after leading by [`SPEAKER_HYSTERESIS`] for
+    /// [`SPEAKER_HOLD`] (the first speaker of a silent room at once).
+    fn update_speakers(&mut self, now: Instant) {
         for room in self.rooms.values_mut() {
             let loudness = |id: &SessionId| {
                 self.publishers.get(id).map_or(0.0, |p| {
@@ -2117,10 +2125,23 @@ impl Relay {
                 continue;
             };
             if level < SPEAKING_LOUDNESS || room.speaker == Some(best) {
+                room.challenger = None;
                 continue;
             }
             let current = room.speaker.as_ref().map_or(0.0, loudness);
-            if level > current + SPEAKER_HYSTERESIS {
+            if level <= current + SPEAKER_HYSTERESIS {
+                room.challenger = None;
+                continue;
+            }
+            let since = match room.challenger {
+                Some((who, since)) if who == best => since,
+                _ => {
+                    room.challenger = Some((best, now));
+                    now
+                }
+            };
+            if room.speaker.is_none() || now.duration_since(since) >= SPEAKER_HOLD {
+                room.challenger = None;
                 room.speaker = Some(best);
                 self.events.push_back(RelayEvent::ActiveSpeaker {
                     room: room.name.clone(),
