@@ -114,6 +114,12 @@ pub struct TrackInfo {
     pub content: Option<&'static str>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct GrantsInfo {
+    pub publish: bool,
+    pub subscribe: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ParticipantInfo {
     pub id: String,
@@ -143,6 +149,8 @@ pub enum ServerMessage {
         /// This join resumed an earlier participant (same id): its tracks are to be published
         /// again.
         resumed: bool,
+        /// What the token allows: a participant that may not publish joins to watch only.
+        grants: GrantsInfo,
     },
     ParticipantJoined {
         participant: ParticipantInfo,

@@ -15,7 +15,9 @@ use super::session::{ParticipantId, Role};
 use super::shard::{CloseCause, Remote, Shard, ShardError};
 use crate::core::room::{MediaKind, RelayEvent, Rtx, SessionId, TrackRef, ViewerTrackSpec};
 use crate::core::rtp::{ExtKind, ExtMap};
-use crate::signal::protocol::{ParticipantInfo, Refusal, ServerMessage, TrackInfo, VERSION};
+use crate::signal::protocol::{
+    GrantsInfo, ParticipantInfo, Refusal, ServerMessage, TrackInfo, VERSION,
+};
 use crate::signal::sdp::{build_offer, Offer, OfferLine, OfferedCodec, Setup, Source};
 
 /// What a token (or dev mode) allows.
@@ -373,6 +375,10 @@ impl Shard {
             active_speaker: speaker,
             resume: p.resume.clone(),
             resumed,
+            grants: GrantsInfo {
+                publish: p.grants.publish,
+                subscribe: p.grants.subscribe,
+            },
         }
     }
 
