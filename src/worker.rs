@@ -77,6 +77,7 @@ pub enum Command {
     },
     Leave {
         pid: ParticipantId,
+        reply: Reply<()>,
     },
     QuicPublish {
         room: String,
@@ -284,7 +285,10 @@ fn apply_with(shard: &mut Shard, quic: &mut QuicConns, now: Instant, cmd: Comman
         } => {
             let _ = reply.send(shard.participant_mute(pid, &track, muted));
         }
-        Command::Leave { pid } => shard.leave(now, pid),
+        Command::Leave { pid, reply } => {
+            shard.leave(now, pid);
+            let _ = reply.send(Ok(()));
+        }
         Command::QuicPublish {
             room,
             tracks,

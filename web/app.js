@@ -33,12 +33,20 @@ function tile(id, label) {
     t = document.createElement('div');
     t.className = 'tile';
     t.dataset.id = id;
-    t.innerHTML = '<video autoplay playsinline></video><span class="label"></span><span class="mic">muted</span>';
+    t.innerHTML = '<video autoplay playsinline></video><span class="avatar"></span><span class="label"></span><span class="mic">muted</span><span class="state">reconnecting…</span>';
     t.addEventListener('click', () => app.togglePin(id).catch((e) => console.warn('pin failed', e)));
     $('grid').appendChild(t);
   }
   t.querySelector('.label').textContent = label;
+  t.querySelector('.avatar').textContent = (label.trim()[0] || '?').toUpperCase();
   return t;
+}
+
+// A line at the top of the call: reconnecting, a lost connection.
+function status(text) {
+  const el = $('status');
+  if (el) el.textContent = text;
+  if (text) app.events.push({ type: 'status', text });
 }
 
 function refresh() {
@@ -52,6 +60,9 @@ function addParticipant(p) {
   entry.tile = tile(p.id, p.name || p.identity);
   entry.tile.querySelector('video').srcObject = entry.stream;
   entry.tile.classList.toggle('muted', p.tracks.some((t) => t.kind === 'audio' && t.muted));
+  // No video, or its camera is off: a letter instead of a black picture.
+  entry.tile.classList.toggle('novideo', !p.tracks.some((t) => t.kind === 'video' && !t.muted));
+  entry.tile.classList.toggle('reconnecting', !!p.reconnecting);
   app.participants.set(p.id, entry);
   refresh();
 }
@@ -109,7 +120,7 @@ async function onOffer(msg) {
     app.events.push({ type: 'offer_failed', message: e.message });
     console.error('offer failed', e);
     pc.close();
-    app.sub = newSubscriber();
+    app.sub = watch(newSubscriber());
     await request({ type: 'offer_failed', reason: e.message });
     return;
   }
@@ -152,6 +163,17 @@ function onMessage(ev) {
       if (p) { p.info.tracks.push(msg.track); addParticipant(p.info); }
       break;
     }
+    case 'track_unpublished': {
+      const p = app.participants.get(msg.participant);
+      if (p) { p.info.tracks = p.info.tracks.filter((t) => t.id !== msg.track); addParticipant(p.info); }
+      break;
+    }
+    case 'participant_reconnecting':
+    case 'participant_reconnected': {
+      const p = app.participants.get(msg.participant);
+      if (p) { p.info.reconnecting = msg.type === 'participant_reconnecting'; addParticipant(p.info); }
+      break;
+    }
     case 'mute': {
       const p = app.participants.get(msg.participant);
       const t = p && p.info.tracks.find((x) => x.id === msg.track);
@@ -161,7 +183,14 @@ function onMessage(ev) {
     case 'active_speaker': app.speaker = msg.participant; refresh(); break;
     case 'offer': offers = offers.then(() => onOffer(msg)).catch((e) => console.error('answer failed', e)); break;
     case 'layers': onLayers(msg).catch((e) => console.error('layers failed', e)); break;
-    case 'error': console.warn('server error', msg); break;
+    case 'error':
+      console.warn('server error', msg);
+      if (msg.code === 408) {
+        // Our media connection was lost: say so, and come back.
+        status(`Connection lost (${msg.reason}), reconnecting…`);
+        recover(msg.reason);
+      }
+      break;
     default: break;
   }
 }
@@ -180,31 +209,128 @@ app.togglePin = async (id) => {
   document.querySelectorAll('.tile').forEach((t) => t.classList.toggle('pinned', t.dataset.id === app.pinned));
 };
 
-// `opts.publish === false` joins only to watch: no camera, no publishing connection.
-app.join = async (room, name, token, opts = {}) => {
+// Opens the socket and joins the room (with `resume`, comes back as the same participant).
+async function connect(resume) {
+  const { room, name, token } = app.creds;
   const url = new URL('/rtc', location.href);
   url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
-  app.ws = new WebSocket(url);
-  app.ws.onmessage = onMessage;
-  app.ws.onclose = () => {
+  const ws = new WebSocket(url);
+  app.ws = ws;
+  ws.onmessage = onMessage;
+  ws.onclose = () => {
+    if (app.ws !== ws) return;
     app.events.push({ type: 'socket_closed' });
     // Nothing will answer what is still waiting.
     for (const p of pending.values()) p.reject(new Error('connection closed'));
     pending.clear();
+    if (app.me && !app.leaving) recover('socket closed');
   };
-  await new Promise((resolve, reject) => { app.ws.onopen = resolve; app.ws.onerror = () => reject(new Error('cannot reach the server')); });
-
-  app.sub = newSubscriber();
-
+  await new Promise((resolve, reject) => { ws.onopen = resolve; ws.onerror = () => reject(new Error('cannot reach the server')); });
   const joinMsg = { type: 'join', v: 1, room, name };
   if (token) joinMsg.token = token;
+  if (resume) joinMsg.resume = resume;
   const joined = await request(joinMsg);
   app.me = joined.participant;
   app.room = room;
+  app.resume = joined.resume;
   app.speaker = joined.active_speaker || null;
+  // Whoever is not listed has left meanwhile.
+  const present = new Set(joined.participants.map((p) => p.id));
+  [...app.participants.keys()].filter((id) => !present.has(id)).forEach(removeParticipant);
   joined.participants.forEach(addParticipant);
+  return joined;
+}
 
-  if (opts.publish === false) {
+// A connection whose state goes `failed` starts recovery.
+function watch(pc) {
+  pc.addEventListener('connectionstatechange', () => {
+    if ((pc === app.pub || pc === app.sub) && pc.connectionState === 'failed') recover('connection failed');
+  });
+  return pc;
+}
+
+// Getting the call back after a failure: an ICE restart while the socket is up, else (or when
+// that does not work within 5 s) joining again with `resume`, with backoff. The others see us
+// reconnecting meanwhile, not leaving.
+async function recover(why) {
+  if (app.recovering || app.leaving) return;
+  app.recovering = true;
+  app.events.push({ type: 'recovering', why });
+  status(`Reconnecting… (${why})`);
+  try {
+    if (why === 'connection failed' && app.ws && app.ws.readyState === WebSocket.OPEN) {
+      try {
+        await app.restartIce();
+        const ok = await until(() => [app.pub, app.sub].every((pc) => !pc || pc.connectionState === 'connected'), 5000);
+        if (ok) {
+          app.events.push({ type: 'recovered', how: 'ice_restart' });
+          status('');
+          return;
+        }
+      } catch (e) {
+        console.warn('ICE restart failed', e);
+      }
+    }
+    for (const delay of [0, 500, 1000, 2000, 4000, 8000]) {
+      await new Promise((r) => setTimeout(r, delay));
+      if (app.leaving) return;
+      try {
+        await rejoin();
+        status('');
+        return;
+      } catch (e) {
+        console.warn('rejoin failed', e);
+      }
+    }
+    status('The connection is lost. Reload the page to join again.');
+  } finally {
+    app.recovering = false;
+  }
+}
+
+async function until(fn, ms) {
+  for (const end = Date.now() + ms; Date.now() < end;) {
+    if (fn()) return true;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return fn();
+}
+
+// New socket and connections; the same participant when the server still has us.
+async function rejoin() {
+  const old = app.ws;
+  app.ws = null;
+  if (old) { old.onclose = null; old.close(); }
+  [app.pub, app.sub].forEach((pc) => pc && pc.close());
+  app.pub = null;
+  app.sub = watch(newSubscriber());
+  offers = Promise.resolve();
+  const joined = await connect(app.resume);
+  if (!app.watchOnly) app.pub = watch(await publish(app.extra ? app.extra.getVideoTracks() : []));
+  app.events.push({ type: 'recovered', how: joined.resumed ? 'resumed' : 'joined_again' });
+}
+
+// ICE restart of both connections (room protocol `restart_ice`).
+app.restartIce = async () => {
+  let sdp;
+  if (app.pub) {
+    app.pub.restartIce();
+    await app.pub.setLocalDescription(await app.pub.createOffer());
+    sdp = app.pub.localDescription.sdp;
+  }
+  const reply = await request(sdp ? { type: 'restart_ice', sdp } : { type: 'restart_ice' });
+  if (sdp) await app.pub.setRemoteDescription({ type: 'answer', sdp: reply.sdp });
+};
+
+// `opts.publish === false` joins only to watch (as does a token without the publish grant): no
+// camera, no publishing connection.
+app.join = async (room, name, token, opts = {}) => {
+  app.creds = { room, name, token };
+  app.leaving = false;
+  app.sub = watch(newSubscriber());
+  const joined = await connect();
+  app.watchOnly = opts.publish === false || !joined.grants.publish;
+  if (app.watchOnly) {
     refresh();
     return joined;
   }
@@ -213,7 +339,7 @@ app.join = async (room, name, token, opts = {}) => {
   const mine = tile(app.me.id, `${app.me.name || app.me.identity} (you)`);
   mine.querySelector('video').srcObject = app.local;
   mine.querySelector('video').muted = true;
-  app.pub = await publish([]);
+  app.pub = watch(await publish([]));
   refresh();
   return joined;
 };
@@ -254,7 +380,7 @@ app.republish = async (extraVideo) => {
   if (app.extra) app.extra.getTracks().forEach((t) => t.stop());
   app.extra = extraVideo ? await navigator.mediaDevices.getUserMedia({ video: { width: 320, height: 240 } }) : null;
   const old = app.pub;
-  app.pub = await publish(app.extra ? app.extra.getVideoTracks() : []);
+  app.pub = watch(await publish(app.extra ? app.extra.getVideoTracks() : []));
   if (old) old.close();
 };
 
@@ -266,10 +392,12 @@ app.trackId = (kind) => {
 app.setMuted = async (kind, muted) => {
   app.local.getTracks().filter((t) => t.kind === kind).forEach((t) => { t.enabled = !muted; });
   await request({ type: 'mute', track: app.trackId(kind), muted });
-  if (kind === 'audio') tile(app.me.id, `${app.me.name || app.me.identity} (you)`).classList.toggle('muted', muted);
+  const mine = tile(app.me.id, `${app.me.name || app.me.identity} (you)`);
+  mine.classList.toggle(kind === 'audio' ? 'muted' : 'novideo', muted);
 };
 
 app.leave = async () => {
+  app.leaving = true;
   try { await request({ type: 'leave' }); } catch (e) { console.warn(e); }
   app.ws.close();
   [app.pub, app.sub].forEach((pc) => pc && pc.close());

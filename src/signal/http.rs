@@ -7,7 +7,7 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use tracing::{info, warn};
@@ -20,6 +20,7 @@ use axum::response::Html;
 /// The demo page: join a room with camera and microphone (docs/protocol.md is its contract).
 const DEMO_HTML: &str = include_str!("../../web/index.html");
 const DEMO_JS: &str = include_str!("../../web/app.js");
+const FAVICON: &str = include_str!("../../web/favicon.svg");
 use crate::transport::webrtc::session::Role;
 use crate::transport::webrtc::ShardError;
 use crate::worker::{Command, Workers};
@@ -45,6 +46,14 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
                     DEMO_JS,
                 )
             }),
+        )
+        .route(
+            "/favicon.svg",
+            get(|| async { ([(header::CONTENT_TYPE, "image/svg+xml")], FAVICON) }),
+        )
+        .route(
+            "/favicon.ico",
+            get(|| async { Redirect::permanent("/favicon.svg") }),
         )
         .route("/rtc", get(super::ws::rtc))
         .route("/health", get(|| async { "ok\n" }))

@@ -350,12 +350,9 @@ async fn handle(
         ClientMessage::Leave { id } => {
             let pid = pid.ok_or_else(not_joined)?;
             *joined = None;
-            st.workers
-                .for_id(pid)
-                .tx
-                .send(Command::Leave { pid })
-                .await
-                .map_err(|_| gone())?;
+            // `ok` only once the room knows: a client closes its connections right after, and
+            // their closing must not read as a lost connection (`participant_reconnecting`).
+            call(st, pid, |reply| Command::Leave { pid, reply }).await??;
             Ok(ServerMessage::Ok { id })
         }
         ClientMessage::Ping { id } => Ok(ServerMessage::Pong { id }),
