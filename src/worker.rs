@@ -19,7 +19,7 @@ use crate::transport::udp::BatchSocket;
 use crate::transport::webrtc::conference::JoinRequest;
 use crate::transport::webrtc::session::{ParticipantId, Role};
 use crate::transport::webrtc::shard::WORKER_ID_SHIFT;
-use crate::transport::webrtc::{Created, Shard, ShardError, ShardStats};
+use crate::transport::webrtc::{Created, IceRestart, Shard, ShardError, ShardStats};
 
 type Reply<T> = oneshot::Sender<Result<T, Refusal>>;
 
@@ -120,13 +120,13 @@ pub enum Command {
         reply: oneshot::Sender<Result<(), ShardError>>,
     },
     /// WHIP/WHEP `PATCH`: the client's ICE ufrag; new credentials restart ICE. The reply has
-    /// volna's new credentials (`None`: nothing to restart) and its candidate.
+    /// volna's new credentials and candidate (`None`: nothing to restart).
     PatchIce {
         role: Role,
         room: String,
         resource: String,
         ufrag: String,
-        reply: oneshot::Sender<Result<(Option<(String, String)>, SocketAddr), ShardError>>,
+        reply: oneshot::Sender<Result<Option<IceRestart>, ShardError>>,
     },
     Stats {
         reply: oneshot::Sender<ShardStats>,
@@ -243,8 +243,7 @@ fn apply_with(shard: &mut Shard, quic: &mut QuicConns, now: Instant, cmd: Comman
             ufrag,
             reply,
         } => {
-            let r = shard.patch_ice(role, &room, &resource, &ufrag);
-            let _ = reply.send(r.map(|creds| (creds, shard.media_addr())));
+            let _ = reply.send(shard.patch_ice(role, &room, &resource, &ufrag));
         }
         Command::Stats { reply } => {
             let _ = reply.send(shard.stats());

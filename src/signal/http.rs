@@ -165,14 +165,14 @@ async fn patch(
         })
         .await
     {
-        Some(Ok((None, _))) => StatusCode::NO_CONTENT.into_response(),
-        Some(Ok((Some((ufrag, pwd)), candidate))) => (
+        Some(Ok(None)) => StatusCode::NO_CONTENT.into_response(),
+        Some(Ok(Some(r))) => (
             StatusCode::OK,
             [
                 (header::CONTENT_TYPE, sdpfrag::CONTENT_TYPE),
-                (header::ETAG, &format!("\"{ufrag}\"")),
+                (header::ETAG, &format!("\"{}\"", r.ufrag)),
             ],
-            sdpfrag::restart_reply(&ufrag, &pwd, frag.mid.as_deref(), candidate),
+            sdpfrag::restart_reply(&r.ufrag, &r.pwd, frag.mid.as_deref(), r.candidate),
         )
             .into_response(),
         Some(Err(e)) => shard_error(e),

@@ -89,7 +89,9 @@ mod tests {
     #[test]
     fn fragments_table() {
         let pwd = "0123456789012345678901";
-        let cases: Vec<(&str, String, Result<(&str, Option<&str>), FragError>)> = vec![
+        /// The ufrag and mid read, or the error.
+        type Want<'a> = Result<(&'a str, Option<&'a str>), FragError>;
+        let cases: Vec<(&str, String, Want)> = vec![
             (
                 "a restart as RFC 9725 shows it",
                 format!("a=ice-ufrag:EsAw\r\na=ice-pwd:{pwd}\r\nm=audio 9 UDP/TLS/RTP/AVP 0\r\na=mid:0\r\na=candidate:1 1 udp 1 10.0.0.1 5000 typ host\r\na=end-of-candidates\r\n"),

@@ -122,6 +122,13 @@ fn subscriber_exts(kind: MediaKind, dd: bool) -> Vec<(u8, String)> {
 }
 
 impl Shard {
+    /// The participant a request comes from, or the refusal for a socket that has not joined.
+    fn joined(&self, pid: ParticipantId) -> Result<&Participant, Refusal> {
+        self.participants
+            .get(&pid)
+            .ok_or_else(|| Refusal::new(409, "not_joined", "join a room first"))
+    }
+
     fn send(&self, pid: ParticipantId, msg: ServerMessage) {
         if let Some(p) = self.participants.get(&pid) {
             deliver(p, msg);
@@ -517,10 +524,7 @@ impl Shard {
         pid: ParticipantId,
         offer: &Offer,
     ) -> Result<String, Refusal> {
-        let p = self
-            .participants
-            .get(&pid)
-            .ok_or_else(|| Refusal::new(409, "not_joined", "join a room first"))?;
+        let p = self.joined(pid)?;
         if !p.grants.publish {
             return Err(Refusal::new(
                 403,
@@ -573,10 +577,7 @@ impl Shard {
         tracks: &[String],
         on: bool,
     ) -> Result<(), Refusal> {
-        let p = self
-            .participants
-            .get(&pid)
-            .ok_or_else(|| Refusal::new(409, "not_joined", "join a room first"))?;
+        let p = self.joined(pid)?;
         if !p.grants.subscribe {
             return Err(Refusal::new(
                 403,
@@ -617,10 +618,7 @@ impl Shard {
         pid: ParticipantId,
         tracks: &[String],
     ) -> Result<(), Refusal> {
-        let p = self
-            .participants
-            .get(&pid)
-            .ok_or_else(|| Refusal::new(409, "not_joined", "join a room first"))?;
+        let p = self.joined(pid)?;
         let known: BTreeSet<String> = self
             .room_tracks(&p.room)
             .into_iter()
@@ -662,10 +660,7 @@ impl Shard {
         track: &str,
         muted: bool,
     ) -> Result<(), Refusal> {
-        let p = self
-            .participants
-            .get(&pid)
-            .ok_or_else(|| Refusal::new(409, "not_joined", "join a room first"))?;
+        let p = self.joined(pid)?;
         let room = p.room.clone();
         let public = p.public_id.clone();
         if !self
@@ -929,10 +924,7 @@ impl Shard {
         pid: ParticipantId,
         sdp: &str,
     ) -> Result<(), Refusal> {
-        let p = self
-            .participants
-            .get(&pid)
-            .ok_or_else(|| Refusal::new(409, "not_joined", "join a room first"))?;
+        let p = self.joined(pid)?;
         let sid = p
             .subscriber
             .ok_or_else(|| Refusal::new(409, "no_offer", "no offer is outstanding"))?;
@@ -1030,10 +1022,7 @@ impl Shard {
         pid: ParticipantId,
         offer: Option<&Offer>,
     ) -> Result<Option<String>, Refusal> {
-        let p = self
-            .participants
-            .get(&pid)
-            .ok_or_else(|| Refusal::new(409, "not_joined", "join a room first"))?;
+        let p = self.joined(pid)?;
         let (publisher, subscriber) = (p.publisher, p.subscriber);
         let answer = match offer {
             None => None,
@@ -1091,10 +1080,7 @@ impl Shard {
         pid: ParticipantId,
         reason: &str,
     ) -> Result<(), Refusal> {
-        let p = self
-            .participants
-            .get(&pid)
-            .ok_or_else(|| Refusal::new(409, "not_joined", "join a room first"))?;
+        let p = self.joined(pid)?;
         let sid = p
             .subscriber
             .filter(|sid| {

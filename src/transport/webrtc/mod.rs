@@ -13,4 +13,4 @@ pub mod srtp;
 
 pub use conference::Grants;
 pub use dtls::DtlsIdentity;
-pub use shard::{Created, Limits, Shard, ShardConfig, ShardError, ShardStats};
+pub use shard::{Created, IceRestart, Limits, Shard, ShardConfig, ShardError, ShardStats};

@@ -209,7 +209,8 @@ pub(crate) mod tests {
     fn churn_keeps_the_tag_and_recycles_lines() {
         let mut n = Negotiation::default();
         type Step = fn(&mut Negotiation);
-        let steps: Vec<(&str, Step, Vec<(&str, LineState)>)> = vec![
+        type Lines<'a> = Vec<(&'a str, LineState)>;
+        let steps: Vec<(&str, Step, Lines)> = vec![
             (
                 "two tracks",
                 |n| {

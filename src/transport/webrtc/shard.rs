@@ -99,6 +99,14 @@ pub enum ShardError {
     Internal(String),
 }
 
+/// A session's new ICE credentials after a restart, and the candidate to reach it on.
+#[derive(Debug, Clone)]
+pub struct IceRestart {
+    pub ufrag: String,
+    pub pwd: String,
+    pub candidate: SocketAddr,
+}
+
 /// A new session's answer and the names it goes by.
 #[derive(Debug, Clone)]
 pub struct Created {
@@ -749,24 +757,18 @@ impl Shard {
         room: &str,
         resource: &str,
         remote_ufrag: &str,
-    ) -> Result<Option<(String, String)>, ShardError> {
-        let id = *self
-            .by_resource
-            .get(resource)
-            .ok_or(ShardError::NoSession)?;
-        let s = self.sessions.get(&id).ok_or(ShardError::NoSession)?;
-        if s.role != role || s.room != room || s.participant.is_some() {
-            return Err(ShardError::NoSession);
-        }
-        if s.remote_ufrag == remote_ufrag {
+    ) -> Result<Option<IceRestart>, ShardError> {
+        let id = self.by_resource(role, room, resource)?;
+        if self.sessions[&id].remote_ufrag == remote_ufrag {
             return Ok(None);
         }
-        Ok(self.restart_ice(id, remote_ufrag))
-    }
-
-    /// The address advertised as this worker's ICE candidate.
-    pub fn media_addr(&self) -> SocketAddr {
-        self.config.media_addr
+        Ok(self
+            .restart_ice(id, remote_ufrag)
+            .map(|(ufrag, pwd)| IceRestart {
+                ufrag,
+                pwd,
+                candidate: self.config.media_addr,
+            }))
     }
 
     /// Ends a session by its resource id (WHIP/WHEP DELETE). `role` must match the URL used.
@@ -777,6 +779,14 @@ impl Shard {
         room: &str,
         resource: &str,
     ) -> Result<(), ShardError> {
+        let id = self.by_resource(role, room, resource)?;
+        self.close(now, id, CloseCause::Deleted);
+        Ok(())
+    }
+
+    /// A WHIP or WHEP session by its URL: the resource id, under the room and role it was made
+    /// with (a room participant's sessions have no URL).
+    fn by_resource(&self, role: Role, room: &str, resource: &str) -> Result<SessionId, ShardError> {
         let id = *self
             .by_resource
             .get(resource)
@@ -785,8 +795,7 @@ impl Shard {
         if s.role != role || s.room != room || s.participant.is_some() {
             return Err(ShardError::NoSession);
         }
-        self.close(now, id, CloseCause::Deleted);
-        Ok(())
+        Ok(id)
     }
 
     pub(super) fn close(&mut self, now: Instant, id: SessionId, cause: CloseCause) {
