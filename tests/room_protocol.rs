@@ -688,3 +688,22 @@ async fn whip_publishers_are_shown_to_room_participants() {
     let left = expect_type(&mut a, "participant_left").await;
     assert_eq!(left["participant"], who.as_str());
 }
+
+/// A participant without any media session (it only watches an empty room) whose socket drops
+/// is shown reconnecting, then leaves when it does not come back.
+#[tokio::test]
+async fn a_lost_socket_that_does_not_come_back_leaves() {
+    let addr = start(&[], |c| c.media.reconnect_secs = 1).await;
+    let mut a = connect(addr, "").await;
+    let mut b = connect(addr, "").await;
+    let a_id = join(&mut a, "gone", "Ann", None).await["participant"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    join(&mut b, "gone", "Ben", None).await;
+    drop(a);
+    let r = expect_type(&mut b, "participant_reconnecting").await;
+    assert_eq!(r["participant"], a_id.as_str());
+    let left = expect_type(&mut b, "participant_left").await;
+    assert_eq!(left["participant"], a_id.as_str());
+}

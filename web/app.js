@@ -305,7 +305,11 @@ async function rejoin() {
   app.pub = null;
   app.sub = watch(newSubscriber());
   offers = Promise.resolve();
+  const before = app.me.id;
   const joined = await connect(app.resume);
+  // Not resumed (too late): we are a new participant, and so is our own tile.
+  const mine = document.querySelector(`.tile[data-id="${before}"]`);
+  if (mine) mine.dataset.id = app.me.id;
   if (!app.watchOnly) app.pub = watch(await publish(app.extra ? app.extra.getVideoTracks() : []));
   app.events.push({ type: 'recovered', how: joined.resumed ? 'resumed' : 'joined_again' });
 }

@@ -479,6 +479,9 @@ impl Shard {
         }
         p.reconnecting = Some(now + grace);
         info!(participant = %p.public_id, room = %p.room, "participant reconnecting");
+        // Its deadline is checked by the housekeeping tick, which may not be running yet.
+        self.arm_housekeeping(now);
+        let p = &self.participants[&pid];
         let (room, public) = (p.room.clone(), p.public_id.clone());
         self.broadcast(
             &room,

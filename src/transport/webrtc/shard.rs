@@ -430,8 +430,7 @@ impl Shard {
         remote: Option<Remote<'_>>,
     ) -> Result<Session, ShardError> {
         // Consent expiry is checked on the housekeeping timer; arm it as soon as a session exists.
-        self.next_housekeeping
-            .get_or_insert(now + Duration::from_secs(1));
+        self.arm_housekeeping(now);
         let id = self.next_id;
         self.next_id += 1;
         let dtls = match &remote {
@@ -726,6 +725,12 @@ impl Shard {
         };
         self.register(s);
         Ok(created)
+    }
+
+    /// Makes sure the once-a-second housekeeping (consent, reconnect deadlines) is scheduled.
+    pub(super) fn arm_housekeeping(&mut self, now: Instant) {
+        self.next_housekeeping
+            .get_or_insert(now + Duration::from_secs(1));
     }
 
     /// New local ICE credentials for a session (an ICE restart, RFC 8839 §4.4.1.1.1): checks
