@@ -86,3 +86,29 @@ test('media lost for longer than the consent timeout: both pages come back by th
     assert.equal(await a.page.evaluate(() => window.app.me.id), a.id, 'same participant id');
   }
 });
+
+test('ICE restart in the room protocol: both connections restart and media goes on', { skip, timeout: 30000 }, async () => {
+  const x = await open('Xia');
+  const y = await open('Yoko');
+  for (const [a, b] of [[x, y], [y, x]]) {
+    assert.ok(await waitFor(async () => (await framesFrom(a, b)) > 20, 10000), `${a.name} decodes ${b.name}`);
+  }
+  const ufrags = () => x.page.evaluate(() => [window.app.pub, window.app.sub].map((pc) => pc.remoteDescription.sdp.match(/a=ice-ufrag:(\S+)/)[1]));
+  const before = await ufrags();
+  await x.page.evaluate(() => window.app.restartIce());
+  // The receiving connection's restart comes as a new offer: wait for its new credentials.
+  const after = await waitFor(async () => {
+    const u = await ufrags();
+    return u[0] !== before[0] && u[1] !== before[1] ? u : null;
+  }, 5000, 100);
+  assert.ok(after, `volna's credentials changed on both connections: ${JSON.stringify(before)} -> ${JSON.stringify(await ufrags())}`);
+  const connected = await waitFor(() => x.page.evaluate(() => [window.app.pub, window.app.sub].every((pc) => pc.connectionState === 'connected')), 5000, 100);
+  assert.ok(connected, 'both connections are connected after the restart');
+  const [fx, fy] = [await framesFrom(x, y), await framesFrom(y, x)];
+  assert.ok(await waitFor(async () => (await framesFrom(x, y)) > fx + 20 && (await framesFrom(y, x)) > fy + 20, 5000, 200), 'both keep decoding each other');
+  for (const p of [x, y]) {
+    const errs = await events(p, 'error');
+    assert.deepEqual(errs, [], `${p.name} got no errors`);
+  }
+  for (const p of [x, y]) await p.page.evaluate(() => window.app.leave());
+});
