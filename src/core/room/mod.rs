@@ -1432,6 +1432,24 @@ impl Relay {
         }
     }
 
+    /// A viewer's path moved (a network change): what was sent meanwhile went to the old
+    /// address, so its video starts again from a key frame, asked for now rather than after the
+    /// viewer's own request.
+    pub fn viewer_moved(&mut self, now: Instant, id: SessionId, sink: &mut impl Sink) {
+        let Some(v) = self.viewers.get(&id) else {
+            return;
+        };
+        let wanted: Vec<(TrackRef, u8)> = v
+            .tracks
+            .iter()
+            .filter(|t| t.live)
+            .filter_map(|t| Some((t.spec.source, t.fwd.target()?)))
+            .collect();
+        for (src, layer) in wanted {
+            self.request_keyframe(now, src.publisher, src.track, layer, sink);
+        }
+    }
+
     /// A decrypted RTCP compound packet from a viewer: keyframe requests and NACKs go upstream.
     pub fn handle_viewer_rtcp(
         &mut self,

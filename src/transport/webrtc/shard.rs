@@ -924,9 +924,11 @@ impl Shard {
             Err(e) => return self.junk(from, &e.to_string()),
         };
         s.last_rx = now;
+        let mut moved = false;
         if use_candidate || !s.nominated {
             if let Some(old) = s.remote.filter(|&a| a != from) {
                 self.path_switches += 1;
+                moved = s.srtp.is_some();
                 info!(session = id, from = %old, to = %from, nominated = use_candidate, "ICE path moved");
             } else if s.remote.is_none() {
                 debug!(session = id, peer = %from, nominated = use_candidate, "ICE path");
@@ -936,6 +938,10 @@ impl Shard {
         }
         self.by_addr.insert(from, id);
         self.send.push(from, &resp);
+        if moved {
+            let (relay, mut out) = self.relay_and_out();
+            relay.viewer_moved(now, id, &mut out);
+        }
         // A DTLS client starts its flight once the path exists.
         self.flush_dtls(id);
     }
