@@ -2029,3 +2029,32 @@ fn pinned_tracks_and_presentations_go_first() {
         "the presentation goes first"
     );
 }
+
+/// A viewer whose path moved (a network change) gets its video from a key frame asked for at
+/// once; a viewer that did not move asks for nothing.
+#[test]
+fn a_viewer_that_moved_gets_a_key_frame_asked_for() {
+    let t0 = Instant::now();
+    let mut relay = Relay::new(RelayConfig::default());
+    let mut sink = Recorder::default();
+    relay
+        .add_publisher(PUB, "room", 0x5e1f, publisher_tracks())
+        .unwrap();
+    add_viewer(&mut relay, t0, V1, viewer_tracks(1000), &mut sink);
+    sink.take();
+    let later = t0 + Duration::from_secs(5);
+    relay.viewer_moved(later, 4242, &mut sink);
+    assert!(sink.take().1.is_empty(), "no such viewer: nothing asked");
+    relay.viewer_moved(later, V1, &mut sink);
+    let (_, rtcp) = sink.take();
+    assert_eq!(
+        rtcp_of(&rtcp, PUB),
+        vec![format!(
+            "{:?}",
+            RtcpPacket::Pli(Pli {
+                sender_ssrc: 0x5e1f,
+                media_ssrc: VIDEO_SSRC
+            })
+        )]
+    );
+}
