@@ -126,6 +126,7 @@ pub enum Command {
         room: String,
         resource: String,
         ufrag: String,
+        pwd: String,
         reply: oneshot::Sender<Result<Option<IceRestart>, ShardError>>,
     },
     Stats {
@@ -241,9 +242,10 @@ fn apply_with(shard: &mut Shard, quic: &mut QuicConns, now: Instant, cmd: Comman
             room,
             resource,
             ufrag,
+            pwd,
             reply,
         } => {
-            let _ = reply.send(shard.patch_ice(role, &room, &resource, &ufrag));
+            let _ = reply.send(shard.patch_ice(role, &room, &resource, &ufrag, &pwd));
         }
         Command::Stats { reply } => {
             let _ = reply.send(shard.stats());

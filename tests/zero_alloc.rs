@@ -17,6 +17,8 @@ use volna::core::room::{
 };
 use volna::core::rtp::{Codec, ExtKind, ExtMap, RtpView};
 
+mod common;
+
 struct Counting;
 
 static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
@@ -374,140 +376,15 @@ fn simulcast_red_and_feedback_allocate_nothing() {
 
 mod shard_path {
     use super::*;
-    use bytes::BytesMut;
-    use std::net::SocketAddr;
+    use crate::common::{offer, shard, Client};
     use volna::signal::sdp::Offer;
     use volna::transport::buffers::RecvPool;
-    use volna::transport::webrtc::dtls::{Dtls, DtlsIdentity, DtlsOutput, SrtpKeys};
-    use volna::transport::webrtc::{Limits, Shard, ShardConfig};
-
-    fn offer(fingerprint: &str, ufrag: &str, direction: &str, ssrc: Option<u32>) -> String {
-        let mut s = format!(
-            "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n\
-             m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=ice-ufrag:{ufrag}\r\n\
-             a=ice-pwd:0123456789012345678901\r\na=fingerprint:sha-256 {fingerprint}\r\n\
-             a=setup:actpass\r\na=mid:0\r\na=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid\r\n\
-             a={direction}\r\na=rtcp-mux\r\na=rtpmap:96 VP8/90000\r\na=rtcp-fb:96 nack pli\r\n"
-        );
-        if let Some(ssrc) = ssrc {
-            s.push_str(&format!("a=ssrc:{ssrc} cname:load\r\n"));
-        }
-        s
-    }
-
-    fn attr<'a>(sdp: &'a str, name: &str) -> &'a str {
-        sdp.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .unwrap_or_else(|| panic!("{name} in {sdp}"))
-            .trim()
-    }
-
-    fn binding_request(username: &str, pwd: &str) -> Vec<u8> {
-        use rtc_stun::attributes::{RawAttribute, ATTR_USERNAME, ATTR_USE_CANDIDATE};
-        use rtc_stun::fingerprint::FINGERPRINT;
-        use rtc_stun::integrity::MessageIntegrity;
-        use rtc_stun::message::{Message, Setter, TransactionId, BINDING_REQUEST};
-        use rtc_stun::textattrs::TextAttribute;
-        let provider = rtc_crypto::default_provider().unwrap();
-        let mut m = Message::new();
-        m.write_header();
-        let user = TextAttribute::new(ATTR_USERNAME, username.to_owned());
-        let nominate = RawAttribute {
-            typ: ATTR_USE_CANDIDATE,
-            length: 0,
-            value: vec![],
-        };
-        let integrity = MessageIntegrity::new_short_term_integrity_with_provider(
-            pwd.to_owned(),
-            provider.crypto(),
-        );
-        let tid = TransactionId::new();
-        let setters: [&dyn Setter; 6] = [
-            &BINDING_REQUEST,
-            &tid,
-            &user,
-            &nominate,
-            &integrity,
-            &FINGERPRINT,
-        ];
-        for s in setters {
-            s.add_to(&mut m).unwrap();
-        }
-        m.raw
-    }
-
-    /// One client: ICE check, then a DTLS handshake through the shard, in memory.
-    struct Client {
-        addr: SocketAddr,
-        identity: DtlsIdentity,
-        keys: Option<Box<SrtpKeys>>,
-    }
-
-    impl Client {
-        fn new(port: u16) -> Self {
-            let provider = rtc_crypto::default_provider().unwrap();
-            Client {
-                addr: SocketAddr::from(([10, 0, 0, 1], port)),
-                identity: DtlsIdentity::generate(provider).unwrap(),
-                keys: None,
-            }
-        }
-
-        fn handshake(&mut self, shard: &mut Shard, now: Instant, answer: &str) {
-            let user = format!(
-                "{}:client{}",
-                attr(answer, "a=ice-ufrag:"),
-                self.addr.port()
-            );
-            let req = binding_request(&user, attr(answer, "a=ice-pwd:"));
-            shard.handle_datagram(now, self.addr, BytesMut::from(&req[..]));
-            let mut dtls = Dtls::new(
-                now,
-                &self.identity,
-                attr(answer, "a=fingerprint:sha-256"),
-                true,
-            )
-            .expect("client DTLS");
-            for _ in 0..50 {
-                while let Some(d) = dtls.poll_transmit() {
-                    shard.handle_datagram(now, self.addr, d);
-                }
-                while let Some((to, d)) = shard.poll_transmit() {
-                    if to == self.addr && (20..64).contains(&d[0]) {
-                        if let Some(DtlsOutput::Connected(k)) =
-                            dtls.handle_datagram(now, &d).expect("DTLS from the shard")
-                        {
-                            self.keys = Some(k);
-                        }
-                    }
-                }
-                if self.keys.is_some() {
-                    // The shard's last flight (if any) was read above; let it see ours.
-                    while let Some(d) = dtls.poll_transmit() {
-                        shard.handle_datagram(now, self.addr, d);
-                    }
-                    return;
-                }
-            }
-            panic!("DTLS handshake with the shard did not finish");
-        }
-    }
+    use volna::transport::webrtc::Shard;
 
     #[test]
     fn shard_forwarding_with_srtp_allocates_nothing() {
         let t0 = Instant::now();
-        let provider = rtc_crypto::default_provider().unwrap();
-        let mut shard = Shard::new(
-            ShardConfig {
-                worker: 0,
-                media_addr: "127.0.0.1:5000".parse().unwrap(),
-                consent_timeout: Duration::from_secs(30),
-                reconnect_grace: Duration::from_secs(10),
-                relay: RelayConfig::default(),
-                limits: Limits::default(),
-            },
-            DtlsIdentity::generate(provider).unwrap(),
-        );
+        let mut shard = shard();
         let mut publisher = Client::new(1000);
         let o = offer(
             &publisher.identity.fingerprint,

@@ -154,13 +154,14 @@ async fn patch(
         Err(e) => return error(StatusCode::BAD_REQUEST, &format!("bad sdpfrag: {e}")),
     };
     let worker = st.workers.for_room(&room);
-    let ufrag = frag.ufrag.clone();
+    let (ufrag, pwd) = (frag.ufrag.clone(), frag.pwd.clone());
     match worker
         .call(|reply| Command::PatchIce {
             role,
             room,
             resource,
             ufrag,
+            pwd,
             reply,
         })
         .await
@@ -453,7 +454,7 @@ async fn metrics(State(st): State<AppState>) -> Response {
     let Some(s) = st.workers.stats().await else {
         return worker_gone();
     };
-    let rows: [(&str, &str, &str, u64); 13] = [
+    let rows: [(&str, &str, &str, u64); 17] = [
         (
             "volna_rooms",
             "gauge",
@@ -525,6 +526,30 @@ async fn metrics(State(st): State<AppState>) -> Response {
             "counter",
             "Keyframe requests sent to publishers.",
             s.keyframe_requests,
+        ),
+        (
+            "volna_ice_restarts_total",
+            "counter",
+            "ICE restarts (WHIP/WHEP PATCH, restart_ice).",
+            s.ice_restarts,
+        ),
+        (
+            "volna_path_switches_total",
+            "counter",
+            "Sessions moved to a new address after an authenticated ICE check.",
+            s.path_switches,
+        ),
+        (
+            "volna_path_switches_refused_total",
+            "counter",
+            "Path moves refused because the session moved too often.",
+            s.path_switches_refused,
+        ),
+        (
+            "volna_consent_checks_total",
+            "counter",
+            "Consent checks sent to a session's new address after a NAT rebinding.",
+            s.consent_checks,
         ),
         (
             "volna_sessions_closed_total",

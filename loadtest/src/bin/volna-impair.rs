@@ -7,9 +7,9 @@
 //!
 //! `--rebind-after SECS` plays a NAT rebinding: from then on the proxy sends to the target from a
 //! new source port (as a NAT does when its mapping expires, or a phone that changes network).
-//! The stats then count what the target sent to the new port before answering an ICE check
-//! there (`media_before_check`: a relay that accepts unauthenticated new addresses sends media
-//! first).
+//! The stats then count what the target sent to the new port other than STUN before the client's
+//! first STUN message (an ICE check, or its answer to the target's own check) went out from there
+//! (`media_before_check`: a relay that accepts unauthenticated new addresses sends media first).
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -105,14 +105,15 @@ async fn main() -> ExitCode {
     let end = (a.seconds > 0.0).then(|| start + Duration::from_secs_f64(a.seconds));
     let mut rebind =
         (a.rebind_after > 0.0).then(|| start + Duration::from_secs_f64(a.rebind_after));
-    // After a rebinding: whether the target answered a check on the new port yet, and what it
-    // sent there before that.
+    // After a rebinding: whether the client's STUN went out on the new port yet, and what else
+    // than STUN the target sent there before that.
     let mut checked = true;
     let mut media_before_check = 0u64;
     let (mut b1, mut b2) = (vec![0u8; 65536], vec![0u8; 65536]);
     loop {
         let now = Instant::now();
         while let Some(p) = up.poll_release(now) {
+            checked |= is_stun(&p);
             let _ = back.send(&p).await;
         }
         while let Some(p) = down.poll_release(now) {
@@ -150,12 +151,8 @@ async fn main() -> ExitCode {
                 up.handle_packet(Instant::now(), b1[..n].to_vec());
             },
             r = back.recv(&mut b2) => if let Ok(n) = r {
-                if !checked {
-                    if is_stun(&b2[..n]) {
-                        checked = true;
-                    } else {
-                        media_before_check += 1;
-                    }
+                if !checked && !is_stun(&b2[..n]) {
+                    media_before_check += 1;
                 }
                 down.handle_packet(Instant::now(), b2[..n].to_vec());
             },

@@ -877,7 +877,7 @@ impl Shard {
         let Some(pid) = s.participant else { return };
         if s.negotiation.restart_ice {
             // The remote ufrag comes with the answer (or the first check with the new one).
-            self.restart_ice(sid, "");
+            self.restart_ice(sid, "", "");
         }
         if let Some(s) = self.sessions.get_mut(&sid) {
             s.negotiation.restart_ice = false;
@@ -982,6 +982,7 @@ impl Shard {
         };
         let s = self.sessions.get_mut(&sid).expect("looked up above");
         s.remote_ufrag = answer.ice_ufrag.clone();
+        s.remote_pwd = answer.ice_pwd.clone();
         if let Some(d) = dtls {
             s.dtls = Some(d);
         }
@@ -1056,9 +1057,11 @@ impl Shard {
                         "an ICE restart offer must keep the m-lines; publish again to change them",
                     ));
                 }
-                let (ufrag, pwd) = self.restart_ice(sid, &offer.ice_ufrag).ok_or_else(|| {
-                    Refusal::new(409, "not_publishing", "no publishing connection")
-                })?;
+                let (ufrag, pwd) = self
+                    .restart_ice(sid, &offer.ice_ufrag, &offer.ice_pwd)
+                    .ok_or_else(|| {
+                        Refusal::new(409, "not_publishing", "no publishing connection")
+                    })?;
                 let s = self.sessions.get_mut(&sid).expect("restarted above");
                 s.answer = crate::signal::sdp::with_ice_credentials(&s.answer, &ufrag, &pwd);
                 Some(s.answer.clone())

@@ -1,14 +1,17 @@
-//! ICE-lite (RFC 8445 §2.5): volna never sends checks; it answers the peer's Binding requests with
-//! MESSAGE-INTEGRITY and FINGERPRINT (RFC 8489), and takes the address of a valid, nominated
-//! request as the path to the peer.
+//! ICE-lite (RFC 8445 §2.5): volna answers the peer's Binding requests with MESSAGE-INTEGRITY and
+//! FINGERPRINT (RFC 8489), and takes the address of a valid, nominated request as the path to the
+//! peer. The one request volna sends is a consent check (RFC 7675) to a peer's new address after
+//! a NAT rebinding (see `path`): built here, with its answer checked here.
 
 use std::net::SocketAddr;
 
 use rtc_crypto::RTCCrypto;
-use rtc_stun::attributes::{ATTR_USERNAME, ATTR_USE_CANDIDATE};
+use rtc_stun::attributes::{
+    RawAttribute, ATTR_ICE_CONTROLLED, ATTR_PRIORITY, ATTR_USERNAME, ATTR_USE_CANDIDATE,
+};
 use rtc_stun::fingerprint::FINGERPRINT;
 use rtc_stun::integrity::MessageIntegrity;
-use rtc_stun::message::{Message, Setter, BINDING_REQUEST, BINDING_SUCCESS};
+use rtc_stun::message::{Message, Setter, TransactionId, BINDING_REQUEST, BINDING_SUCCESS};
 use rtc_stun::textattrs::TextAttribute;
 use rtc_stun::xoraddr::XorMappedAddress;
 
@@ -18,6 +21,8 @@ pub enum IceError {
     Malformed(String),
     #[error("not a Binding request")]
     NotBindingRequest,
+    #[error("not a Binding success response")]
+    NotBindingSuccess,
     #[error("no USERNAME")]
     NoUsername,
     #[error("bad FINGERPRINT")]
@@ -87,6 +92,78 @@ impl BindingRequest {
                 .map_err(|e| IceError::Build(e.to_string()))?;
         }
         Ok(out.raw)
+    }
+}
+
+/// A consent check to the peer at a new address (RFC 7675 §5.1): USERNAME is the peer's ufrag
+/// then ours, MESSAGE-INTEGRITY uses the peer's password, and volna says it is the controlled
+/// agent. Only the peer that holds that password can answer it.
+pub fn consent_request(
+    transaction: [u8; 12],
+    remote_ufrag: &str,
+    local_ufrag: &str,
+    remote_pwd: &str,
+    tie_breaker: u64,
+    crypto: &dyn RTCCrypto,
+) -> Result<Vec<u8>, IceError> {
+    let mut m = Message::new();
+    m.write_header();
+    let tid = TransactionId(transaction);
+    let user = TextAttribute::new(ATTR_USERNAME, format!("{remote_ufrag}:{local_ufrag}"));
+    // A peer-reflexive candidate's priority (type preference 110, RFC 8445 §5.1.2.1).
+    let priority = RawAttribute {
+        typ: ATTR_PRIORITY,
+        length: 4,
+        value: ((110u32 << 24) | (65535 << 8) | 255).to_be_bytes().to_vec(),
+    };
+    let controlled = RawAttribute {
+        typ: ATTR_ICE_CONTROLLED,
+        length: 8,
+        value: tie_breaker.to_be_bytes().to_vec(),
+    };
+    let integrity =
+        MessageIntegrity::new_short_term_integrity_with_provider(remote_pwd.to_owned(), crypto);
+    let setters: [&dyn Setter; 7] = [
+        &BINDING_REQUEST,
+        &tid,
+        &user,
+        &priority,
+        &controlled,
+        &integrity,
+        &FINGERPRINT,
+    ];
+    for s in setters {
+        s.add_to(&mut m)
+            .map_err(|e| IceError::Build(e.to_string()))?;
+    }
+    Ok(m.raw)
+}
+
+/// A Binding success response, decoded far enough to find the check it answers.
+pub struct BindingResponse {
+    msg: Message,
+    pub transaction: [u8; 12],
+}
+
+impl BindingResponse {
+    pub fn parse(buf: &[u8]) -> Result<Self, IceError> {
+        let mut msg = Message::new();
+        msg.unmarshal_binary(buf)
+            .map_err(|e| IceError::Malformed(e.to_string()))?;
+        if msg.typ != BINDING_SUCCESS {
+            return Err(IceError::NotBindingSuccess);
+        }
+        FINGERPRINT.check(&msg).map_err(|_| IceError::Fingerprint)?;
+        Ok(Self {
+            transaction: msg.transaction_id.0,
+            msg,
+        })
+    }
+
+    /// Checks MESSAGE-INTEGRITY with the password the check was signed with (the peer's).
+    pub fn verify(mut self, remote_pwd: &str, crypto: &dyn RTCCrypto) -> Result<(), IceError> {
+        MessageIntegrity::check(&mut self.msg, remote_pwd.as_bytes(), crypto)
+            .map_err(|_| IceError::Integrity)
     }
 }
 
@@ -175,6 +252,45 @@ mod tests {
         assert_eq!(
             BindingRequest::parse(&tampered).err(),
             Some(IceError::Fingerprint)
+        );
+    }
+
+    #[test]
+    fn consent_check_round_trip() {
+        let provider = rtc_crypto::default_provider().unwrap();
+        let crypto = provider.crypto();
+        let volna: SocketAddr = "10.0.0.1:3478".parse().unwrap();
+        let req = consent_request([7; 12], "peer", "ours", "peerpassword", 42, crypto).unwrap();
+        // The peer sees a request to its ufrag from ours, controlled, with a priority.
+        let seen = BindingRequest::parse(&req).unwrap();
+        assert_eq!(
+            (
+                seen.local_ufrag.as_str(),
+                seen.remote_ufrag.as_str(),
+                seen.use_candidate
+            ),
+            ("peer", "ours", false)
+        );
+        assert!(seen.msg.contains(ATTR_ICE_CONTROLLED) && seen.msg.contains(ATTR_PRIORITY));
+        let answer = seen.respond("peerpassword", volna, crypto).unwrap();
+        let resp = BindingResponse::parse(&answer).unwrap();
+        assert_eq!(resp.transaction, [7; 12]);
+        assert_eq!(resp.verify("peerpassword", crypto), Ok(()));
+        // Signed with another password (not the peer's), or not a success response: refused.
+        let other = consent_request([7; 12], "peer", "ours", "otherpassword", 42, crypto).unwrap();
+        let forged = BindingRequest::parse(&other)
+            .unwrap()
+            .respond("otherpassword", volna, crypto)
+            .unwrap();
+        assert_eq!(
+            BindingResponse::parse(&forged)
+                .unwrap()
+                .verify("peerpassword", crypto),
+            Err(IceError::Integrity)
+        );
+        assert_eq!(
+            BindingResponse::parse(&req).err(),
+            Some(IceError::NotBindingSuccess)
         );
     }
 }

@@ -6,6 +6,7 @@ pub mod conference;
 pub mod dtls;
 pub mod ice;
 pub mod negotiation;
+pub mod path;
 pub mod quic;
 pub mod session;
 pub mod shard;

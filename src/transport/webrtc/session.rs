@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use super::dtls::{Dtls, SrtpKeys};
 use super::negotiation::Negotiation;
+use super::path::PathLimits;
 use crate::core::room::{MediaKind, SessionId, ViewerTrackSpec};
 use crate::signal::sdp::OfferedCodec;
 
@@ -37,9 +38,13 @@ pub struct Session {
     pub local_pwd: String,
     /// Empty until known (a subscriber learns it from the answer or the first check).
     pub remote_ufrag: String,
+    /// The peer's ICE password, for consent checks volna sends (empty until known).
+    pub remote_pwd: String,
     /// Where media goes: the source of the last nominated (or first valid) Binding request.
     pub remote: Option<SocketAddr>,
     pub nominated: bool,
+    /// How often the path moved and was checked lately (see `path`).
+    pub path: PathLimits,
     /// `None` for a subscriber until its first answer says who is the DTLS client.
     pub dtls: Option<Dtls>,
     pub srtp: Option<SrtpKeys>,

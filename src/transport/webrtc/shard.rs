@@ -13,8 +13,9 @@ use tracing::{debug, info, warn};
 
 use super::conference::Participant;
 use super::dtls::{Dtls, DtlsIdentity, DtlsOutput};
-use super::ice::BindingRequest;
+use super::ice::{self, BindingRequest, BindingResponse};
 use super::negotiation::Negotiation;
+use super::path::{PathLimits, Paths, Probe};
 use super::session::{ParticipantId, Role, Session};
 use crate::core::room::{
     MediaKind, Relay, RelayConfig, Rtx, SessionId, Sink, TrackRef, TrackSpec, ViewerTrackSpec,
@@ -142,8 +143,13 @@ pub struct ShardStats {
     pub sessions_closed: u64,
     /// ICE restarts (WHIP/WHEP `PATCH`, the room protocol's `restart_ice`).
     pub ice_restarts: u64,
-    /// Sessions that moved to a new address on a nominating ICE check (a network change).
+    /// Sessions that moved to a new address on a nominating ICE check or an answered consent
+    /// check (a network change, a NAT rebinding).
     pub path_switches: u64,
+    /// Moves refused because the session moved too often lately.
+    pub path_switches_refused: u64,
+    /// Consent checks volna sent to a session's new address (SRTP from an unknown port of its IP).
+    pub consent_checks: u64,
     pub publisher_ids: Vec<(String, String)>,
     /// Receiving sessions' bandwidth estimates: (room, resource, kbps, from transport-cc
     /// feedback rather than REMB or the initial value).
@@ -181,6 +187,8 @@ impl ShardStats {
         self.sessions_closed += o.sessions_closed;
         self.ice_restarts += o.ice_restarts;
         self.path_switches += o.path_switches;
+        self.path_switches_refused += o.path_switches_refused;
+        self.consent_checks += o.consent_checks;
         self.publisher_ids.extend(o.publisher_ids);
         self.viewer_estimates.extend(o.viewer_estimates);
     }
@@ -296,6 +304,12 @@ pub struct Shard {
     closed: u64,
     ice_restarts: u64,
     path_switches: u64,
+    path_switches_refused: u64,
+    consent_checks: u64,
+    /// Consent checks in flight and sessions by their peer's IP.
+    paths: Paths,
+    /// ICE-CONTROLLED tie-breaker of volna's own checks.
+    tie_breaker: u64,
     pub(super) participants: HashMap<ParticipantId, Participant>,
     pub(super) next_participant: ParticipantId,
     pub(super) quic_queue: VecDeque<(SessionId, Bytes)>,
@@ -325,6 +339,7 @@ fn forwardable(kind: MediaKind, c: &OfferedCodec) -> bool {
 /// The remote side of a session as an offer or answer describes it.
 pub(super) struct Remote<'a> {
     pub ufrag: &'a str,
+    pub pwd: &'a str,
     pub fingerprint: &'a str,
     /// Whether volna is the DTLS client.
     pub dtls_client: bool,
@@ -335,6 +350,7 @@ impl<'a> Remote<'a> {
     pub fn of_offer(o: &'a Offer) -> Self {
         Self {
             ufrag: &o.ice_ufrag,
+            pwd: &o.ice_pwd,
             fingerprint: &o.fingerprint,
             dtls_client: o.setup == Setup::Passive,
         }
@@ -345,6 +361,7 @@ impl<'a> Remote<'a> {
     pub fn of_answer(a: &'a Offer) -> Self {
         Self {
             ufrag: &a.ice_ufrag,
+            pwd: &a.ice_pwd,
             fingerprint: &a.fingerprint,
             dtls_client: a.setup == Setup::Passive,
         }
@@ -370,6 +387,10 @@ impl Shard {
             closed: 0,
             ice_restarts: 0,
             path_switches: 0,
+            path_switches_refused: 0,
+            consent_checks: 0,
+            paths: Paths::default(),
+            tie_breaker: rand::random(),
             participants: HashMap::new(),
             next_participant: first,
             quic_queue: VecDeque::new(),
@@ -399,6 +420,8 @@ impl Shard {
             sessions_closed: self.closed,
             ice_restarts: self.ice_restarts,
             path_switches: self.path_switches,
+            path_switches_refused: self.path_switches_refused,
+            consent_checks: self.consent_checks,
             publisher_ids: self
                 .sessions
                 .values()
@@ -449,9 +472,14 @@ impl Shard {
             participant: None,
             local_ufrag: random_string(8),
             local_pwd: random_string(24),
-            remote_ufrag: remote.map(|r| r.ufrag.to_owned()).unwrap_or_default(),
+            remote_ufrag: remote
+                .as_ref()
+                .map(|r| r.ufrag.to_owned())
+                .unwrap_or_default(),
+            remote_pwd: remote.map(|r| r.pwd.to_owned()).unwrap_or_default(),
             remote: None,
             nominated: false,
+            path: PathLimits::default(),
             dtls,
             srtp: None,
             created: now,
@@ -741,12 +769,14 @@ impl Shard {
         &mut self,
         id: SessionId,
         remote_ufrag: &str,
+        remote_pwd: &str,
     ) -> Option<(String, String)> {
         let s = self.sessions.get_mut(&id)?;
         self.by_ufrag.remove(&s.local_ufrag);
         s.local_ufrag = random_string(8);
         s.local_pwd = random_string(24);
         s.remote_ufrag = remote_ufrag.to_owned();
+        s.remote_pwd = remote_pwd.to_owned();
         s.nominated = false;
         self.by_ufrag.insert(s.local_ufrag.clone(), id);
         self.ice_restarts += 1;
@@ -762,13 +792,14 @@ impl Shard {
         room: &str,
         resource: &str,
         remote_ufrag: &str,
+        remote_pwd: &str,
     ) -> Result<Option<IceRestart>, ShardError> {
         let id = self.by_resource(role, room, resource)?;
         if self.sessions[&id].remote_ufrag == remote_ufrag {
             return Ok(None);
         }
         Ok(self
-            .restart_ice(id, remote_ufrag)
+            .restart_ice(id, remote_ufrag, remote_pwd)
             .map(|(ufrag, pwd)| IceRestart {
                 ufrag,
                 pwd,
@@ -848,6 +879,7 @@ impl Shard {
             self.by_ufrag.remove(&s.local_ufrag);
             self.by_resource.remove(&s.resource);
             self.by_addr.retain(|_, v| *v != id);
+            self.paths.remove(id, s.remote);
             self.closed += 1;
             info!(session = id, room = %s.room, role = ?s.role, peer = ?s.remote, reason = cause.as_str(), "session closed");
         }
@@ -902,6 +934,9 @@ impl Shard {
     fn handle_stun(&mut self, now: Instant, from: SocketAddr, buf: &[u8]) {
         let req = match BindingRequest::parse(buf) {
             Ok(r) => r,
+            Err(ice::IceError::NotBindingRequest) => {
+                return self.handle_consent_answer(now, from, buf)
+            }
             Err(e) => return self.junk(from, &e.to_string()),
         };
         let Some(&id) = self.by_ufrag.get(&req.local_ufrag) else {
@@ -924,26 +959,125 @@ impl Shard {
             Err(e) => return self.junk(from, &e.to_string()),
         };
         s.last_rx = now;
-        let mut moved = false;
-        if use_candidate || !s.nominated {
-            if let Some(old) = s.remote.filter(|&a| a != from) {
-                self.path_switches += 1;
-                moved = s.srtp.is_some();
-                info!(session = id, from = %old, to = %from, nominated = use_candidate, "ICE path moved");
-            } else if s.remote.is_none() {
-                debug!(session = id, peer = %from, nominated = use_candidate, "ICE path");
-            }
-            s.remote = Some(from);
-            s.nominated |= use_candidate;
-        }
+        let take_path = use_candidate || !s.nominated;
+        s.nominated |= use_candidate;
         self.by_addr.insert(from, id);
         self.send.push(from, &resp);
-        if moved {
-            let (relay, mut out) = self.relay_and_out();
-            relay.viewer_moved(now, id, &mut out);
+        if take_path {
+            self.take_path(
+                now,
+                id,
+                from,
+                if use_candidate { "nominated" } else { "check" },
+            );
         }
         // A DTLS client starts its flight once the path exists.
         self.flush_dtls(id);
+    }
+
+    /// Media goes to `to` from now on, unless the session moved too often lately. A move of a
+    /// connected receiving session asks its video from a key frame.
+    fn take_path(&mut self, now: Instant, id: SessionId, to: SocketAddr, why: &'static str) {
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let from = s.remote;
+        let connected = s.srtp.is_some();
+        match from {
+            Some(old) if old == to => return,
+            // Before media flows, checks from several candidates may take turns.
+            Some(old) if !connected => debug!(session = id, from = %old, to = %to, why, "ICE path"),
+            Some(old) => {
+                if !s.path.may_move(now) {
+                    self.path_switches_refused += 1;
+                    // Logged at 1, 2, 4, 8… refusals: a peer that keeps trying cannot flood the log.
+                    if self.path_switches_refused.is_power_of_two() {
+                        warn!(session = id, from = %old, to = %to, why, refused = self.path_switches_refused, "ICE path move refused: too many moves lately");
+                    }
+                    return;
+                }
+                s.path.moved(now);
+                self.path_switches += 1;
+                info!(session = id, from = %old, to = %to, why, "ICE path moved");
+            }
+            None => debug!(session = id, peer = %to, why, "ICE path"),
+        }
+        s.remote = Some(to);
+        self.by_addr.insert(to, id);
+        self.paths.set(id, from, to);
+        if from.is_some() && connected {
+            let (relay, mut out) = self.relay_and_out();
+            relay.viewer_moved(now, id, &mut out);
+        }
+    }
+
+    /// SRTP from an address no session has: if sessions have their peer at that IP (a NAT that
+    /// gave the peer a new port), each gets one consent check there; the datagram is dropped.
+    fn check_new_address(&mut self, now: Instant, from: SocketAddr) {
+        let crypto = self.identity.provider.crypto();
+        let ids: Vec<SessionId> = self.paths.sessions_at(from.ip()).collect();
+        for id in ids {
+            if !self.paths.has_room() {
+                return;
+            }
+            let Some(s) = self.sessions.get_mut(&id) else {
+                continue;
+            };
+            if s.srtp.is_none() || s.remote_pwd.is_empty() || s.remote_ufrag.is_empty() {
+                continue;
+            }
+            if !s.path.take_probe(now) {
+                continue;
+            }
+            let transaction: [u8; 12] = rand::random();
+            let req = match ice::consent_request(
+                transaction,
+                &s.remote_ufrag,
+                &s.local_ufrag,
+                &s.remote_pwd,
+                self.tie_breaker,
+                crypto,
+            ) {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!(session = id, error = %e, "consent check not built");
+                    continue;
+                }
+            };
+            debug!(session = id, to = %from, "consent check to a new address");
+            self.paths.sent(
+                transaction,
+                Probe {
+                    session: id,
+                    to: from,
+                    sent: now,
+                },
+            );
+            self.consent_checks += 1;
+            self.send.push(from, &req);
+        }
+    }
+
+    /// A Binding success response: the answer to a consent check moves the session there.
+    fn handle_consent_answer(&mut self, now: Instant, from: SocketAddr, buf: &[u8]) {
+        let resp = match BindingResponse::parse(buf) {
+            Ok(r) => r,
+            Err(e) => return self.junk(from, &e.to_string()),
+        };
+        let probe = match self.paths.answered(now, &resp.transaction, from) {
+            Ok(p) => p,
+            Err(e) => return self.junk(from, &e.to_string()),
+        };
+        let Some(s) = self.sessions.get_mut(&probe.session) else {
+            return;
+        };
+        let transaction = resp.transaction;
+        if let Err(e) = resp.verify(&s.remote_pwd, self.identity.provider.crypto()) {
+            return self.junk(from, &e.to_string());
+        }
+        s.last_rx = now;
+        self.paths.settle(&transaction);
+        self.take_path(now, probe.session, from, "consent");
     }
 
     pub(super) fn flush_dtls(&mut self, id: SessionId) {
@@ -1028,6 +1162,7 @@ impl Shard {
 
     fn handle_srtp(&mut self, now: Instant, from: SocketAddr, mut buf: BytesMut) {
         let Some(&id) = self.by_addr.get(&from) else {
+            self.check_new_address(now, from);
             return self.junk(from, "SRTP from unknown address");
         };
         let Some(s) = self.sessions.get_mut(&id) else {
@@ -1141,6 +1276,7 @@ impl Shard {
                 self.close(now, id, CloseCause::ConsentExpired);
             }
             self.expire_reconnecting(now);
+            self.paths.expire(now);
         }
     }
 
