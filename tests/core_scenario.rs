@@ -2058,3 +2058,46 @@ fn a_viewer_that_moved_gets_a_key_frame_asked_for() {
         )]
     );
 }
+
+/// A publisher that repeats a sequence number with other bytes (a QUIC publisher can: RoQ has no
+/// SRTP replay check) gets the copy dropped, and a viewer's NACK brings back the bytes it was
+/// sent, not the copy: one sequence number, so one SRTP index at the viewer, carries one set of
+/// bytes (two under one AES-GCM nonce give away the authentication key).
+#[test]
+fn a_resend_carries_the_bytes_first_sent_under_that_number() {
+    let t0 = Instant::now();
+    let mut relay = Relay::new(RelayConfig::default());
+    let mut sink = Recorder::default();
+    relay
+        .add_publisher(PUB, "room", 77, publisher_tracks())
+        .unwrap();
+    add_viewer(&mut relay, t0, V1, viewer_tracks(1000), &mut sink);
+    sink.take();
+    feed(
+        &mut relay,
+        t0,
+        &rtp(VIDEO_SSRC, 96, 1, 90, &[0x40, b'1'], KEY),
+        &mut sink,
+    );
+    let (out, _) = sink.take();
+    let original = out[0].1.clone();
+    let v = RtpView::parse(&original).unwrap();
+    let copy = rtp(
+        VIDEO_SSRC,
+        96,
+        1,
+        90,
+        &[0x40, b'1'],
+        &[0x10, 0x00, 0xca, 0xca, 0xca],
+    );
+    feed(&mut relay, t0 + Duration::from_millis(5), &copy, &mut sink);
+    assert!(sink.take().0.is_empty(), "the copy is not forwarded");
+    let nack = nack_for(0x100, v.ssrc, v.sequence);
+    relay.handle_viewer_rtcp(t0 + Duration::from_millis(10), V1, &nack, &mut sink);
+    let (resent, _) = sink.take();
+    assert_eq!(resent.len(), 1);
+    assert_eq!(
+        resent[0].1, original,
+        "the resend is the packet first sent, byte for byte"
+    );
+}

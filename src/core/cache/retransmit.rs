@@ -37,8 +37,18 @@ impl RetransmitCache {
         usize::from(seq) & (self.slots.len() - 1)
     }
 
+    /// Keeps a packet. A packet whose sequence number is already here (and young) is a
+    /// duplicate and is not kept: the first copy stays, so one sequence number, and so one SRTP
+    /// index at each viewer, only ever carries one set of bytes (two plaintexts under one AES-GCM
+    /// nonce would let an observer forge packets).
     pub fn insert(&mut self, now: Instant, packet: &Bytes, view: &RtpView) {
         let i = self.index(view.sequence);
+        if self.slots[i]
+            .as_ref()
+            .is_some_and(|s| s.sequence == view.sequence && now.duration_since(s.at) <= MAX_AGE)
+        {
+            return;
+        }
         self.slots[i] = Some(Slot {
             sequence: view.sequence,
             at: now,
@@ -59,7 +69,11 @@ mod tests {
     use super::*;
 
     fn pkt(seq: u16) -> (Bytes, RtpView) {
-        let mut p = vec![0x80, 96, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 7];
+        pkt_with(seq, 7)
+    }
+
+    fn pkt_with(seq: u16, payload: u8) -> (Bytes, RtpView) {
+        let mut p = vec![0x80, 96, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, payload];
         p[2..4].copy_from_slice(&seq.to_be_bytes());
         let b = Bytes::from(p);
         let v = RtpView::parse(&b).unwrap();
@@ -91,5 +105,23 @@ mod tests {
                 assert_eq!(v.payload(b), &[7]);
             }
         }
+    }
+
+    /// A sequence number repeated with other bytes does not replace what is kept (it may have
+    /// been forwarded already: a resend must be those bytes); once the first copy is old, a new
+    /// packet with that number (after wrap-around) is kept.
+    #[test]
+    fn a_duplicate_does_not_replace_the_first_copy() {
+        let t0 = Instant::now();
+        let mut c = RetransmitCache::new(4);
+        let (a, va) = pkt_with(5, 1);
+        let (b, vb) = pkt_with(5, 2);
+        c.insert(t0, &a, &va);
+        c.insert(t0 + Duration::from_millis(10), &b, &vb);
+        let (got, v) = c.get(t0 + Duration::from_millis(20), 5).unwrap();
+        assert_eq!(v.payload(got), &[1]);
+        c.insert(t0 + Duration::from_millis(1001), &b, &vb);
+        let (got, v) = c.get(t0 + Duration::from_millis(1002), 5).unwrap();
+        assert_eq!(v.payload(got), &[2]);
     }
 }

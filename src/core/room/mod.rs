@@ -7,6 +7,7 @@
 
 pub mod alloc;
 mod pacer;
+mod resend;
 mod stats;
 mod svc;
 pub mod twcc_rx;
@@ -150,6 +151,8 @@ pub struct RelayCounters {
     pub transcoded_packets: u64,
     /// Video packets sent to starting viewers from the key-frame cache.
     pub replayed_packets: u64,
+    /// Resends a viewer's NACK asked for beyond its resend budget (see `resend`).
+    pub resends_refused: u64,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -302,6 +305,8 @@ struct ViewerTrack {
     /// Next sequence number on the RTX stream (a `Cell`: resends are made while the viewer's
     /// tracks are being looked through).
     rtx_seq: std::cell::Cell<u16>,
+    /// Which packets were resent lately, and how often.
+    resends: resend::ResendLog,
     /// Since when the allocator has found no room for this track (see `PAUSE_AFTER`).
     short_since: Option<Instant>,
     /// Shown large by the viewer (pinned): its video goes first.
@@ -475,6 +480,8 @@ struct ViewerCc {
     bwe: BandwidthEstimator,
     /// Reused for parsing feedback.
     results: Vec<PacketResult>,
+    /// Resend bytes against media bytes.
+    budget: resend::ResendBudget,
 }
 
 impl ViewerCc {
@@ -483,6 +490,7 @@ impl ViewerCc {
             next_seq: 1,
             bwe: BandwidthEstimator::new(BweConfig::default()),
             results: Vec::with_capacity(256),
+            budget: resend::ResendBudget::default(),
         }
     }
 
@@ -499,7 +507,14 @@ impl ViewerCc {
         self.bwe.last_feedback().is_some() || self.bwe.has_remb()
     }
 
+    /// Media sent (it counts towards the resend budget).
     fn sent(&mut self, now: Instant, seq: Option<u16>, bytes: usize) {
+        self.budget.on_sent(now, bytes);
+        self.resent(now, seq, bytes);
+    }
+
+    /// A resend sent (its budget was taken with `budget.try_resend`).
+    fn resent(&mut self, now: Instant, seq: Option<u16>, bytes: usize) {
         if let Some(seq) = seq {
             // SRTP adds its tag on the wire; the estimate counts what the path carries.
             self.bwe.on_sent(now, seq, bytes + SRTP_OVERHEAD, None);
@@ -623,6 +638,13 @@ fn send_probe_packets(
 /// Packets whose transport-wide numbers a viewer track remembers for resends (more than the
 /// retransmit cache holds).
 const SENT_TRANSPORT_SEQ: usize = 1024;
+
+/// Sequence numbers one NACK passes on to the publisher, at most.
+const MAX_UPSTREAM_NACKS: usize = 64;
+
+/// Transport-cc messages read from one RTCP compound packet (each yields at most
+/// [`twcc::MAX_RESULTS`] results).
+const MAX_TWCC_PER_COMPOUND: usize = 2;
 
 /// How long arrivals wait before transport-cc feedback reports them to the publisher.
 const TWCC_FEEDBACK_INTERVAL: Duration = Duration::from_millis(50);
@@ -960,6 +982,7 @@ impl Relay {
             sent_transport_seq,
             live: true,
             rtx_seq,
+            resends: resend::ResendLog::default(),
             short_since: None,
             pinned: false,
             low_audio: false,
@@ -1461,12 +1484,19 @@ impl Relay {
         let Some(Viewer { tracks, cc, .. }) = self.viewers.get_mut(&from) else {
             return;
         };
-        let live = |ssrc: u32| tracks.iter().find(|t| t.live && t.fwd.ssrc() == ssrc);
+        let live = |tracks: &[ViewerTrack], ssrc: u32| {
+            tracks.iter().position(|t| t.live && t.fwd.ssrc() == ssrc)
+        };
         let mut keyframes: Vec<(TrackRef, u8)> = Vec::new();
+        let mut feedbacks = 0;
         for pkt in Compound::new(buf) {
             let media = match pkt {
                 Ok(RtcpPacket::TransportCc(fb)) => {
-                    if twcc::parse(fb, &mut cc.results).is_ok() {
+                    // Receivers send one per compound; more is work asked for, not news.
+                    feedbacks += 1;
+                    if feedbacks <= MAX_TWCC_PER_COMPOUND
+                        && twcc::parse(fb, &mut cc.results).is_ok()
+                    {
                         cc.bwe.on_feedback(now, &cc.results);
                     }
                     continue;
@@ -1487,7 +1517,7 @@ impl Relay {
                     None => continue,
                 },
                 Ok(RtcpPacket::Nack(nack)) => {
-                    let Some(vt) = live(nack.media_ssrc) else {
+                    let Some(vt) = live(tracks, nack.media_ssrc).map(|i| &mut tracks[i]) else {
                         continue;
                     };
                     let pid = vt.spec.source.publisher;
@@ -1503,7 +1533,9 @@ impl Relay {
                     else {
                         continue;
                     };
-                    // Answer from the cache what it holds; ask the publisher for the rest.
+                    // Answer from the cache what it holds, each packet at most once per
+                    // interval and within the viewer's budget (see `resend`); ask the publisher
+                    // for the rest, each once.
                     let mut upstream: Vec<u16> = Vec::new();
                     for (first, blp) in nack.pairs() {
                         let lost = std::iter::once(first).chain(
@@ -1523,9 +1555,18 @@ impl Relay {
                                 Some((pkt, view, vt.fwd.rewrite_again(view)?))
                             });
                             let Some((pkt, view, rw)) = cached else {
-                                upstream.push(seq);
+                                if !upstream.contains(&seq) && upstream.len() < MAX_UPSTREAM_NACKS {
+                                    upstream.push(seq);
+                                }
                                 continue;
                             };
+                            if !vt.resends.allow(now, seq) {
+                                continue;
+                            }
+                            if !cc.budget.try_resend(now, pkt.len() + 2) {
+                                self.counters.resends_refused += 1;
+                                continue;
+                            }
                             if let Some(rtx) = vt.spec.rtx {
                                 // RFC 4588: on the repair stream, under a sequence number of
                                 // its own, the original number first in the payload.
@@ -1550,7 +1591,7 @@ impl Relay {
                                     write_header(&mut self.header, pkt, view, &rtx_rw, ext)
                                 {
                                     sink.rtp(from, &self.header[..n], &[], body);
-                                    cc.sent(now, transport_seq, n + body.len());
+                                    cc.resent(now, transport_seq, n + body.len());
                                     self.counters.retransmitted_packets += 1;
                                 }
                                 continue;
@@ -1577,7 +1618,7 @@ impl Relay {
                                 let (prefix, payload) =
                                     payload_prefix(&vt.fwd, view.payload(pkt), &mut self.prefix);
                                 sink.rtp(from, &self.header[..n], prefix, payload);
-                                cc.sent(now, transport_seq, n + prefix.len() + payload.len());
+                                cc.resent(now, transport_seq, n + prefix.len() + payload.len());
                                 self.counters.retransmitted_packets += 1;
                             }
                         }
@@ -1597,7 +1638,10 @@ impl Relay {
                 _ => continue,
             };
             // The layer the viewer follows, or the one it waits to switch to.
-            if let Some(k) = live(media).and_then(|vt| Some((vt.spec.source, vt.fwd.target()?))) {
+            if let Some(k) = live(tracks, media)
+                .map(|i| &tracks[i])
+                .and_then(|vt| Some((vt.spec.source, vt.fwd.target()?)))
+            {
                 if !keyframes.contains(&k) {
                     keyframes.push(k);
                 }

@@ -29,10 +29,16 @@ pub struct TwccHeader {
     pub feedback_count: u8,
 }
 
-/// Parses one TWCC feedback packet (`buf` is the whole RTCP packet, header included).
+/// The most results one message yields: a sender remembers no more packets than this (the
+/// estimator's history), so a message that claims more (40 bytes can claim 65,535 lost packets)
+/// is read no further.
+pub const MAX_RESULTS: usize = 4096;
+
+/// Parses one TWCC feedback packet (`buf` is the whole RTCP packet, header included). Yields at
+/// most [`MAX_RESULTS`] results, the first ones.
 pub fn parse(buf: &[u8], out: &mut Vec<PacketResult>) -> Result<TwccHeader, RtcpError> {
     out.clear();
-    if buf.len() < 20 {
+    if buf.len() < 4 {
         return Err(RtcpError::TooShort);
     }
     if buf[0] & 0x1f != FMT || buf[1] != PT {
@@ -40,6 +46,9 @@ pub fn parse(buf: &[u8], out: &mut Vec<PacketResult>) -> Result<TwccHeader, Rtcp
     }
     let len = 4 * (u16::from_be_bytes([buf[2], buf[3]]) as usize + 1);
     let buf = buf.get(..len).ok_or(RtcpError::Length)?;
+    if buf.len() < 20 {
+        return Err(RtcpError::TooShort);
+    }
     let u32_at = |i: usize| u32::from_be_bytes([buf[i], buf[i + 1], buf[i + 2], buf[i + 3]]);
     let header = TwccHeader {
         sender_ssrc: u32_at(4),
@@ -51,16 +60,20 @@ pub fn parse(buf: &[u8], out: &mut Vec<PacketResult>) -> Result<TwccHeader, Rtcp
     // 24-bit signed reference time.
     let raw = (u32::from(buf[16]) << 16) | (u32::from(buf[17]) << 8) | u32::from(buf[18]);
     let reference = ((raw << 8) as i32 >> 8) as i64 * REFERENCE_US;
-    // First pass: the status symbols, from run-length and status-vector chunks.
+    // First pass: the status symbols, from run-length and status-vector chunks. All chunks are
+    // walked (the deltas follow them), but only the first `kept` symbols are stored.
     let count = header.status_count as usize;
+    let kept = count.min(MAX_RESULTS);
+    let mut seen = 0;
     let mut off = 20;
     let mut seq = header.base_seq;
-    while out.len() < count {
+    while seen < count {
         let chunk = buf.get(off..off + 2).ok_or(RtcpError::TooShort)?;
         let c = u16::from_be_bytes([chunk[0], chunk[1]]);
         off += 2;
+        let room = kept - out.len();
         let mut push = |symbol: u16| {
-            if out.len() < count {
+            if out.len() < kept {
                 // The symbol is kept in `arrival_us` until the deltas are read.
                 out.push(PacketResult {
                     seq,
@@ -71,10 +84,16 @@ pub fn parse(buf: &[u8], out: &mut Vec<PacketResult>) -> Result<TwccHeader, Rtcp
         };
         if c & 0x8000 == 0 {
             let symbol = (c >> 13) & 0x3;
-            for _ in 0..(c & 0x1fff) {
+            let run = usize::from(c & 0x1fff).min(count - seen);
+            seen += run;
+            // A long run costs no more than the symbols kept.
+            for _ in 0..run.min(room) {
                 push(symbol);
             }
-        } else if c & 0x4000 == 0 {
+            continue;
+        }
+        seen += if c & 0x4000 == 0 { 14 } else { 7 };
+        if c & 0x4000 == 0 {
             for i in (0..14).rev() {
                 push((c >> i) & 0x1);
             }
@@ -234,6 +253,36 @@ mod tests {
         assert_eq!(out[16], r(21, None));
     }
 
+    /// 40 bytes that claim 65,535 lost packets yield at most `MAX_RESULTS`, the first ones.
+    #[test]
+    fn a_huge_run_is_read_no_further_than_max_results() {
+        let mut b = vec![0x8f, 205, 0, 0, 0, 0, 0, 1, 0, 0, 0, 2];
+        b.extend_from_slice(&[0, 10, 0xff, 0xff]); // base 10, 65,535 packets
+        b.extend_from_slice(&[0, 0, 1, 0]);
+        for _ in 0..8 {
+            b.extend_from_slice(&[0x1f, 0xff]); // runs of 8,191 "not received"
+        }
+        b.extend_from_slice(&[0x1f, 0xff]); // one more than needed: ignored
+        b.extend_from_slice(&[0, 0]);
+        let words = (b.len() / 4 - 1) as u16;
+        b[2..4].copy_from_slice(&words.to_be_bytes());
+        let mut out = Vec::new();
+        let h = parse(&b, &mut out).unwrap();
+        assert_eq!(h.status_count, 65535);
+        assert_eq!(out.len(), MAX_RESULTS);
+        assert_eq!(out[0], r(10, None));
+        assert_eq!(out[MAX_RESULTS - 1], r(10 + MAX_RESULTS as u16 - 1, None));
+        // Received packets past the limit still have their deltas skipped correctly: a message
+        // of MAX_RESULTS + 3 received packets keeps the first MAX_RESULTS with their times.
+        let results: Vec<PacketResult> = (0..MAX_RESULTS as u16 + 3)
+            .map(|i| r(i, Some(64_000 + i64::from(i) * 250)))
+            .collect();
+        let mut b = Vec::new();
+        write(1, 2, 0, &results, &mut b);
+        parse(&b, &mut out).unwrap();
+        assert_eq!(out[..], results[..MAX_RESULTS]);
+    }
+
     #[test]
     fn refuses_bad_input() {
         let mut out = Vec::new();
@@ -259,6 +308,14 @@ mod tests {
                 b[3] += 4;
                 b
             }),
+            // The length field cuts the packet below its fixed part (found by fuzzing: it
+            // panicked).
+            (
+                "length below the header",
+                vec![
+                    0x8f, 0xcd, 0, 1, 0, 0, 0, 2, 0, 5, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4,
+                ],
+            ),
         ];
         for (name, b) in cases {
             assert!(parse(&b, &mut out).is_err(), "{name}");

@@ -128,6 +128,8 @@ pub struct ShardStats {
     pub forwarded_packets: u64,
     pub forwarded_bytes: u64,
     pub retransmitted_packets: u64,
+    /// Resends refused because a viewer's NACKs asked for more than its resend budget.
+    pub resends_refused: u64,
     /// Viewer video tracks paused because the viewer's estimate could not carry them.
     pub paused_tracks: u64,
     /// Probe clusters sent to viewers (padding on their RTX streams).
@@ -177,6 +179,7 @@ impl ShardStats {
         self.forwarded_packets += o.forwarded_packets;
         self.forwarded_bytes += o.forwarded_bytes;
         self.retransmitted_packets += o.retransmitted_packets;
+        self.resends_refused += o.resends_refused;
         self.paused_tracks += o.paused_tracks;
         self.probes += o.probes;
         self.red_packets += o.red_packets;
@@ -410,6 +413,7 @@ impl Shard {
             forwarded_packets: c.forwarded_packets,
             forwarded_bytes: c.forwarded_bytes,
             retransmitted_packets: c.retransmitted_packets,
+            resends_refused: c.resends_refused,
             paused_tracks: c.paused_tracks,
             probes: c.probes,
             red_packets: c.red_packets,
@@ -945,19 +949,21 @@ impl Shard {
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
-        // A subscriber's checks can arrive before its answer: learn the ufrag from them, and
-        // hold the answer to it (see `apply_answer`).
-        if s.remote_ufrag.is_empty() {
-            s.remote_ufrag = req.remote_ufrag.clone();
-        }
-        if req.remote_ufrag != s.remote_ufrag {
+        // A subscriber's checks can arrive before its answer: learn the ufrag from the first
+        // authenticated one, and hold the answer to it (see `apply_answer`).
+        let learn = s.remote_ufrag.is_empty();
+        if !learn && req.remote_ufrag != s.remote_ufrag {
             return self.junk(from, "STUN with wrong remote ufrag");
         }
         let use_candidate = req.use_candidate;
+        let remote_ufrag = learn.then(|| req.remote_ufrag.clone());
         let resp = match req.respond(&s.local_pwd, from, self.identity.provider.crypto()) {
             Ok(r) => r,
             Err(e) => return self.junk(from, &e.to_string()),
         };
+        if let Some(u) = remote_ufrag {
+            s.remote_ufrag = u;
+        }
         s.last_rx = now;
         let take_path = use_candidate || !s.nominated;
         s.nominated |= use_candidate;

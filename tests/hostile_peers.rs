@@ -1,0 +1,247 @@
+//! Peers that hold valid credentials and misuse them, in memory against a worker's shard with real
+//! ICE, DTLS and SRTP: what they send may cost the relay little and must never make it send much.
+//! - a viewer's NACK that names the same packets hundreds of times gets each cached packet back
+//!   at most once, within its resend budget;
+//! - a forged Binding request (wrong password) changes no session state.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::mpsc;
+use volna::signal::protocol::ServerMessage;
+use volna::signal::sdp::Offer;
+use volna::transport::webrtc::conference::JoinRequest;
+use volna::transport::webrtc::{Grants, Shard};
+
+mod common;
+use common::{attr, binding_request, offer, shard, Client};
+
+struct Call {
+    shard: Shard,
+    t0: Instant,
+    publisher: Client,
+    viewer: Client,
+}
+
+fn call() -> Call {
+    let t0 = Instant::now();
+    let mut shard = shard();
+    let mut publisher = Client::new(1000);
+    let o = offer(
+        &publisher.identity.fingerprint,
+        &publisher.ufrag,
+        "sendonly",
+        Some(2222),
+    );
+    let answer = shard
+        .publish(t0, "room", &Offer::parse(&o).unwrap())
+        .expect("WHIP publish")
+        .answer;
+    publisher.handshake(&mut shard, t0, &answer);
+    let mut viewer = Client::new(2000);
+    let o = offer(
+        &viewer.identity.fingerprint,
+        &viewer.ufrag,
+        "recvonly",
+        None,
+    );
+    let answer = shard
+        .view(t0, "room", None, &Offer::parse(&o).unwrap())
+        .expect("WHEP view")
+        .answer;
+    viewer.handshake(&mut shard, t0, &answer);
+    while shard.poll_transmit().is_some() {}
+    Call {
+        shard,
+        t0,
+        publisher,
+        viewer,
+    }
+}
+
+/// A VP8 packet (a key frame every 30th), `size` bytes, its payload filled with `fill`.
+fn publish(c: &mut Call, now: Instant, seq: u16, size: usize, fill: u8) {
+    let mut wire = vec![0x90, 96];
+    wire.extend_from_slice(&seq.to_be_bytes());
+    wire.extend_from_slice(&(u32::from(seq / 4) * 3000).to_be_bytes());
+    wire.extend_from_slice(&2222u32.to_be_bytes());
+    wire.extend_from_slice(&[0xbe, 0xde, 0, 1, 0x40, b'0', 0, 0]);
+    let key = seq.is_multiple_of(30);
+    wire.extend_from_slice(&[0x10, if key { 0x00 } else { 0x01 }, 0x9d, 0x01, 0x2a]);
+    wire.resize(size, fill);
+    let keys = c.publisher.keys.as_mut().unwrap();
+    keys.rtp_out.protect(&mut wire, 0, 20).unwrap();
+    c.shard
+        .handle_datagram(now, c.publisher.addr, BytesMut::from(&wire[..]));
+}
+
+/// SRTP packets sent to the viewer: (sequence number, the datagram). The header is clear text.
+fn to_viewer(c: &mut Call) -> Vec<(u16, Bytes)> {
+    let viewer = c.viewer.addr;
+    std::iter::from_fn(|| c.shard.poll_transmit())
+        .filter(|(to, d)| {
+            *to == viewer && (128..192).contains(&d[0]) && !(192..=223).contains(&d[1])
+        })
+        .map(|(_, d)| (u16::from_be_bytes([d[2], d[3]]), d))
+        .collect()
+}
+
+fn ssrc_of(d: &[u8]) -> u32 {
+    u32::from_be_bytes([d[8], d[9], d[10], d[11]])
+}
+
+/// A generic NACK (RFC 4585 §6.2.1) with the given (packet id, bitmask) pairs, SRTCP-protected,
+/// from the viewer.
+fn nack(c: &mut Call, now: Instant, media_ssrc: u32, pairs: &[(u16, u16)]) {
+    let words = 2 + pairs.len();
+    let mut p = vec![0x81, 205];
+    p.extend_from_slice(&(words as u16).to_be_bytes());
+    p.extend_from_slice(&1u32.to_be_bytes());
+    p.extend_from_slice(&media_ssrc.to_be_bytes());
+    for (id, blp) in pairs {
+        p.extend_from_slice(&id.to_be_bytes());
+        p.extend_from_slice(&blp.to_be_bytes());
+    }
+    let keys = c.viewer.keys.as_mut().unwrap();
+    let wire = keys.local.encrypt_rtcp(&p).unwrap();
+    c.shard.handle_datagram(now, c.viewer.addr, wire);
+}
+
+#[test]
+fn a_nack_naming_packets_hundreds_of_times_gets_each_back_at_most_once_within_budget() {
+    let mut c = call();
+    let t0 = c.t0;
+    // One second of video: 100 packets of 1,200 bytes.
+    let mut sent = Vec::new();
+    for i in 0..100u16 {
+        publish(
+            &mut c,
+            t0 + Duration::from_millis(10 * u64::from(i)),
+            i,
+            1200,
+            7,
+        );
+        sent.extend(to_viewer(&mut c));
+    }
+    assert_eq!(sent.len(), 100, "every packet forwarded");
+    let forwarded: usize = sent.iter().map(|(_, d)| d.len()).sum();
+    let ssrc = ssrc_of(&sent[0].1);
+    let last = sent.last().unwrap().0;
+    // The audit's NACK: 1,172 bytes naming the 17 packets up to the last one 290 times over.
+    let first = last.wrapping_sub(16);
+    let now = t0 + Duration::from_millis(1000);
+    nack(&mut c, now, ssrc, &[(first, 0xffff); 290]);
+    let resent = to_viewer(&mut c);
+    let bytes: usize = resent.iter().map(|(_, d)| d.len()).sum();
+    println!(
+        "a 1,172-byte NACK: {} packets, {bytes} bytes resent ({} refused by the budget); {forwarded} bytes forwarded",
+        resent.len(),
+        c.shard.stats().resends_refused
+    );
+    let mut seqs: Vec<u16> = resent.iter().map(|(s, _)| *s).collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    assert_eq!(
+        seqs.len(),
+        resent.len(),
+        "no packet resent twice for one NACK"
+    );
+    assert!(
+        resent.len() <= 17,
+        "at most the 17 distinct packets named: {}",
+        resent.len()
+    );
+    assert!(!resent.is_empty(), "the lost packets do come back");
+    assert!(
+        bytes <= forwarded / 2 + 4_000,
+        "resends within half the media forwarded plus the burst: {bytes} of {forwarded}"
+    );
+
+    // The same NACK again at once: nothing (each packet waits about a round trip).
+    nack(
+        &mut c,
+        now + Duration::from_millis(10),
+        ssrc,
+        &[(first, 0xffff); 290],
+    );
+    assert!(
+        to_viewer(&mut c).is_empty(),
+        "no resend within the interval"
+    );
+
+    // The same NACK every 100 ms for the next second: the budget holds however it is asked.
+    let mut total = bytes;
+    for k in 1..=10u64 {
+        let at = now + Duration::from_millis(100 * k);
+        nack(&mut c, at, ssrc, &[(first, 0xffff); 290]);
+        total += to_viewer(&mut c)
+            .iter()
+            .map(|(_, d)| d.len())
+            .sum::<usize>();
+    }
+    assert!(
+        total <= forwarded / 2 + 2 * 4_000,
+        "over the second after, still within budget: {total} of {forwarded}"
+    );
+}
+
+#[test]
+fn a_forged_binding_request_changes_nothing() {
+    let t0 = Instant::now();
+    let mut shard = shard();
+    // A WHIP publisher gives the room a track; a participant joins and gets an offer for it.
+    let mut publisher = Client::new(1000);
+    let o = offer(
+        &publisher.identity.fingerprint,
+        &publisher.ufrag,
+        "sendonly",
+        Some(2222),
+    );
+    let answer = shard
+        .publish(t0, "room", &Offer::parse(&o).unwrap())
+        .unwrap()
+        .answer;
+    publisher.handshake(&mut shard, t0, &answer);
+    let (tx, mut rx) = mpsc::channel(64);
+    let req = JoinRequest {
+        room: "room".into(),
+        identity: "alice".into(),
+        name: "Alice".into(),
+        grants: Grants {
+            publish: true,
+            subscribe: true,
+        },
+        auto_subscribe: true,
+        conn: 1,
+        resume: None,
+    };
+    let (pid, _joined) = shard.join(t0, req, tx).expect("join");
+    shard.joined_delivered(t0, pid);
+    let sdp = std::iter::from_fn(|| rx.try_recv().ok())
+        .find_map(|m| match m {
+            ServerMessage::Offer { sdp, .. } => Some(sdp),
+            _ => None,
+        })
+        .expect("an offer for the receiving connection");
+    let (ufrag, pwd) = (attr(&sdp, "a=ice-ufrag:"), attr(&sdp, "a=ice-pwd:"));
+    // Before the participant answers, someone who knows volna's ufrag (not its password) sends a
+    // check under another remote ufrag: refused, and the subscriber does not learn that ufrag.
+    let from: SocketAddr = "10.0.0.1:3000".parse().unwrap();
+    let junk = shard.stats().junk_datagrams;
+    let forged = binding_request(&format!("{ufrag}:attacker"), "not-the-password-at-all");
+    shard.handle_datagram(t0, from, BytesMut::from(&forged[..]));
+    assert_eq!(shard.stats().junk_datagrams, junk + 1);
+    assert!(
+        shard.poll_transmit().is_none(),
+        "no answer to a forged check"
+    );
+    // The participant's own check (with its ufrag, which its answer will carry) still works.
+    let real = binding_request(&format!("{ufrag}:client3000"), pwd);
+    shard.handle_datagram(t0, from, BytesMut::from(&real[..]));
+    let out: Vec<_> = std::iter::from_fn(|| shard.poll_transmit()).collect();
+    assert!(
+        out.iter().any(|(to, d)| *to == from && d[0] < 4),
+        "the real check is answered: {out:?}"
+    );
+}
