@@ -30,12 +30,15 @@ struct Cli {
 enum Sub {
     /// Print an access token (JWT, HS256) signed with the first [auth] key of the config.
     Token {
-        /// Room the token is for.
+        /// Room the token is for (not with --admin: an admin token is good for every room).
+        #[arg(long, required_unless_present = "admin", conflicts_with = "admin")]
+        room: Option<String>,
+        /// Identity of the participant (of the operator with --admin).
+        #[arg(long, required_unless_present = "admin")]
+        identity: Option<String>,
+        /// An operator's token: /stats, /metrics, and ending or restarting any session.
         #[arg(long)]
-        room: String,
-        /// Identity of the participant.
-        #[arg(long)]
-        identity: String,
+        admin: bool,
         /// Lifetime in seconds.
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
@@ -48,10 +51,12 @@ enum Sub {
     },
 }
 
+#[allow(clippy::too_many_arguments)]
 fn token(
     config: &Config,
-    room: String,
-    identity: String,
+    room: Option<String>,
+    identity: Option<String>,
+    admin: bool,
     ttl: u64,
     publish: bool,
     subscribe: bool,
@@ -64,11 +69,12 @@ fn token(
         return ExitCode::from(2);
     }
     let claims = volna::signal::auth::Claims {
-        room,
-        sub: identity,
-        publish,
-        subscribe,
+        room: room.unwrap_or_else(|| "*".into()),
+        sub: identity.unwrap_or_else(|| "admin".into()),
+        publish: publish && !admin,
+        subscribe: subscribe && !admin,
         exp: volna::signal::auth::unix_now() + ttl,
+        admin,
     };
     match auth.sign(&claims) {
         Ok(t) => {
@@ -98,12 +104,21 @@ fn main() -> ExitCode {
     if let Some(Sub::Token {
         room,
         identity,
+        admin,
         ttl,
         no_publish,
         no_subscribe,
     }) = cli.command
     {
-        return token(&config, room, identity, ttl, !no_publish, !no_subscribe);
+        return token(
+            &config,
+            room,
+            identity,
+            admin,
+            ttl,
+            !no_publish,
+            !no_subscribe,
+        );
     }
     if let Some(a) = cli.quic {
         config.quic.listen = a;

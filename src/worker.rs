@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{error, warn};
 
 use crate::core::room::SessionId;
-use crate::signal::auth::Auth;
+use crate::signal::auth::{Access, Auth};
 use crate::signal::protocol::{Refusal, ServerMessage};
 use crate::signal::sdp::Offer;
 use crate::transport::buffers::RecvPool;
@@ -102,21 +102,25 @@ pub enum Command {
     QuicClosed {
         sessions: Vec<SessionId>,
     },
+    /// `owner`: the token's identity (`None` in dev mode), who may end the session.
     Publish {
         room: String,
         offer: Box<Offer>,
+        owner: Option<String>,
         reply: oneshot::Sender<Result<Created, ShardError>>,
     },
     View {
         room: String,
         publisher: Option<String>,
         offer: Box<Offer>,
+        owner: Option<String>,
         reply: oneshot::Sender<Result<Created, ShardError>>,
     },
     Delete {
         role: Role,
         room: String,
         resource: String,
+        caller: Access,
         reply: oneshot::Sender<Result<(), ShardError>>,
     },
     /// WHIP/WHEP `PATCH`: the client's ICE ufrag; new credentials restart ICE. The reply has
@@ -127,6 +131,7 @@ pub enum Command {
         resource: String,
         ufrag: String,
         pwd: String,
+        caller: Access,
         reply: oneshot::Sender<Result<Option<IceRestart>, ShardError>>,
     },
     Stats {
@@ -218,24 +223,40 @@ pub fn apply(shard: &mut Shard, now: Instant, cmd: Command) {
 fn apply_with(shard: &mut Shard, quic: &mut QuicConns, now: Instant, cmd: Command) {
     // A dropped receiver means the HTTP request went away; nothing to do then.
     match cmd {
-        Command::Publish { room, offer, reply } => {
-            let _ = reply.send(shard.publish(now, &room, &offer));
+        Command::Publish {
+            room,
+            offer,
+            owner,
+            reply,
+        } => {
+            let created = shard.publish(now, &room, &offer);
+            if let Ok(c) = &created {
+                shard.set_owner(&c.resource, owner);
+            }
+            let _ = reply.send(created);
         }
         Command::View {
             room,
             publisher,
             offer,
+            owner,
             reply,
         } => {
-            let _ = reply.send(shard.view(now, &room, publisher.as_deref(), &offer));
+            let created = shard.view(now, &room, publisher.as_deref(), &offer);
+            if let Ok(c) = &created {
+                shard.set_owner(&c.resource, owner);
+            }
+            let _ = reply.send(created);
         }
         Command::Delete {
             role,
             room,
             resource,
+            caller,
             reply,
         } => {
-            let _ = reply.send(shard.delete(now, role, &room, &resource));
+            let may = |owner: Option<&str>| caller.may_act_for(owner);
+            let _ = reply.send(shard.delete(now, role, &room, &resource, &may));
         }
         Command::PatchIce {
             role,
@@ -243,9 +264,11 @@ fn apply_with(shard: &mut Shard, quic: &mut QuicConns, now: Instant, cmd: Comman
             resource,
             ufrag,
             pwd,
+            caller,
             reply,
         } => {
-            let _ = reply.send(shard.patch_ice(role, &room, &resource, &ufrag, &pwd));
+            let may = |owner: Option<&str>| caller.may_act_for(owner);
+            let _ = reply.send(shard.patch_ice(role, &room, &resource, &ufrag, &pwd, &may));
         }
         Command::Stats { reply } => {
             let _ = reply.send(shard.stats());

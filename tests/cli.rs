@@ -98,6 +98,27 @@ fn token_subcommand_signs_a_token_the_relay_accepts() {
         .unwrap();
     assert_eq!(access.identity.as_deref(), Some("ida"));
     assert!(!access.grants.publish && access.grants.subscribe);
+    assert!(!access.admin);
+    // An operator's token: no room, good for /stats and any session.
+    let (path, mut f) = tempfile();
+    f.write_all(b"[auth]\nkeys = [\"cli-test-key-0123456789\"]\n")
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_volna"))
+        .arg("--config")
+        .arg(&path)
+        .args(["token", "--admin"])
+        .output()
+        .unwrap();
+    std::fs::remove_file(&path).ok();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let admin = String::from_utf8(out.stdout).unwrap();
+    let now = volna::signal::auth::unix_now();
+    assert!(auth.check_admin(Some(admin.trim()), now).is_ok());
+    assert!(auth.check_admin(Some(token.trim()), now).is_err());
     // Without keys there is nothing to sign with.
     let out = Command::new(env!("CARGO_BIN_EXE_volna"))
         .args(["token", "--room", "r", "--identity", "i"])

@@ -78,6 +78,7 @@ fn token(room: &str, sub: &str, publish: bool, subscribe: bool, exp: u64) -> Str
             publish,
             subscribe,
             exp,
+            admin: false,
         })
         .unwrap()
 }
@@ -225,6 +226,7 @@ async fn auth_failures_get_their_codes() {
                         publish: true,
                         subscribe: true,
                         exp: now + 60,
+                        admin: false,
                     })
                     .unwrap(),
             ),

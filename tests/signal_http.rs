@@ -529,16 +529,20 @@ async fn whip_and_whep_require_tokens_when_auth_is_on() {
     let mut config = Config::default();
     config.auth.keys = vec![KEY.into()];
     let (http, _) = start_with(config).await;
-    let sign = |room: &str, publish: bool, subscribe: bool, exp: u64| {
+    let sign_as = |sub: &str, room: &str, publish: bool, subscribe: bool, exp: u64| {
         Auth::new(vec![KEY.into()])
             .sign(&Claims {
                 room: room.into(),
-                sub: "t".into(),
+                sub: sub.into(),
                 publish,
                 subscribe,
                 exp,
+                admin: false,
             })
             .unwrap()
+    };
+    let sign = |room: &str, publish: bool, subscribe: bool, exp: u64| {
+        sign_as("t", room, publish, subscribe, exp)
     };
     let now = unix_now();
     let publisher = sign("a", true, false, now + 60);
@@ -634,6 +638,78 @@ async fn whip_and_whep_require_tokens_when_auth_is_on() {
             "{name}: {:?} lacks {reason:?}",
             r.body
         );
+        if status == 401 {
+            assert!(
+                r.header("www-authenticate")
+                    .is_some_and(|v| v.starts_with("Bearer")),
+                "{name}: a 401 says how to authenticate"
+            );
+        }
+    }
+
+    // A session may be ended or restarted only by the identity that made it, or an admin; its
+    // URL alone is not enough.
+    let made = request_with(
+        http,
+        "POST",
+        "/whep/a",
+        Some("application/sdp"),
+        Some(&viewer),
+        offer("a=recvonly").as_bytes(),
+    )
+    .await;
+    assert_eq!(made.status, 201, "{}", made.body);
+    let location = made.header("location").unwrap().to_owned();
+    let mallory = sign_as("mallory", "a", true, true, now + 60);
+    let admin = Auth::new(vec![KEY.into()])
+        .sign(&Claims {
+            room: "*".into(),
+            sub: "ops".into(),
+            publish: false,
+            subscribe: false,
+            exp: now + 60,
+            admin: true,
+        })
+        .unwrap();
+    let frag = "a=ice-ufrag:EsAw\r\na=ice-pwd:0123456789012345678901\r\n";
+    let sdpfrag = Some("application/trickle-ice-sdpfrag");
+    // (what, method, token, expected status)
+    let steps: [(&str, &str, Option<&str>, u16); 5] = [
+        ("PATCH without a token", "PATCH", None, 401),
+        ("PATCH by another identity", "PATCH", Some(&mallory), 403),
+        ("DELETE without a token", "DELETE", None, 401),
+        ("DELETE by another identity", "DELETE", Some(&mallory), 403),
+        ("DELETE by its creator", "DELETE", Some(&viewer), 200),
+    ];
+    for (what, method, token, status) in steps {
+        let ct = (method == "PATCH").then_some(sdpfrag).flatten();
+        let r = request_with(http, method, &location, ct, token, frag.as_bytes()).await;
+        assert_eq!(r.status, status, "{what}: {}", r.body);
+    }
+    // An admin may end anyone's session.
+    let made = request_with(
+        http,
+        "POST",
+        "/whip/a",
+        Some("application/sdp"),
+        Some(&publisher),
+        offer("a=sendonly").as_bytes(),
+    )
+    .await;
+    let location = made.header("location").unwrap().to_owned();
+    let r = request_with(http, "DELETE", &location, None, Some(&admin), b"").await;
+    assert_eq!(r.status, 200, "an admin ends it: {}", r.body);
+
+    // /stats and /metrics (session ids, room names) are for operators only.
+    for path in ["/stats", "/metrics"] {
+        for (who, token, status) in [
+            ("no token", None, 401),
+            ("a participant", Some(viewer.as_str()), 403),
+            ("an admin", Some(admin.as_str()), 200),
+        ] {
+            let r = request_with(http, "GET", path, None, token, b"").await;
+            assert_eq!(r.status, status, "{path} for {who}: {}", r.body);
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! Access tokens: JWTs signed with HS256 by keys from the config (several, for rotation). A token
-//! names one room and an identity, and grants publishing and/or subscribing until it expires.
+//! names one room and an identity, and grants publishing and/or subscribing until it expires; an
+//! admin token (`admin: true`, any room) reads /stats and /metrics and may end any session.
 //! With no keys configured the node runs in dev mode: everything is allowed.
 
 use jsonwebtoken::errors::ErrorKind;
@@ -22,6 +23,9 @@ pub struct Claims {
     pub subscribe: bool,
     /// Expiry, seconds since the Unix epoch.
     pub exp: u64,
+    /// An operator's token: /stats, /metrics, and any session of any room.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub admin: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -63,6 +67,16 @@ impl AuthError {
 pub struct Access {
     pub identity: Option<String>,
     pub grants: Grants,
+    /// An admin token (or dev mode).
+    pub admin: bool,
+}
+
+impl Access {
+    /// Whether this caller may end or restart a session created by `owner` (`None`: created in
+    /// dev mode, by anyone).
+    pub fn may_act_for(&self, owner: Option<&str>) -> bool {
+        self.admin || owner.is_none() || self.identity.as_deref() == owner
+    }
 }
 
 #[derive(Clone)]
@@ -94,6 +108,7 @@ impl Auth {
                     publish: true,
                     subscribe: true,
                 },
+                admin: true,
             });
         }
         let token = token.filter(|t| !t.is_empty()).ok_or(AuthError::Missing)?;
@@ -113,7 +128,7 @@ impl Auth {
                     if c.exp <= now_secs {
                         return Err(AuthError::Expired);
                     }
-                    if room.is_some_and(|r| r != c.room) {
+                    if !c.admin && room.is_some_and(|r| r != c.room) {
                         return Err(AuthError::WrongRoom(c.room));
                     }
                     return Ok(Access {
@@ -122,6 +137,7 @@ impl Auth {
                             publish: c.publish,
                             subscribe: c.subscribe,
                         },
+                        admin: c.admin,
                     });
                 }
                 Err(e) if matches!(e.kind(), ErrorKind::InvalidSignature) => continue,
@@ -129,6 +145,16 @@ impl Auth {
             }
         }
         Err(last)
+    }
+
+    /// Checks an operator's token (dev mode: anything passes).
+    pub fn check_admin(&self, token: Option<&str>, now_secs: u64) -> Result<(), AuthError> {
+        let access = self.check(token, None, now_secs)?;
+        if access.admin {
+            Ok(())
+        } else {
+            Err(AuthError::NotGranted("admin access"))
+        }
     }
 
     /// Signs a token with the first key.
@@ -177,6 +203,7 @@ mod tests {
             publish: true,
             subscribe: false,
             exp,
+            admin: false,
         }
     }
 
@@ -218,5 +245,57 @@ mod tests {
     fn dev_mode_allows_all() {
         let a = Auth::new(vec![]).check(None, Some("any"), 0).unwrap();
         assert!(a.grants.publish && a.grants.subscribe);
+        assert!(Auth::new(vec![]).check_admin(None, 0).is_ok());
+    }
+
+    #[test]
+    fn admin_tokens_and_who_may_act_for_a_session() {
+        let auth = Auth::new(vec![KEY_A.into()]);
+        let now = 1_000_000;
+        let admin = auth
+            .sign(&Claims {
+                room: "*".into(),
+                sub: "ops".into(),
+                admin: true,
+                ..claims("*", now + 60)
+            })
+            .unwrap();
+        let user = auth.sign(&claims("r", now + 60)).unwrap();
+        // (token, admin check passes)
+        let cases = [
+            (Some(admin.as_str()), Ok(())),
+            (Some(user.as_str()), Err(403)),
+            (None, Err(401)),
+        ];
+        for (token, want) in cases {
+            assert_eq!(
+                auth.check_admin(token, now).map_err(|e| e.status()),
+                want,
+                "{token:?}"
+            );
+        }
+        // An admin token is good for any room.
+        assert!(
+            auth.check(Some(&admin), Some("elsewhere"), now)
+                .unwrap()
+                .admin
+        );
+        let alice = auth.check(Some(&user), Some("r"), now).unwrap();
+        let ops = auth.check(Some(&admin), Some("r"), now).unwrap();
+        // (caller, the session's creator, may act)
+        let table = [
+            (&alice, Some("alice"), true),
+            (&alice, Some("bob"), false),
+            (&alice, None, true),
+            (&ops, Some("bob"), true),
+        ];
+        for (caller, owner, want) in table {
+            assert_eq!(
+                caller.may_act_for(owner),
+                want,
+                "{:?} for {owner:?}",
+                caller.identity
+            );
+        }
     }
 }

@@ -1,5 +1,7 @@
-//! WHIP (RFC 9725) and WHEP over HTTP/1.1, plus /health and /stats. Every response carries CORS
-//! headers so pages from other origins can publish and watch.
+//! WHIP (RFC 9725) and WHEP over HTTP/1.1, plus /health, /stats and /metrics. Every response
+//! carries CORS headers so pages from other origins can publish and watch. With auth on, a
+//! session's `DELETE` and `PATCH` need a token of the identity that created it (or an admin
+//! token), and /stats and /metrics an admin token; 401 replies carry `WWW-Authenticate`.
 
 use std::net::SocketAddr;
 
@@ -12,7 +14,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use tracing::{info, warn};
 
-use super::auth::{bearer, unix_now, Auth};
+use super::auth::{bearer, unix_now, Access, Auth, AuthError};
 use super::sdp::Offer;
 use super::sdpfrag;
 use axum::response::Html;
@@ -135,6 +137,10 @@ async fn patch(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let caller = match caller(&st, &headers, &room) {
+        Ok(a) => a,
+        Err(res) => return *res,
+    };
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -162,6 +168,7 @@ async fn patch(
             resource,
             ufrag,
             pwd,
+            caller,
             reply,
         })
         .await
@@ -207,22 +214,58 @@ pub fn error_response(status: u16, reason: &str) -> Response {
     )
 }
 
-/// Checks the bearer token of a WHIP (`publish`) or WHEP request for `room`; the response to
-/// send when it does not pass.
-fn refused(st: &AppState, headers: &HeaderMap, room: &str, publish: bool) -> Option<Response> {
-    let access = match st.auth.check(bearer(headers), Some(room), unix_now()) {
-        Ok(a) => a,
-        Err(e) => return Some(error_response(e.status(), &e.to_string())),
-    };
+/// The reply to a token that does not pass: 401 (with `WWW-Authenticate`, RFC 6750 §3) or 403.
+fn auth_refusal(e: &AuthError) -> Response {
+    let mut res = error_response(e.status(), &e.to_string());
+    if e.status() == 401 {
+        let value = if matches!(e, AuthError::Missing) {
+            HeaderValue::from_static("Bearer realm=\"volna\"")
+        } else {
+            HeaderValue::from_static("Bearer realm=\"volna\", error=\"invalid_token\"")
+        };
+        res.headers_mut().insert(header::WWW_AUTHENTICATE, value);
+    }
+    res
+}
+
+/// The caller of a session's `DELETE` or `PATCH` (any valid token for the room; the worker
+/// checks that it is the session's creator or an admin).
+fn caller(st: &AppState, headers: &HeaderMap, room: &str) -> Result<Access, Box<Response>> {
+    st.auth
+        .check(bearer(headers), Some(room), unix_now())
+        .map_err(|e| Box::new(auth_refusal(&e)))
+}
+
+/// Checks the bearer token of a WHIP (`publish`) or WHEP request for `room`: the caller, or the
+/// response to send when it does not pass.
+fn admitted(
+    st: &AppState,
+    headers: &HeaderMap,
+    room: &str,
+    publish: bool,
+) -> Result<Access, Box<Response>> {
+    let access = caller(st, headers, room)?;
     let granted = if publish {
         access.grants.publish
     } else {
         access.grants.subscribe
     };
-    (!granted).then(|| {
-        let what = if publish { "publishing" } else { "subscribing" };
-        error_response(403, &format!("token does not allow {what}"))
-    })
+    if granted {
+        return Ok(access);
+    }
+    let what = if publish { "publishing" } else { "subscribing" };
+    Err(Box::new(error_response(
+        403,
+        &format!("token does not allow {what}"),
+    )))
+}
+
+/// /stats and /metrics: open in dev mode, an admin token otherwise.
+fn admin_refused(st: &AppState, headers: &HeaderMap) -> Option<Response> {
+    st.auth
+        .check_admin(bearer(headers), unix_now())
+        .err()
+        .map(|e| auth_refusal(&e))
 }
 
 fn error(status: StatusCode, reason: &str) -> Response {
@@ -241,6 +284,7 @@ fn shard_error(e: ShardError) -> Response {
             StatusCode::NOT_FOUND
         }
         ShardError::Limit(_) => StatusCode::TOO_MANY_REQUESTS,
+        ShardError::Forbidden => StatusCode::FORBIDDEN,
         ShardError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     error(status, &e.to_string())
@@ -307,9 +351,10 @@ async fn whip(
             "room names are 1-64 characters of A-Z a-z 0-9 - _ .",
         );
     }
-    if let Some(res) = refused(&st, &headers, &room, true) {
-        return res;
-    }
+    let access = match admitted(&st, &headers, &room, true) {
+        Ok(a) => a,
+        Err(res) => return *res,
+    };
     let offer = match read_offer(&headers, &body) {
         Ok(o) => o,
         Err(res) => {
@@ -323,6 +368,7 @@ async fn whip(
         .call(|reply| Command::Publish {
             room: room.clone(),
             offer: Box::new(offer),
+            owner: access.identity,
             reply,
         })
         .await
@@ -353,9 +399,10 @@ async fn whep(
             "room and publisher names are 1-64 characters of A-Z a-z 0-9 - _ .",
         );
     }
-    if let Some(res) = refused(&st, &headers, &room, false) {
-        return res;
-    }
+    let access = match admitted(&st, &headers, &room, false) {
+        Ok(a) => a,
+        Err(res) => return *res,
+    };
     let offer = match read_offer(&headers, &body) {
         Ok(o) => o,
         Err(res) => return *res,
@@ -367,6 +414,7 @@ async fn whep(
             room: room.clone(),
             publisher,
             offer: Box::new(offer),
+            owner: access.identity,
             reply,
         })
         .await
@@ -399,7 +447,17 @@ async fn whep_chosen(
     whep(st, room, Some(publisher), headers, body).await
 }
 
-async fn delete(st: AppState, role: Role, room: String, resource: String) -> Response {
+async fn delete(
+    st: AppState,
+    role: Role,
+    room: String,
+    resource: String,
+    headers: HeaderMap,
+) -> Response {
+    let caller = match caller(&st, &headers, &room) {
+        Ok(a) => a,
+        Err(res) => return *res,
+    };
     match st
         .workers
         .for_room(&room)
@@ -407,6 +465,7 @@ async fn delete(st: AppState, role: Role, room: String, resource: String) -> Res
             role,
             room,
             resource,
+            caller,
             reply,
         })
         .await
@@ -420,15 +479,17 @@ async fn delete(st: AppState, role: Role, room: String, resource: String) -> Res
 async fn whip_delete(
     State(st): State<AppState>,
     Path((room, resource)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> Response {
-    delete(st, Role::Publisher, room, resource).await
+    delete(st, Role::Publisher, room, resource, headers).await
 }
 
 async fn whep_delete(
     State(st): State<AppState>,
     Path((room, resource)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> Response {
-    delete(st, Role::Viewer, room, resource).await
+    delete(st, Role::Viewer, room, resource, headers).await
 }
 
 async fn cert_hash(State(st): State<AppState>) -> Response {
@@ -438,7 +499,10 @@ async fn cert_hash(State(st): State<AppState>) -> Response {
     }
 }
 
-async fn stats(State(st): State<AppState>) -> Response {
+async fn stats(State(st): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(res) = admin_refused(&st, &headers) {
+        return res;
+    }
     match st.workers.stats().await {
         Some(s) => (
             [(header::CONTENT_TYPE, "application/json")],
@@ -450,7 +514,10 @@ async fn stats(State(st): State<AppState>) -> Response {
 }
 
 /// The same figures as /stats in the Prometheus text exposition format.
-async fn metrics(State(st): State<AppState>) -> Response {
+async fn metrics(State(st): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(res) = admin_refused(&st, &headers) {
+        return res;
+    }
     let Some(s) = st.workers.stats().await else {
         return worker_gone();
     };

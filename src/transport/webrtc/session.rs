@@ -33,6 +33,8 @@ pub struct Session {
     pub resource: String,
     /// Public id of a publisher, used by viewers to pick it.
     pub public_id: String,
+    /// The identity whose token created it (WHIP/WHEP with auth on): who may end or restart it.
+    pub owner: Option<String>,
     pub participant: Option<ParticipantId>,
     pub local_ufrag: String,
     pub local_pwd: String,

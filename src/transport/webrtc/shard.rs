@@ -96,6 +96,8 @@ pub enum ShardError {
     NoSession,
     #[error("{0}")]
     Limit(String),
+    #[error("only the session's creator (or an admin) may do that")]
+    Forbidden,
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -473,6 +475,7 @@ impl Shard {
             room: room.to_owned(),
             resource: random_hex(16),
             public_id: random_hex(6),
+            owner: None,
             participant: None,
             local_ufrag: random_string(8),
             local_pwd: random_string(24),
@@ -797,8 +800,12 @@ impl Shard {
         resource: &str,
         remote_ufrag: &str,
         remote_pwd: &str,
+        may: &dyn Fn(Option<&str>) -> bool,
     ) -> Result<Option<IceRestart>, ShardError> {
         let id = self.by_resource(role, room, resource)?;
+        if !may(self.sessions[&id].owner.as_deref()) {
+            return Err(ShardError::Forbidden);
+        }
         if self.sessions[&id].remote_ufrag == remote_ufrag {
             return Ok(None);
         }
@@ -811,15 +818,31 @@ impl Shard {
             }))
     }
 
-    /// Ends a session by its resource id (WHIP/WHEP DELETE). `role` must match the URL used.
+    /// Records who created a WHIP/WHEP session (the token's identity).
+    pub fn set_owner(&mut self, resource: &str, owner: Option<String>) {
+        if let Some(s) = self
+            .by_resource
+            .get(resource)
+            .and_then(|id| self.sessions.get_mut(id))
+        {
+            s.owner = owner;
+        }
+    }
+
+    /// Ends a session by its resource id (WHIP/WHEP DELETE). `role` must match the URL used, and
+    /// `may` allow the caller to act for the session's owner.
     pub fn delete(
         &mut self,
         now: Instant,
         role: Role,
         room: &str,
         resource: &str,
+        may: &dyn Fn(Option<&str>) -> bool,
     ) -> Result<(), ShardError> {
         let id = self.by_resource(role, room, resource)?;
+        if !may(self.sessions[&id].owner.as_deref()) {
+            return Err(ShardError::Forbidden);
+        }
         self.close(now, id, CloseCause::Deleted);
         Ok(())
     }
