@@ -245,3 +245,51 @@ fn a_forged_binding_request_changes_nothing() {
         "the real check is answered: {out:?}"
     );
 }
+
+/// A quiet stream among busy ones (or junk): each of its packets lands in a receive batch of
+/// others, and a cached packet holds its whole block. The cache lets packets go after a second
+/// (swept on the relay's once-a-second report timer), so what the stream holds is about a
+/// second of its own packets, one block each: here 512 packets at 10 a second, each with 31
+/// junk datagrams, end up holding a few dozen blocks of 64 KiB, not one per packet ever cached.
+#[test]
+fn a_quiet_stream_among_junk_holds_a_block_per_young_packet_at_most() {
+    use volna::core::cache::retransmit::MAX_AGE;
+    use volna::core::cache::RetransmitCache;
+    use volna::core::rtp::RtpView;
+    use volna::transport::buffers::{RecvPool, BLOCK_BYTES, RECV_BATCH};
+    let t0 = Instant::now();
+    let mut pool = RecvPool::new();
+    let mut cache = RetransmitCache::new(512);
+    let mut most_held = 0;
+    for i in 0..512u16 {
+        let now = t0 + Duration::from_millis(100 * u64::from(i));
+        let region = pool.prepare(RECV_BATCH);
+        region[..12].copy_from_slice(&[0x80, 111, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        region[2..4].copy_from_slice(&i.to_be_bytes());
+        let pkt = pool.take(0, 200).freeze();
+        for k in 1..RECV_BATCH {
+            drop(pool.take(k, 100));
+        }
+        pool.finish();
+        let view = RtpView::parse(&pkt).unwrap();
+        cache.insert(now, &pkt, &view);
+        drop(pkt);
+        if i % 10 == 0 {
+            cache.expire(now);
+        }
+        most_held = most_held.max(cache.len());
+    }
+    let per_second = (1000 / 100) * (MAX_AGE.as_millis() as usize / 1000);
+    let bound = per_second * 2 + 2;
+    println!(
+        "a quiet stream under junk: at most {most_held} packets held, {} blocks of {} KiB allocated",
+        pool.allocated_blocks(),
+        BLOCK_BYTES / 1024
+    );
+    assert!(most_held <= bound, "{most_held} packets held");
+    assert!(
+        pool.allocated_blocks() as usize <= bound + 1,
+        "{} blocks: one per held packet at most, plus the one in use",
+        pool.allocated_blocks()
+    );
+}

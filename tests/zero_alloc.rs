@@ -479,7 +479,7 @@ mod shard_path {
         }
         assert_eq!(counted, 9_900);
         assert!(
-            pool.allocated_blocks() <= 8,
+            pool.allocated_blocks() as usize * volna::transport::buffers::BLOCK_BYTES <= 4 << 20,
             "receive slots were reused: {} blocks",
             pool.allocated_blocks()
         );

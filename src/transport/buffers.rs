@@ -2,7 +2,10 @@
 //!
 //! [`RecvPool`] hands out receive slots in large blocks; a received datagram becomes a `BytesMut`
 //! view of its slot, is decrypted in place and frozen into the `Bytes` that every receiver and the
-//! retransmit cache share. A block is reused once every packet in it has been dropped.
+//! retransmit cache share. A block is reused once every packet in it has been dropped, so one
+//! kept packet keeps its whole block: blocks are one receive batch (64 KiB), and the caches let
+//! packets go by age (see `core::cache`), which bounds what a slow stream among busy ones (or
+//! junk) can hold: at most one block per packet it has cached.
 //! [`SendBatch`] is one flat buffer of outgoing datagrams, each protected where it lies, sent
 //! with one system call per batch and then cleared (its capacity stays).
 
@@ -14,8 +17,10 @@ use bytes::{Buf, BytesMut};
 pub const SLOT: usize = 2048;
 /// Slots handed to one batched receive.
 pub const RECV_BATCH: usize = 32;
-/// Slots per block.
-const BLOCK_SLOTS: usize = 256;
+/// Slots per block: one receive batch.
+const BLOCK_SLOTS: usize = RECV_BATCH;
+/// Bytes per block: the most memory one kept packet holds.
+pub const BLOCK_BYTES: usize = BLOCK_SLOTS * SLOT;
 
 pub struct RecvPool {
     blocks: Vec<BytesMut>,

@@ -57,6 +57,27 @@ impl RetransmitCache {
         });
     }
 
+    /// Lets packets older than [`MAX_AGE`] go (each holds its whole receive block until then).
+    pub fn expire(&mut self, now: Instant) {
+        for slot in &mut self.slots {
+            if slot
+                .as_ref()
+                .is_some_and(|s| now.duration_since(s.at) > MAX_AGE)
+            {
+                *slot = None;
+            }
+        }
+    }
+
+    /// Packets held now.
+    pub fn len(&self) -> usize {
+        self.slots.iter().filter(|s| s.is_some()).count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// The packet with this sequence number, if it is still here and young enough.
     pub fn get(&self, now: Instant, seq: u16) -> Option<(&Bytes, &RtpView)> {
         let s = self.slots[self.index(seq)].as_ref()?;

@@ -2124,6 +2124,10 @@ impl Relay {
                 continue;
             }
             p.next_report = Some(now + self.config.report_interval);
+            // Cached packets hold their receive blocks: old ones go.
+            for l in p.tracks.iter_mut().flat_map(|t| &mut t.layers) {
+                l.cache.expire(now);
+            }
             let mut blocks = [rtcp::ReportBlock::default(); 8];
             let mut n_blocks = 0;
             for l in p
