@@ -293,3 +293,82 @@ fn a_quiet_stream_among_junk_holds_a_block_per_young_packet_at_most() {
         pool.allocated_blocks()
     );
 }
+
+/// Every way into a room honours every limit, with the same codes: WHIP, WHEP, QUIC and the room
+/// protocol each count against the room's members and the node's rooms, and WHIP against the
+/// tracks per participant (the audit got 100 WHIP tracks, 21 publishers in a room of 2, and 5 QUIC
+/// rooms on a node of 1).
+#[test]
+fn every_entry_point_honours_every_limit() {
+    use volna::transport::quic::control::QuicTrack;
+    use volna::transport::webrtc::{Limits, ShardError};
+    let t0 = Instant::now();
+    let mut s = common::shard_with(Limits {
+        max_rooms: 1,
+        max_participants_per_room: 2,
+        max_tracks_per_participant: 1,
+    });
+    let publish = |s: &mut Shard, room: &str, sdp: &str| {
+        s.publish(t0, room, &Offer::parse(sdp).unwrap()).map(|_| ())
+    };
+    let fp = Client::new(1).identity.fingerprint.clone();
+    let one = offer(&fp, "ufrag1", "sendonly", Some(1));
+    // Two m-lines: over the track limit.
+    let second = one
+        .split_once("m=video")
+        .map(|(_, m)| format!("m=video{}", m.replace("a=mid:0", "a=mid:1")))
+        .unwrap();
+    let two = format!(
+        "{}{second}",
+        one.replace("a=group:BUNDLE 0", "a=group:BUNDLE 0 1")
+    );
+    let limit = |r: Result<(), ShardError>| match r {
+        Err(ShardError::Limit(m)) => m,
+        other => panic!("expected a limit, got {other:?}"),
+    };
+    assert!(limit(publish(&mut s, "a", &two)).contains("tracks"));
+    publish(&mut s, "a", &one).expect("the first publisher");
+    let watch = offer(&fp, "ufrag2", "recvonly", None);
+    s.view(t0, "a", None, &Offer::parse(&watch).unwrap())
+        .expect("a viewer: the second member");
+    // The room has its two members: a third, whichever way it comes, is refused.
+    assert!(limit(publish(&mut s, "a", &one)).contains("maximum of 2 participants"));
+    assert!(limit(
+        s.view(t0, "a", None, &Offer::parse(&watch).unwrap())
+            .map(|_| ())
+    )
+    .contains("maximum of 2 participants"));
+    let track: QuicTrack = serde_json::from_str(
+        r#"{"kind":"audio","codec":"opus","payload_type":111,"clock_rate":48000,"ssrc":5}"#,
+    )
+    .unwrap();
+    let refused = s
+        .quic_publish(t0, "a", 1, std::slice::from_ref(&track))
+        .unwrap_err();
+    assert_eq!((refused.code, refused.reason), (429, "room_full"));
+    let refused = s.quic_subscribe(t0, "a", None, 2).unwrap_err();
+    assert_eq!((refused.code, refused.reason), (429, "room_full"));
+    let (tx, _rx) = mpsc::channel(8);
+    let join = |room: &str| JoinRequest {
+        room: room.into(),
+        identity: "x".into(),
+        name: "x".into(),
+        grants: Grants {
+            publish: true,
+            subscribe: true,
+        },
+        auto_subscribe: true,
+        conn: 1,
+        resume: None,
+    };
+    let refused = s.join(t0, join("a"), tx.clone()).unwrap_err();
+    assert_eq!((refused.code, refused.reason), (429, "room_full"));
+    // The node has its one room: another room is refused the same way everywhere.
+    assert!(limit(publish(&mut s, "b", &one)).contains("maximum of 1 rooms"));
+    let refused = s
+        .quic_publish(t0, "b", 3, std::slice::from_ref(&track))
+        .unwrap_err();
+    assert_eq!((refused.code, refused.reason), (429, "too_many_rooms"));
+    let refused = s.join(t0, join("b"), tx).unwrap_err();
+    assert_eq!((refused.code, refused.reason), (429, "too_many_rooms"));
+}

@@ -21,7 +21,10 @@ struct Relay {
 }
 
 async fn relay() -> Relay {
-    let mut config = Config::default();
+    relay_with(Config::default()).await
+}
+
+async fn relay_with(mut config: Config) -> Relay {
     config.http.listen = "127.0.0.1:0".parse().unwrap();
     config.media.listen = "127.0.0.1:0".parse().unwrap();
     config.quic.listen = "127.0.0.1:0".parse().unwrap();
@@ -193,6 +196,70 @@ async fn bad_input_is_refused_and_others_keep_working() {
         .await
         .unwrap();
     ok.request(json!({"type": "publish", "flow": 0, "tracks": [{"kind": "audio", "codec": "opus", "payload_type": 111, "clock_rate": 48000, "channels": 2, "ssrc": 5}]})).await.unwrap();
+}
+
+/// One connection cannot open flows without end, nor send control messages without end: past
+/// 64 flows it gets `too_many_flows`, past 20 messages a second `rate_limited` (and nothing is
+/// done for those), and a QUIC client counts against the room like any member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flows_and_control_messages_are_limited_per_connection() {
+    let mut config = Config::default();
+    config.limits.max_participants_per_room = 200;
+    let r = relay_with(config).await;
+    let mut publisher = Client::connect(&connect(r.quic, &r.hash, "lim"))
+        .await
+        .unwrap();
+    publisher.request(json!({"type": "publish", "flow": 0, "tracks": [{"kind": "audio", "codec": "opus", "payload_type": 111, "clock_rate": 48000, "channels": 2, "ssrc": 5}]})).await.unwrap();
+    let mut c = Client::connect(&connect(r.quic, &r.hash, "lim"))
+        .await
+        .unwrap();
+    // Well under the message rate: 64 subscriptions, then the 65th is one flow too many.
+    for flow in 0..65u64 {
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let reply = c
+            .exchange(
+                json!({"type": "subscribe", "flow": flow})
+                    .to_string()
+                    .as_bytes(),
+            )
+            .await
+            .unwrap();
+        if flow < 64 {
+            assert_eq!(reply["type"], "subscribed", "flow {flow}: {reply}");
+        } else {
+            assert_eq!(reply["reason"], "too_many_flows", "{reply}");
+        }
+    }
+    // A burst of 30 messages in well under a second: the ones past 20 are refused.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut limited = 0;
+    for _ in 0..30 {
+        let reply = c
+            .exchange(
+                json!({"type": "join", "v": 1, "room": "lim"})
+                    .to_string()
+                    .as_bytes(),
+            )
+            .await
+            .unwrap();
+        match reply["reason"].as_str() {
+            Some("rate_limited") => limited += 1,
+            Some("already_joined") => {}
+            other => panic!("unexpected reply {other:?}: {reply}"),
+        }
+    }
+    assert!((10..=11).contains(&limited), "{limited} of 30 refused");
+    // The connection goes on once the second is over.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let reply = c
+        .exchange(
+            json!({"type": "join", "v": 1, "room": "lim"})
+                .to_string()
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply["reason"], "already_joined", "{reply}");
 }
 
 /// A connection with its control stream open but no `join` sent.

@@ -60,11 +60,12 @@ test('RFC 8867 5.1 through the impairment proxy: the estimate follows the capaci
     return out.length === 3 && out.every((o) => o.framesEncoded > 30);
   }, 15000);
   assert.ok(sending, 'the publisher sends three layers');
-  // The proxy's script starts when it does; the viewer connects right after.
+  // The proxy says when its script starts (a busy machine may take a while to start it): samples
+  // are timed from then. The viewer connects right after.
   const proxy = ns.spawn([bin('volna-impair'), '--listen', `127.0.0.1:${PROXY_PORT}`, '--target', `127.0.0.1:${MEDIA_PORT}`,
     '--profile', 'rfc8867-5.1', '--seconds', String(SECONDS + 15)]);
+  assert.ok(await waitFor(() => proxy.output.includes('volna-impair: started'), 5000, 10), `volna-impair starts: ${proxy.output}`);
   const t0 = Date.now();
-  await sleep(200);
   assert.equal(proxy.exitCode, null, `volna-impair runs: ${proxy.output}`);
   const r = await viewer.evaluate((u, via) => window.view(u, false, via), `http://${HTTP}/whep/rfc`, `127.0.0.1 ${PROXY_PORT}`);
   const resource = new URL(r.location).pathname.split('/').at(-1);
@@ -122,7 +123,7 @@ test('RFC 8867 5.1 through the impairment proxy: the estimate follows the capaci
   assert.ok(top >= 0.6, `the top layer at 2.5 Mbps: ${(top * 100).toFixed(0)}% of the time`);
   // The drop to 0.6 Mbps is followed within 2 s, and the estimate stays near it.
   const followed = max(during(62, 63), (s) => s.estimate_kbps);
-  assert.ok(followed <= 900, `estimate 2 s after the drop to 0.6 Mbps: ${followed} kbps`);
+  assert.ok(followed <= 900, `estimate 2 s after the drop to 0.6 Mbps: ${followed} kbps; ${JSON.stringify(during(59, 64))}`);
   const dropped = during(62, 80);
   const near = mean(dropped, (s) => s.estimate_kbps);
   assert.ok(near >= 350 && near <= 800, `and near it until 80 s: ${near.toFixed(0)} kbps on average`);

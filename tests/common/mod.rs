@@ -14,6 +14,11 @@ use volna::transport::webrtc::{Limits, Shard, ShardConfig};
 /// A worker's shard with the default relay and a media address nobody reaches: tests carry
 /// its datagrams by hand.
 pub fn shard() -> Shard {
+    shard_with(Limits::default())
+}
+
+/// The same with other limits.
+pub fn shard_with(limits: Limits) -> Shard {
     let provider = rtc_crypto::default_provider().unwrap();
     Shard::new(
         ShardConfig {
@@ -22,7 +27,7 @@ pub fn shard() -> Shard {
             consent_timeout: Duration::from_secs(30),
             reconnect_grace: Duration::from_secs(10),
             relay: RelayConfig::default(),
-            limits: Limits::default(),
+            limits,
         },
         DtlsIdentity::generate(provider).unwrap(),
     )

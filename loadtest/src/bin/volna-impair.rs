@@ -99,6 +99,8 @@ async fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let start = Instant::now();
+    // The script's time zero, for whoever lines samples up with it.
+    eprintln!("volna-impair: started");
     let mut up = Link::new(schedule.clone(), start, a.seed);
     let mut down = Link::new(schedule, start, a.seed.wrapping_add(1));
     let mut client: Option<SocketAddr> = None;

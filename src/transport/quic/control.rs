@@ -6,6 +6,11 @@ use serde::{Deserialize, Serialize};
 
 /// Largest control message accepted.
 pub const MAX_CONTROL_MESSAGE: usize = 64 * 1024;
+/// Datagram flows one connection may open (publishing and subscribing together).
+pub const MAX_FLOWS: usize = 64;
+/// Control messages one connection may send per second; more are refused (`429 rate_limited`)
+/// without being acted on.
+pub const MAX_CONTROL_PER_SECOND: u32 = 20;
 
 /// A track carried on a flow, as both sides describe it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -9,7 +9,9 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info};
 
-use super::control::{ControlReply, ControlRequest, QuicTrack, MAX_CONTROL_MESSAGE};
+use super::control::{
+    ControlReply, ControlRequest, QuicTrack, MAX_CONTROL_MESSAGE, MAX_CONTROL_PER_SECOND, MAX_FLOWS,
+};
 use super::roq::{frame, read_varint, split_datagram};
 use crate::core::room::SessionId;
 use crate::signal::auth::{unix_now, Auth};
@@ -225,6 +227,8 @@ async fn run_connection(conn: quinn::Connection, workers: Workers, auth: Auth) {
     let mut tx = workers.all()[0].tx.clone();
     // Datagram flow id -> session it belongs to.
     let mut flows: Vec<(u64, SessionId)> = Vec::new();
+    // Control messages in the current second.
+    let mut window = (tokio::time::Instant::now(), 0u32);
     loop {
         tokio::select! {
             msg = read_message(&mut recv) => {
@@ -240,9 +244,18 @@ async fn run_connection(conn: quinn::Connection, workers: Workers, auth: Auth) {
                         break;
                     }
                 };
-                let reply = match serde_json::from_slice::<ControlRequest>(&body) {
-                    Err(e) => refusal(Refusal::new(400, "bad_message", e.to_string())),
-                    Ok(req) => handle(req, &conn, &workers, &auth, &mut joined, &mut flows).await.unwrap_or_else(refusal),
+                let now = tokio::time::Instant::now();
+                if now.duration_since(window.0) >= Duration::from_secs(1) {
+                    window = (now, 0);
+                }
+                window.1 += 1;
+                let reply = if window.1 > MAX_CONTROL_PER_SECOND {
+                    refusal(Refusal::new(429, "rate_limited", format!("at most {MAX_CONTROL_PER_SECOND} control messages a second")))
+                } else {
+                    match serde_json::from_slice::<ControlRequest>(&body) {
+                        Err(e) => refusal(Refusal::new(400, "bad_message", e.to_string())),
+                        Ok(req) => handle(req, &conn, &workers, &auth, &mut joined, &mut flows).await.unwrap_or_else(refusal),
+                    }
                 };
                 if let Some(j) = &joined {
                     tx = workers.for_room(&j.room).tx.clone();
@@ -392,6 +405,13 @@ fn may_open<'a>(
             409,
             "flow_in_use",
             format!("flow {flow} is in use"),
+        ));
+    }
+    if flows.len() >= MAX_FLOWS {
+        return Err(Refusal::new(
+            429,
+            "too_many_flows",
+            format!("at most {MAX_FLOWS} flows per connection"),
         ));
     }
     Ok(j)

@@ -290,30 +290,8 @@ impl Shard {
         }
         let (identity, name) = (req.identity.as_str(), req.name.as_str());
         let (grants, auto_subscribe) = (req.grants, req.auto_subscribe);
-        let limits = &self.config.limits;
-        let in_room = self
-            .participants
-            .values()
-            .filter(|p| p.room == room)
-            .count();
-        if in_room >= limits.max_participants_per_room {
-            return Err(Refusal::new(
-                429,
-                "room_full",
-                format!(
-                    "room {room} has its maximum of {} participants",
-                    limits.max_participants_per_room
-                ),
-            ));
-        }
-        let is_new = in_room == 0 && self.relay.room_publishers(room).is_none();
-        if is_new && self.rooms_in_use() >= limits.max_rooms {
-            return Err(Refusal::new(
-                429,
-                "too_many_rooms",
-                format!("this node has its maximum of {} rooms", limits.max_rooms),
-            ));
-        }
+        self.admit(room)
+            .map_err(|f| Refusal::new(429, f.reason(), f.message(room)))?;
         let id = self.next_participant;
         self.next_participant += 1;
         let p = Participant {
@@ -503,17 +481,6 @@ impl Shard {
         for pid in gone {
             self.leave(now, pid);
         }
-    }
-
-    /// Rooms with media sessions, plus rooms whose participants have none yet.
-    fn rooms_in_use(&self) -> usize {
-        let only_participants: BTreeSet<&str> = self
-            .participants
-            .values()
-            .map(|p| p.room.as_str())
-            .filter(|r| self.relay.room_publishers(r).is_none())
-            .collect();
-        self.relay.room_count() + only_participants.len()
     }
 
     /// After `joined` has reached the client: offer it what it should receive.

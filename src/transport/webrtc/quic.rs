@@ -34,6 +34,8 @@ impl Shard {
         flow: u64,
         tracks: &[QuicTrack],
     ) -> Result<(SessionId, String), Refusal> {
+        self.admit(room)
+            .map_err(|f| Refusal::new(429, f.reason(), f.message(room)))?;
         if tracks.is_empty() || tracks.len() > self.config.limits.max_tracks_per_participant {
             return Err(Refusal::new(
                 400,
@@ -136,6 +138,8 @@ impl Shard {
             ShardError::NoPublisher => Refusal::new(404, "no_publisher", e.to_string()),
             e => Refusal::new(404, "no_room", e.to_string()),
         })?;
+        self.admit(room)
+            .map_err(|f| Refusal::new(429, f.reason(), f.message(room)))?;
         let (public, published) = {
             let p = &self.sessions[&pub_id];
             (p.public_id.clone(), p.published.clone())

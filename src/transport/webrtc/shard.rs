@@ -52,6 +52,32 @@ pub(super) const VIEWER_EXTS: &[ExtKind] = NEGOTIATED_EXTS.split_at(NEGOTIATED_E
 pub(super) const AV1_VIEWER_EXTS: &[ExtKind] =
     NEGOTIATED_EXTS.split_at(NEGOTIATED_EXTS.len() - 1).0;
 
+/// Why a node refuses one more member of a room (see [`Shard::admit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Full {
+    /// The room has its maximum of members.
+    Room(usize),
+    /// The node has its maximum of rooms.
+    Node(usize),
+}
+
+impl Full {
+    /// The room protocol's (and QUIC control's) reason code.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Full::Room(_) => "room_full",
+            Full::Node(_) => "too_many_rooms",
+        }
+    }
+
+    pub fn message(self, room: &str) -> String {
+        match self {
+            Full::Room(n) => format!("room {room} has its maximum of {n} participants"),
+            Full::Node(n) => format!("this node has its maximum of {n} rooms"),
+        }
+    }
+}
+
 /// Limits that keep one client from using up a node.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -520,6 +546,37 @@ impl Shard {
         }
     }
 
+    /// Whether one more member may enter `room`: a participant, or a WHIP, WHEP or QUIC session
+    /// of its own. Every way in asks this, so every limit holds whichever way clients come.
+    pub(super) fn admit(&self, room: &str) -> Result<(), Full> {
+        let limits = &self.config.limits;
+        let members = self
+            .participants
+            .values()
+            .filter(|p| p.room == room)
+            .count()
+            + self
+                .sessions
+                .values()
+                .filter(|s| s.participant.is_none() && s.room == room)
+                .count();
+        if members >= limits.max_participants_per_room {
+            return Err(Full::Room(limits.max_participants_per_room));
+        }
+        if members == 0 && self.relay.room_publishers(room).is_none() {
+            let rooms: std::collections::BTreeSet<&str> = self
+                .participants
+                .values()
+                .map(|p| p.room.as_str())
+                .chain(self.sessions.values().map(|s| s.room.as_str()))
+                .collect();
+            if rooms.len() >= limits.max_rooms {
+                return Err(Full::Node(limits.max_rooms));
+            }
+        }
+        Ok(())
+    }
+
     pub(super) fn register(&mut self, s: Session) {
         self.by_ufrag.insert(s.local_ufrag.clone(), s.id);
         self.by_resource.insert(s.resource.clone(), s.id);
@@ -534,7 +591,10 @@ impl Shard {
         room: &str,
         offer: &Offer,
     ) -> Result<Created, ShardError> {
-        let (id, created) = self.publish_session(now, room, offer, usize::MAX)?;
+        self.admit(room)
+            .map_err(|f| ShardError::Limit(f.message(room)))?;
+        let max = self.config.limits.max_tracks_per_participant;
+        let (id, created) = self.publish_session(now, room, offer, max)?;
         self.publisher_appeared(now, id);
         Ok(created)
     }
@@ -655,6 +715,8 @@ impl Shard {
         offer: &Offer,
     ) -> Result<Created, ShardError> {
         let pub_id = self.find_publisher(room, publisher)?;
+        self.admit(room)
+            .map_err(|f| ShardError::Limit(f.message(room)))?;
         let (pub_public, sources) = {
             let p = self.sessions.get(&pub_id).ok_or(ShardError::NoPublisher)?;
             (p.public_id.clone(), p.published.clone())
