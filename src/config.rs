@@ -105,6 +105,10 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// Largest request body accepted; larger ones get 413.
     pub max_body_bytes: usize,
+    /// A connection that has not sent a request's headers within this is closed.
+    pub header_timeout_secs: u64,
+    /// Connections open at once (WebSockets included); more are closed at once.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -147,6 +151,8 @@ impl Default for HttpConfig {
         Self {
             listen: "127.0.0.1:8080".parse().expect("literal"),
             max_body_bytes: 64 * 1024,
+            header_timeout_secs: 10,
+            max_connections: 10_000,
         }
     }
 }

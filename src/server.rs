@@ -137,7 +137,11 @@ pub async fn start(config: &Config) -> Result<Running, ServerError> {
     };
     let app = router(state, config.http.max_body_bytes);
     info!(http = %http_addr, media = ?media_addrs, "volna listening");
-    let serve = tokio::spawn(serve(tcp, app));
+    let limits = crate::signal::http::ServeLimits {
+        header_timeout: std::time::Duration::from_secs(config.http.header_timeout_secs.max(1)),
+        max_connections: config.http.max_connections.max(1),
+    };
+    let serve = tokio::spawn(serve(tcp, app, limits));
     Ok(Running {
         http_addr,
         media_addr,

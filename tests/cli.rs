@@ -28,6 +28,21 @@ fn tempfile() -> (std::path::PathBuf, std::fs::File) {
     (path, f)
 }
 
+/// Runs `volna` with `args` on a config whose one auth key is `cli-test-key-0123456789`.
+fn token_with_keys(args: &[&str]) -> std::process::Output {
+    let (path, mut f) = tempfile();
+    f.write_all(b"[auth]\nkeys = [\"cli-test-key-0123456789\"]\n")
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_volna"))
+        .arg("--config")
+        .arg(&path)
+        .args(args)
+        .output()
+        .unwrap();
+    std::fs::remove_file(&path).ok();
+    out
+}
+
 fn rand_suffix() -> u64 {
     use std::time::{SystemTime, UNIX_EPOCH};
     SystemTime::now()
@@ -63,25 +78,16 @@ fn missing_config_file_is_an_error() {
 
 #[test]
 fn token_subcommand_signs_a_token_the_relay_accepts() {
-    let (path, mut f) = tempfile();
-    f.write_all(b"[auth]\nkeys = [\"cli-test-key-0123456789\"]\n")
-        .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_volna"))
-        .arg("--config")
-        .arg(&path)
-        .args([
-            "token",
-            "--room",
-            "r1",
-            "--identity",
-            "ida",
-            "--ttl",
-            "60",
-            "--no-publish",
-        ])
-        .output()
-        .unwrap();
-    std::fs::remove_file(&path).ok();
+    let out = token_with_keys(&[
+        "token",
+        "--room",
+        "r1",
+        "--identity",
+        "ida",
+        "--ttl",
+        "60",
+        "--no-publish",
+    ]);
     assert!(
         out.status.success(),
         "{}",
@@ -100,16 +106,7 @@ fn token_subcommand_signs_a_token_the_relay_accepts() {
     assert!(!access.grants.publish && access.grants.subscribe);
     assert!(!access.admin);
     // An operator's token: no room, good for /stats and any session.
-    let (path, mut f) = tempfile();
-    f.write_all(b"[auth]\nkeys = [\"cli-test-key-0123456789\"]\n")
-        .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_volna"))
-        .arg("--config")
-        .arg(&path)
-        .args(["token", "--admin"])
-        .output()
-        .unwrap();
-    std::fs::remove_file(&path).ok();
+    let out = token_with_keys(&["token", "--admin"]);
     assert!(
         out.status.success(),
         "{}",

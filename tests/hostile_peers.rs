@@ -28,29 +28,9 @@ fn call() -> Call {
     let t0 = Instant::now();
     let mut shard = shard();
     let mut publisher = Client::new(1000);
-    let o = offer(
-        &publisher.identity.fingerprint,
-        &publisher.ufrag,
-        "sendonly",
-        Some(2222),
-    );
-    let answer = shard
-        .publish(t0, "room", &Offer::parse(&o).unwrap())
-        .expect("WHIP publish")
-        .answer;
-    publisher.handshake(&mut shard, t0, &answer);
+    publisher.publish_to(&mut shard, t0, "room");
     let mut viewer = Client::new(2000);
-    let o = offer(
-        &viewer.identity.fingerprint,
-        &viewer.ufrag,
-        "recvonly",
-        None,
-    );
-    let answer = shard
-        .view(t0, "room", None, &Offer::parse(&o).unwrap())
-        .expect("WHEP view")
-        .answer;
-    viewer.handshake(&mut shard, t0, &answer);
+    viewer.view_from(&mut shard, t0, "room");
     while shard.poll_transmit().is_some() {}
     Call {
         shard,
@@ -186,26 +166,10 @@ fn a_nack_naming_packets_hundreds_of_times_gets_each_back_at_most_once_within_bu
     );
 }
 
-#[test]
-fn a_forged_binding_request_changes_nothing() {
-    let t0 = Instant::now();
-    let mut shard = shard();
-    // A WHIP publisher gives the room a track; a participant joins and gets an offer for it.
-    let mut publisher = Client::new(1000);
-    let o = offer(
-        &publisher.identity.fingerprint,
-        &publisher.ufrag,
-        "sendonly",
-        Some(2222),
-    );
-    let answer = shard
-        .publish(t0, "room", &Offer::parse(&o).unwrap())
-        .unwrap()
-        .answer;
-    publisher.handshake(&mut shard, t0, &answer);
-    let (tx, mut rx) = mpsc::channel(64);
-    let req = JoinRequest {
-        room: "room".into(),
+/// A participant's `join` of `room` with every grant.
+fn join_request(room: &str) -> JoinRequest {
+    JoinRequest {
+        room: room.into(),
         identity: "alice".into(),
         name: "Alice".into(),
         grants: Grants {
@@ -215,8 +179,17 @@ fn a_forged_binding_request_changes_nothing() {
         auto_subscribe: true,
         conn: 1,
         resume: None,
-    };
-    let (pid, _joined) = shard.join(t0, req, tx).expect("join");
+    }
+}
+
+#[test]
+fn a_forged_binding_request_changes_nothing() {
+    let t0 = Instant::now();
+    let mut shard = shard();
+    // A WHIP publisher gives the room a track; a participant joins and gets an offer for it.
+    Client::new(1000).publish_to(&mut shard, t0, "room");
+    let (tx, mut rx) = mpsc::channel(64);
+    let (pid, _joined) = shard.join(t0, join_request("room"), tx).expect("join");
     shard.joined_delivered(t0, pid);
     let sdp = std::iter::from_fn(|| rx.try_recv().ok())
         .find_map(|m| match m {
@@ -349,18 +322,7 @@ fn every_entry_point_honours_every_limit() {
     let refused = s.quic_subscribe(t0, "a", None, 2).unwrap_err();
     assert_eq!((refused.code, refused.reason), (429, "room_full"));
     let (tx, _rx) = mpsc::channel(8);
-    let join = |room: &str| JoinRequest {
-        room: room.into(),
-        identity: "x".into(),
-        name: "x".into(),
-        grants: Grants {
-            publish: true,
-            subscribe: true,
-        },
-        auto_subscribe: true,
-        conn: 1,
-        resume: None,
-    };
+    let join = join_request;
     let refused = s.join(t0, join("a"), tx.clone()).unwrap_err();
     assert_eq!((refused.code, refused.reason), (429, "room_full"));
     // The node has its one room: another room is refused the same way everywhere.

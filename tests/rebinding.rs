@@ -8,12 +8,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use volna::signal::sdp::Offer;
 use volna::transport::webrtc::ice::BindingRequest;
 use volna::transport::webrtc::Shard;
 
 mod common;
-use common::{attr, binding_request, offer, shard, Client, CLIENT_PWD};
+use common::{attr, binding_request, shard, Client, CLIENT_PWD};
 
 struct Call {
     shard: Shard,
@@ -39,29 +38,9 @@ fn call() -> Call {
     let t0 = Instant::now();
     let mut shard = shard();
     let mut publisher = client([10, 0, 0, 1], 1000);
-    let o = offer(
-        &publisher.identity.fingerprint,
-        &publisher.ufrag,
-        "sendonly",
-        Some(2222),
-    );
-    let publisher_answer = shard
-        .publish(t0, "room", &Offer::parse(&o).unwrap())
-        .expect("WHIP publish")
-        .answer;
-    publisher.handshake(&mut shard, t0, &publisher_answer);
+    publisher.publish_to(&mut shard, t0, "room");
     let mut viewer = client([10, 0, 0, 2], 2000);
-    let o = offer(
-        &viewer.identity.fingerprint,
-        &viewer.ufrag,
-        "recvonly",
-        None,
-    );
-    let viewer_answer = shard
-        .view(t0, "room", None, &Offer::parse(&o).unwrap())
-        .expect("WHEP view")
-        .answer;
-    viewer.handshake(&mut shard, t0, &viewer_answer);
+    let viewer_answer = viewer.view_from(&mut shard, t0, "room");
     drain(&mut shard);
     Call {
         shard,

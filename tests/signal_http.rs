@@ -754,3 +754,52 @@ async fn pinned_workers_each_run_on_one_cpu() {
         assert!(cpus.len() >= 2, "two workers on two CPUs: {cpus:?}");
     }
 }
+
+/// A client that opens connections and sends headers slowly (or never) cannot hold the
+/// listener: unfinished headers are cut off after `header_timeout_secs`, and connections past
+/// `max_connections` are closed as they arrive; once the slow ones are gone, requests are served.
+#[tokio::test]
+async fn slow_headers_are_cut_off_and_connections_are_capped() {
+    let mut config = Config::default();
+    config.http.header_timeout_secs = 1;
+    config.http.max_connections = 4;
+    let (http, _) = start_with(config).await;
+    let mut slow = Vec::new();
+    for _ in 0..4 {
+        let mut s = TcpStream::connect(http).await.unwrap();
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        slow.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A fifth connection is closed without an answer.
+    let mut extra = TcpStream::connect(http).await.unwrap();
+    let _ = extra
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await;
+    let mut buf = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(2), extra.read_to_end(&mut buf))
+        .await
+        .expect("closed at once, not left waiting");
+    assert!(
+        n.is_err() || buf.is_empty(),
+        "no answer past the cap: {:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    // The slow ones are closed within about the header timeout.
+    let started = std::time::Instant::now();
+    for s in &mut slow {
+        let mut buf = Vec::new();
+        let r = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+        assert!(r.is_ok(), "unfinished headers are cut off");
+        assert!(!String::from_utf8_lossy(&buf).contains("200 OK"));
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    // And the listener serves again.
+    assert_eq!(request(http, "GET", "/health", None, b"").await.status, 200);
+}

@@ -376,8 +376,7 @@ fn simulcast_red_and_feedback_allocate_nothing() {
 
 mod shard_path {
     use super::*;
-    use crate::common::{offer, shard, Client};
-    use volna::signal::sdp::Offer;
+    use crate::common::{shard, Client};
     use volna::transport::buffers::RecvPool;
     use volna::transport::webrtc::Shard;
 
@@ -386,24 +385,10 @@ mod shard_path {
         let t0 = Instant::now();
         let mut shard = shard();
         let mut publisher = Client::new(1000);
-        let o = offer(
-            &publisher.identity.fingerprint,
-            "client1000",
-            "sendonly",
-            Some(2222),
-        );
-        let created = shard
-            .publish(t0, "room", &Offer::parse(&o).unwrap())
-            .expect("WHIP publish");
-        publisher.handshake(&mut shard, t0, &created.answer);
+        publisher.publish_to(&mut shard, t0, "room");
         let mut viewers: Vec<Client> = (0..10).map(|i| Client::new(2000 + i)).collect();
         for v in &mut viewers {
-            let ufrag = format!("client{}", v.addr.port());
-            let o = offer(&v.identity.fingerprint, &ufrag, "recvonly", None);
-            let created = shard
-                .view(t0, "room", None, &Offer::parse(&o).unwrap())
-                .expect("WHEP view");
-            v.handshake(&mut shard, t0, &created.answer);
+            v.view_from(&mut shard, t0, "room");
             assert!(v.keys.is_some());
         }
         while shard.poll_transmit().is_some() {}

@@ -232,16 +232,10 @@ async fn flows_and_control_messages_are_limited_per_connection() {
     }
     // A burst of 30 messages in well under a second: the ones past 20 are refused.
     tokio::time::sleep(Duration::from_millis(1100)).await;
+    let join_again = json!({"type": "join", "v": 1, "room": "lim"}).to_string();
     let mut limited = 0;
     for _ in 0..30 {
-        let reply = c
-            .exchange(
-                json!({"type": "join", "v": 1, "room": "lim"})
-                    .to_string()
-                    .as_bytes(),
-            )
-            .await
-            .unwrap();
+        let reply = c.exchange(join_again.as_bytes()).await.unwrap();
         match reply["reason"].as_str() {
             Some("rate_limited") => limited += 1,
             Some("already_joined") => {}
@@ -251,14 +245,7 @@ async fn flows_and_control_messages_are_limited_per_connection() {
     assert!((10..=11).contains(&limited), "{limited} of 30 refused");
     // The connection goes on once the second is over.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let reply = c
-        .exchange(
-            json!({"type": "join", "v": 1, "room": "lim"})
-                .to_string()
-                .as_bytes(),
-        )
-        .await
-        .unwrap();
+    let reply = c.exchange(join_again.as_bytes()).await.unwrap();
     assert_eq!(reply["reason"], "already_joined", "{reply}");
 }
 

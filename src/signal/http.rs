@@ -3,8 +3,6 @@
 //! session's `DELETE` and `PATCH` need a token of the identity that created it (or an admin
 //! token), and /stats and /metrics an admin token; 401 replies carry `WWW-Authenticate`.
 
-use std::net::SocketAddr;
-
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -634,11 +632,65 @@ async fn metrics(State(st): State<AppState>, headers: HeaderMap) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
-/// Serves the router on a bound listener until the process ends.
-pub async fn serve(listener: tokio::net::TcpListener, app: Router) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .await
+/// How the listener treats connections before and around requests.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeLimits {
+    /// A connection whose request headers take longer is closed (slow-header attacks).
+    pub header_timeout: std::time::Duration,
+    /// Connections open at once; one more is closed when it arrives.
+    pub max_connections: usize,
+}
+
+/// Serves the router on a bound listener until the process ends: HTTP/1.1 with upgrades (the
+/// room protocol's WebSocket), each connection with a header-read deadline, at most
+/// `max_connections` at once.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: ServeLimits,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower_service::Service;
+    let open = std::sync::Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let mut refused = 0u64;
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            // Out of descriptors and the like: wait a little rather than spin.
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            refused += 1;
+            // Logged at 1, 2, 4, 8… refusals.
+            if refused.is_power_of_two() {
+                warn!(peer = %peer, refused, limit = limits.max_connections, "HTTP connection refused: too many open");
+            }
+            drop(stream);
+            continue;
+        };
+        let app = app.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                    let mut app = app.clone();
+                    async move { app.call(req.map(axum::body::Body::new)).await }
+                },
+            );
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            if let Err(e) = conn.await {
+                tracing::debug!(peer = %peer, error = %e, "HTTP connection ended");
+            }
+            drop(permit);
+        });
+    }
 }

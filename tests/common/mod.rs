@@ -109,6 +109,38 @@ impl Client {
         }
     }
 
+    /// Publishes over WHIP in `room` (one VP8 track, SSRC 2222) and connects; volna's answer.
+    pub fn publish_to(&mut self, shard: &mut Shard, now: Instant, room: &str) -> String {
+        let o = offer(
+            &self.identity.fingerprint,
+            &self.ufrag,
+            "sendonly",
+            Some(2222),
+        );
+        let answer = shard
+            .publish(now, room, &volna::signal::sdp::Offer::parse(&o).unwrap())
+            .expect("WHIP publish")
+            .answer;
+        self.handshake(shard, now, &answer);
+        answer
+    }
+
+    /// Watches `room` over WHEP and connects; volna's answer.
+    pub fn view_from(&mut self, shard: &mut Shard, now: Instant, room: &str) -> String {
+        let o = offer(&self.identity.fingerprint, &self.ufrag, "recvonly", None);
+        let answer = shard
+            .view(
+                now,
+                room,
+                None,
+                &volna::signal::sdp::Offer::parse(&o).unwrap(),
+            )
+            .expect("WHEP view")
+            .answer;
+        self.handshake(shard, now, &answer);
+        answer
+    }
+
     pub fn handshake(&mut self, shard: &mut Shard, now: Instant, answer: &str) {
         let user = format!("{}:{}", attr(answer, "a=ice-ufrag:"), self.ufrag);
         let req = binding_request(&user, attr(answer, "a=ice-pwd:"));

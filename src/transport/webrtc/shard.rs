@@ -337,6 +337,7 @@ pub struct Shard {
     path_switches: u64,
     path_switches_refused: u64,
     consent_checks: u64,
+    dtls_errors: u64,
     /// Consent checks in flight and sessions by their peer's IP.
     paths: Paths,
     /// ICE-CONTROLLED tie-breaker of volna's own checks.
@@ -420,6 +421,7 @@ impl Shard {
             path_switches: 0,
             path_switches_refused: 0,
             consent_checks: 0,
+            dtls_errors: 0,
             paths: Paths::default(),
             tie_breaker: rand::random(),
             participants: HashMap::new(),
@@ -1218,7 +1220,13 @@ impl Shard {
             Ok(None) => {}
             Err(e) => {
                 self.junk += 1;
-                warn!(session = id, peer = %from, error = %e, "DTLS error");
+                self.dtls_errors += 1;
+                // Logged at 1, 2, 4, 8… errors: a peer sending bad records cannot flood the log.
+                if self.dtls_errors.is_power_of_two() {
+                    warn!(session = id, peer = %from, error = %e, errors = self.dtls_errors, "DTLS error");
+                } else {
+                    debug!(session = id, peer = %from, error = %e, "DTLS error");
+                }
             }
         }
     }

@@ -56,7 +56,14 @@ pub enum SrtpError {
     Auth,
     #[error("replayed packet")]
     Replay,
+    #[error("more than {MAX_REMOTE_SSRCS} streams from one peer")]
+    TooManyStreams,
 }
+
+/// Streams (SSRCs) one peer may send on a session: a publisher's tracks, their simulcast layers
+/// and repair streams fit many times over. Past it, packets of new SSRCs are refused before any
+/// work, so a peer cannot make the per-stream search long or the state large.
+pub const MAX_REMOTE_SSRCS: usize = 64;
 
 type Aes128Ctr = ctr::Ctr128BE<aes::Aes128>;
 
@@ -225,7 +232,11 @@ impl SrtpRtp {
         }
         let seq = u16::from_be_bytes([pkt[2], pkt[3]]);
         let ssrc = u32::from_be_bytes([pkt[8], pkt[9], pkt[10], pkt[11]]);
-        let (roc, known) = match self.ssrcs.iter().find(|s| s.ssrc == ssrc) {
+        let known_state = self.ssrcs.iter().find(|s| s.ssrc == ssrc);
+        if known_state.is_none() && self.ssrcs.len() >= MAX_REMOTE_SSRCS {
+            return Err(SrtpError::TooManyStreams);
+        }
+        let (roc, known) = match known_state {
             Some(st) => {
                 let roc = estimate_roc(st.roc, st.seq, seq);
                 let index = (u64::from(roc) << 16) | u64::from(seq);
@@ -462,5 +473,26 @@ mod tests {
     fn wrong_key_lengths() {
         assert!(SrtpRtp::new(Profile::AeadAes128Gcm, &[0; 16], &[0; 14]).is_err());
         assert!(SrtpRtp::new(Profile::Aes128CmHmacSha1_80, &[0; 15], &[0; 14]).is_err());
+    }
+
+    /// A peer cannot open streams without end: past `MAX_REMOTE_SSRCS` SSRCs, packets of new ones
+    /// are refused (those already known go on).
+    #[test]
+    fn streams_per_peer_are_capped() {
+        let profile = Profile::AeadAes128Gcm;
+        let key = [1u8; 16];
+        let salt = [2u8; 12];
+        let mut out = SrtpRtp::new(profile, &key, &salt).unwrap();
+        let mut inn = SrtpRtp::new(profile, &key, &salt).unwrap();
+        let mut send = |ssrc: u32, seq: u16, inn: &mut SrtpRtp| {
+            let (mut p, h) = packet(seq, ssrc, false, 20);
+            out.protect(&mut p, 0, h).unwrap();
+            inn.unprotect(&mut p, h).map(|_| ())
+        };
+        for ssrc in 0..MAX_REMOTE_SSRCS as u32 {
+            assert_eq!(send(ssrc, 1, &mut inn), Ok(()), "stream {ssrc}");
+        }
+        assert_eq!(send(9999, 1, &mut inn), Err(SrtpError::TooManyStreams));
+        assert_eq!(send(3, 2, &mut inn), Ok(()), "a known stream goes on");
     }
 }
