@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(chromium fonts-liberation iproute2 curl cmake python3-gi
+packages=(chromium fonts-liberation iproute2 curl python3-gi
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
   gstreamer1.0-nice gir1.2-gst-plugins-base-1.0 gir1.2-gst-plugins-bad-1.0 janus nftables firefox-esr)
 if [ "$(id -u)" = 0 ]; then
@@ -20,6 +20,17 @@ else
   echo "not root: Debian packages are not installed and the end-to-end tests will be skipped"
 fi
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
+
+echo "== the build needs only the Rust toolchain (and the C compiler it links with)"
+# libopus is compiled with `cc` (vendor/opusic-sys); no crate may bring back a build tool or a
+# system library that a fresh machine lacks.
+for tool in cmake autotools pkg-config bindgen; do
+  if cargo tree --workspace --locked -e normal,build,dev -i "$tool" >/dev/null 2>&1; then
+    echo "a crate in the build graph needs $tool:"
+    cargo tree --workspace --locked -e normal,build,dev -i "$tool"
+    exit 1
+  fi
+done
 
 (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 

@@ -78,6 +78,7 @@ pub struct AuthConfig {
 pub struct LimitsConfig {
     /// Rooms one media worker holds (the node holds workers × this).
     pub max_rooms: usize,
+    /// Members of one room: participants, and WHIP, WHEP and QUIC sessions of their own.
     pub max_participants_per_room: usize,
     pub max_tracks_per_participant: usize,
     /// Largest room-protocol message accepted on the WebSocket.
