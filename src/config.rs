@@ -81,6 +81,8 @@ pub struct LimitsConfig {
     /// Members of one room: participants, and WHIP, WHEP and QUIC sessions of their own.
     pub max_participants_per_room: usize,
     pub max_tracks_per_participant: usize,
+    /// Participants one token identity may be in one room at once.
+    pub max_participants_per_identity: usize,
     /// Largest room-protocol message accepted on the WebSocket.
     pub ws_max_message_bytes: usize,
     /// Room-protocol messages a client may send per second (burst of the same size).
@@ -93,6 +95,7 @@ impl Default for LimitsConfig {
             max_rooms: 1000,
             max_participants_per_room: 50,
             max_tracks_per_participant: 4,
+            max_participants_per_identity: 4,
             ws_max_message_bytes: 64 * 1024,
             ws_messages_per_second: 50,
         }
@@ -257,6 +260,7 @@ impl Config {
             max_rooms: self.limits.max_rooms,
             max_participants_per_room: self.limits.max_participants_per_room,
             max_tracks_per_participant: self.limits.max_tracks_per_participant,
+            max_participants_per_identity: self.limits.max_participants_per_identity,
         }
     }
 

@@ -171,6 +171,7 @@ fn join_request(room: &str) -> JoinRequest {
     JoinRequest {
         room: room.into(),
         identity: "alice".into(),
+        verified: false,
         name: "Alice".into(),
         grants: Grants {
             publish: true,
@@ -280,6 +281,7 @@ fn every_entry_point_honours_every_limit() {
         max_rooms: 1,
         max_participants_per_room: 2,
         max_tracks_per_participant: 1,
+        ..Limits::default()
     });
     let publish = |s: &mut Shard, room: &str, sdp: &str| {
         s.publish(t0, room, &Offer::parse(sdp).unwrap()).map(|_| ())

@@ -309,6 +309,47 @@ async fn room_limit_refuses_the_extra_participant_only() {
     assert_eq!(expect_type(&mut a, "pong").await["id"], 1);
 }
 
+/// One token cannot fill a room: an identity may be in a room `max_participants_per_identity`
+/// times (its devices), another identity still gets in; names chosen without a token (dev mode)
+/// are not counted.
+#[tokio::test]
+async fn one_identity_cannot_fill_a_room() {
+    let addr = start(&[KEY], |c| c.limits.max_participants_per_identity = 2).await;
+    let now = unix_now();
+    let eve = token("r", "eve", true, true, now + 60);
+    let mut socks = Vec::new();
+    for i in 0..3 {
+        let mut ws = connect(addr, "").await;
+        let r = join(&mut ws, "r", "", Some(&eve)).await;
+        if i < 2 {
+            assert_eq!(r["type"], "joined", "{r}");
+        } else {
+            assert_eq!(
+                (r["code"].as_u64(), r["reason"].as_str()),
+                (Some(429), Some("identity_limit")),
+                "{r}"
+            );
+        }
+        socks.push(ws);
+    }
+    let mut other = connect(addr, "").await;
+    let r = join(
+        &mut other,
+        "r",
+        "",
+        Some(&token("r", "ann", true, true, now + 60)),
+    )
+    .await;
+    assert_eq!(r["type"], "joined", "{r}");
+    // In dev mode many guests share a name.
+    let dev = start(&[], |c| c.limits.max_participants_per_identity = 1).await;
+    for _ in 0..3 {
+        let mut ws = connect(dev, "").await;
+        assert_eq!(join(&mut ws, "g", "guest", None).await["type"], "joined");
+        socks.push(ws);
+    }
+}
+
 #[tokio::test]
 async fn malformed_and_unexpected_messages_get_errors_never_a_crash() {
     let addr = start(&[], |c| {

@@ -222,6 +222,7 @@ async fn handle(
                 .auth
                 .check(token, Some(&room), unix_now())
                 .map_err(|e| Refusal::new(e.status(), e.reason(), e.to_string()))?;
+            let verified = access.identity.is_some();
             let identity = access.identity.unwrap_or_else(|| {
                 if name.is_empty() {
                     "guest".into()
@@ -243,6 +244,7 @@ async fn handle(
                     req: JoinRequest {
                         room: room.clone(),
                         identity: identity.clone(),
+                        verified,
                         name: display,
                         grants: access.grants,
                         auto_subscribe,

@@ -32,6 +32,8 @@ pub struct Grants {
 pub struct JoinRequest {
     pub room: String,
     pub identity: String,
+    /// The identity is a token's (not a name a dev-mode client chose).
+    pub verified: bool,
     pub name: String,
     pub grants: Grants,
     pub auto_subscribe: bool,
@@ -44,6 +46,8 @@ pub struct Participant {
     pub id: ParticipantId,
     pub public_id: String,
     pub identity: String,
+    /// Its identity is a token's.
+    pub verified: bool,
     pub name: String,
     pub room: String,
     pub grants: Grants,
@@ -292,12 +296,28 @@ impl Shard {
         let (grants, auto_subscribe) = (req.grants, req.auto_subscribe);
         self.admit(room)
             .map_err(|f| Refusal::new(429, f.reason(), f.message(room)))?;
+        let max = self.config.limits.max_participants_per_identity;
+        if req.verified
+            && self
+                .participants
+                .values()
+                .filter(|p| p.verified && p.room == room && p.identity == identity)
+                .count()
+                >= max
+        {
+            return Err(Refusal::new(
+                429,
+                "identity_limit",
+                format!("{identity} is in room {room} {max} times already"),
+            ));
+        }
         let id = self.next_participant;
         self.next_participant += 1;
         let p = Participant {
             id,
             public_id: super::shard::random_hex(6),
             identity: identity.to_owned(),
+            verified: req.verified,
             name: name.to_owned(),
             room: room.to_owned(),
             grants,

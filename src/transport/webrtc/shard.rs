@@ -84,6 +84,9 @@ pub struct Limits {
     pub max_rooms: usize,
     pub max_participants_per_room: usize,
     pub max_tracks_per_participant: usize,
+    /// Participants one token identity may be in one room (its devices, tabs); one token
+    /// cannot fill a room. Identities named without a token (dev mode) are not counted.
+    pub max_participants_per_identity: usize,
 }
 
 impl Default for Limits {
@@ -92,6 +95,7 @@ impl Default for Limits {
             max_rooms: 1000,
             max_participants_per_room: 50,
             max_tracks_per_participant: 4,
+            max_participants_per_identity: 4,
         }
     }
 }
