@@ -350,6 +350,75 @@ async fn one_identity_cannot_fill_a_room() {
     }
 }
 
+/// A client that stops reading its socket is cut off within seconds (shown to the others as
+/// reconnecting), instead of having the events meant for it pile up or vanish unseen.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off() {
+    let addr = start(&[], |c| c.limits.ws_messages_per_second = 100_000).await;
+    // The stuck one: a tiny receive buffer, and it never reads after `joined`.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let stream = MaybeTlsStream::Plain(sock.connect(addr).await.unwrap());
+    let (mut stuck, _) = tokio_tungstenite::client_async(format!("ws://{addr}/rtc"), stream)
+        .await
+        .unwrap();
+    let joined = join(&mut stuck, "slow", "stuck", None).await;
+    let stuck_id = joined["participant"]["id"].as_str().unwrap().to_owned();
+    let mut watcher = connect(addr, "").await;
+    assert_eq!(
+        join(&mut watcher, "slow", "watcher", None).await["type"],
+        "joined"
+    );
+    let mut talker = connect(addr, "").await;
+    assert_eq!(
+        join(&mut talker, "slow", "talker", None).await["type"],
+        "joined"
+    );
+    send(
+        &mut talker,
+        json!({"type": "publish", "id": 2, "sdp": OFFER}),
+    )
+    .await;
+    let track = loop {
+        let v = recv(&mut talker).await;
+        if v["type"] == "publish_answer" {
+            break expect_type(&mut watcher, "track_published").await["track"]["id"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+        }
+    };
+    // The talker mutes and unmutes tens of thousands of times: events for everyone. The watcher and the
+    // talker read theirs; the stuck one does not.
+    let (mut tx, mut rx) = talker.split();
+    let drain = tokio::spawn(async move { while rx.next().await.is_some() {} });
+    // About 5 MB of events: more than the socket buffers on loopback hold.
+    for i in 0..40_000 {
+        let m = json!({"type": "mute", "track": track, "muted": i % 2 == 0});
+        tx.send(Message::Text(m.to_string().into())).await.unwrap();
+    }
+    let reconnecting = loop {
+        let v = tokio::time::timeout(Duration::from_secs(20), watcher.next())
+            .await
+            .expect("the watcher hears of the stuck one within 20 s")
+            .unwrap()
+            .unwrap();
+        if let Message::Text(t) = v {
+            let v: Value = serde_json::from_str(&t).unwrap();
+            if v["type"] == "participant_reconnecting" {
+                break v;
+            }
+        }
+    };
+    assert_eq!(
+        reconnecting["participant"],
+        stuck_id.as_str(),
+        "{reconnecting}"
+    );
+    drain.abort();
+    drop(stuck);
+}
+
 #[tokio::test]
 async fn malformed_and_unexpected_messages_get_errors_never_a_crash() {
     let addr = start(&[], |c| {

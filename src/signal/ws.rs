@@ -71,9 +71,17 @@ impl Bucket {
     }
 }
 
+/// A client whose socket takes no data for this long is cut off (it is shown as reconnecting,
+/// and may come back with `resume`), rather than have its events pile up.
+const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Sends one message; false when the socket is gone or the client stopped reading.
 async fn send(socket: &mut WebSocket, msg: &ServerMessage) -> bool {
     match serde_json::to_string(msg) {
-        Ok(text) => socket.send(Message::Text(text.into())).await.is_ok(),
+        Ok(text) => matches!(
+            tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Text(text.into()))).await,
+            Ok(Ok(()))
+        ),
         Err(_) => true,
     }
 }

@@ -79,13 +79,21 @@ struct RoomTrack {
     stream_id: String,
 }
 
+/// Events dropped because a client stopped reading (all participants of the process).
+static DROPPED_EVENTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Queues an event for a participant's socket. A full queue means the client stopped reading;
 /// a closed one that its socket is going away (its leave follows).
 fn deliver(p: &Participant, msg: ServerMessage) {
     match p.tx.try_send(msg) {
         Ok(()) => {}
         Err(mpsc::error::TrySendError::Full(_)) => {
-            warn!(participant = %p.public_id, "event queue full: client is not reading")
+            // Its socket is cut off within a few seconds (see `signal::ws`); until then events
+            // are dropped, logged at 1, 2, 4, 8… drops.
+            let n = DROPPED_EVENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                warn!(participant = %p.public_id, dropped = n, "event queue full: client is not reading");
+            }
         }
         Err(mpsc::error::TrySendError::Closed(_)) => {
             debug!(participant = %p.public_id, "event for a closing socket dropped")
