@@ -43,6 +43,9 @@ cargo build --workspace --bins
 cargo nextest run --workspace --no-fail-fast
 cargo test --workspace --doc
 
+echo "== fuzz targets: each a short run on its corpus (needs the nightly toolchain)"
+bash scripts/fuzz.sh "${FUZZ_SECONDS:-20}"
+
 echo "== benches compile and run once"
 cargo bench --bench rtp -- --test
 

@@ -21,6 +21,8 @@
 
 pub mod config;
 pub mod core;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod server;
 pub mod signal;
 pub mod transport;

@@ -69,10 +69,10 @@ window.publishSimulcast = async (url, encodings, size = [960, 540]) => {
 
 // SVC: the camera at 960×540 sent as one encoding with spatial and temporal layers (`mode`,
 // e.g. 'L3T3_KEY'), in `codec` ('video/VP9' or 'video/AV1').
-window.publishSvc = async (url, mode, codec) => {
+window.publishSvc = async (url, mode, codec, width = 960, height = 540) => {
   const stream = await navigator.mediaDevices.getUserMedia({
     audio: true,
-    video: { width: 960, height: 540, frameRate: 30 },
+    video: { width, height, frameRate: 30 },
   });
   const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
   for (const track of stream.getTracks()) {

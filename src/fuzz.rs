@@ -1,0 +1,342 @@
+//! Entry points for fuzzing: each takes arbitrary bytes as one kind of input from the network or
+//! a client and must neither panic nor break its oracle (asserted here). `fuzz/` runs them under
+//! cargo-fuzz; `tests/fuzz_corpus.rs` replays every saved input (seeds and past crashes) on stable,
+//! so a crash once found stays a test.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::core::bwe::{BandwidthEstimator, BweConfig};
+use crate::core::room::{
+    Feedback, MediaKind, Relay, RelayConfig, SessionId, Sink, TrackRef, TrackSpec, ViewerTrackSpec,
+};
+use crate::core::rtcp::twcc::{self, PacketResult};
+use crate::core::rtcp::{Compound, RtcpPacket};
+use crate::core::rtp::codec::{av1, av1_dd, h264, vp8, vp9};
+use crate::core::rtp::{write_header, Codec, ExtKind, ExtMap, ExtTranslation, Rewrite, RtpView};
+
+/// The targets, by name (the names of `fuzz/fuzz_targets/*.rs` and `fuzz/corpus/*`).
+pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+    ("rtp", rtp),
+    ("rtcp", rtcp),
+    ("codecs", codecs),
+    ("stun", stun),
+    ("dtls_hello", dtls_hello),
+    ("sdp", sdp),
+    ("control_json", control_json),
+    ("roq", roq),
+    ("srtp", srtp),
+    ("relay", relay),
+];
+
+/// An RTP packet: parsed, its extensions walked, its header rewritten for a viewer with other
+/// extension ids; the rewritten packet parses and keeps the payload.
+pub fn rtp(data: &[u8]) {
+    let Ok(view) = RtpView::parse(data) else {
+        return;
+    };
+    let _ = crate::core::rtp::header_len(data);
+    let _ = view.extensions(data).count();
+    let from = ExtMap::from_pairs(&[(1, ExtKind::AudioLevel), (4, ExtKind::Mid)]);
+    let to = ExtMap::from_pairs(&[
+        (2, ExtKind::Mid),
+        (3, ExtKind::AudioLevel),
+        (5, ExtKind::TransportWideCc),
+    ]);
+    let rw = Rewrite {
+        ssrc: 7,
+        sequence: view.sequence.wrapping_add(100),
+        timestamp: view.timestamp,
+        payload_type: 96,
+        marker: view.marker,
+    };
+    let mut out = [0u8; 1500];
+    let ext = ExtTranslation {
+        from: &from,
+        to: &to,
+        mid: b"1",
+        transport_seq: Some(9),
+    };
+    let Ok(n) = write_header(&mut out, data, &view, &rw, ext) else {
+        return;
+    };
+    let payload = view.payload(data);
+    let mut pkt = out[..n].to_vec();
+    pkt.extend_from_slice(payload);
+    let again = RtpView::parse(&pkt).expect("a rewritten header parses");
+    assert_eq!(again.payload(&pkt), payload, "the payload is kept");
+    assert_eq!((again.ssrc, again.sequence), (rw.ssrc, rw.sequence));
+}
+
+/// A compound RTCP packet: every message parsed; transport-cc fed to an estimator.
+pub fn rtcp(data: &[u8]) {
+    let t0 = Instant::now();
+    let mut bwe = BandwidthEstimator::new(BweConfig::default());
+    for seq in 0..64u16 {
+        bwe.on_sent(t0, seq, 1200, None);
+    }
+    let mut results: Vec<PacketResult> = Vec::new();
+    for pkt in Compound::new(data) {
+        match pkt {
+            Ok(RtcpPacket::Nack(n)) => {
+                let _ = n.pairs().count();
+            }
+            Ok(RtcpPacket::TransportCc(fb)) => {
+                if twcc::parse(fb, &mut results).is_ok() {
+                    assert!(results.len() <= twcc::MAX_RESULTS);
+                    bwe.on_feedback(t0 + Duration::from_millis(100), &results);
+                }
+            }
+            Ok(RtcpPacket::ReceiverReport(rr)) => {
+                let _ = rr.blocks().count();
+            }
+            Ok(RtcpPacket::Fir(f)) => {
+                let _ = f.entries().count();
+            }
+            _ => {}
+        }
+    }
+    let _ = bwe.estimate_bps();
+}
+
+/// Payload descriptors of every codec, and a sequence of AV1 dependency descriptors (the first
+/// byte says how long each is).
+pub fn codecs(data: &[u8]) {
+    let _ = vp8::starts_keyframe(data);
+    let _ = vp8::keyframe_pixels(data);
+    let _ = vp8::Descriptor::parse(data);
+    let _ = vp9::starts_keyframe(data);
+    let _ = vp9::Descriptor::parse(data);
+    let _ = h264::starts_keyframe(data);
+    let _ = av1::starts_keyframe(data);
+    let mut structure = av1_dd::Structure::default();
+    let mut has = false;
+    let mut rest = data;
+    while let Some((&len, tail)) = rest.split_first() {
+        let n = usize::from(len).min(tail.len());
+        let _ = av1_dd::parse(&tail[..n], &mut structure, &mut has);
+        rest = &tail[n..];
+    }
+}
+
+/// A STUN message as the media port gets it: a Binding request answered with a password, or a
+/// Binding response checked with one.
+pub fn stun(data: &[u8]) {
+    use crate::transport::webrtc::ice::{BindingRequest, BindingResponse};
+    let Ok(provider) = rtc_crypto::default_provider() else {
+        return;
+    };
+    let from = "10.0.0.1:5000".parse().expect("literal");
+    if let Ok(req) = BindingRequest::parse(data) {
+        let _ = req.respond("0123456789012345678901", from, provider.crypto());
+    }
+    if let Ok(resp) = BindingResponse::parse(data) {
+        let _ = resp.verify("0123456789012345678901", provider.crypto());
+    }
+}
+
+/// The DTLS ClientHello inspection (which SRTP profiles the client offers).
+pub fn dtls_hello(data: &[u8]) {
+    let _ = crate::transport::webrtc::dtls::client_offers_gcm(data);
+}
+
+/// An SDP offer through WHIP and WHEP: what volna answers parses again.
+pub fn sdp(data: &[u8]) {
+    use crate::signal::sdp::Offer;
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(offer) = Offer::parse(text) else {
+        return;
+    };
+    let Some(mut shard) = shard() else {
+        return;
+    };
+    let now = Instant::now();
+    if let Ok(c) = shard.publish(now, "fuzz", &offer) {
+        Offer::parse(&c.answer).expect("a WHIP answer parses");
+    }
+    if let Ok(c) = shard.view(now, "fuzz", None, &offer) {
+        Offer::parse(&c.answer).expect("a WHEP answer parses");
+    }
+}
+
+fn shard() -> Option<crate::transport::webrtc::Shard> {
+    use crate::transport::webrtc::{DtlsIdentity, Limits, Shard, ShardConfig};
+    let provider = rtc_crypto::default_provider().ok()?;
+    Some(Shard::new(
+        ShardConfig {
+            worker: 0,
+            media_addr: "127.0.0.1:5000".parse().ok()?,
+            consent_timeout: Duration::from_secs(30),
+            reconnect_grace: Duration::from_secs(10),
+            relay: RelayConfig::default(),
+            limits: Limits::default(),
+        },
+        DtlsIdentity::generate(provider).ok()?,
+    ))
+}
+
+/// A room-protocol message and a QUIC control message.
+pub fn control_json(data: &[u8]) {
+    let _ = serde_json::from_slice::<crate::signal::protocol::ClientMessage>(data);
+    let _ = serde_json::from_slice::<crate::transport::quic::control::ControlRequest>(data);
+}
+
+/// A RoQ datagram: its flow id and packet.
+pub fn roq(data: &[u8]) {
+    use crate::transport::quic::roq;
+    if let Ok((flow, rest)) = roq::split_datagram(data) {
+        // Written again (with the shortest varint), it reads the same.
+        let again = roq::datagram(flow, &[rest]);
+        assert_eq!(
+            roq::split_datagram(&again).ok(),
+            Some((flow, rest)),
+            "a datagram is its flow id and packet"
+        );
+    }
+    let _ = roq::read_varint(data);
+}
+
+/// SRTP unprotect of bytes nobody protected: never accepted (a forgery would need the key).
+pub fn srtp(data: &[u8]) {
+    use crate::transport::webrtc::srtp::{Profile, SrtpRtp};
+    for profile in [Profile::AeadAes128Gcm, Profile::Aes128CmHmacSha1_80] {
+        let key = [7u8; 16];
+        let salt = vec![9u8; profile.master_salt_len()];
+        let Ok(mut ctx) = SrtpRtp::new(profile, &key, &salt) else {
+            return;
+        };
+        let mut buf = data.to_vec();
+        let Ok(h) = crate::core::rtp::header_len(&buf) else {
+            continue;
+        };
+        assert!(
+            ctx.unprotect(&mut buf, h).is_err(),
+            "an unprotected packet is never accepted"
+        );
+    }
+}
+
+/// Everything the relay sends, with the checks the fuzzer makes on it.
+#[derive(Default)]
+struct Checked {
+    /// (viewer, SSRC, sequence number) -> the bytes sent under it.
+    sent: std::collections::HashMap<(SessionId, u32, u16), Vec<u8>>,
+}
+
+impl Sink for Checked {
+    fn rtp(&mut self, to: SessionId, header: &[u8], prefix: &[u8], payload: &[u8]) {
+        let mut p = header.to_vec();
+        p.extend_from_slice(prefix);
+        p.extend_from_slice(payload);
+        let v = RtpView::parse(&p).expect("every RTP packet the relay sends parses");
+        // One SRTP index, one set of bytes (header included: it is the AEAD's associated data):
+        // a number sent again to a viewer is the same packet.
+        let key = (to, v.ssrc, v.sequence);
+        if let Some(before) = self.sent.get(&key) {
+            assert_eq!(before, &p, "a sequence number sent again with other bytes");
+        } else {
+            self.sent.insert(key, p);
+        }
+    }
+    fn rtcp(&mut self, _to: SessionId, packet: &[u8]) {
+        for p in Compound::new(packet) {
+            p.expect("every RTCP packet the relay sends parses");
+        }
+    }
+}
+
+/// The relay core driven by a script: publisher packets, viewers' RTCP, time passing, viewers
+/// coming and going, from several peers. Each step is one opcode byte and a length-prefixed body.
+pub fn relay(data: &[u8]) {
+    const PUB: SessionId = 1;
+    let t0 = Instant::now();
+    let mut now = t0;
+    let mut r = Relay::new(RelayConfig::default());
+    let mut sink = Checked::default();
+    let fb = Feedback {
+        nack: true,
+        pli: true,
+        fir: true,
+        remb: true,
+    };
+    let tracks = vec![
+        TrackSpec {
+            kind: MediaKind::Audio,
+            mid: "0".into(),
+            codec: Codec::Opus,
+            payload_type: 111,
+            clock_rate: 48000,
+            ssrc: Some(0xa0),
+            ext: ExtMap::from_pairs(&[(1, ExtKind::AudioLevel), (4, ExtKind::Mid)]),
+            feedback: Feedback::default(),
+            rids: Vec::new(),
+        },
+        TrackSpec {
+            kind: MediaKind::Video,
+            mid: "1".into(),
+            codec: Codec::Vp8,
+            payload_type: 96,
+            clock_rate: 90000,
+            ssrc: Some(0xb0),
+            ext: ExtMap::from_pairs(&[(4, ExtKind::Mid), (5, ExtKind::TransportWideCc)]),
+            feedback: fb,
+            rids: Vec::new(),
+        },
+    ];
+    if r.add_publisher(PUB, "room", 0x5e, tracks).is_err() {
+        return;
+    }
+    let viewer = |id: SessionId, track: usize| ViewerTrackSpec {
+        source: TrackRef {
+            publisher: PUB,
+            track,
+        },
+        mid: track.to_string(),
+        ssrc: 0x1000 * id as u32 + track as u32,
+        payload_type: if track == 0 { 111 } else { 96 },
+        ext: ExtMap::from_pairs(&[(2, ExtKind::Mid), (3, ExtKind::TransportWideCc)]),
+        initial_seq: 100,
+        initial_ts: 0,
+        rtx: None,
+        red: None,
+    };
+    let mut rest = data;
+    while let Some((&op, tail)) = rest.split_first() {
+        let (&len, tail) = tail.split_first().unwrap_or((&0, &[]));
+        let n = usize::from(len).min(tail.len());
+        let (body, tail) = tail.split_at(n);
+        rest = tail;
+        let who = SessionId::from(op >> 4) % 3 + 2;
+        match op & 0x0f {
+            0 => {
+                let pkt = Bytes::copy_from_slice(body);
+                if let Ok(view) = RtpView::parse(&pkt) {
+                    r.handle_rtp(now, PUB, &pkt, &view, &mut sink);
+                }
+            }
+            1 => r.handle_viewer_rtcp(now, who, body, &mut sink),
+            2 => r.handle_publisher_rtcp(now, PUB, body, &mut sink),
+            3 => {
+                now += Duration::from_millis(u64::from(len) * 10);
+                r.handle_timeout(now, &mut sink);
+            }
+            4 => {
+                if r.add_viewer(who, "room").is_ok() {
+                    for t in 0..2 {
+                        let _ = r.add_viewer_track(now, who, viewer(who, t), &mut sink);
+                    }
+                }
+            }
+            5 => {
+                // A new session with this id would have new keys.
+                r.remove_viewer(who);
+                sink.sent.retain(|k, _| k.0 != who);
+            }
+            6 => r.viewer_moved(now, who, &mut sink),
+            _ => {}
+        }
+    }
+}
