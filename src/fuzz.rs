@@ -16,8 +16,11 @@ use crate::core::rtcp::{Compound, RtcpPacket};
 use crate::core::rtp::codec::{av1, av1_dd, h264, vp8, vp9};
 use crate::core::rtp::{write_header, Codec, ExtKind, ExtMap, ExtTranslation, Rewrite, RtpView};
 
+/// One fuzz entry point.
+pub type Target = fn(&[u8]);
+
 /// The targets, by name (the names of `fuzz/fuzz_targets/*.rs` and `fuzz/corpus/*`).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("rtp", rtp),
     ("rtcp", rtcp),
     ("codecs", codecs),
@@ -82,11 +85,9 @@ pub fn rtcp(data: &[u8]) {
             Ok(RtcpPacket::Nack(n)) => {
                 let _ = n.pairs().count();
             }
-            Ok(RtcpPacket::TransportCc(fb)) => {
-                if twcc::parse(fb, &mut results).is_ok() {
-                    assert!(results.len() <= twcc::MAX_RESULTS);
-                    bwe.on_feedback(t0 + Duration::from_millis(100), &results);
-                }
+            Ok(RtcpPacket::TransportCc(fb)) if twcc::parse(fb, &mut results).is_ok() => {
+                assert!(results.len() <= twcc::MAX_RESULTS);
+                bwe.on_feedback(t0 + Duration::from_millis(100), &results);
             }
             Ok(RtcpPacket::ReceiverReport(rr)) => {
                 let _ = rr.blocks().count();
