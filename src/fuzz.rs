@@ -324,11 +324,9 @@ pub fn relay(data: &[u8]) {
                 now += Duration::from_millis(u64::from(len) * 10);
                 r.handle_timeout(now, &mut sink);
             }
-            4 => {
-                if r.add_viewer(who, "room").is_ok() {
-                    for t in 0..2 {
-                        let _ = r.add_viewer_track(now, who, viewer(who, t), &mut sink);
-                    }
+            4 if r.add_viewer(who, "room").is_ok() => {
+                for t in 0..2 {
+                    let _ = r.add_viewer_track(now, who, viewer(who, t), &mut sink);
                 }
             }
             5 => {
