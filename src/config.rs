@@ -111,7 +111,7 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// A connection that has not sent a request's headers within this is closed.
     pub header_timeout_secs: u64,
-    /// Connections open at once (WebSockets included); more are closed at once.
+    /// HTTP connections open at once (a WebSocket counts until its upgrade); more are closed at once.
     pub max_connections: usize,
 }
 
