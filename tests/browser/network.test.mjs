@@ -1,6 +1,6 @@
 // Network changes through real Chromium: a WHEP viewer behind a proxy that moves to a new source
 // port mid-call (a NAT rebinding) keeps its call once it answers volna's consent check there
-// (within 2 s), while media from the new address before that is ignored and counted;
+// (decoding pauses for at most 2 s), while media from the new address before that is ignored and counted;
 // and an ICE restart over WHIP PATCH (RFC 9725 §4.3) keeps media flowing.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -46,22 +46,41 @@ test('NAT rebinding: the viewer keeps its call, unauthenticated media from the n
   assert.ok(await waitFor(async () => (await frames()) > 30, 5000), 'the viewer decodes before the rebinding');
   const before = await relayStats(pub, HTTP);
   await sleep(Math.max(0, t0 + REBIND * 1000 - Date.now()));
-  // From the rebinding on: when does decoding go on?
+  // From the rebinding on: when does decoding go on? One sample every 50 ms of what volna and the
+  // viewer see, so that a slow recovery shows where its time went.
   const rebound = Date.now();
-  const f0 = await frames();
+  const s0 = await viewer.evaluate(() => window.inbound());
   // The viewer's next RTCP comes from the new port: volna sends a consent check there, and moves
   // the session when Chromium answers it (without that, Chromium's own next check, up to 2.5 s
   // later, would move it).
-  const moved = await waitFor(async () => (await relayStats(pub, HTTP)).path_switches > before.path_switches, 4000, 50);
-  const movedMs = Date.now() - rebound;
-  assert.ok(moved, 'the session moved to the new address within 4 s');
-  const back = await waitFor(async () => (await frames()) > f0 + 10, 8000, 50);
-  const backMs = Date.now() - rebound;
+  // What a user sees is the longest pause in decoding (the frame rate drops on a busy machine, so
+  // a count of frames would measure the encoder too).
+  let movedMs = null;
+  let backMs = null;
+  let lastFrameAt = rebound;
+  let longestPause = 0;
+  let last = s0;
+  while (Date.now() - rebound < 4000 || (backMs === null && Date.now() - rebound < 10000)) {
+    if (movedMs === null && (await relayStats(pub, HTTP)).path_switches > before.path_switches) movedMs = Date.now() - rebound;
+    const s = await viewer.evaluate(() => window.inbound());
+    const at = Date.now();
+    if (s.framesDecoded > last.framesDecoded) {
+      longestPause = Math.max(longestPause, at - lastFrameAt);
+      lastFrameAt = at;
+    }
+    last = s;
+    if (backMs === null && movedMs !== null && s.framesDecoded > s0.framesDecoded + 10) backMs = at - rebound;
+    await sleep(50);
+  }
+  longestPause = Math.max(longestPause, Date.now() - lastFrameAt);
   const after = await relayStats(pub, HTTP);
-  assert.ok(back, `decoding goes on after the rebinding: ${f0} -> ${await frames()} frames`);
-  console.log(`rebinding: path moved after ${movedMs} ms, decoding went on after ${backMs} ms; consent checks ${after.consent_checks - before.consent_checks}`);
+  const seen = (k) => `${k} ${last[k] - s0[k]}`;
+  console.log(`rebinding: path moved after ${movedMs} ms, 10 more frames after ${backMs} ms, longest pause in decoding ${longestPause} ms; ` +
+    `consent checks ${after.consent_checks - before.consent_checks}; viewer: ${['nackCount', 'pliCount', 'keyFramesDecoded', 'freezeCount'].map(seen).join(', ')}, ${last.framesPerSecond} fps`);
+  assert.ok(movedMs !== null, 'the session moved to the new address');
+  assert.ok(backMs !== null, `decoding goes on after the rebinding: ${s0.framesDecoded} -> ${last.framesDecoded} frames`);
   assert.ok(after.consent_checks > before.consent_checks, 'volna checked the new address itself');
-  assert.ok(backMs <= 2000, `the call continues within 2 s of the rebinding: ${backMs} ms`);
+  assert.ok(longestPause <= 2000, `the call continues within 2 s of the rebinding: decoding paused for ${longestPause} ms`);
   // The viewer's RTCP from the new port before its first check there is not accepted.
   assert.ok(after.junk_datagrams > before.junk_datagrams, `datagrams from the new address before its check were dropped and counted: ${before.junk_datagrams} -> ${after.junk_datagrams}`);
   await waitFor(() => proxy.exitCode !== null, 12000);
