@@ -28,9 +28,8 @@ pub(super) const MAX_QUEUE_DELAY: Duration = Duration::from_millis(250);
 /// One packet waiting to leave.
 #[derive(Clone)]
 pub(super) struct Queued {
-    /// The viewer track it is for, and its sequence number there.
+    /// The viewer track it is for.
     pub track: usize,
-    pub sequence: u16,
     pub header: [u8; HEADER_MAX],
     pub header_len: usize,
     /// Where the transport-wide sequence number goes in `header`, when negotiated.
@@ -150,7 +149,6 @@ mod tests {
     fn packet(track: usize, len: usize, queued_at: Instant) -> Queued {
         Queued {
             track,
-            sequence: track as u16,
             header: [0; HEADER_MAX],
             header_len: 12,
             transport_seq_at: None,

@@ -198,6 +198,11 @@ impl<'a> ExtWriter<'a> {
         }
     }
 
+    /// Bytes written so far, the block's header included.
+    pub fn written(&self) -> usize {
+        self.len
+    }
+
     /// Whether an element can use the one-byte form.
     pub fn fits_one_byte(id: u8, len: usize) -> bool {
         (1..=14).contains(&id) && (1..=16).contains(&len)

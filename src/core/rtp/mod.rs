@@ -8,7 +8,7 @@ pub mod view;
 
 pub use codec::Codec;
 pub use ext::{ExtKind, ExtMap};
-pub use rewrite::{write_header, ExtTranslation, Rewrite};
+pub use rewrite::{write_header, write_header_marked, ExtTranslation, Rewrite, Written};
 pub use view::{header_len, is_rtcp, RtpView};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -35,6 +35,26 @@ pub fn write_header(
     rw: &Rewrite,
     ext: ExtTranslation<'_>,
 ) -> Result<usize, RtpError> {
+    write_header_marked(out, src, view, rw, ext).map(|w| w.len)
+}
+
+/// A header [`write_header_marked`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    pub len: usize,
+    /// Where the transport-wide sequence number's two bytes are, when one was written: a sender
+    /// that numbers packets as they leave writes it there later.
+    pub transport_seq_at: Option<usize>,
+}
+
+/// [`write_header`], also telling where the transport-wide sequence number went.
+pub fn write_header_marked(
+    out: &mut [u8],
+    src: &[u8],
+    view: &RtpView,
+    rw: &Rewrite,
+    ext: ExtTranslation<'_>,
+) -> Result<Written, RtpError> {
     let csrcs = view.csrcs(src);
     let fixed = 12 + csrcs.len();
     if out.len() < fixed {
@@ -64,10 +84,13 @@ pub fn write_header(
             return Err(RtpError::BufferTooSmall);
         }
     }
+    let mut transport_seq_at = None;
     if let Some((id, seq)) = twcc {
+        let at = fixed + w.written() + if two_byte { 2 } else { 1 };
         if !w.push(id, &seq) {
             return Err(RtpError::BufferTooSmall);
         }
+        transport_seq_at = Some(at);
     }
     for (id, data) in view.extensions(src) {
         if let Some(to_id) = translated(ext, id) {
@@ -78,7 +101,10 @@ pub fn write_header(
     }
     let ext_len = w.finish();
     out[0] = 0x80 | (u8::from(ext_len > 0) << 4) | view.csrc_count;
-    Ok(fixed + ext_len)
+    Ok(Written {
+        len: fixed + ext_len,
+        transport_seq_at,
+    })
 }
 
 fn translated(ext: ExtTranslation<'_>, id: u8) -> Option<u8> {
@@ -244,5 +270,55 @@ mod tests {
             },
         );
         assert_eq!(r, Err(RtpError::BufferTooSmall));
+    }
+
+    #[test]
+    fn marks_where_the_transport_wide_number_is() {
+        // (twcc id, mid id, mid): one-byte and two-byte forms, with and without a MID.
+        let cases: &[(u8, Option<u8>, &[u8])] = &[
+            (5, None, b""),
+            (5, Some(9), b"1"),
+            (5, Some(9), b"a-long-mid-of-20-bytes"),
+            (20, Some(9), b"0"),
+        ];
+        let src = source();
+        let view = RtpView::parse(&src).unwrap();
+        let from = maps().0;
+        let rw = Rewrite {
+            ssrc: 1,
+            sequence: 1,
+            timestamp: 1,
+            payload_type: 111,
+            marker: false,
+        };
+        for &(twcc, mid_id, mid) in cases {
+            let mut pairs = vec![(twcc, ExtKind::TransportWideCc)];
+            pairs.extend(mid_id.map(|id| (id, ExtKind::Mid)));
+            let to = ExtMap::from_pairs(&pairs);
+            let ext = ExtTranslation {
+                transport_seq: Some(0xbeef),
+                from: &from,
+                to: &to,
+                mid,
+            };
+            let mut out = [0u8; 128];
+            let w = write_header_marked(&mut out, &src, &view, &rw, ext).unwrap();
+            let at = w
+                .transport_seq_at
+                .expect("a transport-wide number was written");
+            assert_eq!(out[at..at + 2], [0xbe, 0xef], "twcc id {twcc}, mid {mid:?}");
+            let got = RtpView::parse(&out[..w.len]).unwrap();
+            let (_, data) = got
+                .extensions(&out[..w.len])
+                .find(|(i, _)| *i == twcc)
+                .unwrap();
+            assert_eq!(data.as_ptr() as usize - out.as_ptr() as usize, at);
+            let none = ExtTranslation {
+                transport_seq: None,
+                ..ext
+            };
+            let w = write_header_marked(&mut out, &src, &view, &rw, none).unwrap();
+            assert_eq!(w.transport_seq_at, None);
+        }
     }
 }
