@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::core::room::RelayConfig;
-use crate::transport::webrtc::Limits;
+use crate::session::Limits;
 
 /// The configuration shipped as `configs/dev.toml`, also used when no file is given.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../configs/dev.toml");

@@ -144,7 +144,7 @@ pub fn dtls_hello(data: &[u8]) {
 
 /// An SDP offer through WHIP and WHEP: what volna answers parses again.
 pub fn sdp(data: &[u8]) {
-    use crate::signal::sdp::Offer;
+    use crate::session::sdp::Offer;
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
@@ -163,8 +163,9 @@ pub fn sdp(data: &[u8]) {
     }
 }
 
-fn shard() -> Option<crate::transport::webrtc::Shard> {
-    use crate::transport::webrtc::{DtlsIdentity, Limits, Shard, ShardConfig};
+fn shard() -> Option<crate::session::Shard> {
+    use crate::session::{Limits, Shard, ShardConfig};
+    use crate::transport::webrtc::DtlsIdentity;
     let provider = rtc_crypto::default_provider().ok()?;
     Some(Shard::new(
         ShardConfig {
@@ -181,7 +182,7 @@ fn shard() -> Option<crate::transport::webrtc::Shard> {
 
 /// A room-protocol message and a QUIC control message.
 pub fn control_json(data: &[u8]) {
-    let _ = serde_json::from_slice::<crate::signal::protocol::ClientMessage>(data);
+    let _ = serde_json::from_slice::<crate::session::protocol::ClientMessage>(data);
     let _ = serde_json::from_slice::<crate::transport::quic::control::ControlRequest>(data);
 }
 

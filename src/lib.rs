@@ -24,6 +24,7 @@ pub mod core;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod server;
+pub mod session;
 pub mod signal;
 pub mod transport;
 pub mod worker;

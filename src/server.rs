@@ -6,10 +6,11 @@ use std::net::SocketAddr;
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::session::{Shard, ShardConfig};
 use crate::signal::auth::Auth;
 use crate::signal::http::{router, serve, AppState};
 use crate::transport::quic::endpoint::QuicIdentity;
-use crate::transport::webrtc::{DtlsIdentity, Shard, ShardConfig};
+use crate::transport::webrtc::DtlsIdentity;
 use crate::worker;
 
 #[derive(Debug, thiserror::Error)]

@@ -10,16 +10,16 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{error, warn};
 
 use crate::core::room::SessionId;
+use crate::session::conference::JoinRequest;
+use crate::session::connection::{ParticipantId, Role};
+use crate::session::protocol::{Refusal, ServerMessage};
+use crate::session::sdp::Offer;
+use crate::session::shard::WORKER_ID_SHIFT;
+use crate::session::{Created, IceRestart, Shard, ShardError, ShardStats};
 use crate::signal::auth::{Access, Auth};
-use crate::signal::protocol::{Refusal, ServerMessage};
-use crate::signal::sdp::Offer;
 use crate::transport::buffers::RecvPool;
 use crate::transport::quic::control::QuicTrack;
 use crate::transport::udp::BatchSocket;
-use crate::transport::webrtc::conference::JoinRequest;
-use crate::transport::webrtc::session::{ParticipantId, Role};
-use crate::transport::webrtc::shard::WORKER_ID_SHIFT;
-use crate::transport::webrtc::{Created, IceRestart, Shard, ShardError, ShardStats};
 
 type Reply<T> = oneshot::Sender<Result<T, Refusal>>;
 

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
-use volna::signal::protocol::ServerMessage;
-use volna::signal::sdp::Offer;
-use volna::transport::webrtc::conference::JoinRequest;
-use volna::transport::webrtc::{Grants, Shard};
+use volna::session::conference::JoinRequest;
+use volna::session::protocol::ServerMessage;
+use volna::session::sdp::Offer;
+use volna::session::{Grants, Shard};
 
 mod common;
 use common::{attr, binding_request, offer, shard, Client};
@@ -274,8 +274,8 @@ fn a_quiet_stream_among_junk_holds_a_block_per_young_packet_at_most() {
 /// rooms on a node of 1).
 #[test]
 fn every_entry_point_honours_every_limit() {
+    use volna::session::{Limits, ShardError};
     use volna::transport::quic::control::QuicTrack;
-    use volna::transport::webrtc::{Limits, ShardError};
     let t0 = Instant::now();
     let mut s = common::shard_with(Limits {
         max_rooms: 1,

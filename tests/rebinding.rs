@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use volna::session::Shard;
 use volna::transport::webrtc::ice::BindingRequest;
-use volna::transport::webrtc::Shard;
 
 mod common;
 use common::{attr, binding_request, shard, Client, CLIENT_PWD};

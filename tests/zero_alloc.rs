@@ -377,8 +377,8 @@ fn simulcast_red_and_feedback_allocate_nothing() {
 mod shard_path {
     use super::*;
     use crate::common::{shard, Client};
+    use volna::session::Shard;
     use volna::transport::buffers::RecvPool;
-    use volna::transport::webrtc::Shard;
 
     #[test]
     fn shard_forwarding_with_srtp_allocates_nothing() {

@@ -13,16 +13,16 @@ use axum::Router;
 use tracing::{info, warn};
 
 use super::auth::{bearer, unix_now, Access, Auth, AuthError};
-use super::sdp::Offer;
-use super::sdpfrag;
+use crate::session::sdp::Offer;
+use crate::session::sdpfrag;
 use axum::response::Html;
 
 /// The demo page: join a room with camera and microphone (docs/protocol.md is its contract).
 const DEMO_HTML: &str = include_str!("../../web/index.html");
 const DEMO_JS: &str = include_str!("../../web/app.js");
 const FAVICON: &str = include_str!("../../web/favicon.svg");
-use crate::transport::webrtc::session::Role;
-use crate::transport::webrtc::ShardError;
+use crate::session::connection::Role;
+use crate::session::ShardError;
 use crate::worker::{Command, Workers};
 
 #[derive(Clone)]

@@ -1,8 +1,7 @@
-//! Signalling: WHIP and WHEP over HTTP, with the SDP they carry.
+//! Signalling: WHIP and WHEP over HTTP, the room protocol over WebSocket, and the tokens that
+//! admit both; each request goes to the worker that owns its room, and the session layer's
+//! errors become HTTP statuses and room-protocol errors here.
 
 pub mod auth;
 pub mod http;
-pub mod protocol;
-pub mod sdp;
-pub mod sdpfrag;
 pub mod ws;

@@ -14,10 +14,10 @@ use tracing::{debug, info};
 
 use super::auth::{bearer, unix_now};
 use super::http::{error_response, valid_name, AppState};
-use super::protocol::{ClientMessage, Refusal, ServerMessage, VERSION};
-use super::sdp::Offer;
-use crate::transport::webrtc::conference::JoinRequest;
-use crate::transport::webrtc::session::ParticipantId;
+use crate::session::conference::JoinRequest;
+use crate::session::connection::ParticipantId;
+use crate::session::protocol::{ClientMessage, Refusal, ServerMessage, VERSION};
+use crate::session::sdp::Offer;
 use crate::worker::Command;
 
 /// Events waiting for a slow client; past this the client is cut off rather than waited for.

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use volna::core::room::RelayConfig;
+use volna::session::{Limits, Shard, ShardConfig};
 use volna::transport::webrtc::dtls::{Dtls, DtlsIdentity, DtlsOutput, SrtpKeys};
-use volna::transport::webrtc::{Limits, Shard, ShardConfig};
 
 /// A worker's shard with the default relay and a media address nobody reaches: tests carry
 /// its datagrams by hand.
@@ -118,7 +118,7 @@ impl Client {
             Some(2222),
         );
         let answer = shard
-            .publish(now, room, &volna::signal::sdp::Offer::parse(&o).unwrap())
+            .publish(now, room, &volna::session::sdp::Offer::parse(&o).unwrap())
             .expect("WHIP publish")
             .answer;
         self.handshake(shard, now, &answer);
@@ -133,7 +133,7 @@ impl Client {
                 now,
                 room,
                 None,
-                &volna::signal::sdp::Offer::parse(&o).unwrap(),
+                &volna::session::sdp::Offer::parse(&o).unwrap(),
             )
             .expect("WHEP view")
             .answer;

@@ -14,9 +14,9 @@ use super::control::{
 };
 use super::roq::{frame, read_varint, split_datagram};
 use crate::core::room::SessionId;
+use crate::session::protocol::Refusal;
+use crate::session::Grants;
 use crate::signal::auth::{unix_now, Auth};
-use crate::signal::protocol::Refusal;
-use crate::transport::webrtc::Grants;
 use crate::worker::{Command, Workers};
 
 /// ALPN of volna's RTP-over-QUIC connections.

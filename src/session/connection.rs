@@ -5,11 +5,11 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use super::dtls::{Dtls, SrtpKeys};
 use super::negotiation::Negotiation;
-use super::path::PathLimits;
 use crate::core::room::{MediaKind, SessionId, ViewerTrackSpec};
-use crate::signal::sdp::OfferedCodec;
+use crate::session::sdp::OfferedCodec;
+use crate::transport::webrtc::dtls::{Dtls, SrtpKeys};
+use crate::transport::webrtc::path::PathLimits;
 
 /// Whom a session belongs to in the room protocol.
 pub type ParticipantId = u64;

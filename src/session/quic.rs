@@ -8,12 +8,12 @@ use bytes::Bytes;
 use rand::Rng;
 use tracing::info;
 
-use super::session::Role;
+use super::connection::Role;
 use super::shard::{CloseCause, Shard, ShardError};
 use crate::core::room::{MediaKind, SessionId, TrackRef, TrackSpec, ViewerTrackSpec};
 use crate::core::rtp::{is_rtcp, Codec, ExtMap, RtpView};
-use crate::signal::protocol::Refusal;
-use crate::signal::sdp::OfferedCodec;
+use crate::session::protocol::Refusal;
+use crate::session::sdp::OfferedCodec;
 use crate::transport::quic::control::QuicTrack;
 use crate::transport::quic::roq::split_datagram;
 

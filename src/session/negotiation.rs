@@ -14,7 +14,7 @@
 //! - **Mids are never reused** on a connection: each new or recycled line gets the next number.
 
 use crate::core::room::{MediaKind, TrackRef};
-use crate::signal::sdp::OfferedCodec;
+use crate::session::sdp::OfferedCodec;
 
 /// One m-line of a subscriber connection.
 #[derive(Debug, Clone)]

@@ -10,15 +10,15 @@ use rand::Rng;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use super::connection::{ParticipantId, Role};
 use super::negotiation::{LineState, SubLine};
-use super::session::{ParticipantId, Role};
 use super::shard::{CloseCause, Remote, Shard, ShardError};
 use crate::core::room::{MediaKind, RelayEvent, Rtx, SessionId, TrackRef, ViewerTrackSpec};
 use crate::core::rtp::{ExtKind, ExtMap};
-use crate::signal::protocol::{
+use crate::session::protocol::{
     GrantsInfo, ParticipantInfo, Refusal, ServerMessage, TrackInfo, VERSION,
 };
-use crate::signal::sdp::{build_offer, Offer, OfferLine, OfferedCodec, Setup, Source};
+use crate::session::sdp::{build_offer, Offer, OfferLine, OfferedCodec, Setup, Source};
 
 /// What a token (or dev mode) allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -211,7 +211,7 @@ impl Shard {
     fn room_publishers_without_participant<'a>(
         &'a self,
         room: &str,
-    ) -> impl Iterator<Item = &'a super::session::Session> + 'a {
+    ) -> impl Iterator<Item = &'a super::connection::Session> + 'a {
         self.relay
             .room_publishers(room)
             .unwrap_or_default()
@@ -220,7 +220,7 @@ impl Shard {
             .filter(|s| s.participant.is_none() && s.role == Role::Publisher)
     }
 
-    fn publisher_info(&self, s: &super::session::Session) -> ParticipantInfo {
+    fn publisher_info(&self, s: &super::connection::Session) -> ParticipantInfo {
         let (identity, name) = if s.quic_flow.is_some() {
             ("quic", "QUIC publisher")
         } else {
@@ -964,7 +964,7 @@ impl Shard {
         let first = s.dtls.is_none();
         let dtls = if first {
             Some(
-                super::dtls::Dtls::new(
+                crate::transport::webrtc::dtls::Dtls::new(
                     now,
                     &self.identity,
                     &answer.fingerprint,
@@ -1058,7 +1058,7 @@ impl Shard {
                         Refusal::new(409, "not_publishing", "no publishing connection")
                     })?;
                 let s = self.sessions.get_mut(&sid).expect("restarted above");
-                s.answer = crate::signal::sdp::with_ice_credentials(&s.answer, &ufrag, &pwd);
+                s.answer = crate::session::sdp::with_ice_credentials(&s.answer, &ufrag, &pwd);
                 Some(s.answer.clone())
             }
         };

@@ -12,20 +12,20 @@ use rand::Rng;
 use tracing::{debug, info, warn};
 
 use super::conference::Participant;
-use super::dtls::{Dtls, DtlsIdentity, DtlsOutput};
-use super::ice::{self, BindingRequest, BindingResponse};
+use super::connection::{ParticipantId, Role, Session};
 use super::negotiation::Negotiation;
-use super::path::{PathLimits, Paths, Probe};
-use super::session::{ParticipantId, Role, Session};
 use crate::core::room::{
     MediaKind, Relay, RelayConfig, Rtx, SessionId, Sink, TrackRef, TrackSpec, ViewerTrackSpec,
 };
 use crate::core::rtp::{header_len, is_rtcp, Codec, ExtKind, RtpView};
-use crate::signal::sdp::{
+use crate::session::sdp::{
     build_answer, AnswerMedia, Direction, Local, Offer, OfferedCodec, SdpError, Setup, Source,
 };
 use crate::transport::buffers::SendBatch;
 use crate::transport::quic::roq::datagram;
+use crate::transport::webrtc::dtls::{Dtls, DtlsIdentity, DtlsOutput};
+use crate::transport::webrtc::ice::{self, BindingRequest, BindingResponse};
+use crate::transport::webrtc::path::{PathLimits, Paths, Probe};
 
 /// What publishers may negotiate: the extensions volna passes on or reads, the transport-wide
 /// sequence number (volna answers it with transport-cc feedback, so a publisher's own estimator

@@ -1,0 +1,20 @@
+//! Sessions: one worker's table of WebRTC and QUIC sessions and room participants, and what
+//! creates, renegotiates and ends them. WHIP/WHEP ([`whip`]), the room protocol ([`conference`]
+//! with [`subscriber`] offers) and QUIC ([`quic`]) all make viewers and publishers the same way,
+//! through the [`Shard`]. Sans-IO like the core: datagrams, requests and `now` in; datagrams,
+//! replies and participants' messages out (polled), randomness from a seeded generator. Below it
+//! the core (forwarding) and the transports (ICE, DTLS, SRTP, RoQ framing); above it, signalling
+//! maps its one error type to HTTP, room-protocol and QUIC replies.
+
+pub mod conference;
+pub mod connection;
+pub mod negotiation;
+pub mod protocol;
+pub mod quic;
+pub mod sdp;
+pub mod sdpfrag;
+pub mod shard;
+
+pub use conference::{Grants, JoinRequest};
+pub use connection::{ParticipantId, Role};
+pub use shard::{Created, IceRestart, Limits, Shard, ShardConfig, ShardError, ShardStats};
