@@ -183,7 +183,7 @@ fn shard() -> Option<crate::session::Shard> {
 /// A room-protocol message and a QUIC control message.
 pub fn control_json(data: &[u8]) {
     let _ = serde_json::from_slice::<crate::session::protocol::ClientMessage>(data);
-    let _ = serde_json::from_slice::<crate::transport::quic::control::ControlRequest>(data);
+    let _ = serde_json::from_slice::<crate::signal::quic_control::ControlRequest>(data);
 }
 
 /// A RoQ datagram: its flow id and packet.

@@ -1,226 +1,84 @@
 //! The media workers: one thread per core, each owning its UDP socket, a [`Shard`] (its rooms)
 //! and its buffers. Commands from signalling arrive on a channel; packets never leave the thread.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
-use tracing::{error, warn};
+use tokio::sync::mpsc;
+use tracing::{debug, error, warn};
 
 use crate::core::room::SessionId;
-use crate::session::conference::JoinRequest;
-use crate::session::connection::{ParticipantId, Role};
-use crate::session::protocol::{Refusal, ServerMessage};
-use crate::session::sdp::Offer;
-use crate::session::shard::WORKER_ID_SHIFT;
-use crate::session::{Created, IceRestart, Shard, ShardError, ShardStats};
-use crate::signal::auth::{Access, Auth};
+use crate::session::connection::ParticipantId;
+use crate::session::protocol::ServerMessage;
+use crate::session::Shard;
+use crate::signal::auth::Auth;
+use crate::signal::dispatch::{Command, WorkerHandle, Workers};
 use crate::transport::buffers::RecvPool;
-use crate::transport::quic::control::QuicTrack;
 use crate::transport::udp::BatchSocket;
 
-type Reply<T> = oneshot::Sender<Result<T, Refusal>>;
-
-pub enum Command {
-    Join {
-        req: JoinRequest,
-        tx: mpsc::Sender<ServerMessage>,
-        reply: Reply<(ParticipantId, ServerMessage)>,
-    },
-    /// The participant's socket `conn` closed without `leave`.
-    Disconnected {
-        pid: ParticipantId,
-        conn: u64,
-    },
-    /// The `joined` message reached the client: offers may follow.
-    JoinedDelivered {
-        pid: ParticipantId,
-    },
-    RoomPublish {
-        pid: ParticipantId,
-        offer: Box<Offer>,
-        reply: Reply<String>,
-    },
-    Answer {
-        pid: ParticipantId,
-        sdp: String,
-        reply: Reply<()>,
-    },
-    RestartIce {
-        pid: ParticipantId,
-        offer: Option<Box<Offer>>,
-        reply: Reply<Option<String>>,
-    },
-    OfferFailed {
-        pid: ParticipantId,
-        reason: String,
-        reply: Reply<()>,
-    },
-    Subscribe {
-        pid: ParticipantId,
-        tracks: Vec<String>,
-        on: bool,
-        reply: Reply<()>,
-    },
-    Mute {
-        pid: ParticipantId,
-        track: String,
-        muted: bool,
-        reply: Reply<()>,
-    },
-    Pin {
-        pid: ParticipantId,
-        tracks: Vec<String>,
-        reply: Reply<()>,
-    },
-    Leave {
-        pid: ParticipantId,
-        reply: Reply<()>,
-    },
-    QuicPublish {
-        room: String,
-        tracks: Vec<QuicTrack>,
-        flow: u64,
-        conn: quinn::Connection,
-        reply: Reply<(SessionId, String)>,
-    },
-    QuicSubscribe {
-        room: String,
-        publisher: Option<String>,
-        flow: u64,
-        conn: quinn::Connection,
-        reply: Reply<(SessionId, String, Vec<QuicTrack>)>,
-    },
-    QuicDatagram {
-        session: SessionId,
-        data: bytes::Bytes,
-    },
-    /// A datagram whose flow id matched nothing.
-    QuicJunk,
-    QuicClosed {
-        sessions: Vec<SessionId>,
-    },
-    /// `owner`: the token's identity (`None` in dev mode), who may end the session.
-    Publish {
-        room: String,
-        offer: Box<Offer>,
-        owner: Option<String>,
-        reply: oneshot::Sender<Result<Created, ShardError>>,
-    },
-    View {
-        room: String,
-        publisher: Option<String>,
-        offer: Box<Offer>,
-        owner: Option<String>,
-        reply: oneshot::Sender<Result<Created, ShardError>>,
-    },
-    Delete {
-        role: Role,
-        room: String,
-        resource: String,
-        caller: Access,
-        reply: oneshot::Sender<Result<(), ShardError>>,
-    },
-    /// WHIP/WHEP `PATCH`: the client's ICE ufrag; new credentials restart ICE. The reply has
-    /// volna's new credentials and candidate (`None`: nothing to restart).
-    PatchIce {
-        role: Role,
-        room: String,
-        resource: String,
-        ufrag: String,
-        pwd: String,
-        caller: Access,
-        reply: oneshot::Sender<Result<Option<IceRestart>, ShardError>>,
-    },
-    Stats {
-        reply: oneshot::Sender<ShardStats>,
-    },
-}
-
-/// Handle to a running worker.
-#[derive(Clone)]
-pub struct WorkerHandle {
-    pub tx: mpsc::Sender<Command>,
-    pub media_addr: SocketAddr,
-}
-
-impl WorkerHandle {
-    pub async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
-        let (reply, rx) = oneshot::channel();
-        self.tx.send(make(reply)).await.ok()?;
-        rx.await.ok()
-    }
-}
-
-/// All media workers of the node, and where rooms and ids live among them.
-#[derive(Clone)]
-pub struct Workers {
-    handles: Arc<[WorkerHandle]>,
-}
-
-impl Workers {
-    pub fn new(handles: Vec<WorkerHandle>) -> Self {
-        assert!(!handles.is_empty(), "a node has at least one worker");
-        Workers {
-            handles: handles.into(),
-        }
-    }
-
-    /// The worker that holds `room`: a stable hash of the name (FNV-1a), so every request for
-    /// a room reaches the same worker without a shared table.
-    pub fn for_room(&self, room: &str) -> &WorkerHandle {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in room.bytes() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        &self.handles[(h % self.handles.len() as u64) as usize]
-    }
-
-    /// The worker that made a session or participant id.
-    pub fn for_id(&self, id: u64) -> &WorkerHandle {
-        let i = (id >> WORKER_ID_SHIFT) as usize;
-        &self.handles[i.min(self.handles.len() - 1)]
-    }
-
-    pub fn all(&self) -> &[WorkerHandle] {
-        &self.handles
-    }
-
-    /// Every worker's figures, added up; `None` when a worker has stopped.
-    pub async fn stats(&self) -> Option<ShardStats> {
-        let mut total = ShardStats::default();
-        for w in self.handles.iter() {
-            total.merge(w.call(|reply| Command::Stats { reply }).await?);
-        }
-        Some(total)
-    }
-}
-
-/// The worker's QUIC side: connections by session, for sending.
+/// Where a worker's shard output goes besides its media socket: QUIC connections by session,
+/// and room participants' sockets.
 #[derive(Default)]
-pub struct QuicConns {
-    conns: std::collections::HashMap<SessionId, quinn::Connection>,
+pub struct Outlets {
+    quic: HashMap<SessionId, quinn::Connection>,
+    sockets: HashMap<ParticipantId, mpsc::Sender<ServerMessage>>,
 }
 
-impl QuicConns {
-    fn flush(&mut self, shard: &mut Shard) {
+/// Events dropped because a client stopped reading (all participants of the process).
+static DROPPED_EVENTS: AtomicU64 = AtomicU64::new(0);
+
+impl Outlets {
+    /// Sends what the shard has for QUIC connections and participants' sockets.
+    pub fn flush(&mut self, shard: &mut Shard) {
         while let Some((sid, data)) = shard.poll_quic_transmit() {
             // A session whose connection ended has nowhere to send.
-            if let Some(c) = self.conns.get(&sid) {
+            if let Some(c) = self.quic.get(&sid) {
                 crate::transport::quic::endpoint::send_datagram(c, data);
             }
         }
+        while let Some((pid, msg)) = shard.poll_message() {
+            self.deliver(pid, msg);
+        }
+    }
+
+    /// Queues a message for a participant's socket. A full queue means the client stopped
+    /// reading (its socket is cut off within a few seconds, see `signal::ws`; until then
+    /// messages are dropped, logged at 1, 2, 4, 8… drops); a closed one that its socket went
+    /// away.
+    fn deliver(&mut self, pid: ParticipantId, msg: ServerMessage) {
+        let Some(tx) = self.sockets.get(&pid) else {
+            return;
+        };
+        match tx.try_send(msg) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                let n = DROPPED_EVENTS.fetch_add(1, Ordering::Relaxed) + 1;
+                if n.is_power_of_two() {
+                    warn!(
+                        participant = pid,
+                        dropped = n,
+                        "event queue full: client is not reading"
+                    );
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                debug!(participant = pid, "event for a closed socket dropped");
+                self.sockets.remove(&pid);
+            }
+        }
+    }
+
+    /// Forgets the sockets of participants that have left.
+    fn prune(&mut self, shard: &Shard) {
+        self.sockets
+            .retain(|pid, tx| !tx.is_closed() && shard.has_participant(*pid));
     }
 }
 
-pub fn apply(shard: &mut Shard, now: Instant, cmd: Command) {
-    apply_with(shard, &mut QuicConns::default(), now, cmd)
-}
-
-fn apply_with(shard: &mut Shard, quic: &mut QuicConns, now: Instant, cmd: Command) {
+/// Applies one command to a shard, with the outlets its replies and messages need.
+pub fn apply(shard: &mut Shard, out: &mut Outlets, now: Instant, cmd: Command) {
     // A dropped receiver means the HTTP request went away; nothing to do then.
     match cmd {
         Command::Publish {
@@ -274,7 +132,11 @@ fn apply_with(shard: &mut Shard, quic: &mut QuicConns, now: Instant, cmd: Comman
             let _ = reply.send(shard.stats());
         }
         Command::Join { req, tx, reply } => {
-            let _ = reply.send(shard.join(now, req, tx));
+            let joined = shard.join(now, req);
+            if let Ok((pid, _)) = &joined {
+                out.sockets.insert(*pid, tx);
+            }
+            let _ = reply.send(joined);
         }
         Command::Disconnected { pid, conn } => shard.participant_disconnected(now, pid, conn),
         Command::JoinedDelivered { pid } => shard.joined_delivered(now, pid),
@@ -311,6 +173,7 @@ fn apply_with(shard: &mut Shard, quic: &mut QuicConns, now: Instant, cmd: Comman
         }
         Command::Leave { pid, reply } => {
             shard.leave(now, pid);
+            out.sockets.remove(&pid);
             let _ = reply.send(Ok(()));
         }
         Command::QuicPublish {
@@ -322,7 +185,7 @@ fn apply_with(shard: &mut Shard, quic: &mut QuicConns, now: Instant, cmd: Comman
         } => {
             let r = shard.quic_publish(now, &room, flow, &tracks);
             if let Ok((sid, _)) = &r {
-                quic.conns.insert(*sid, conn);
+                out.quic.insert(*sid, conn);
             }
             let _ = reply.send(r);
         }
@@ -335,7 +198,7 @@ fn apply_with(shard: &mut Shard, quic: &mut QuicConns, now: Instant, cmd: Comman
         } => {
             let r = shard.quic_subscribe(now, &room, publisher.as_deref(), flow);
             if let Ok((sid, _, _)) = &r {
-                quic.conns.insert(*sid, conn);
+                out.quic.insert(*sid, conn);
             }
             let _ = reply.send(r);
         }
@@ -344,7 +207,7 @@ fn apply_with(shard: &mut Shard, quic: &mut QuicConns, now: Instant, cmd: Comman
         Command::QuicClosed { sessions } => {
             shard.quic_closed(now, &sessions);
             for s in sessions {
-                quic.conns.remove(&s);
+                out.quic.remove(&s);
             }
         }
     }
@@ -444,9 +307,7 @@ fn start_quic(q: QuicListener, workers: Workers) {
         runtime,
     ) {
         Ok(ep) => {
-            tokio::spawn(crate::transport::quic::endpoint::accept_loop(
-                ep, workers, q.auth,
-            ));
+            tokio::spawn(crate::signal::quic::accept_loop(ep, workers, q.auth));
         }
         Err(e) => error!(error = %e, "QUIC endpoint failed to start"),
     }
@@ -470,11 +331,16 @@ async fn run(
         }
     };
     let mut pool = RecvPool::new();
-    let mut quic = QuicConns::default();
+    let mut out = Outlets::default();
+    let mut next_prune = Instant::now();
     loop {
-        quic.flush(&mut shard);
+        out.flush(&mut shard);
         socket.send(shard.transmits()).await;
         let now = Instant::now();
+        if now >= next_prune {
+            out.prune(&shard);
+            next_prune = now + Duration::from_secs(1);
+        }
         let deadline = shard.poll_timeout().unwrap_or(now + Duration::from_secs(1));
         if deadline <= now {
             shard.handle_timeout(now);
@@ -502,7 +368,7 @@ async fn run(
                 }
             },
             c = rx.recv() => match c {
-                Some(cmd) => apply_with(&mut shard, &mut quic, Instant::now(), cmd),
+                Some(cmd) => apply(&mut shard, &mut out, Instant::now(), cmd),
                 None => break,
             },
             _ = tokio::time::sleep_until(deadline.into()) => shard.handle_timeout(Instant::now()),

@@ -8,7 +8,6 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tokio::sync::mpsc;
 use volna::session::conference::JoinRequest;
 use volna::session::protocol::ServerMessage;
 use volna::session::sdp::Offer;
@@ -189,12 +188,11 @@ fn a_forged_binding_request_changes_nothing() {
     let mut shard = shard();
     // A WHIP publisher gives the room a track; a participant joins and gets an offer for it.
     Client::new(1000).publish_to(&mut shard, t0, "room");
-    let (tx, mut rx) = mpsc::channel(64);
-    let (pid, _joined) = shard.join(t0, join_request("room"), tx).expect("join");
+    let (pid, _joined) = shard.join(t0, join_request("room")).expect("join");
     shard.joined_delivered(t0, pid);
-    let sdp = std::iter::from_fn(|| rx.try_recv().ok())
-        .find_map(|m| match m {
-            ServerMessage::Offer { sdp, .. } => Some(sdp),
+    let sdp = std::iter::from_fn(|| shard.poll_message())
+        .find_map(|(to, m)| match m {
+            ServerMessage::Offer { sdp, .. } if to == pid => Some(sdp),
             _ => None,
         })
         .expect("an offer for the receiving connection");
@@ -274,8 +272,8 @@ fn a_quiet_stream_among_junk_holds_a_block_per_young_packet_at_most() {
 /// rooms on a node of 1).
 #[test]
 fn every_entry_point_honours_every_limit() {
+    use volna::session::quic::QuicTrack;
     use volna::session::{Limits, ShardError};
-    use volna::transport::quic::control::QuicTrack;
     let t0 = Instant::now();
     let mut s = common::shard_with(Limits {
         max_rooms: 1,
@@ -323,9 +321,8 @@ fn every_entry_point_honours_every_limit() {
     assert_eq!((refused.code, refused.reason), (429, "room_full"));
     let refused = s.quic_subscribe(t0, "a", None, 2).unwrap_err();
     assert_eq!((refused.code, refused.reason), (429, "room_full"));
-    let (tx, _rx) = mpsc::channel(8);
     let join = join_request;
-    let refused = s.join(t0, join("a"), tx.clone()).unwrap_err();
+    let refused = s.join(t0, join("a")).unwrap_err();
     assert_eq!((refused.code, refused.reason), (429, "room_full"));
     // The node has its one room: another room is refused the same way everywhere.
     assert!(limit(publish(&mut s, "b", &one)).contains("maximum of 1 rooms"));
@@ -333,6 +330,6 @@ fn every_entry_point_honours_every_limit() {
         .quic_publish(t0, "b", 3, std::slice::from_ref(&track))
         .unwrap_err();
     assert_eq!((refused.code, refused.reason), (429, "too_many_rooms"));
-    let refused = s.join(t0, join("b"), tx).unwrap_err();
+    let refused = s.join(t0, join("b")).unwrap_err();
     assert_eq!((refused.code, refused.reason), (429, "too_many_rooms"));
 }

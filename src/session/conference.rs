@@ -1,14 +1,13 @@
 //! Room participants (the WebSocket room protocol, docs/protocol.md): each has a publisher
 //! connection it offers, and a subscriber connection volna offers, renegotiated as tracks come
-//! and go. Events (joins, leaves, tracks, mutes, active speaker) go to each participant's socket
-//! through a bounded channel; a participant that stops reading is dropped, never waited for.
+//! and go. Events (joins, leaves, tracks, mutes, active speaker) for each participant wait in
+//! the shard's outbox ([`Shard::poll_message`]) for the worker to pass to its socket.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
 
 use rand::Rng;
-use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use super::connection::{ParticipantId, Role};
 use super::negotiation::{LineState, SubLine};
@@ -52,7 +51,6 @@ pub struct Participant {
     pub room: String,
     pub grants: Grants,
     pub auto_subscribe: bool,
-    pub tx: mpsc::Sender<ServerMessage>,
     pub publisher: Option<SessionId>,
     pub subscriber: Option<SessionId>,
     /// Tracks asked for with `subscribe` (used when `auto_subscribe` is off).
@@ -77,28 +75,6 @@ struct RoomTrack {
     kind: MediaKind,
     codec: OfferedCodec,
     stream_id: String,
-}
-
-/// Events dropped because a client stopped reading (all participants of the process).
-static DROPPED_EVENTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// Queues an event for a participant's socket. A full queue means the client stopped reading;
-/// a closed one that its socket is going away (its leave follows).
-fn deliver(p: &Participant, msg: ServerMessage) {
-    match p.tx.try_send(msg) {
-        Ok(()) => {}
-        Err(mpsc::error::TrySendError::Full(_)) => {
-            // Its socket is cut off within a few seconds (see `signal::ws`); until then events
-            // are dropped, logged at 1, 2, 4, 8… drops.
-            let n = DROPPED_EVENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-            if n.is_power_of_two() {
-                warn!(participant = %p.public_id, dropped = n, "event queue full: client is not reading");
-            }
-        }
-        Err(mpsc::error::TrySendError::Closed(_)) => {
-            debug!(participant = %p.public_id, "event for a closing socket dropped")
-        }
-    }
 }
 
 fn kind_str(k: MediaKind) -> &'static str {
@@ -141,20 +117,31 @@ impl Shard {
             .ok_or_else(|| Refusal::new(409, "not_joined", "join a room first"))
     }
 
-    fn send(&self, pid: ParticipantId, msg: ServerMessage) {
-        if let Some(p) = self.participants.get(&pid) {
-            deliver(p, msg);
+    fn send(&mut self, pid: ParticipantId, msg: ServerMessage) {
+        if self.participants.contains_key(&pid) {
+            self.outbox.push_back((pid, msg));
         }
     }
 
-    fn broadcast(&self, room: &str, except: ParticipantId, msg: &ServerMessage) {
+    fn broadcast(&mut self, room: &str, except: ParticipantId, msg: &ServerMessage) {
         for p in self
             .participants
             .values()
             .filter(|p| p.room == room && p.id != except)
         {
-            deliver(p, msg.clone());
+            self.outbox.push_back((p.id, msg.clone()));
         }
+    }
+
+    /// The next message for a participant's socket, if any. Poll after each call that may
+    /// produce one (requests, datagrams, timeouts).
+    pub fn poll_message(&mut self) -> Option<(ParticipantId, ServerMessage)> {
+        self.outbox.pop_front()
+    }
+
+    /// Whether a participant is still in its room (also while it reconnects).
+    pub fn has_participant(&self, pid: ParticipantId) -> bool {
+        self.participants.contains_key(&pid)
     }
 
     fn room_tracks(&self, room: &str) -> Vec<RoomTrack> {
@@ -287,7 +274,6 @@ impl Shard {
         &mut self,
         now: Instant,
         req: JoinRequest,
-        tx: mpsc::Sender<ServerMessage>,
     ) -> Result<(ParticipantId, ServerMessage), Refusal> {
         let room = req.room.as_str();
         let back = req.resume.as_deref().and_then(|secret| {
@@ -297,7 +283,7 @@ impl Shard {
                 .map(|p| p.id)
         });
         if let Some(id) = back {
-            self.resume(now, id, &req, tx);
+            self.resume(now, id, &req);
             return Ok((id, self.joined_message(id, true)));
         }
         let (identity, name) = (req.identity.as_str(), req.name.as_str());
@@ -323,20 +309,19 @@ impl Shard {
         self.next_participant += 1;
         let p = Participant {
             id,
-            public_id: super::shard::random_hex(6),
+            public_id: super::shard::random_hex(&mut self.rng, 6),
             identity: identity.to_owned(),
             verified: req.verified,
             name: name.to_owned(),
             room: room.to_owned(),
             grants,
             auto_subscribe,
-            tx,
             publisher: None,
             subscriber: None,
             wanted: BTreeSet::new(),
             pinned: BTreeSet::new(),
             muted: HashMap::new(),
-            resume: super::shard::random_hex(16),
+            resume: super::shard::random_hex(&mut self.rng, 16),
             conn: req.conn,
             reconnecting: None,
         };
@@ -398,19 +383,12 @@ impl Shard {
     /// A new socket takes over a participant (`join` with its `resume` secret): its old media
     /// connections end (the client makes new ones and publishes again), and the others see it
     /// come back rather than leave and join.
-    fn resume(
-        &mut self,
-        now: Instant,
-        id: ParticipantId,
-        req: &JoinRequest,
-        tx: mpsc::Sender<ServerMessage>,
-    ) {
+    fn resume(&mut self, now: Instant, id: ParticipantId, req: &JoinRequest) {
         let room = req.room.clone();
         self.end_media(now, id, true);
         let Some(p) = self.participants.get_mut(&id) else {
             return;
         };
-        p.tx = tx;
         p.conn = req.conn;
         p.name = req.name.clone();
         p.grants = req.grants;
@@ -808,7 +786,7 @@ impl Shard {
             }
         }
         // New tracks wait while an offer is outstanding: they come in the next one.
-        let mut rng = rand::thread_rng();
+        let rng = &mut self.rng;
         for (d, &dd) in desired.iter().zip(&with_dd) {
             if neg.lines.iter().any(|l| l.source == Some(d.source)) {
                 continue;
@@ -1130,8 +1108,8 @@ impl Shard {
                         ssrc: l.ssrc,
                         payload_type: l.codec.payload_type,
                         ext,
-                        initial_seq: rand::random(),
-                        initial_ts: rand::random(),
+                        initial_seq: self.rng.gen(),
+                        initial_ts: self.rng.gen(),
                         rtx: l.rtx.filter(|_| l.rtx_accepted).map(|(pt, ssrc)| Rtx {
                             payload_type: pt,
                             ssrc,
@@ -1249,7 +1227,7 @@ impl Shard {
                         track: format!("{}-{mid}", p.public_id),
                         active,
                     };
-                    deliver(p, msg);
+                    self.outbox.push_back((p.id, msg));
                 }
             }
         }

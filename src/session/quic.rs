@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use rand::Rng;
+use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use super::connection::Role;
@@ -14,8 +15,28 @@ use crate::core::room::{MediaKind, SessionId, TrackRef, TrackSpec, ViewerTrackSp
 use crate::core::rtp::{is_rtcp, Codec, ExtMap, RtpView};
 use crate::session::protocol::Refusal;
 use crate::session::sdp::OfferedCodec;
-use crate::transport::quic::control::QuicTrack;
 use crate::transport::quic::roq::split_datagram;
+
+/// A track carried on a flow, as both sides describe it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuicTrack {
+    /// "audio" or "video".
+    pub kind: String,
+    /// Encoding name as in SDP: "opus", "VP8", "VP9", "H264", "AV1".
+    pub codec: String,
+    pub payload_type: u8,
+    pub clock_rate: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channels: Option<u8>,
+    /// Format parameters as in SDP `a=fmtp`, may be empty.
+    #[serde(default)]
+    pub fmtp: String,
+    pub ssrc: u32,
+    /// "slides" for a presentation (a screen share), as RFC 4796 `a=content` names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+}
 
 fn kind_of(t: &QuicTrack) -> Option<MediaKind> {
     match t.kind.as_str() {
@@ -153,9 +174,9 @@ impl Shard {
         self.relay
             .add_viewer(sid, room)
             .map_err(|e| Refusal::new(500, "internal", e.to_string()))?;
-        let mut rng = rand::thread_rng();
         let mut tracks = Vec::new();
         for (i, (kind, codec, mid)) in published.iter().enumerate() {
+            let rng = &mut self.rng;
             let ssrc: u32 = rng.gen();
             let spec = ViewerTrackSpec {
                 source: TrackRef {

@@ -8,12 +8,14 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use rand::distributions::Alphanumeric;
-use rand::Rng;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use tracing::{debug, info, warn};
 
 use super::conference::Participant;
 use super::connection::{ParticipantId, Role, Session};
 use super::negotiation::Negotiation;
+use super::protocol::ServerMessage;
 use crate::core::room::{
     MediaKind, Relay, RelayConfig, Rtx, SessionId, Sink, TrackRef, TrackSpec, ViewerTrackSpec,
 };
@@ -349,18 +351,23 @@ pub struct Shard {
     pub(super) participants: HashMap<ParticipantId, Participant>,
     pub(super) next_participant: ParticipantId,
     pub(super) quic_queue: VecDeque<(SessionId, Bytes)>,
+    /// Messages for participants' sockets (see [`Shard::poll_message`]).
+    pub(super) outbox: VecDeque<(ParticipantId, ServerMessage)>,
+    /// Where ICE credentials, resource names, SSRCs and initial sequence numbers come from: a
+    /// cryptographically secure generator, seeded from the system (or by a test, to replay it).
+    pub(super) rng: StdRng,
 }
 
-pub(super) fn random_string(len: usize) -> String {
-    rand::thread_rng()
-        .sample_iter(&Alphanumeric)
+/// `len` random letters and digits (ICE credentials).
+pub(super) fn random_string(rng: &mut impl Rng, len: usize) -> String {
+    rng.sample_iter(&Alphanumeric)
         .take(len)
         .map(char::from)
         .collect()
 }
 
-pub(super) fn random_hex(bytes: usize) -> String {
-    let mut rng = rand::thread_rng();
+/// `bytes` random bytes in hex (resource names, public ids, resume secrets).
+pub(super) fn random_hex(rng: &mut impl Rng, bytes: usize) -> String {
     (0..bytes)
         .map(|_| format!("{:02x}", rng.gen::<u8>()))
         .collect()
@@ -406,6 +413,16 @@ impl<'a> Remote<'a> {
 
 impl Shard {
     pub fn new(config: ShardConfig, identity: DtlsIdentity) -> Self {
+        Self::with_rng(config, identity, StdRng::from_entropy())
+    }
+
+    /// A shard whose every random choice comes from `seed`: the same inputs give the same
+    /// sessions, names and numbers (for tests; a node uses [`Shard::new`]).
+    pub fn with_seed(config: ShardConfig, identity: DtlsIdentity, seed: u64) -> Self {
+        Self::with_rng(config, identity, StdRng::seed_from_u64(seed))
+    }
+
+    fn with_rng(config: ShardConfig, identity: DtlsIdentity, mut rng: StdRng) -> Self {
         let first = first_id(config.worker);
         Self {
             relay: Relay::new(config.relay.clone()),
@@ -427,10 +444,12 @@ impl Shard {
             consent_checks: 0,
             dtls_errors: 0,
             paths: Paths::default(),
-            tie_breaker: rand::random(),
+            tie_breaker: rng.gen(),
             participants: HashMap::new(),
             next_participant: first,
             quic_queue: VecDeque::new(),
+            outbox: VecDeque::new(),
+            rng,
         }
     }
 
@@ -505,12 +524,12 @@ impl Shard {
             id,
             role,
             room: room.to_owned(),
-            resource: random_hex(16),
-            public_id: random_hex(6),
+            resource: random_hex(&mut self.rng, 16),
+            public_id: random_hex(&mut self.rng, 6),
             owner: None,
             participant: None,
-            local_ufrag: random_string(8),
-            local_pwd: random_string(24),
+            local_ufrag: random_string(&mut self.rng, 8),
+            local_pwd: random_string(&mut self.rng, 24),
             remote_ufrag: remote
                 .as_ref()
                 .map(|r| r.ufrag.to_owned())
@@ -524,7 +543,7 @@ impl Shard {
             created: now,
             last_rx: now,
             pending_viewer: None,
-            rtcp_ssrc: rand::random(),
+            rtcp_ssrc: self.rng.gen(),
             answer: String::new(),
             published: Vec::new(),
             negotiation: Negotiation::default(),
@@ -739,7 +758,7 @@ impl Shard {
         let mut used = vec![false; sources.len()];
         let mut answers = Vec::with_capacity(offer.media.len());
         let mut vtracks = Vec::new();
-        let mut rng = rand::thread_rng();
+        let rng = &mut self.rng;
         for m in &offer.media {
             let Some(kind) = m.kind.filter(|_| m.direction.receives() && m.active()) else {
                 answers.push(AnswerMedia::Rejected);
@@ -848,8 +867,8 @@ impl Shard {
     ) -> Option<(String, String)> {
         let s = self.sessions.get_mut(&id)?;
         self.by_ufrag.remove(&s.local_ufrag);
-        s.local_ufrag = random_string(8);
-        s.local_pwd = random_string(24);
+        s.local_ufrag = random_string(&mut self.rng, 8);
+        s.local_pwd = random_string(&mut self.rng, 24);
         s.remote_ufrag = remote_ufrag.to_owned();
         s.remote_pwd = remote_pwd.to_owned();
         s.nominated = false;
@@ -1126,7 +1145,7 @@ impl Shard {
             if !s.path.take_probe(now) {
                 continue;
             }
-            let transaction: [u8; 12] = rand::random();
+            let transaction: [u8; 12] = self.rng.gen();
             let req = match ice::consent_request(
                 transaction,
                 &s.remote_ufrag,

@@ -21,9 +21,9 @@ use axum::response::Html;
 const DEMO_HTML: &str = include_str!("../../web/index.html");
 const DEMO_JS: &str = include_str!("../../web/app.js");
 const FAVICON: &str = include_str!("../../web/favicon.svg");
+use super::dispatch::{Command, Workers};
 use crate::session::connection::Role;
 use crate::session::ShardError;
-use crate::worker::{Command, Workers};
 
 #[derive(Clone)]
 pub struct AppState {

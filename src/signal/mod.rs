@@ -3,5 +3,8 @@
 //! errors become HTTP statuses and room-protocol errors here.
 
 pub mod auth;
+pub mod dispatch;
 pub mod http;
+pub mod quic;
+pub mod quic_control;
 pub mod ws;

@@ -13,12 +13,12 @@ use tokio::sync::mpsc;
 use tracing::{debug, info};
 
 use super::auth::{bearer, unix_now};
+use super::dispatch::Command;
 use super::http::{error_response, valid_name, AppState};
 use crate::session::conference::JoinRequest;
 use crate::session::connection::ParticipantId;
 use crate::session::protocol::{ClientMessage, Refusal, ServerMessage, VERSION};
 use crate::session::sdp::Offer;
-use crate::worker::Command;
 
 /// Events waiting for a slow client; past this the client is cut off rather than waited for.
 const EVENT_QUEUE: usize = 256;

@@ -1,7 +1,7 @@
-//! RTP over QUIC (quinn): native clients and relay links send RTP and RTCP in QUIC datagrams, one
-//! flow id per direction, with a control stream for join/publish/subscribe. QUIC encrypts, so
-//! there is no SRTP; everything else (rooms, forwarding, RTCP feedback) is the same core as WebRTC.
+//! RTP over QUIC (quinn): native clients send RTP and RTCP in QUIC datagrams, one flow id per
+//! direction ([`roq`] framing); [`endpoint`] holds the listener's TLS identity and configuration.
+//! QUIC encrypts, so there is no SRTP. The control stream (join, publish, subscribe) is
+//! signalling: `signal::quic`.
 
-pub mod control;
 pub mod endpoint;
 pub mod roq;

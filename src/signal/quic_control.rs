@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::session::quic::QuicTrack;
+
 /// Largest control message accepted.
 pub const MAX_CONTROL_MESSAGE: usize = 64 * 1024;
 /// Datagram flows one connection may open (publishing and subscribing together).
@@ -11,27 +13,6 @@ pub const MAX_FLOWS: usize = 64;
 /// Control messages one connection may send per second; more are refused (`429 rate_limited`)
 /// without being acted on.
 pub const MAX_CONTROL_PER_SECOND: u32 = 20;
-
-/// A track carried on a flow, as both sides describe it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct QuicTrack {
-    /// "audio" or "video".
-    pub kind: String,
-    /// Encoding name as in SDP: "opus", "VP8", "VP9", "H264", "AV1".
-    pub codec: String,
-    pub payload_type: u8,
-    pub clock_rate: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub channels: Option<u8>,
-    /// Format parameters as in SDP `a=fmtp`, may be empty.
-    #[serde(default)]
-    pub fmtp: String,
-    pub ssrc: u32,
-    /// "slides" for a presentation (a screen share), as RFC 4796 `a=content` names it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub content: Option<String>,
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
