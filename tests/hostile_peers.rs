@@ -273,7 +273,7 @@ fn a_quiet_stream_among_junk_holds_a_block_per_young_packet_at_most() {
 #[test]
 fn every_entry_point_honours_every_limit() {
     use volna::session::quic::QuicTrack;
-    use volna::session::{Limits, ShardError};
+    use volna::session::{Limits, SessionError};
     let t0 = Instant::now();
     let mut s = common::shard_with(Limits {
         max_rooms: 1,
@@ -295,8 +295,8 @@ fn every_entry_point_honours_every_limit() {
         "{}{second}",
         one.replace("a=group:BUNDLE 0", "a=group:BUNDLE 0 1")
     );
-    let limit = |r: Result<(), ShardError>| match r {
-        Err(ShardError::Limit(m)) => m,
+    let limit = |r: Result<(), SessionError>| match r {
+        Err(e) if e.code == 429 => e.message,
         other => panic!("expected a limit, got {other:?}"),
     };
     assert!(limit(publish(&mut s, "a", &two)).contains("tracks"));

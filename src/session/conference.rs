@@ -10,13 +10,12 @@ use rand::Rng;
 use tracing::{info, warn};
 
 use super::connection::{ParticipantId, Role};
+use super::error::SessionError;
 use super::negotiation::{LineState, SubLine};
-use super::shard::{CloseCause, Remote, Shard, ShardError};
+use super::shard::{CloseCause, Remote, Shard};
 use crate::core::room::{MediaKind, RelayEvent, Rtx, SessionId, TrackRef, ViewerTrackSpec};
 use crate::core::rtp::{ExtKind, ExtMap};
-use crate::session::protocol::{
-    GrantsInfo, ParticipantInfo, Refusal, ServerMessage, TrackInfo, VERSION,
-};
+use crate::session::protocol::{GrantsInfo, ParticipantInfo, ServerMessage, TrackInfo, VERSION};
 use crate::session::sdp::{build_offer, Offer, OfferLine, OfferedCodec, Setup, Source};
 
 /// What a token (or dev mode) allows.
@@ -111,10 +110,10 @@ fn subscriber_exts(kind: MediaKind, dd: bool) -> Vec<(u8, String)> {
 
 impl Shard {
     /// The participant a request comes from, or the refusal for a socket that has not joined.
-    fn joined(&self, pid: ParticipantId) -> Result<&Participant, Refusal> {
+    fn joined(&self, pid: ParticipantId) -> Result<&Participant, SessionError> {
         self.participants
             .get(&pid)
-            .ok_or_else(|| Refusal::new(409, "not_joined", "join a room first"))
+            .ok_or_else(|| SessionError::new(409, "not_joined", "join a room first"))
     }
 
     fn send(&mut self, pid: ParticipantId, msg: ServerMessage) {
@@ -274,7 +273,7 @@ impl Shard {
         &mut self,
         now: Instant,
         req: JoinRequest,
-    ) -> Result<(ParticipantId, ServerMessage), Refusal> {
+    ) -> Result<(ParticipantId, ServerMessage), SessionError> {
         let room = req.room.as_str();
         let back = req.resume.as_deref().and_then(|secret| {
             self.participants
@@ -288,8 +287,7 @@ impl Shard {
         }
         let (identity, name) = (req.identity.as_str(), req.name.as_str());
         let (grants, auto_subscribe) = (req.grants, req.auto_subscribe);
-        self.admit(room)
-            .map_err(|f| Refusal::new(429, f.reason(), f.message(room)))?;
+        self.admit(room)?;
         let max = self.config.limits.max_participants_per_identity;
         if req.verified
             && self
@@ -299,7 +297,7 @@ impl Shard {
                 .count()
                 >= max
         {
-            return Err(Refusal::new(
+            return Err(SessionError::new(
                 429,
                 "identity_limit",
                 format!("{identity} is in room {room} {max} times already"),
@@ -499,10 +497,10 @@ impl Shard {
         now: Instant,
         pid: ParticipantId,
         offer: &Offer,
-    ) -> Result<String, Refusal> {
+    ) -> Result<String, SessionError> {
         let p = self.joined(pid)?;
         if !p.grants.publish {
-            return Err(Refusal::new(
+            return Err(SessionError::new(
                 403,
                 "forbidden",
                 "this token does not allow publishing",
@@ -514,13 +512,7 @@ impl Shard {
             self.end_media(now, pid, false);
         }
         let max = self.config.limits.max_tracks_per_participant;
-        let (sid, created) = self
-            .publish_session(now, &room, offer, max)
-            .map_err(|e| match e {
-                ShardError::Limit(m) => Refusal::new(429, "too_many_tracks", m),
-                ShardError::Sdp(e) => Refusal::new(400, "bad_sdp", e.to_string()),
-                e => Refusal::new(500, "internal", e.to_string()),
-            })?;
+        let (sid, created) = self.publish_session(now, &room, offer, max)?;
         if let Some(s) = self.sessions.get_mut(&sid) {
             s.participant = Some(pid);
         }
@@ -552,10 +544,10 @@ impl Shard {
         pid: ParticipantId,
         tracks: &[String],
         on: bool,
-    ) -> Result<(), Refusal> {
+    ) -> Result<(), SessionError> {
         let p = self.joined(pid)?;
         if !p.grants.subscribe {
-            return Err(Refusal::new(
+            return Err(SessionError::new(
                 403,
                 "forbidden",
                 "this token does not allow subscribing",
@@ -567,7 +559,7 @@ impl Shard {
             .map(|t| t.info.id)
             .collect();
         if let Some(bad) = tracks.iter().find(|t| on && !known.contains(*t)) {
-            return Err(Refusal::new(
+            return Err(SessionError::new(
                 404,
                 "no_such_track",
                 format!("no track {bad} in this room"),
@@ -593,7 +585,7 @@ impl Shard {
         &mut self,
         pid: ParticipantId,
         tracks: &[String],
-    ) -> Result<(), Refusal> {
+    ) -> Result<(), SessionError> {
         let p = self.joined(pid)?;
         let known: BTreeSet<String> = self
             .room_tracks(&p.room)
@@ -601,7 +593,7 @@ impl Shard {
             .map(|t| t.info.id)
             .collect();
         if let Some(bad) = tracks.iter().find(|t| !known.contains(*t)) {
-            return Err(Refusal::new(
+            return Err(SessionError::new(
                 404,
                 "no_such_track",
                 format!("no track {bad} in this room"),
@@ -635,7 +627,7 @@ impl Shard {
         pid: ParticipantId,
         track: &str,
         muted: bool,
-    ) -> Result<(), Refusal> {
+    ) -> Result<(), SessionError> {
         let p = self.joined(pid)?;
         let room = p.room.clone();
         let public = p.public_id.clone();
@@ -644,7 +636,7 @@ impl Shard {
             .iter()
             .any(|t| t.owner == Some(pid) && t.info.id == track)
         {
-            return Err(Refusal::new(
+            return Err(SessionError::new(
                 404,
                 "no_such_track",
                 format!("you publish no track {track}"),
@@ -704,15 +696,13 @@ impl Shard {
         if cause.ends_participant() {
             // The client is told (it closes the socket and comes back with `resume`); the
             // others see it reconnecting.
-            self.send(
-                pid,
-                Refusal::new(
-                    408,
-                    "media_lost",
-                    format!("media connection ended: {cause:?}"),
-                )
-                .to_message(None),
-            );
+            let lost = ServerMessage::Error {
+                id: None,
+                code: 408,
+                reason: "media_lost",
+                message: format!("media connection ended: {cause:?}"),
+            };
+            self.send(pid, lost);
             self.start_reconnecting(now, pid);
         }
     }
@@ -899,18 +889,23 @@ impl Shard {
         now: Instant,
         pid: ParticipantId,
         sdp: &str,
-    ) -> Result<(), Refusal> {
+    ) -> Result<(), SessionError> {
         let p = self.joined(pid)?;
         let sid = p
             .subscriber
-            .ok_or_else(|| Refusal::new(409, "no_offer", "no offer is outstanding"))?;
-        let answer = Offer::parse(sdp).map_err(|e| Refusal::new(400, "bad_sdp", e.to_string()))?;
+            .ok_or_else(|| SessionError::new(409, "no_offer", "no offer is outstanding"))?;
+        let answer =
+            Offer::parse(sdp).map_err(|e| SessionError::new(400, "bad_sdp", e.to_string()))?;
         let s = self
             .sessions
             .get(&sid)
-            .ok_or_else(|| Refusal::new(409, "no_offer", "no offer is outstanding"))?;
+            .ok_or_else(|| SessionError::new(409, "no_offer", "no offer is outstanding"))?;
         if !s.negotiation.awaiting_answer {
-            return Err(Refusal::new(409, "no_offer", "no offer is outstanding"));
+            return Err(SessionError::new(
+                409,
+                "no_offer",
+                "no offer is outstanding",
+            ));
         }
         if answer.media.len() != s.negotiation.lines.len()
             || answer
@@ -919,21 +914,21 @@ impl Shard {
                 .zip(&s.negotiation.lines)
                 .any(|(a, l)| a.mid != l.mid)
         {
-            return Err(Refusal::new(
+            return Err(SessionError::new(
                 400,
                 "bad_sdp",
                 "the answer's m-lines do not match the offer",
             ));
         }
         if answer.setup == Setup::Actpass {
-            return Err(Refusal::new(
+            return Err(SessionError::new(
                 400,
                 "bad_sdp",
                 "an answer must say a=setup:active or passive",
             ));
         }
         if !s.remote_ufrag.is_empty() && s.remote_ufrag != answer.ice_ufrag {
-            return Err(Refusal::new(
+            return Err(SessionError::new(
                 400,
                 "bad_sdp",
                 "ICE restarts are not supported",
@@ -948,7 +943,7 @@ impl Shard {
                     &answer.fingerprint,
                     Remote::of_answer(&answer).dtls_client,
                 )
-                .map_err(|e| Refusal::new(500, "internal", e.to_string()))?,
+                .map_err(SessionError::internal)?,
             )
         } else {
             None
@@ -998,14 +993,14 @@ impl Shard {
         &mut self,
         pid: ParticipantId,
         offer: Option<&Offer>,
-    ) -> Result<Option<String>, Refusal> {
+    ) -> Result<Option<String>, SessionError> {
         let p = self.joined(pid)?;
         let (publisher, subscriber) = (p.publisher, p.subscriber);
         let answer = match offer {
             None => None,
             Some(offer) => {
                 let sid = publisher.ok_or_else(|| {
-                    Refusal::new(
+                    SessionError::new(
                         409,
                         "not_publishing",
                         "there is no publishing connection to restart",
@@ -1013,7 +1008,7 @@ impl Shard {
                 })?;
                 let s = &self.sessions[&sid];
                 if offer.ice_ufrag == s.remote_ufrag {
-                    return Err(Refusal::new(
+                    return Err(SessionError::new(
                         400,
                         "bad_sdp",
                         "an ICE restart needs new a=ice-ufrag and a=ice-pwd",
@@ -1024,7 +1019,7 @@ impl Shard {
                     .map(|a| mids(&a))
                     .unwrap_or_default();
                 if mids(offer) != before {
-                    return Err(Refusal::new(
+                    return Err(SessionError::new(
                         400,
                         "bad_sdp",
                         "an ICE restart offer must keep the m-lines; publish again to change them",
@@ -1033,7 +1028,7 @@ impl Shard {
                 let (ufrag, pwd) = self
                     .restart_ice(sid, &offer.ice_ufrag, &offer.ice_pwd)
                     .ok_or_else(|| {
-                        Refusal::new(409, "not_publishing", "no publishing connection")
+                        SessionError::new(409, "not_publishing", "no publishing connection")
                     })?;
                 let s = self.sessions.get_mut(&sid).expect("restarted above");
                 s.answer = crate::session::sdp::with_ice_credentials(&s.answer, &ufrag, &pwd);
@@ -1058,7 +1053,7 @@ impl Shard {
         now: Instant,
         pid: ParticipantId,
         reason: &str,
-    ) -> Result<(), Refusal> {
+    ) -> Result<(), SessionError> {
         let p = self.joined(pid)?;
         let sid = p
             .subscriber
@@ -1067,7 +1062,7 @@ impl Shard {
                     .get(sid)
                     .is_some_and(|s| s.negotiation.awaiting_answer)
             })
-            .ok_or_else(|| Refusal::new(409, "no_offer", "no offer is outstanding"))?;
+            .ok_or_else(|| SessionError::new(409, "no_offer", "no offer is outstanding"))?;
         warn!(participant = %p.public_id, session = sid, reason, "client could not apply an offer: new receiving connection");
         self.close(now, sid, CloseCause::Participant);
         if let Some(p) = self.participants.get_mut(&pid) {

@@ -8,6 +8,7 @@
 
 pub mod conference;
 pub mod connection;
+pub mod error;
 pub mod negotiation;
 pub mod protocol;
 pub mod quic;
@@ -17,4 +18,5 @@ pub mod shard;
 
 pub use conference::{Grants, JoinRequest};
 pub use connection::{ParticipantId, Role};
-pub use shard::{Created, IceRestart, Limits, Shard, ShardConfig, ShardError, ShardStats};
+pub use error::SessionError;
+pub use shard::{Created, IceRestart, Limits, Shard, ShardConfig, ShardStats};

@@ -215,33 +215,6 @@ pub enum ServerMessage {
     },
 }
 
-/// A refused request: an HTTP-like status, a stable machine-readable reason, and text.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    pub code: u16,
-    pub reason: &'static str,
-    pub message: String,
-}
-
-impl Refusal {
-    pub fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            reason,
-            message: message.into(),
-        }
-    }
-
-    pub fn to_message(&self, id: Option<serde_json::Value>) -> ServerMessage {
-        ServerMessage::Error {
-            id,
-            code: self.code,
-            reason: self.reason,
-            message: self.message.clone(),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,7 +252,12 @@ mod tests {
 
     #[test]
     fn serializes_server_messages() {
-        let m = Refusal::new(403, "forbidden", "no").to_message(Some(serde_json::json!(3)));
+        let m = ServerMessage::Error {
+            id: Some(serde_json::json!(3)),
+            code: 403,
+            reason: "forbidden",
+            message: "no".into(),
+        };
         assert_eq!(
             serde_json::to_string(&m).unwrap(),
             r#"{"type":"error","id":3,"code":403,"reason":"forbidden","message":"no"}"#

@@ -10,10 +10,10 @@ use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use super::connection::Role;
-use super::shard::{CloseCause, Shard, ShardError};
+use super::error::SessionError;
+use super::shard::{CloseCause, Shard};
 use crate::core::room::{MediaKind, SessionId, TrackRef, TrackSpec, ViewerTrackSpec};
 use crate::core::rtp::{is_rtcp, Codec, ExtMap, RtpView};
-use crate::session::protocol::Refusal;
 use crate::session::sdp::OfferedCodec;
 use crate::transport::quic::roq::split_datagram;
 
@@ -54,11 +54,10 @@ impl Shard {
         room: &str,
         flow: u64,
         tracks: &[QuicTrack],
-    ) -> Result<(SessionId, String), Refusal> {
-        self.admit(room)
-            .map_err(|f| Refusal::new(429, f.reason(), f.message(room)))?;
+    ) -> Result<(SessionId, String), SessionError> {
+        self.admit(room)?;
         if tracks.is_empty() || tracks.len() > self.config.limits.max_tracks_per_participant {
-            return Err(Refusal::new(
+            return Err(SessionError::new(
                 400,
                 "bad_tracks",
                 format!(
@@ -71,7 +70,7 @@ impl Shard {
         let mut published = Vec::new();
         for (i, t) in tracks.iter().enumerate() {
             let kind = kind_of(t).ok_or_else(|| {
-                Refusal::new(
+                SessionError::new(
                     400,
                     "bad_tracks",
                     format!("track {i}: kind must be audio or video"),
@@ -80,7 +79,7 @@ impl Shard {
             let codec = Codec::from_name(&t.codec)
                 .filter(|c| c.is_video() == (kind == MediaKind::Video))
                 .ok_or_else(|| {
-                    Refusal::new(
+                    SessionError::new(
                         400,
                         "bad_tracks",
                         format!(
@@ -90,7 +89,7 @@ impl Shard {
                     )
                 })?;
             if t.payload_type > 127 || t.clock_rate == 0 {
-                return Err(Refusal::new(
+                return Err(SessionError::new(
                     400,
                     "bad_tracks",
                     format!("track {i}: bad payload type or clock rate"),
@@ -128,12 +127,12 @@ impl Shard {
         }
         let mut s = self
             .new_session(now, Role::Publisher, room, None)
-            .map_err(|e| Refusal::new(500, "internal", e.to_string()))?;
+            .map_err(SessionError::internal)?;
         s.quic_flow = Some(flow);
         s.published = published;
         self.relay
             .add_publisher(s.id, room, s.rtcp_ssrc, specs)
-            .map_err(|e| Refusal::new(500, "internal", e.to_string()))?;
+            .map_err(SessionError::internal)?;
         for (i, t) in tracks.iter().enumerate() {
             if t.kind == "video" && t.content.as_deref() == Some("slides") {
                 self.relay.set_slides(s.id, i, true);
@@ -154,26 +153,22 @@ impl Shard {
         room: &str,
         publisher: Option<&str>,
         flow: u64,
-    ) -> Result<(SessionId, String, Vec<QuicTrack>), Refusal> {
-        let pub_id = self.find_publisher(room, publisher).map_err(|e| match e {
-            ShardError::NoPublisher => Refusal::new(404, "no_publisher", e.to_string()),
-            e => Refusal::new(404, "no_room", e.to_string()),
-        })?;
-        self.admit(room)
-            .map_err(|f| Refusal::new(429, f.reason(), f.message(room)))?;
+    ) -> Result<(SessionId, String, Vec<QuicTrack>), SessionError> {
+        let pub_id = self.find_publisher(room, publisher)?;
+        self.admit(room)?;
         let (public, published) = {
             let p = &self.sessions[&pub_id];
             (p.public_id.clone(), p.published.clone())
         };
         let mut s = self
             .new_session(now, Role::Viewer, room, None)
-            .map_err(|e| Refusal::new(500, "internal", e.to_string()))?;
+            .map_err(SessionError::internal)?;
         s.quic_flow = Some(flow);
         let sid = s.id;
         self.register(s);
         self.relay
             .add_viewer(sid, room)
-            .map_err(|e| Refusal::new(500, "internal", e.to_string()))?;
+            .map_err(SessionError::internal)?;
         let mut tracks = Vec::new();
         for (i, (kind, codec, mid)) in published.iter().enumerate() {
             let rng = &mut self.rng;

@@ -14,6 +14,7 @@ use tracing::{debug, info, warn};
 
 use super::conference::Participant;
 use super::connection::{ParticipantId, Role, Session};
+use super::error::{Full, SessionError};
 use super::negotiation::Negotiation;
 use super::protocol::ServerMessage;
 use crate::core::room::{
@@ -54,32 +55,6 @@ pub(super) const VIEWER_EXTS: &[ExtKind] = NEGOTIATED_EXTS.split_at(NEGOTIATED_E
 pub(super) const AV1_VIEWER_EXTS: &[ExtKind] =
     NEGOTIATED_EXTS.split_at(NEGOTIATED_EXTS.len() - 1).0;
 
-/// Why a node refuses one more member of a room (see [`Shard::admit`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Full {
-    /// The room has its maximum of members.
-    Room(usize),
-    /// The node has its maximum of rooms.
-    Node(usize),
-}
-
-impl Full {
-    /// The room protocol's (and QUIC control's) reason code.
-    pub fn reason(self) -> &'static str {
-        match self {
-            Full::Room(_) => "room_full",
-            Full::Node(_) => "too_many_rooms",
-        }
-    }
-
-    pub fn message(self, room: &str) -> String {
-        match self {
-            Full::Room(n) => format!("room {room} has its maximum of {n} participants"),
-            Full::Node(n) => format!("this node has its maximum of {n} rooms"),
-        }
-    }
-}
-
 /// Limits that keep one client from using up a node.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -114,24 +89,6 @@ pub struct ShardConfig {
     pub reconnect_grace: Duration,
     pub relay: RelayConfig,
     pub limits: Limits,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ShardError {
-    #[error("{0}")]
-    Sdp(#[from] SdpError),
-    #[error("room not found")]
-    NoRoom,
-    #[error("publisher not found in this room")]
-    NoPublisher,
-    #[error("session not found")]
-    NoSession,
-    #[error("{0}")]
-    Limit(String),
-    #[error("only the session's creator (or an admin) may do that")]
-    Forbidden,
-    #[error("internal error: {0}")]
-    Internal(String),
 }
 
 /// A session's new ICE credentials after a restart, and the candidate to reach it on.
@@ -508,7 +465,7 @@ impl Shard {
         role: Role,
         room: &str,
         remote: Option<Remote<'_>>,
-    ) -> Result<Session, ShardError> {
+    ) -> Result<Session, SessionError> {
         // Consent expiry is checked on the housekeeping timer; arm it as soon as a session exists.
         self.arm_housekeeping(now);
         let id = self.next_id;
@@ -516,7 +473,7 @@ impl Shard {
         let dtls = match &remote {
             Some(r) => Some(
                 Dtls::new(now, &self.identity, r.fingerprint, r.dtls_client)
-                    .map_err(|e| ShardError::Internal(e.to_string()))?,
+                    .map_err(|e| SessionError::internal(e))?,
             ),
             None => None,
         };
@@ -573,7 +530,7 @@ impl Shard {
 
     /// Whether one more member may enter `room`: a participant, or a WHIP, WHEP or QUIC session
     /// of its own. Every way in asks this, so every limit holds whichever way clients come.
-    pub(super) fn admit(&self, room: &str) -> Result<(), Full> {
+    pub(super) fn admit(&self, room: &str) -> Result<(), SessionError> {
         let limits = &self.config.limits;
         let members = self
             .participants
@@ -586,7 +543,7 @@ impl Shard {
                 .filter(|s| s.participant.is_none() && s.room == room)
                 .count();
         if members >= limits.max_participants_per_room {
-            return Err(Full::Room(limits.max_participants_per_room));
+            return Err(Full::Room(limits.max_participants_per_room).refusal(room));
         }
         if members == 0 && self.relay.room_publishers(room).is_none() {
             let rooms: std::collections::BTreeSet<&str> = self
@@ -596,7 +553,7 @@ impl Shard {
                 .chain(self.sessions.values().map(|s| s.room.as_str()))
                 .collect();
             if rooms.len() >= limits.max_rooms {
-                return Err(Full::Node(limits.max_rooms));
+                return Err(Full::Node(limits.max_rooms).refusal(room));
             }
         }
         Ok(())
@@ -615,9 +572,8 @@ impl Shard {
         now: Instant,
         room: &str,
         offer: &Offer,
-    ) -> Result<Created, ShardError> {
-        self.admit(room)
-            .map_err(|f| ShardError::Limit(f.message(room)))?;
+    ) -> Result<Created, SessionError> {
+        self.admit(room)?;
         let max = self.config.limits.max_tracks_per_participant;
         let (id, created) = self.publish_session(now, room, offer, max)?;
         self.publisher_appeared(now, id);
@@ -631,14 +587,11 @@ impl Shard {
         room: &str,
         offer: &Offer,
         max_tracks: usize,
-    ) -> Result<(SessionId, Created), ShardError> {
+    ) -> Result<(SessionId, Created), SessionError> {
         if self.relay.room_publishers(room).is_none()
             && self.relay.room_count() >= self.config.limits.max_rooms
         {
-            return Err(ShardError::Limit(format!(
-                "this node has its maximum of {} rooms",
-                self.config.limits.max_rooms
-            )));
+            return Err(Full::Node(self.config.limits.max_rooms).refusal(room));
         }
         let mut answers = Vec::with_capacity(offer.media.len());
         let mut tracks = Vec::new();
@@ -654,9 +607,7 @@ impl Shard {
                 continue;
             };
             if tracks.len() >= max_tracks {
-                return Err(ShardError::Limit(format!(
-                    "at most {max_tracks} tracks per participant"
-                )));
+                return Err(Full::Tracks(max_tracks).refusal(room));
             }
             let a = AnswerMedia::accept(
                 m,
@@ -694,7 +645,7 @@ impl Shard {
         s.answer = answer.clone();
         self.relay
             .add_publisher(s.id, room, s.rtcp_ssrc, tracks)
-            .map_err(|e| ShardError::Internal(e.to_string()))?;
+            .map_err(|e| SessionError::internal(e))?;
         for (i, _) in slides.iter().enumerate().filter(|(_, &on)| on) {
             self.relay.set_slides(s.id, i, true);
         }
@@ -714,19 +665,19 @@ impl Shard {
         &self,
         room: &str,
         publisher: Option<&str>,
-    ) -> Result<SessionId, ShardError> {
+    ) -> Result<SessionId, SessionError> {
         let list = self
             .relay
             .room_publishers(room)
             .filter(|l| !l.is_empty())
-            .ok_or(ShardError::NoRoom)?;
+            .ok_or(SessionError::no_room())?;
         match publisher {
-            None => list.last().copied().ok_or(ShardError::NoRoom),
+            None => list.last().copied().ok_or(SessionError::no_room()),
             Some(p) => list
                 .iter()
                 .copied()
                 .find(|id| self.sessions.get(id).is_some_and(|s| s.public_id == p))
-                .ok_or(ShardError::NoPublisher),
+                .ok_or(SessionError::no_publisher()),
         }
     }
 
@@ -738,12 +689,14 @@ impl Shard {
         room: &str,
         publisher: Option<&str>,
         offer: &Offer,
-    ) -> Result<Created, ShardError> {
+    ) -> Result<Created, SessionError> {
         let pub_id = self.find_publisher(room, publisher)?;
-        self.admit(room)
-            .map_err(|f| ShardError::Limit(f.message(room)))?;
+        self.admit(room)?;
         let (pub_public, sources) = {
-            let p = self.sessions.get(&pub_id).ok_or(ShardError::NoPublisher)?;
+            let p = self
+                .sessions
+                .get(&pub_id)
+                .ok_or(SessionError::no_publisher())?;
             (p.public_id.clone(), p.published.clone())
         };
         // Per source track: AV1 without simulcast (its descriptors describe what viewers get).
@@ -888,10 +841,10 @@ impl Shard {
         remote_ufrag: &str,
         remote_pwd: &str,
         may: &dyn Fn(Option<&str>) -> bool,
-    ) -> Result<Option<IceRestart>, ShardError> {
+    ) -> Result<Option<IceRestart>, SessionError> {
         let id = self.by_resource(role, room, resource)?;
         if !may(self.sessions[&id].owner.as_deref()) {
-            return Err(ShardError::Forbidden);
+            return Err(SessionError::not_owner());
         }
         if self.sessions[&id].remote_ufrag == remote_ufrag {
             return Ok(None);
@@ -925,10 +878,10 @@ impl Shard {
         room: &str,
         resource: &str,
         may: &dyn Fn(Option<&str>) -> bool,
-    ) -> Result<(), ShardError> {
+    ) -> Result<(), SessionError> {
         let id = self.by_resource(role, room, resource)?;
         if !may(self.sessions[&id].owner.as_deref()) {
-            return Err(ShardError::Forbidden);
+            return Err(SessionError::not_owner());
         }
         self.close(now, id, CloseCause::Deleted);
         Ok(())
@@ -936,14 +889,19 @@ impl Shard {
 
     /// A WHIP or WHEP session by its URL: the resource id, under the room and role it was made
     /// with (a room participant's sessions have no URL).
-    fn by_resource(&self, role: Role, room: &str, resource: &str) -> Result<SessionId, ShardError> {
+    fn by_resource(
+        &self,
+        role: Role,
+        room: &str,
+        resource: &str,
+    ) -> Result<SessionId, SessionError> {
         let id = *self
             .by_resource
             .get(resource)
-            .ok_or(ShardError::NoSession)?;
-        let s = self.sessions.get(&id).ok_or(ShardError::NoSession)?;
+            .ok_or(SessionError::no_session())?;
+        let s = self.sessions.get(&id).ok_or(SessionError::no_session())?;
         if s.role != role || s.room != room || s.participant.is_some() {
-            return Err(ShardError::NoSession);
+            return Err(SessionError::no_session());
         }
         Ok(id)
     }

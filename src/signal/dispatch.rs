@@ -9,15 +9,15 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::auth::Access;
 use crate::core::room::SessionId;
-use crate::session::protocol::{Refusal, ServerMessage};
+use crate::session::protocol::ServerMessage;
 use crate::session::quic::QuicTrack;
 use crate::session::sdp::Offer;
 use crate::session::shard::WORKER_ID_SHIFT;
 use crate::session::{
-    Created, IceRestart, JoinRequest, ParticipantId, Role, ShardError, ShardStats,
+    Created, IceRestart, JoinRequest, ParticipantId, Role, SessionError, ShardStats,
 };
 
-pub type Reply<T> = oneshot::Sender<Result<T, Refusal>>;
+pub type Reply<T> = oneshot::Sender<Result<T, SessionError>>;
 
 pub enum Command {
     Join {
@@ -103,21 +103,21 @@ pub enum Command {
         room: String,
         offer: Box<Offer>,
         owner: Option<String>,
-        reply: oneshot::Sender<Result<Created, ShardError>>,
+        reply: oneshot::Sender<Result<Created, SessionError>>,
     },
     View {
         room: String,
         publisher: Option<String>,
         offer: Box<Offer>,
         owner: Option<String>,
-        reply: oneshot::Sender<Result<Created, ShardError>>,
+        reply: oneshot::Sender<Result<Created, SessionError>>,
     },
     Delete {
         role: Role,
         room: String,
         resource: String,
         caller: Access,
-        reply: oneshot::Sender<Result<(), ShardError>>,
+        reply: oneshot::Sender<Result<(), SessionError>>,
     },
     /// WHIP/WHEP `PATCH`: the client's ICE ufrag; new credentials restart ICE. The reply has
     /// volna's new credentials and candidate (`None`: nothing to restart).
@@ -128,7 +128,7 @@ pub enum Command {
         ufrag: String,
         pwd: String,
         caller: Access,
-        reply: oneshot::Sender<Result<Option<IceRestart>, ShardError>>,
+        reply: oneshot::Sender<Result<Option<IceRestart>, SessionError>>,
     },
     Stats {
         reply: oneshot::Sender<ShardStats>,

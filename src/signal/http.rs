@@ -23,7 +23,7 @@ const DEMO_JS: &str = include_str!("../../web/app.js");
 const FAVICON: &str = include_str!("../../web/favicon.svg");
 use super::dispatch::{Command, Workers};
 use crate::session::connection::Role;
-use crate::session::ShardError;
+use crate::session::SessionError;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -275,17 +275,9 @@ fn error(status: StatusCode, reason: &str) -> Response {
         .into_response()
 }
 
-fn shard_error(e: ShardError) -> Response {
-    let status = match e {
-        ShardError::Sdp(_) => StatusCode::BAD_REQUEST,
-        ShardError::NoRoom | ShardError::NoPublisher | ShardError::NoSession => {
-            StatusCode::NOT_FOUND
-        }
-        ShardError::Limit(_) => StatusCode::TOO_MANY_REQUESTS,
-        ShardError::Forbidden => StatusCode::FORBIDDEN,
-        ShardError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    error(status, &e.to_string())
+/// A session-layer refusal as an HTTP response: its status, its text.
+fn shard_error(e: SessionError) -> Response {
+    error_response(e.code, &e.message)
 }
 
 pub fn valid_name(s: &str) -> bool {

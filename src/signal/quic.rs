@@ -14,9 +14,9 @@ use super::quic_control::{
     ControlReply, ControlRequest, MAX_CONTROL_MESSAGE, MAX_CONTROL_PER_SECOND, MAX_FLOWS,
 };
 use crate::core::room::SessionId;
-use crate::session::protocol::Refusal;
 use crate::session::quic::QuicTrack;
 use crate::session::Grants;
+use crate::session::SessionError;
 use crate::transport::quic::roq::{frame, read_varint, split_datagram};
 
 /// Accepts connections until the endpoint closes.
@@ -37,7 +37,7 @@ pub async fn accept_loop(endpoint: quinn::Endpoint, workers: Workers, auth: Auth
     }
 }
 
-fn refusal(r: Refusal) -> ControlReply {
+fn refusal(r: SessionError) -> ControlReply {
     ControlReply::Error {
         code: r.code,
         reason: r.reason,
@@ -47,34 +47,35 @@ fn refusal(r: Refusal) -> ControlReply {
 
 async fn call<T>(
     tx: &mpsc::Sender<Command>,
-    make: impl FnOnce(oneshot::Sender<Result<T, Refusal>>) -> Command,
-) -> Result<T, Refusal> {
+    make: impl FnOnce(oneshot::Sender<Result<T, SessionError>>) -> Command,
+) -> Result<T, SessionError> {
     let (reply, wait) = oneshot::channel();
     tx.send(make(reply))
         .await
-        .map_err(|_| Refusal::new(503, "unavailable", "worker stopped"))?;
+        .map_err(|_| SessionError::new(503, "unavailable", "worker stopped"))?;
     wait.await
-        .map_err(|_| Refusal::new(503, "unavailable", "worker stopped"))?
+        .map_err(|_| SessionError::new(503, "unavailable", "worker stopped"))?
 }
 
 /// Reads one varint-framed control message; `Ok(None)` at the end of the stream.
-async fn read_message(recv: &mut quinn::RecvStream) -> Result<Option<Vec<u8>>, Refusal> {
+async fn read_message(recv: &mut quinn::RecvStream) -> Result<Option<Vec<u8>>, SessionError> {
     let mut first = [0u8; 1];
     match recv.read_exact(&mut first).await {
         Ok(()) => {}
         Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
-        Err(e) => return Err(Refusal::new(400, "bad_frame", e.to_string())),
+        Err(e) => return Err(SessionError::new(400, "bad_frame", e.to_string())),
     }
     let len_bytes = 1usize << (first[0] >> 6);
     let mut buf = vec![first[0]; len_bytes];
     if len_bytes > 1 {
         recv.read_exact(&mut buf[1..])
             .await
-            .map_err(|e| Refusal::new(400, "bad_frame", e.to_string()))?;
+            .map_err(|e| SessionError::new(400, "bad_frame", e.to_string()))?;
     }
-    let (len, _) = read_varint(&buf).map_err(|e| Refusal::new(400, "bad_frame", e.to_string()))?;
+    let (len, _) =
+        read_varint(&buf).map_err(|e| SessionError::new(400, "bad_frame", e.to_string()))?;
     if len as usize > MAX_CONTROL_MESSAGE {
-        return Err(Refusal::new(
+        return Err(SessionError::new(
             413,
             "message_too_large",
             format!("control messages are limited to {MAX_CONTROL_MESSAGE} bytes"),
@@ -83,7 +84,7 @@ async fn read_message(recv: &mut quinn::RecvStream) -> Result<Option<Vec<u8>>, R
     let mut body = vec![0u8; len as usize];
     recv.read_exact(&mut body)
         .await
-        .map_err(|e| Refusal::new(400, "bad_frame", e.to_string()))?;
+        .map_err(|e| SessionError::new(400, "bad_frame", e.to_string()))?;
     Ok(Some(body))
 }
 
@@ -132,10 +133,10 @@ async fn run_connection(conn: quinn::Connection, workers: Workers, auth: Auth) {
                 }
                 window.1 += 1;
                 let reply = if window.1 > MAX_CONTROL_PER_SECOND {
-                    refusal(Refusal::new(429, "rate_limited", format!("at most {MAX_CONTROL_PER_SECOND} control messages a second")))
+                    refusal(SessionError::new(429, "rate_limited", format!("at most {MAX_CONTROL_PER_SECOND} control messages a second")))
                 } else {
                     match serde_json::from_slice::<ControlRequest>(&body) {
-                        Err(e) => refusal(Refusal::new(400, "bad_message", e.to_string())),
+                        Err(e) => refusal(SessionError::new(400, "bad_message", e.to_string())),
                         Ok(req) => handle(req, &conn, &workers, &auth, &mut joined, &mut flows).await.unwrap_or_else(refusal),
                     }
                 };
@@ -179,7 +180,7 @@ async fn handle(
     auth: &Auth,
     joined: &mut Option<Joined>,
     flows: &mut Vec<(u64, SessionId)>,
-) -> Result<ControlReply, Refusal> {
+) -> Result<ControlReply, SessionError> {
     match req {
         ControlRequest::Join {
             v,
@@ -188,17 +189,17 @@ async fn handle(
             name,
         } => {
             if joined.is_some() {
-                return Err(Refusal::new(
+                return Err(SessionError::new(
                     409,
                     "already_joined",
                     "this connection has joined a room already",
                 ));
             }
             if v != 1 {
-                return Err(Refusal::new(400, "unsupported_version", "use v 1"));
+                return Err(SessionError::new(400, "unsupported_version", "use v 1"));
             }
             if !crate::signal::http::valid_name(&room) {
-                return Err(Refusal::new(
+                return Err(SessionError::new(
                     400,
                     "bad_room",
                     "room names are 1-64 characters of A-Z a-z 0-9 - _ .",
@@ -206,7 +207,7 @@ async fn handle(
             }
             let access = auth
                 .check(token.as_deref(), Some(&room), unix_now())
-                .map_err(|e| Refusal::new(e.status(), e.reason(), e.to_string()))?;
+                .map_err(|e| SessionError::new(e.status(), e.reason(), e.to_string()))?;
             let identity = access.identity.or(name).unwrap_or_else(|| "quic".into());
             *joined = Some(Joined {
                 room: room.clone(),
@@ -266,31 +267,31 @@ fn may_open<'a>(
     flows: &[(u64, SessionId)],
     flow: u64,
     publish: bool,
-) -> Result<&'a Joined, Refusal> {
+) -> Result<&'a Joined, SessionError> {
     let j = joined
         .as_ref()
-        .ok_or_else(|| Refusal::new(409, "not_joined", "send join first"))?;
+        .ok_or_else(|| SessionError::new(409, "not_joined", "send join first"))?;
     if !(if publish {
         j.grants.publish
     } else {
         j.grants.subscribe
     }) {
         let what = if publish { "publishing" } else { "subscribing" };
-        return Err(Refusal::new(
+        return Err(SessionError::new(
             403,
             "forbidden",
             format!("this token does not allow {what}"),
         ));
     }
     if flows.iter().any(|(f, _)| *f == flow) {
-        return Err(Refusal::new(
+        return Err(SessionError::new(
             409,
             "flow_in_use",
             format!("flow {flow} is in use"),
         ));
     }
     if flows.len() >= MAX_FLOWS {
-        return Err(Refusal::new(
+        return Err(SessionError::new(
             429,
             "too_many_flows",
             format!("at most {MAX_FLOWS} flows per connection"),

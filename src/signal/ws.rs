@@ -17,8 +17,9 @@ use super::dispatch::Command;
 use super::http::{error_response, valid_name, AppState};
 use crate::session::conference::JoinRequest;
 use crate::session::connection::ParticipantId;
-use crate::session::protocol::{ClientMessage, Refusal, ServerMessage, VERSION};
+use crate::session::protocol::{ClientMessage, ServerMessage, VERSION};
 use crate::session::sdp::Offer;
+use crate::session::SessionError;
 
 /// Events waiting for a slow client; past this the client is cut off rather than waited for.
 const EVENT_QUEUE: usize = 256;
@@ -111,28 +112,28 @@ async fn run(mut socket: WebSocket, st: AppState, upgrade_token: Option<String>)
                     None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
                     Some(Ok(Message::Text(t))) => t,
                     Some(Ok(Message::Binary(_))) => {
-                        let r = Refusal::new(400, "bad_message", "binary frames are not part of the protocol; send JSON text");
-                        if !send(&mut socket, &r.to_message(None)).await { break; }
+                        let r = SessionError::new(400, "bad_message", "binary frames are not part of the protocol; send JSON text");
+                        if !send(&mut socket, &refusal(&r, None)).await { break; }
                         continue;
                     }
                     Some(Ok(_)) => continue,
                 };
                 if !bucket.take(Instant::now()) {
-                    let r = Refusal::new(429, "rate_limited", format!("more than {} messages per second", st.ws_messages_per_second));
-                    if !send(&mut socket, &r.to_message(None)).await { break; }
+                    let r = SessionError::new(429, "rate_limited", format!("more than {} messages per second", st.ws_messages_per_second));
+                    if !send(&mut socket, &refusal(&r, None)).await { break; }
                     continue;
                 }
                 if text.len() > st.ws_max_message_bytes {
-                    let r = Refusal::new(413, "message_too_large", format!("messages are limited to {} bytes", st.ws_max_message_bytes));
-                    if !send(&mut socket, &r.to_message(None)).await { break; }
+                    let r = SessionError::new(413, "message_too_large", format!("messages are limited to {} bytes", st.ws_max_message_bytes));
+                    if !send(&mut socket, &refusal(&r, None)).await { break; }
                     continue;
                 }
                 let msg = match serde_json::from_str::<ClientMessage>(&text) {
                     Ok(m) => m,
                     Err(e) => {
                         debug!(error = %e, "bad room-protocol message");
-                        let r = Refusal::new(400, "bad_message", e.to_string());
-                        if !send(&mut socket, &r.to_message(None)).await { break; }
+                        let r = SessionError::new(400, "bad_message", e.to_string());
+                        if !send(&mut socket, &refusal(&r, None)).await { break; }
                         continue;
                     }
                 };
@@ -140,7 +141,7 @@ async fn run(mut socket: WebSocket, st: AppState, upgrade_token: Option<String>)
                 let id = msg.request_id();
                 let reply = match handle(&st, msg, &mut joined, upgrade_token.as_deref(), conn).await {
                     Ok(reply) => reply,
-                    Err(r) => r.to_message(id),
+                    Err(r) => refusal(&r, id),
                 };
                 if !send(&mut socket, &reply).await { break; }
                 if let (ServerMessage::Joined { .. }, Some((pid, _))) = (&reply, &joined) {
@@ -173,8 +174,8 @@ async fn run(mut socket: WebSocket, st: AppState, upgrade_token: Option<String>)
     let _ = socket.send(Message::Close(None)).await;
 }
 
-fn not_joined() -> Refusal {
-    Refusal::new(409, "not_joined", "join a room first")
+fn not_joined() -> SessionError {
+    SessionError::new(409, "not_joined", "join a room first")
 }
 
 async fn handle(
@@ -183,8 +184,8 @@ async fn handle(
     joined: &mut Option<(ParticipantId, mpsc::Receiver<ServerMessage>)>,
     upgrade_token: Option<&str>,
     conn: u64,
-) -> Result<ServerMessage, Refusal> {
-    let gone = || Refusal::new(503, "unavailable", "media worker is not running");
+) -> Result<ServerMessage, SessionError> {
+    let gone = || SessionError::new(503, "unavailable", "media worker is not running");
     let pid = joined.as_ref().map(|(p, _)| *p);
     match msg {
         ClientMessage::Join {
@@ -197,21 +198,21 @@ async fn handle(
             resume,
         } => {
             if pid.is_some() {
-                return Err(Refusal::new(
+                return Err(SessionError::new(
                     409,
                     "already_joined",
                     "this socket has joined a room already",
                 ));
             }
             if v != VERSION {
-                return Err(Refusal::new(
+                return Err(SessionError::new(
                     400,
                     "unsupported_version",
                     format!("protocol version {v} is not supported; use {VERSION}"),
                 ));
             }
             if !valid_name(&room) {
-                return Err(Refusal::new(
+                return Err(SessionError::new(
                     400,
                     "bad_room",
                     "room names are 1-64 characters of A-Z a-z 0-9 - _ .",
@@ -219,7 +220,7 @@ async fn handle(
             }
             let name = name.unwrap_or_default();
             if name.chars().count() > 64 {
-                return Err(Refusal::new(
+                return Err(SessionError::new(
                     400,
                     "bad_name",
                     "names are at most 64 characters",
@@ -229,7 +230,7 @@ async fn handle(
             let access = st
                 .auth
                 .check(token, Some(&room), unix_now())
-                .map_err(|e| Refusal::new(e.status(), e.reason(), e.to_string()))?;
+                .map_err(|e| SessionError::new(e.status(), e.reason(), e.to_string()))?;
             let verified = access.identity.is_some();
             let identity = access.identity.unwrap_or_else(|| {
                 if name.is_empty() {
@@ -275,7 +276,7 @@ async fn handle(
         ClientMessage::Publish { id, sdp } => {
             let pid = pid.ok_or_else(not_joined)?;
             let offer =
-                Offer::parse(&sdp).map_err(|e| Refusal::new(400, "bad_sdp", e.to_string()))?;
+                Offer::parse(&sdp).map_err(|e| SessionError::new(400, "bad_sdp", e.to_string()))?;
             let sdp = call(st, pid, |reply| Command::RoomPublish {
                 pid,
                 offer: Box::new(offer),
@@ -292,7 +293,9 @@ async fn handle(
         ClientMessage::RestartIce { id, sdp } => {
             let pid = pid.ok_or_else(not_joined)?;
             let offer = sdp
-                .map(|s| Offer::parse(&s).map_err(|e| Refusal::new(400, "bad_sdp", e.to_string())))
+                .map(|s| {
+                    Offer::parse(&s).map_err(|e| SessionError::new(400, "bad_sdp", e.to_string()))
+                })
                 .transpose()?
                 .map(Box::new);
             let answer = call(st, pid, |reply| Command::RestartIce { pid, offer, reply }).await??;
@@ -313,7 +316,7 @@ async fn handle(
         | ClientMessage::Pin { tracks, .. }
             if tracks.len() > 256 =>
         {
-            Err(Refusal::new(
+            Err(SessionError::new(
                 400,
                 "bad_message",
                 "at most 256 tracks per request",
@@ -374,10 +377,20 @@ async fn call<T>(
     st: &AppState,
     pid: ParticipantId,
     make: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> Command,
-) -> Result<T, Refusal> {
+) -> Result<T, SessionError> {
     st.workers
         .for_id(pid)
         .call(make)
         .await
-        .ok_or_else(|| Refusal::new(503, "unavailable", "media worker is not running"))
+        .ok_or_else(|| SessionError::new(503, "unavailable", "media worker is not running"))
+}
+
+/// A refusal as the room protocol's `error` message (in reply to request `id`, if it had one).
+fn refusal(e: &SessionError, id: Option<serde_json::Value>) -> ServerMessage {
+    ServerMessage::Error {
+        id,
+        code: e.code,
+        reason: e.reason,
+        message: e.message.clone(),
+    }
 }
