@@ -473,7 +473,7 @@ impl Shard {
         let dtls = match &remote {
             Some(r) => Some(
                 Dtls::new(now, &self.identity, r.fingerprint, r.dtls_client)
-                    .map_err(|e| SessionError::internal(e))?,
+                    .map_err(SessionError::internal)?,
             ),
             None => None,
         };
@@ -645,7 +645,7 @@ impl Shard {
         s.answer = answer.clone();
         self.relay
             .add_publisher(s.id, room, s.rtcp_ssrc, tracks)
-            .map_err(|e| SessionError::internal(e))?;
+            .map_err(SessionError::internal)?;
         for (i, _) in slides.iter().enumerate().filter(|(_, &on)| on) {
             self.relay.set_slides(s.id, i, true);
         }
