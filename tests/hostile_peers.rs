@@ -8,9 +8,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use volna::session::conference::JoinRequest;
 use volna::session::protocol::ServerMessage;
 use volna::session::sdp::Offer;
+use volna::session::JoinRequest;
 use volna::session::{Grants, Shard};
 
 mod common;

@@ -9,14 +9,18 @@
 pub mod conference;
 pub mod connection;
 pub mod error;
+mod media;
 pub mod negotiation;
+pub mod participant;
 pub mod protocol;
 pub mod quic;
 pub mod sdp;
 pub mod sdpfrag;
 pub mod shard;
+mod subscriber;
+mod whip;
 
-pub use conference::{Grants, JoinRequest};
 pub use connection::{ParticipantId, Role};
 pub use error::SessionError;
+pub use participant::{Grants, JoinRequest};
 pub use shard::{Created, IceRestart, Limits, Shard, ShardConfig, ShardStats};

@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use tracing::{info, warn};
 
-use super::auth::{bearer, unix_now, Access, Auth, AuthError};
+use super::auth::{bearer, unix_now, Access, AuthError};
 use crate::session::sdp::Offer;
 use crate::session::sdpfrag;
 use axum::response::Html;
@@ -21,19 +21,10 @@ use axum::response::Html;
 const DEMO_HTML: &str = include_str!("../../web/index.html");
 const DEMO_JS: &str = include_str!("../../web/app.js");
 const FAVICON: &str = include_str!("../../web/favicon.svg");
-use super::dispatch::{Command, Workers};
+use super::dispatch::Command;
+use super::state::{error, error_response, valid_name, AppState};
 use crate::session::connection::Role;
 use crate::session::SessionError;
-
-#[derive(Clone)]
-pub struct AppState {
-    pub workers: Workers,
-    pub auth: Auth,
-    pub ws_max_message_bytes: usize,
-    pub ws_messages_per_second: u32,
-    /// Hex SHA-256 of the QUIC certificate, for clients to pin; `None` without QUIC.
-    pub quic_cert_sha256: Option<String>,
-}
 
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     Router::new()
@@ -204,14 +195,6 @@ async fn whep_patch(
     patch(st, Role::Viewer, room, resource, headers, body).await
 }
 
-/// A plain-text error response with a numeric status.
-pub fn error_response(status: u16, reason: &str) -> Response {
-    error(
-        StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
-        reason,
-    )
-}
-
 /// The reply to a token that does not pass: 401 (with `WWW-Authenticate`, RFC 6750 §3) or 403.
 fn auth_refusal(e: &AuthError) -> Response {
     let mut res = error_response(e.status(), &e.to_string());
@@ -266,24 +249,9 @@ fn admin_refused(st: &AppState, headers: &HeaderMap) -> Option<Response> {
         .map(|e| auth_refusal(&e))
 }
 
-fn error(status: StatusCode, reason: &str) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        format!("{reason}\n"),
-    )
-        .into_response()
-}
-
 /// A session-layer refusal as an HTTP response: its status, its text.
 fn shard_error(e: SessionError) -> Response {
     error_response(e.code, &e.message)
-}
-
-pub fn valid_name(s: &str) -> bool {
-    (1..=64).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
 /// Checks the media type and decodes the offer; the error is the response to send.

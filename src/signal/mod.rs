@@ -7,4 +7,5 @@ pub mod dispatch;
 pub mod http;
 pub mod quic;
 pub mod quic_control;
+pub mod state;
 pub mod ws;

@@ -198,7 +198,7 @@ async fn handle(
             if v != 1 {
                 return Err(SessionError::new(400, "unsupported_version", "use v 1"));
             }
-            if !crate::signal::http::valid_name(&room) {
+            if !super::state::valid_name(&room) {
                 return Err(SessionError::new(
                     400,
                     "bad_room",

@@ -14,11 +14,11 @@ use tracing::{debug, info};
 
 use super::auth::{bearer, unix_now};
 use super::dispatch::Command;
-use super::http::{error_response, valid_name, AppState};
-use crate::session::conference::JoinRequest;
+use super::state::{error_response, valid_name, AppState};
 use crate::session::connection::ParticipantId;
 use crate::session::protocol::{ClientMessage, ServerMessage, VERSION};
 use crate::session::sdp::Offer;
+use crate::session::JoinRequest;
 use crate::session::SessionError;
 
 /// Events waiting for a slow client; past this the client is cut off rather than waited for.

@@ -4,3 +4,6 @@
 pub mod forwarder;
 
 pub use forwarder::{Decision, DropReason, Forwarder, LayerFrame, SvcLayers};
+
+#[cfg(test)]
+mod tests;

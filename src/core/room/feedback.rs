@@ -9,7 +9,8 @@ use std::time::Instant;
 
 use super::publisher::Publisher;
 use super::send::{self, Number, Scratch, Sent};
-use super::viewer::{Viewer, SENT_TRANSPORT_SEQ};
+use super::track::SENT_TRANSPORT_SEQ;
+use super::viewer::Viewer;
 use super::{RelayCounters, SessionId, Sink, TrackRef};
 use crate::core::rtcp::{self, twcc, Compound, Nack, RtcpPacket, SenderReport};
 use crate::core::rtp::Rewrite;

@@ -25,6 +25,7 @@ mod spec;
 mod stats;
 mod svc;
 mod timers;
+mod track;
 pub mod twcc_rx;
 mod viewer;
 
@@ -41,7 +42,8 @@ use publisher::{PubTrack, Publisher, RateMeter};
 use send::Scratch;
 use speaker::RoomState;
 use timers::{Timer, Timers};
-use viewer::{Incoming, Viewer, ViewerTrack};
+use track::ViewerTrack;
+use viewer::{Incoming, Viewer};
 
 pub use spec::{
     Feedback, MediaKind, RelayConfig, RelayCounters, RelayEvent, RoomError, Rtx, SessionId, Sink,

@@ -12,7 +12,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::pacer;
-use super::viewer::{ViewerCc, ViewerTrack, SENT_TRANSPORT_SEQ};
+use super::track::{ViewerCc, ViewerTrack, SENT_TRANSPORT_SEQ};
 use super::{RelayCounters, SessionId, Sink};
 use crate::core::cache::RetransmitCache;
 use crate::core::forward::Forwarder;

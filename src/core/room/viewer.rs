@@ -8,16 +8,12 @@ use bytes::Bytes;
 
 use super::publisher::PubTrack;
 use super::send::{self, Number, Out, Scratch, Sent, MAX_PACKET};
-use super::{pacer, resend, MediaKind, RelayCounters, SessionId, Sink, ViewerTrackSpec};
-use crate::core::bwe::{BandwidthEstimator, BweConfig, ProbeCluster};
+use super::track::{ViewerCc, ViewerTrack};
+use super::{pacer, MediaKind, RelayCounters, SessionId, Sink};
+use crate::core::bwe::ProbeCluster;
 use crate::core::cache::RetransmitCache;
-use crate::core::forward::{Decision, DropReason, Forwarder, LayerFrame};
-use crate::core::rtcp::twcc::PacketResult;
-use crate::core::rtp::{ExtKind, ExtMap, ExtTranslation, Rewrite, RtpView};
-
-/// Packets whose transport-wide numbers a viewer track remembers for resends (more than the
-/// retransmit cache holds).
-pub(super) const SENT_TRANSPORT_SEQ: usize = 1024;
+use crate::core::forward::{Decision, DropReason, LayerFrame};
+use crate::core::rtp::{ExtMap, Rewrite, RtpView};
 
 /// Video is paced at this multiple of the viewer's estimate (as GCC senders do): bursts are
 /// spread out, and the estimate can still be exceeded enough to be tested.
@@ -28,99 +24,6 @@ const PACING_FACTOR: f64 = 2.5;
 /// asked for a new one.
 const KEYFRAME_REPLAY_AGE: Duration = Duration::from_millis(1000);
 const KEYFRAME_REPLAY_PACKETS: u16 = 256;
-
-pub(super) struct ViewerTrack {
-    pub spec: ViewerTrackSpec,
-    pub fwd: Forwarder,
-    /// (viewer sequence number, transport-wide number) of recent packets, by sequence number
-    /// modulo its length; empty without transport-cc. A resend must be the same bytes as the
-    /// original: the same SRTP index protecting a different header would reuse an AES-GCM nonce.
-    pub sent_transport_seq: Vec<(u16, u16)>,
-    /// False once the track was removed or its publisher left; the slot keeps indices stable.
-    pub live: bool,
-    /// Next sequence number on the RTX stream.
-    rtx_seq: u16,
-    /// Which packets were resent lately, and how often.
-    pub resends: resend::ResendLog,
-    /// Since when the allocator has found no room for this track (see `policy::PAUSE_AFTER`).
-    pub short_since: Option<Instant>,
-    /// Shown large by the viewer (pinned): its video goes first.
-    pub pinned: bool,
-    /// Audio re-encoded at a low bitrate for this viewer (its link cannot carry more), and
-    /// whether it ever was (what went out then cannot be made again for a resend).
-    pub low_audio: bool,
-    pub ever_low: bool,
-}
-
-impl ViewerTrack {
-    pub fn new(spec: ViewerTrackSpec, fwd: Forwarder) -> Self {
-        let sent_transport_seq = if spec.ext.id(ExtKind::TransportWideCc).is_some() {
-            vec![(0, 0); SENT_TRANSPORT_SEQ]
-        } else {
-            Vec::new()
-        };
-        ViewerTrack {
-            // Any start will do; away from the media numbering makes captures easier to read.
-            rtx_seq: spec.initial_seq ^ 0x8000,
-            spec,
-            fwd,
-            sent_transport_seq,
-            live: true,
-            resends: resend::ResendLog::default(),
-            short_since: None,
-            pinned: false,
-            low_audio: false,
-            ever_low: false,
-        }
-    }
-
-    /// How a packet of the source track is translated for this viewer track.
-    pub fn translation<'a>(
-        &'a self,
-        from: &'a ExtMap,
-        transport_seq: Option<u16>,
-    ) -> ExtTranslation<'a> {
-        ExtTranslation {
-            from,
-            to: &self.spec.ext,
-            mid: self.spec.mid.as_bytes(),
-            transport_seq,
-        }
-    }
-
-    pub fn next_rtx_seq(&mut self) -> u16 {
-        let s = self.rtx_seq;
-        self.rtx_seq = s.wrapping_add(1);
-        s
-    }
-}
-
-/// Congestion control of one viewer's transport: transport-wide sequence numbers on what it is
-/// sent, and the estimate its feedback (or REMB) gives.
-pub(super) struct ViewerCc {
-    pub next_seq: u16,
-    pub bwe: BandwidthEstimator,
-    /// Reused for parsing feedback.
-    pub results: Vec<PacketResult>,
-    /// Resend bytes against media bytes.
-    pub budget: resend::ResendBudget,
-}
-
-impl ViewerCc {
-    fn new() -> Self {
-        ViewerCc {
-            next_seq: 1,
-            bwe: BandwidthEstimator::new(BweConfig::default()),
-            results: Vec::with_capacity(256),
-            budget: resend::ResendBudget::default(),
-        }
-    }
-
-    /// Whether anything tells about this viewer's link: transport-cc feedback or REMB.
-    pub fn has_signal(&self) -> bool {
-        self.bwe.last_feedback().is_some() || self.bwe.has_remb()
-    }
-}
 
 /// A probe cluster being sent, paced over its duration.
 pub(super) struct ProbeOut {

@@ -1,0 +1,42 @@
+//! What every signalling endpoint shares: the state handlers get (the workers, the token
+//! checker, limits), plain-text error responses, and which room names are valid.
+
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use super::auth::Auth;
+use super::dispatch::Workers;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub workers: Workers,
+    pub auth: Auth,
+    pub ws_max_message_bytes: usize,
+    pub ws_messages_per_second: u32,
+    /// Hex SHA-256 of the QUIC certificate, for clients to pin; `None` without QUIC.
+    pub quic_cert_sha256: Option<String>,
+}
+
+/// A plain-text error response with a numeric status.
+pub fn error_response(status: u16, reason: &str) -> Response {
+    error(
+        StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+        reason,
+    )
+}
+
+pub fn error(status: StatusCode, reason: &str) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        format!("{reason}\n"),
+    )
+        .into_response()
+}
+
+/// Room names: 1 to 64 letters, digits, `-`, `_` or `.`.
+pub fn valid_name(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
