@@ -269,17 +269,7 @@ impl Shard {
         match s.role {
             Role::Viewer => {
                 let tracks = s.pending_viewer.take().unwrap_or_default();
-                let room = s.room.clone();
-                if let Err(e) = self.relay.add_viewer(id, &room) {
-                    warn!(session = id, error = %e, "viewer not added");
-                    return;
-                }
-                let (relay, mut out) = self.relay_and_out();
-                for t in tracks {
-                    if let Err(e) = relay.add_viewer_track(now, id, t, &mut out) {
-                        warn!(session = id, error = %e, "viewer track not added");
-                    }
-                }
+                self.start_viewing(now, id, tracks);
                 if self.relay.live_viewer_tracks(id) == 0 {
                     self.close(now, id, CloseCause::PublisherLeft);
                 }

@@ -166,44 +166,45 @@ impl Shard {
         s.quic_flow = Some(flow);
         let sid = s.id;
         self.register(s);
-        self.relay
-            .add_viewer(sid, room)
-            .map_err(SessionError::internal)?;
-        let mut tracks = Vec::new();
-        for (i, (kind, codec, mid)) in published.iter().enumerate() {
-            let rng = &mut self.rng;
-            let ssrc: u32 = rng.gen();
-            let spec = ViewerTrackSpec {
+        let mut specs = Vec::with_capacity(published.len());
+        for (i, (_, codec, mid)) in published.iter().enumerate() {
+            let (initial_seq, initial_ts) = self.viewer_numbering();
+            specs.push(ViewerTrackSpec {
                 source: TrackRef {
                     publisher: pub_id,
                     track: i,
                 },
                 mid: mid.clone(),
-                ssrc,
+                ssrc: self.rng.gen(),
                 payload_type: codec.payload_type,
                 ext: ExtMap::default(),
-                initial_seq: rng.gen(),
-                initial_ts: rng.gen(),
+                initial_seq,
+                initial_ts,
                 rtx: None,
                 red: None,
-            };
-            let (relay, mut out) = self.relay_and_out();
-            if relay.add_viewer_track(now, sid, spec, &mut out).is_ok() {
-                tracks.push(QuicTrack {
-                    kind: match kind {
-                        MediaKind::Audio => "audio".into(),
-                        MediaKind::Video => "video".into(),
-                    },
-                    codec: codec.name.clone(),
-                    payload_type: codec.payload_type,
-                    clock_rate: codec.clock_rate,
-                    channels: codec.channels.parse().ok(),
-                    fmtp: codec.fmtp.clone(),
-                    ssrc,
-                    content: None,
-                });
-            }
+            });
         }
+        let ssrcs: Vec<u32> = specs.iter().map(|s| s.ssrc).collect();
+        let started = self.start_viewing(now, sid, specs);
+        let tracks = published
+            .iter()
+            .zip(ssrcs)
+            .zip(started)
+            .filter(|(_, index)| index.is_some())
+            .map(|(((kind, codec, _), ssrc), _)| QuicTrack {
+                kind: match kind {
+                    MediaKind::Audio => "audio".into(),
+                    MediaKind::Video => "video".into(),
+                },
+                codec: codec.name.clone(),
+                payload_type: codec.payload_type,
+                clock_rate: codec.clock_rate,
+                channels: codec.channels.parse().ok(),
+                fmtp: codec.fmtp.clone(),
+                ssrc,
+                content: None,
+            })
+            .collect();
         info!(session = sid, room, publisher = %public, "QUIC subscriber created");
         Ok((sid, public, tracks))
     }

@@ -17,7 +17,7 @@ use super::error::{Full, SessionError};
 use super::negotiation::Negotiation;
 use super::participant::Participant;
 use super::protocol::ServerMessage;
-use crate::core::room::{Relay, RelayConfig, SessionId, Sink};
+use crate::core::room::{Relay, RelayConfig, RoomError, SessionId, Sink, ViewerTrackSpec};
 use crate::core::rtp::ExtKind;
 use crate::session::sdp::{Local, Offer, Setup};
 use crate::transport::buffers::SendBatch;
@@ -546,6 +546,48 @@ impl Shard {
             }
         }
         Ok(())
+    }
+
+    /// The one way a session starts receiving (WHEP viewer, room subscriber, QUIC subscriber):
+    /// the relay takes it as a viewer of its room (once) and each spec as a viewer track, which
+    /// starts from the cached key frame or asks its publisher for one. Returns each track's
+    /// index in the relay, in `specs`' order; `None` where its publisher has gone.
+    pub(super) fn start_viewing(
+        &mut self,
+        now: Instant,
+        sid: SessionId,
+        specs: Vec<ViewerTrackSpec>,
+    ) -> Vec<Option<usize>> {
+        let Some(room) = self.sessions.get(&sid).map(|s| s.room.clone()) else {
+            return vec![None; specs.len()];
+        };
+        // A subscriber is added on its first accepted lines, and stays for later ones.
+        match self.relay.add_viewer(sid, &room) {
+            Ok(()) | Err(RoomError::Exists(_)) => {}
+            Err(e) => {
+                warn!(session = sid, error = %e, "viewer not added");
+                return vec![None; specs.len()];
+            }
+        }
+        let (relay, mut out) = self.relay_and_out();
+        specs
+            .into_iter()
+            .map(
+                |spec| match relay.add_viewer_track(now, sid, spec, &mut out) {
+                    Ok(index) => Some(index),
+                    Err(e) => {
+                        debug!(session = sid, error = %e, "viewer track not added");
+                        None
+                    }
+                },
+            )
+            .collect()
+    }
+
+    /// A viewer track's numbering: random starting points, so a stream's numbers tell nothing
+    /// of the publisher's (RFC 3550 §5.1).
+    pub(super) fn viewer_numbering(&mut self) -> (u16, u32) {
+        (self.rng.gen(), self.rng.gen())
     }
 
     pub(super) fn register(&mut self, s: Session) {

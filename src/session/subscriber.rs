@@ -359,9 +359,7 @@ impl Shard {
         if s.srtp.is_none() {
             return;
         }
-        let room = s.room.clone();
-        let _ = self.relay.add_viewer(sid, &room);
-        let todo: Vec<(usize, ViewerTrackSpec)> = s
+        let lines: Vec<(usize, ViewerTrackSpec)> = s
             .negotiation
             .lines
             .iter()
@@ -382,8 +380,8 @@ impl Shard {
                         ssrc: l.ssrc,
                         payload_type: l.codec.payload_type,
                         ext,
-                        initial_seq: self.rng.gen(),
-                        initial_ts: self.rng.gen(),
+                        initial_seq: 0,
+                        initial_ts: 0,
                         rtx: l.rtx.filter(|_| l.rtx_accepted).map(|(pt, ssrc)| Rtx {
                             payload_type: pt,
                             ssrc,
@@ -393,30 +391,33 @@ impl Shard {
                 ))
             })
             .collect();
+        let (indices, mut specs): (Vec<usize>, Vec<ViewerTrackSpec>) = lines.into_iter().unzip();
+        for spec in &mut specs {
+            (spec.initial_seq, spec.initial_ts) = self.viewer_numbering();
+        }
+        let started = self.start_viewing(now, sid, specs);
+        let pinned = self
+            .sessions
+            .get(&sid)
+            .and_then(|s| s.participant)
+            .and_then(|pid| self.participants.get(&pid))
+            .map(|p| p.pinned.clone())
+            .unwrap_or_default();
         let mut failed = false;
-        for (line, spec) in todo {
-            let (relay, mut out) = self.relay_and_out();
-            let r = relay.add_viewer_track(now, sid, spec, &mut out);
+        for (line, index) in indices.into_iter().zip(started) {
             let Some(s) = self.sessions.get_mut(&sid) else {
                 continue;
             };
             let neg = &mut s.negotiation;
-            match r {
-                Ok(idx) => {
+            match index {
+                Some(idx) => {
                     let l = &mut neg.lines[line];
                     l.relay_index = Some(idx);
-                    let track_id = l.track_id.clone();
-                    let pinned = self
-                        .sessions
-                        .get(&sid)
-                        .and_then(|s| s.participant)
-                        .and_then(|pid| self.participants.get(&pid))
-                        .is_some_and(|p| p.pinned.contains(&track_id));
-                    if pinned {
+                    if pinned.contains(&l.track_id) {
                         self.relay.set_pinned(sid, idx, true);
                     }
                 }
-                Err(_) => {
+                None => {
                     // Its publisher left meanwhile.
                     neg.end(line);
                     failed = true;

@@ -19,18 +19,27 @@ pub fn shard() -> Shard {
 
 /// The same with other limits.
 pub fn shard_with(limits: Limits) -> Shard {
-    let provider = rtc_crypto::default_provider().unwrap();
-    Shard::new(
-        ShardConfig {
-            worker: 0,
-            media_addr: "127.0.0.1:5000".parse().unwrap(),
-            consent_timeout: Duration::from_secs(30),
-            reconnect_grace: Duration::from_secs(10),
-            relay: RelayConfig::default(),
-            limits,
-        },
-        DtlsIdentity::generate(provider).unwrap(),
-    )
+    Shard::new(config(limits), identity())
+}
+
+/// A shard whose random choices all come from `seed`.
+pub fn shard_seeded(seed: u64) -> Shard {
+    Shard::with_seed(config(Limits::default()), identity(), seed)
+}
+
+fn config(limits: Limits) -> ShardConfig {
+    ShardConfig {
+        worker: 0,
+        media_addr: "127.0.0.1:5000".parse().unwrap(),
+        consent_timeout: Duration::from_secs(30),
+        reconnect_grace: Duration::from_secs(10),
+        relay: RelayConfig::default(),
+        limits,
+    }
+}
+
+fn identity() -> DtlsIdentity {
+    DtlsIdentity::generate(rtc_crypto::default_provider().unwrap()).unwrap()
 }
 
 /// Every client's ICE password (in its offer).
@@ -96,6 +105,9 @@ pub struct Client {
     pub ufrag: String,
     pub identity: DtlsIdentity,
     pub keys: Option<Box<SrtpKeys>>,
+    /// What the shard sent it besides DTLS while the handshake ran (media that starts the moment
+    /// SRTP is up, such as a replayed key frame).
+    pub early: Vec<bytes::Bytes>,
 }
 
 impl Client {
@@ -106,6 +118,7 @@ impl Client {
             ufrag: format!("client{port}"),
             identity: DtlsIdentity::generate(provider).unwrap(),
             keys: None,
+            early: Vec::new(),
         }
     }
 
@@ -163,6 +176,8 @@ impl Client {
                     {
                         self.keys = Some(k);
                     }
+                } else if to == self.addr {
+                    self.early.push(d);
                 }
             }
             if self.keys.is_some() {
