@@ -1,6 +1,6 @@
 //! Sessions: one worker's table of WebRTC and QUIC sessions and room participants, and what
-//! creates, renegotiates and ends them. WHIP/WHEP ([`whip`]), the room protocol ([`conference`]
-//! with [`subscriber`] offers) and QUIC ([`quic`]) all make viewers and publishers the same way,
+//! creates, renegotiates and ends them. WHIP/WHEP (`whip`), the room protocol (`conference`
+//! with `subscriber` offers) and QUIC (`quic`) all make viewers and publishers the same way,
 //! through the [`Shard`]. Sans-IO like the core: datagrams, requests and `now` in; datagrams,
 //! replies and participants' messages out (polled), randomness from a seeded generator. Below it
 //! the core (forwarding) and the transports (ICE, DTLS, SRTP, RoQ framing); above it, signalling

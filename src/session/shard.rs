@@ -1,6 +1,9 @@
-//! A shard: the sessions, the relay core and the address tables of one worker. Everything here is
-//! driven by `handle_*` calls with `now`; outgoing datagrams are collected with `poll_transmit`.
-//! Room participants (the WebSocket protocol) are in `conference.rs`.
+//! A shard: the sessions, participants, relay core and address tables of one worker, and the
+//! table's own operations (creating and closing sessions, admitting members, starting a viewer,
+//! timers, output). Everything is driven by `handle_*` calls with `now`; output is collected with
+//! `poll_transmit`, `poll_message` and `poll_quic_transmit`. The shard is one table: the other
+//! files of this module add its operations by concern (`media`: the datagram path, `whip`,
+//! `conference` and `subscriber`: the room protocol, `quic`).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;

@@ -6,10 +6,10 @@
 //! Nothing here reads a clock or touches a socket.
 //!
 //! This file holds the relay's tables and dispatches to the parts, one concern each:
-//! [`publisher`] (ingest, key-frame requests, reports), [`viewer`] (what each viewer is sent),
-//! [`send`] (the one path every packet to a viewer leaves by), [`feedback`] (NACK, PLI, sender
-//! reports), [`allocate`] with [`policy`] and [`alloc`] (layer choice), [`probe`], [`speaker`],
-//! and [`timers`].
+//! `publisher` (ingest, key-frame requests, reports), `viewer` (what each viewer is sent),
+//! `send` (the one path every packet to a viewer leaves by), `feedback` (NACK, PLI, sender
+//! reports), `allocate` with `policy` and `alloc` (layer choice), `probe`, `speaker`,
+//! and `timers`.
 
 pub mod alloc;
 mod allocate;
