@@ -25,5 +25,7 @@ pub mod core;
 pub mod fuzz;
 pub mod server;
 pub mod signal;
+#[doc(hidden)]
+pub mod testkit;
 pub mod transport;
 pub mod worker;
