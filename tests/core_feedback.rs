@@ -201,10 +201,7 @@ fn joining_viewers_start_from_the_cached_key_frame() {
 /// once; a viewer that did not move asks for nothing.
 #[test]
 fn a_viewer_that_moved_gets_a_key_frame_asked_for() {
-    let mut sim = Sim::new(RelayConfig::default());
-    sim.publish(PUB, 0x5e1f, publisher_tracks());
-    sim.view(V1, viewer_tracks(1000));
-    sim.sink.take();
+    let mut sim = call_with_one_viewer(0x5e1f);
     sim.goto(5000);
     sim.relay.viewer_moved(sim.now, 4242, &mut sim.sink);
     assert!(
@@ -222,10 +219,7 @@ fn a_viewer_that_moved_gets_a_key_frame_asked_for() {
 /// bytes (two under one AES-GCM nonce give away the authentication key).
 #[test]
 fn a_resend_carries_the_bytes_first_sent_under_that_number() {
-    let mut sim = Sim::new(RelayConfig::default());
-    sim.publish(PUB, 77, publisher_tracks());
-    sim.view(V1, viewer_tracks(1000));
-    sim.sink.take();
+    let mut sim = call_with_one_viewer(77);
     sim.feed(PUB, &video_rtp(1, 90).ext(4, b"1").payload(KEY).build());
     let (out, _) = sim.sink.take();
     let original = out[0].1.clone();

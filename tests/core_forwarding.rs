@@ -198,10 +198,7 @@ fn meeting_on_virtual_time() {
 
 #[test]
 fn packets_of_unknown_streams_are_dropped_and_counted() {
-    let mut sim = Sim::new(RelayConfig::default());
-    sim.publish(PUB, 1, publisher_tracks());
-    sim.view(V1, viewer_tracks(1000));
-    sim.sink.take();
+    let mut sim = call_with_one_viewer(1);
     // Unknown SSRC with an unknown payload type.
     let unknown = RtpBuilder::new(0x999, 55).seq(1).ts(1).payload(&[1]);
     sim.feed(PUB, &unknown.build());

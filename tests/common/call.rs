@@ -1,10 +1,10 @@
 //! The call the relay-core tests share: one publisher (`PUB`) of Opus and VP8, the track specs
 //! its viewers negotiate, and its packets.
 
-use volna::core::room::{Rtx, SessionId, TrackSpec, ViewerTrackSpec};
+use volna::core::room::{RelayConfig, Rtx, SessionId, TrackSpec, ViewerTrackSpec};
 use volna::core::rtcp::{Pli, RtcpPacket};
 use volna::core::rtp::ExtKind;
-use volna::testkit::{opus_track, vp8_track, RtpBuilder, ViewerTrack};
+use volna::testkit::{opus_track, vp8_track, RtpBuilder, Sim, ViewerTrack};
 
 pub const PUB: SessionId = 1;
 pub const V1: SessionId = 2;
@@ -52,6 +52,16 @@ pub fn transport_cc_tracks(base_ssrc: u32, rtx: bool) -> Vec<ViewerTrackSpec> {
         });
     }
     tracks
+}
+
+/// The call with one viewer (`V1`, SSRCs from 1000) joined and what its joining sent taken; the
+/// relay's RTCP to the publisher comes from `rtcp_ssrc`.
+pub fn call_with_one_viewer(rtcp_ssrc: u32) -> Sim {
+    let mut sim = Sim::new(RelayConfig::default());
+    sim.publish(PUB, rtcp_ssrc, publisher_tracks());
+    sim.view(V1, viewer_tracks(1000));
+    sim.sink.take();
+    sim
 }
 
 /// What the publisher gets when the relay asks it for a video key frame (from RTCP SSRC 0x5e1f),
