@@ -6,24 +6,21 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use volna::core::room::{
-    Feedback, MediaKind, Relay, RelayConfig, SessionId, Sink, TrackRef, TrackSpec, ViewerTrackSpec,
-};
-use volna::core::rtp::{write_header, Codec, ExtKind, ExtMap, ExtTranslation, Rewrite, RtpView};
+use volna::core::room::{Feedback, Relay, RelayConfig, SessionId, Sink, TrackSpec};
+use volna::core::rtp::{write_header, ExtKind, ExtMap, ExtTranslation, Rewrite, RtpView};
+use volna::testkit::{vp8_track, CountingSink, RtpBuilder, Sim, ViewerTrack};
 use volna::transport::buffers::SendBatch;
 use volna::transport::webrtc::srtp::{Profile, SrtpRtp};
 
+/// A VP8 packet of `len` bytes with the MID extension: the start of a key frame.
 fn packet(len: usize) -> Vec<u8> {
-    let mut p = vec![0x90, 96, 0, 1, 0, 0, 0, 1, 0, 0, 0, 7];
-    p.extend_from_slice(&[0xbe, 0xde, 0, 1, 0x40, b'1', 0, 0]);
-    p.push(0x10); // VP8 descriptor, start of a key frame
-    p.push(0x00);
-    p.resize(len, 0xab);
-    p
-}
-
-fn ext(pairs: &[(u8, ExtKind)]) -> ExtMap {
-    ExtMap::from_pairs(pairs)
+    RtpBuilder::new(7, 96)
+        .seq(1)
+        .ts(1)
+        .ext(4, b"1")
+        .payload(&[0x10, 0x00])
+        .pad_to(len, 0xab)
+        .to_vec()
 }
 
 fn parse_and_rewrite(c: &mut Criterion) {
@@ -34,8 +31,8 @@ fn parse_and_rewrite(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("parse", size), &p, |b, p| {
             b.iter(|| RtpView::parse(black_box(p)).unwrap())
         });
-        let from = ext(&[(4, ExtKind::Mid)]);
-        let to = ext(&[(2, ExtKind::Mid)]);
+        let from = ExtMap::from_pairs(&[(4, ExtKind::Mid)]);
+        let to = ExtMap::from_pairs(&[(2, ExtKind::Mid)]);
         let view = RtpView::parse(&p).unwrap();
         let rw = Rewrite {
             ssrc: 9,
@@ -64,23 +61,6 @@ fn parse_and_rewrite(c: &mut Criterion) {
         });
     }
     g.finish();
-}
-
-/// Copies header + payload into one reusable buffer per packet, as the worker does before SRTP.
-struct CopySink {
-    buf: Vec<u8>,
-    bytes: usize,
-}
-
-impl Sink for CopySink {
-    fn rtp(&mut self, _to: SessionId, header: &[u8], prefix: &[u8], payload: &[u8]) {
-        self.buf.clear();
-        self.buf.extend_from_slice(header);
-        self.buf.extend_from_slice(prefix);
-        self.buf.extend_from_slice(payload);
-        self.bytes += self.buf.len();
-    }
-    fn rtcp(&mut self, _to: SessionId, _packet: &[u8]) {}
 }
 
 /// What a worker's shard does per receiver: the copy into the send buffer, SRTP protection in
@@ -145,45 +125,22 @@ fn shared_ring(p: &[u8], n: usize) -> Vec<bytes::Bytes> {
         .collect()
 }
 
+/// A relay with one publisher of VP8 and `viewers` viewers of it.
 fn relay_with(viewers: u64) -> Relay {
-    let mut relay = Relay::new(RelayConfig::default());
+    let mut sim = Sim::with_sink(RelayConfig::default(), CountingSink::new());
+    sim.room = "bench";
     let track = TrackSpec {
-        kind: MediaKind::Video,
-        mid: "1".into(),
-        codec: Codec::Vp8,
-        payload_type: 96,
-        clock_rate: 90000,
-        ssrc: Some(7),
-        ext: ext(&[(4, ExtKind::Mid)]),
         feedback: Feedback::default(),
-        rids: Vec::new(),
+        ..vp8_track(Some(7))
     };
-    relay.add_publisher(1, "bench", 1, vec![track]).unwrap();
-    let mut sink = CopySink {
-        buf: Vec::new(),
-        bytes: 0,
-    };
+    sim.publish(1, 1, vec![track]);
     for v in 0..viewers {
-        let spec = ViewerTrackSpec {
-            source: TrackRef {
-                publisher: 1,
-                track: 0,
-            },
-            mid: "0".into(),
-            ssrc: 100 + v as u32,
-            payload_type: 96,
-            ext: ext(&[(2, ExtKind::Mid)]),
-            initial_seq: 0,
-            initial_ts: 0,
-            rtx: None,
-            red: None,
-        };
-        relay.add_viewer(10 + v, "bench").unwrap();
-        relay
-            .add_viewer_track(Instant::now(), 10 + v, spec, &mut sink)
-            .unwrap();
+        let spec = ViewerTrack::new(1, 0, 100 + v as u32, 96)
+            .ext(&[(2, ExtKind::Mid)])
+            .build();
+        sim.view(10 + v, vec![spec]);
     }
-    relay
+    sim.relay
 }
 
 fn fan_out(c: &mut Criterion) {
@@ -193,10 +150,9 @@ fn fan_out(c: &mut Criterion) {
     for n in [1u64, 10, 100] {
         g.throughput(Throughput::Elements(n));
         let mut relay = relay_with(n);
-        let mut sink = CopySink {
-            buf: Vec::with_capacity(2048),
-            bytes: 0,
-        };
+        // Copies header + payload into one reusable buffer per packet, as the worker does
+        // before SRTP.
+        let mut sink = CountingSink::new();
         let ring = shared_ring(&p, 4096);
         // Each relay starts at the ring's first packet: the ring's wrap back to it then reads as
         // late packets, which are still forwarded, rather than as ones from before the start.

@@ -8,13 +8,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::core::bwe::{BandwidthEstimator, BweConfig};
-use crate::core::room::{
-    Feedback, MediaKind, Relay, RelayConfig, SessionId, Sink, TrackRef, TrackSpec, ViewerTrackSpec,
-};
+use crate::core::room::{Relay, RelayConfig, SessionId, Sink, TrackSpec};
 use crate::core::rtcp::twcc::{self, PacketResult};
 use crate::core::rtcp::{Compound, RtcpPacket};
 use crate::core::rtp::codec::{av1, av1_dd, h264, vp8, vp9};
-use crate::core::rtp::{write_header, Codec, ExtKind, ExtMap, ExtTranslation, Rewrite, RtpView};
+use crate::core::rtp::{write_header, ExtKind, ExtMap, ExtTranslation, Rewrite, RtpView};
+use crate::testkit::{opus_track, vp8_track, ViewerTrack};
 
 /// One fuzz entry point.
 pub type Target = fn(&[u8]);
@@ -258,52 +257,21 @@ pub fn relay(data: &[u8]) {
     let mut now = t0;
     let mut r = Relay::new(RelayConfig::default());
     let mut sink = Checked::default();
-    let fb = Feedback {
-        nack: true,
-        pli: true,
-        fir: true,
-        remb: true,
+    let video = TrackSpec {
+        ext: ExtMap::from_pairs(&[(4, ExtKind::Mid), (5, ExtKind::TransportWideCc)]),
+        ..vp8_track(Some(0xb0))
     };
-    let tracks = vec![
-        TrackSpec {
-            kind: MediaKind::Audio,
-            mid: "0".into(),
-            codec: Codec::Opus,
-            payload_type: 111,
-            clock_rate: 48000,
-            ssrc: Some(0xa0),
-            ext: ExtMap::from_pairs(&[(1, ExtKind::AudioLevel), (4, ExtKind::Mid)]),
-            feedback: Feedback::default(),
-            rids: Vec::new(),
-        },
-        TrackSpec {
-            kind: MediaKind::Video,
-            mid: "1".into(),
-            codec: Codec::Vp8,
-            payload_type: 96,
-            clock_rate: 90000,
-            ssrc: Some(0xb0),
-            ext: ExtMap::from_pairs(&[(4, ExtKind::Mid), (5, ExtKind::TransportWideCc)]),
-            feedback: fb,
-            rids: Vec::new(),
-        },
-    ];
-    if r.add_publisher(PUB, "room", 0x5e, tracks).is_err() {
+    if r.add_publisher(PUB, "room", 0x5e, vec![opus_track(0xa0), video])
+        .is_err()
+    {
         return;
     }
-    let viewer = |id: SessionId, track: usize| ViewerTrackSpec {
-        source: TrackRef {
-            publisher: PUB,
-            track,
-        },
-        mid: track.to_string(),
-        ssrc: 0x1000 * id as u32 + track as u32,
-        payload_type: if track == 0 { 111 } else { 96 },
-        ext: ExtMap::from_pairs(&[(2, ExtKind::Mid), (3, ExtKind::TransportWideCc)]),
-        initial_seq: 100,
-        initial_ts: 0,
-        rtx: None,
-        red: None,
+    let viewer = |id: SessionId, track: usize| {
+        let ssrc = 0x1000 * id as u32 + track as u32;
+        ViewerTrack::new(PUB, track, ssrc, if track == 0 { 111 } else { 96 })
+            .ext(&[(2, ExtKind::Mid), (3, ExtKind::TransportWideCc)])
+            .start(100, 0)
+            .build()
     };
     let mut rest = data;
     while let Some((&op, tail)) = rest.split_first() {

@@ -27,5 +27,7 @@ pub mod fuzz;
 pub mod server;
 pub mod session;
 pub mod signal;
+#[doc(hidden)]
+pub mod testkit;
 pub mod transport;
 pub mod worker;

@@ -12,10 +12,11 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use volna::core::room::{
-    Feedback, MediaKind, Relay, RelayConfig, SessionId, Sink, TrackRef, TrackSpec, ViewerTrackSpec,
+use volna::core::room::{Feedback, RelayConfig, TrackSpec};
+use volna::core::rtp::{ExtKind, ExtMap};
+use volna::testkit::{
+    opus_track, remb, simulcast_track, vp8_track, CountingSink, RtpBuilder, Sim, ViewerTrack,
 };
-use volna::core::rtp::{Codec, ExtKind, ExtMap, RtpView};
 
 mod common;
 
@@ -55,115 +56,42 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-/// Writes each packet into one fixed buffer, as the worker's send buffer would take it.
-struct FixedSink {
-    buf: [u8; 2048],
-    rtp: u64,
-    rtcp: u64,
-}
-
-impl Sink for FixedSink {
-    fn rtp(&mut self, _to: SessionId, header: &[u8], prefix: &[u8], payload: &[u8]) {
-        let (h, p) = (header.len(), prefix.len());
-        self.buf[..h].copy_from_slice(header);
-        self.buf[h..h + p].copy_from_slice(prefix);
-        self.buf[h + p..h + p + payload.len()].copy_from_slice(payload);
-        self.rtp += 1;
-    }
-    fn rtcp(&mut self, _to: SessionId, packet: &[u8]) {
-        self.buf[..packet.len()].copy_from_slice(packet);
-        self.rtcp += 1;
-    }
-}
-
-fn ext(pairs: &[(u8, ExtKind)]) -> ExtMap {
-    ExtMap::from_pairs(pairs)
-}
-
-/// An RTP packet with a MID and an audio-level extension.
-fn packet(ssrc: u32, pt: u8, payload: &[u8]) -> Vec<u8> {
-    let mut p = vec![0x90, pt, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-    p[8..12].copy_from_slice(&ssrc.to_be_bytes());
-    p.extend_from_slice(&[0xbe, 0xde, 0, 1, 0x40, b'0', 0x10, 0x20]);
-    p.extend_from_slice(payload);
-    p
-}
-
 /// Ten viewers (ids 100..110) of the publisher's audio (track 0) and video (track 1), with these
 /// extensions, and RED on the audio when `red` gives its payload type.
-fn add_viewers(relay: &mut Relay, t0: Instant, sink: &mut FixedSink, ext: ExtMap, red: Option<u8>) {
+fn add_viewers(sim: &mut Sim<CountingSink>, ext: &[(u8, ExtKind)], red: Option<u8>) {
     for v in 0..10u64 {
-        relay.add_viewer(100 + v, "room").unwrap();
-        for track in 0..2 {
-            let spec = ViewerTrackSpec {
-                source: TrackRef {
-                    publisher: 1,
-                    track,
-                },
-                mid: track.to_string(),
-                ssrc: 1000 + (v as u32) * 2 + track as u32,
-                payload_type: if track == 0 { 111 } else { 96 },
-                ext: ext.clone(),
-                initial_seq: 0,
-                initial_ts: 0,
-                rtx: None,
-                red: red.filter(|_| track == 0),
-            };
-            relay.add_viewer_track(t0, 100 + v, spec, sink).unwrap();
-        }
+        let tracks = (0..2)
+            .map(|track| {
+                let ssrc = 1000 + (v as u32) * 2 + track as u32;
+                ViewerTrack::new(1, track, ssrc, if track == 0 { 111 } else { 96 })
+                    .ext(ext)
+                    .red(red.filter(|_| track == 0))
+                    .build()
+            })
+            .collect();
+        sim.view(100 + v, tracks);
     }
 }
 
 #[test]
 fn forwarding_allocates_nothing() {
-    let t0 = Instant::now();
-    let mut relay = Relay::new(RelayConfig::default());
-    let fb = Feedback {
-        nack: true,
-        pli: true,
-        fir: true,
-        remb: true,
-    };
-    let tracks = vec![
-        TrackSpec {
-            kind: MediaKind::Audio,
-            mid: "0".into(),
-            codec: Codec::Opus,
-            payload_type: 111,
-            clock_rate: 48000,
-            ssrc: Some(1),
-            ext: ext(&[(4, ExtKind::Mid), (1, ExtKind::AudioLevel)]),
-            feedback: Feedback::default(),
-            rids: Vec::new(),
-        },
-        TrackSpec {
-            kind: MediaKind::Video,
-            mid: "1".into(),
-            codec: Codec::Vp8,
-            payload_type: 96,
-            clock_rate: 90000,
-            ssrc: Some(2),
-            ext: ext(&[(4, ExtKind::Mid)]),
-            feedback: fb,
-            rids: Vec::new(),
-        },
-    ];
-    relay.add_publisher(1, "room", 9, tracks).unwrap();
-    let mut sink = FixedSink {
-        buf: [0; 2048],
-        rtp: 0,
-        rtcp: 0,
-    };
+    let mut sim = Sim::with_sink(RelayConfig::default(), CountingSink::new());
+    sim.publish(1, 9, vec![opus_track(1), vp8_track(Some(2))]);
     add_viewers(
-        &mut relay,
-        t0,
-        &mut sink,
-        ext(&[(2, ExtKind::Mid), (3, ExtKind::AudioLevel)]),
+        &mut sim,
+        &[(2, ExtKind::Mid), (3, ExtKind::AudioLevel)],
         None,
     );
-    let audio = packet(1, 111, &[0xfc; 80]);
-    let mut video = packet(2, 96, &[0x10, 0x00, 0x9d, 0x01, 0x2a]);
-    video.resize(1200, 0xab);
+    // Both with a MID and an audio-level extension.
+    let audio = RtpBuilder::new(1, 111)
+        .ext(4, b"0")
+        .ext(1, &[0x20])
+        .payload(&[0xfc; 80]);
+    let video = RtpBuilder::new(2, 96)
+        .ext(4, b"0")
+        .ext(1, &[0x20])
+        .payload(&[0x10, 0x00, 0x9d, 0x01, 0x2a])
+        .pad_to(1200, 0xab);
     // Every packet is made before counting (receiving is not part of this proof), the way the
     // design receives: into one pooled buffer, each datagram split off and frozen, so sharing it
     // with the retransmit cache is a reference count.
@@ -171,40 +99,36 @@ fn forwarding_allocates_nothing() {
     let packets: Vec<bytes::Bytes> = (0..10_200u32)
         .map(|i| {
             let p = if i % 2 == 0 { &audio } else { &video };
-            arena.extend_from_slice(p);
-            arena[2..4].copy_from_slice(&((i / 2) as u16).to_be_bytes());
-            arena[4..8].copy_from_slice(&(i * 480).to_be_bytes());
+            arena.extend_from_slice(&p.clone().seq((i / 2) as u16).ts(i * 480).to_vec());
             arena.split().freeze()
         })
         .collect();
-    let forward = |relay: &mut Relay, sink: &mut FixedSink, i: u32| {
-        let pkt = &packets[i as usize];
-        let now = t0 + Duration::from_millis(u64::from(i));
-        let view = RtpView::parse(pkt).unwrap();
-        relay.handle_rtp(now, 1, pkt, &view, sink);
+    let forward = |sim: &mut Sim<CountingSink>, i: u32| {
+        sim.goto(u64::from(i));
+        sim.feed(1, &packets[i as usize]);
         if i.is_multiple_of(100) {
-            relay.handle_timeout(now, sink);
-            while relay.poll_event().is_some() {}
+            sim.timeout();
+            while sim.relay.poll_event().is_some() {}
         }
     };
     // Warm-up: streams start (the first video packet is a keyframe), timers are armed.
     for i in 0..200 {
-        forward(&mut relay, &mut sink, i);
+        forward(&mut sim, i);
     }
-    let before = sink.rtp;
+    let before = sim.sink.rtp;
     COUNTING.with(|c| c.set(true));
     for i in 200..10_200 {
-        forward(&mut relay, &mut sink, i);
+        forward(&mut sim, i);
     }
     COUNTING.with(|c| c.set(false));
     let allocations = ALLOCATIONS.load(Ordering::Relaxed);
     assert_eq!(
-        sink.rtp - before,
+        sim.sink.rtp - before,
         10_000 * 10,
         "every packet reached every viewer"
     );
     assert!(
-        sink.rtcp > 0,
+        sim.sink.rtcp > 0,
         "periodic RTCP ran inside the counted section"
     );
     assert_eq!(
@@ -219,56 +143,28 @@ fn forwarding_allocates_nothing() {
 /// the publisher.
 #[test]
 fn simulcast_red_and_feedback_allocate_nothing() {
-    use volna::core::rtcp::{ReceiverReport, Remb, ReportBlock};
-    let t0 = Instant::now();
-    let mut relay = Relay::new(RelayConfig::default());
-    let fb = Feedback {
-        nack: true,
-        pli: true,
-        fir: false,
-        remb: false,
+    use volna::core::rtcp::{ReceiverReport, ReportBlock};
+    let mut sim = Sim::with_sink(RelayConfig::default(), CountingSink::new());
+    let audio = TrackSpec {
+        ext: ExtMap::from_pairs(&[(4, ExtKind::Mid), (5, ExtKind::TransportWideCc)]),
+        ..opus_track(1)
     };
-    let tracks = vec![
-        TrackSpec {
-            kind: MediaKind::Audio,
-            mid: "0".into(),
-            codec: Codec::Opus,
-            payload_type: 111,
-            clock_rate: 48000,
-            ssrc: Some(1),
-            ext: ext(&[(4, ExtKind::Mid), (5, ExtKind::TransportWideCc)]),
-            feedback: Feedback::default(),
-            rids: Vec::new(),
+    let video = TrackSpec {
+        ext: ExtMap::from_pairs(&[
+            (4, ExtKind::Mid),
+            (5, ExtKind::TransportWideCc),
+            (10, ExtKind::RtpStreamId),
+        ]),
+        feedback: Feedback {
+            nack: true,
+            pli: true,
+            fir: false,
+            remb: false,
         },
-        TrackSpec {
-            kind: MediaKind::Video,
-            mid: "1".into(),
-            codec: Codec::Vp8,
-            payload_type: 96,
-            clock_rate: 90000,
-            ssrc: None,
-            ext: ext(&[
-                (4, ExtKind::Mid),
-                (5, ExtKind::TransportWideCc),
-                (10, ExtKind::RtpStreamId),
-            ]),
-            feedback: fb,
-            rids: vec!["f".into(), "q".into()],
-        },
-    ];
-    relay.add_publisher(1, "room", 9, tracks).unwrap();
-    let mut sink = FixedSink {
-        buf: [0; 2048],
-        rtp: 0,
-        rtcp: 0,
+        ..simulcast_track(&["f", "q"])
     };
-    add_viewers(
-        &mut relay,
-        t0,
-        &mut sink,
-        ext(&[(2, ExtKind::Mid)]),
-        Some(63),
-    );
+    sim.publish(1, 9, vec![audio, video]);
+    add_viewers(&mut sim, &[(2, ExtKind::Mid)], Some(63));
     // Each viewer's report: its estimate (REMB) and 10% loss (receiver report).
     let report = |v: u64, bps: u64| {
         let mut b = [0u8; 128];
@@ -278,15 +174,8 @@ fn simulcast_red_and_feedback_allocate_nothing() {
             fraction_lost: 26,
             ..ReportBlock::default()
         };
-        let mut n = ReceiverReport::write(ssrc, &[block], &mut b).unwrap();
-        n += Remb {
-            sender_ssrc: ssrc,
-            bitrate_bps: bps,
-            ssrc: ssrc + 1,
-        }
-        .write(&mut b[n..])
-        .unwrap();
-        b[..n].to_vec()
+        let n = ReceiverReport::write(ssrc, &[block], &mut b).unwrap();
+        [&b[..n], &remb(ssrc, ssrc + 1, bps)[..]].concat()
     };
     let high: Vec<Vec<u8>> = (0..10).map(|v| report(v, 5_000_000)).collect();
     let low: Vec<Vec<u8>> = (0..10).map(|v| report(v, 400_000)).collect();
@@ -301,71 +190,63 @@ fn simulcast_red_and_feedback_allocate_nothing() {
                 1 => (2, 96, b'1', Some(b'f'), 1000),
                 _ => (3, 96, b'1', Some(b'q'), 300),
             };
-            let mut p = vec![0x90, pt, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-            p[2..4].copy_from_slice(&(n as u16).to_be_bytes());
-            p[4..8].copy_from_slice(&(n * 960).to_be_bytes());
-            p[8..12].copy_from_slice(&ssrc.to_be_bytes());
-            let t = (i as u16).to_be_bytes();
-            match rid {
-                Some(r) => p.extend_from_slice(&[
-                    0xbe, 0xde, 0, 2, 0x40, mid, 0xa0, r, 0x51, t[0], t[1], 0,
-                ]),
-                None => {
-                    p.extend_from_slice(&[0xbe, 0xde, 0, 2, 0x40, mid, 0x51, t[0], t[1], 0, 0, 0])
-                }
-            }
-            if rid.is_some() {
+            let mut p = RtpBuilder::new(ssrc, pt)
+                .seq(n as u16)
+                .ts(n * 960)
+                .ext(4, &[mid]);
+            let mut payload = Vec::new();
+            if let Some(r) = rid {
+                p = p.ext(10, &[r]);
                 let id = ((n as u16) & 0x7fff | 0x8000).to_be_bytes();
                 let key = n % 60 == 0;
-                p.extend_from_slice(&[0x90, 0x80, id[0], id[1], u8::from(!key)]);
+                payload.extend_from_slice(&[0x90, 0x80, id[0], id[1], u8::from(!key)]);
             }
-            p.resize(p.len() + len, 0xab);
-            arena.extend_from_slice(&p);
+            payload.resize(payload.len() + len, 0xab);
+            let p = p.ext(5, &(i as u16).to_be_bytes()).payload(&payload);
+            arena.extend_from_slice(&p.to_vec());
             arena.split().freeze()
         })
         .collect();
-    let forward = |relay: &mut Relay, sink: &mut FixedSink, i: u32| {
-        let pkt = &packets[i as usize];
-        let now = t0 + Duration::from_millis(u64::from(i));
-        let view = RtpView::parse(pkt).unwrap();
-        relay.handle_rtp(now, 1, pkt, &view, sink);
+    let forward = |sim: &mut Sim<CountingSink>, i: u32| {
+        sim.goto(u64::from(i));
+        sim.feed(1, &packets[i as usize]);
         if i.is_multiple_of(10) {
-            relay.handle_timeout(now, sink);
-            while relay.poll_event().is_some() {}
+            sim.timeout();
+            while sim.relay.poll_event().is_some() {}
         }
     };
-    let signal = |relay: &mut Relay, sink: &mut FixedSink, i: u32, flip: bool| {
-        let now = t0 + Duration::from_millis(u64::from(i));
+    let signal = |sim: &mut Sim<CountingSink>, i: u32, flip: bool| {
+        sim.goto(u64::from(i));
         for v in 0..10u64 {
             let r = if (v % 2 == 0) != flip { &high } else { &low };
-            relay.handle_viewer_rtcp(now, 100 + v, &r[v as usize], sink);
+            sim.viewer_rtcp(100 + v, &r[v as usize]);
         }
     };
     // Warm-up: layers are learned, rates measured, viewers placed on their layers.
     for i in 0..3000 {
         if i % 300 == 0 {
-            signal(&mut relay, &mut sink, i, false);
+            signal(&mut sim, i, false);
         }
-        forward(&mut relay, &mut sink, i);
+        forward(&mut sim, i);
     }
-    let red_before = relay.counters().red_packets;
+    let red_before = sim.relay.counters().red_packets;
     let allocations_before = ALLOCATIONS.load(Ordering::Relaxed);
     COUNTING.with(|c| c.set(true));
     for i in 3000..12_000 {
         // Half way the estimates swap: every viewer switches layer.
         if i % 300 == 0 {
-            signal(&mut relay, &mut sink, i, i >= 7500);
+            signal(&mut sim, i, i >= 7500);
         }
-        forward(&mut relay, &mut sink, i);
+        forward(&mut sim, i);
     }
     COUNTING.with(|c| c.set(false));
     let allocations = ALLOCATIONS.load(Ordering::Relaxed) - allocations_before;
     assert!(
-        relay.counters().red_packets > red_before + 10_000,
+        sim.relay.counters().red_packets > red_before + 10_000,
         "audio went as RED"
     );
     assert!(
-        sink.rtcp > 0,
+        sim.sink.rtcp > 0,
         "RTCP (transport-cc feedback among it) ran in the counted section"
     );
     assert_eq!(

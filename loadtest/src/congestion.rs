@@ -11,12 +11,12 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use volna::core::room::twcc_rx::TwccReceiver;
-use volna::core::room::{
-    Feedback, MediaKind, Relay, RelayConfig, Rtx, SessionId, Sink, TrackRef, TrackSpec,
-    ViewerTrackSpec,
+use volna::core::room::{Feedback, RelayConfig, Rtx, SessionId, TrackSpec};
+use volna::core::rtp::{ExtKind, ExtMap, RtpView};
+use volna::testkit::{
+    opus_track, plis_in, sent_to, simulcast_track, transport_seq, vp8_payload, RtpBuilder, Sim,
+    ViewerTrack,
 };
-use volna::core::rtcp::{Compound, RtcpPacket};
-use volna::core::rtp::{Codec, ExtKind, ExtMap, RtpView};
 
 use crate::impair::{Link, Schedule};
 
@@ -47,140 +47,44 @@ pub struct Sample {
     pub layer: i32,
 }
 
-#[derive(Default)]
-struct Out {
-    to_viewer: Vec<Vec<u8>>,
-    to_publisher: Vec<Vec<u8>>,
-}
-
-impl Sink for Out {
-    fn rtp(&mut self, to: SessionId, header: &[u8], prefix: &[u8], payload: &[u8]) {
-        if to == VIEWER {
-            let mut p = Vec::with_capacity(header.len() + prefix.len() + payload.len() + SRTP_TAG);
-            p.extend_from_slice(header);
-            p.extend_from_slice(prefix);
-            p.extend_from_slice(payload);
-            p.resize(p.len() + SRTP_TAG, 0);
-            self.to_viewer.push(p);
-        }
-    }
-
-    fn rtcp(&mut self, to: SessionId, packet: &[u8]) {
-        if to == PUB {
-            self.to_publisher.push(packet.to_vec());
-        }
-    }
-}
-
-fn ext(pairs: &[(u8, ExtKind)]) -> ExtMap {
-    ExtMap::from_pairs(pairs)
-}
-
-/// An RTP packet with one-byte header extensions.
-fn rtp(ssrc: u32, pt: u8, seq: u16, ts: u32, elems: &[u8], payload: &[u8]) -> Vec<u8> {
-    let mut p = vec![0x80, pt, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-    p[2..4].copy_from_slice(&seq.to_be_bytes());
-    p[4..8].copy_from_slice(&ts.to_be_bytes());
-    p[8..12].copy_from_slice(&ssrc.to_be_bytes());
-    p[0] |= 0x10;
-    let words = elems.len().div_ceil(4);
-    p.extend_from_slice(&[0xbe, 0xde, 0, words as u8]);
-    p.extend_from_slice(elems);
-    p.resize(p.len() + words * 4 - elems.len(), 0);
-    p.extend_from_slice(payload);
-    p
-}
-
-/// A VP8 packet: descriptor with a 15-bit picture id; the first packet of a key frame carries
-/// the frame tag, start code and size.
-/// The rest is filled with `fill`.
-fn vp8(first: bool, key: bool, picture_id: u16, size: (u16, u16), len: usize, fill: u8) -> Vec<u8> {
-    let id = (picture_id | 0x8000).to_be_bytes();
-    let mut p = vec![
-        if first { 0x90 } else { 0x80 },
-        0x80,
-        id[0],
-        id[1],
-        u8::from(!key),
-    ];
-    if first && key {
-        p.extend_from_slice(&[0, 0, 0x9d, 0x01, 0x2a]);
-        p.extend_from_slice(&size.0.to_le_bytes());
-        p.extend_from_slice(&size.1.to_le_bytes());
-    }
-    p.resize(len.max(p.len()), fill);
-    p
-}
-
 /// Runs the §5.1 script for `seconds` and returns a sample every half second.
 pub fn rfc8867_5_1(seconds: u64) -> Vec<Sample> {
-    let t0 = Instant::now();
-    let mut relay = Relay::new(RelayConfig::default());
-    let mut out = Out::default();
+    let mut sim = Sim::new(RelayConfig::default());
+    sim.room = "rfc8867";
+    let t0 = sim.t0;
     let video = TrackSpec {
-        kind: MediaKind::Video,
-        mid: "1".into(),
-        codec: Codec::Vp8,
-        payload_type: 96,
-        clock_rate: 90_000,
-        ssrc: None,
-        ext: ext(&[(4, ExtKind::Mid), (10, ExtKind::RtpStreamId)]),
         feedback: Feedback {
             nack: true,
             pli: true,
             fir: false,
             remb: false,
         },
-        rids: LAYERS.iter().map(|l| l.0.to_owned()).collect(),
+        ..simulcast_track(&LAYERS.map(|l| l.0))
     };
     let audio = TrackSpec {
-        kind: MediaKind::Audio,
-        mid: "0".into(),
-        codec: Codec::Opus,
-        payload_type: 111,
-        clock_rate: 48_000,
-        ssrc: Some(AUDIO_SSRC),
-        ext: ext(&[(4, ExtKind::Mid)]),
-        feedback: Feedback::default(),
-        rids: Vec::new(),
+        ext: ExtMap::from_pairs(&[(4, ExtKind::Mid)]),
+        ..opus_track(AUDIO_SSRC)
     };
-    relay
-        .add_publisher(PUB, "rfc8867", 7, vec![audio, video])
-        .expect("fresh relay");
-    relay.add_viewer(VIEWER, "rfc8867").expect("fresh relay");
-    let viewer_ext = ext(&[(2, ExtKind::Mid), (5, ExtKind::TransportWideCc)]);
-    let specs = [
-        (0usize, "0", 0x102u32, 111u8, None),
-        (
-            1,
-            "1",
-            0x101,
-            96,
-            Some(Rtx {
-                payload_type: 97,
-                ssrc: 0x1a1a,
-            }),
-        ),
-    ];
-    for (track, mid, ssrc, pt, rtx) in specs {
-        let spec = ViewerTrackSpec {
-            source: TrackRef {
-                publisher: PUB,
-                track,
-            },
-            mid: mid.into(),
-            ssrc,
-            payload_type: pt,
-            ext: viewer_ext.clone(),
-            initial_seq: 1000,
-            initial_ts: 0,
-            rtx,
-            red: None,
-        };
-        relay
-            .add_viewer_track(t0, VIEWER, spec, &mut out)
-            .expect("publisher track exists");
-    }
+    sim.publish(PUB, 7, vec![audio, video]);
+    let viewer_ext = [(2, ExtKind::Mid), (5, ExtKind::TransportWideCc)];
+    let rtx = Rtx {
+        payload_type: 97,
+        ssrc: 0x1a1a,
+    };
+    sim.view(
+        VIEWER,
+        vec![
+            ViewerTrack::new(PUB, 0, 0x102, 111)
+                .ext(&viewer_ext)
+                .start(1000, 0)
+                .build(),
+            ViewerTrack::new(PUB, 1, 0x101, 96)
+                .ext(&viewer_ext)
+                .start(1000, 0)
+                .rtx(rtx)
+                .build(),
+        ],
+    );
     let mut link = Link::new(Schedule::rfc8867_5_1(), t0, 8867);
     let mut twcc = TwccReceiver::new();
     let mut feedback: VecDeque<(Instant, Vec<u8>)> = VecDeque::new();
@@ -193,18 +97,16 @@ pub fn rfc8867_5_1(seconds: u64) -> Vec<Sample> {
     let (mut window_bytes, mut layer) = (0usize, -1i32);
     let mut samples = Vec::new();
     for ms in 0..seconds * 1000 {
-        let now = t0 + Duration::from_millis(ms);
+        sim.goto(ms);
+        let now = sim.now;
         if ms % 20 == 0 {
-            let p = rtp(
-                AUDIO_SSRC,
-                111,
-                audio_seq,
-                ms as u32 * 48,
-                &[0x40, b'0'],
-                &[0xfc; 100],
-            );
+            let p = RtpBuilder::new(AUDIO_SSRC, 111)
+                .seq(audio_seq)
+                .ts(ms as u32 * 48)
+                .ext(4, b"0")
+                .payload(&[0xfc; 100]);
             audio_seq = audio_seq.wrapping_add(1);
-            feed(&mut relay, now, &p, &mut out);
+            sim.feed(PUB, &p.build());
         }
         if ms % 33 == 0 {
             for (i, &(rid, ssrc, bps, size)) in LAYERS.iter().enumerate() {
@@ -212,34 +114,36 @@ pub fn rfc8867_5_1(seconds: u64) -> Vec<Sample> {
                 let frame = (bps / 8 / 30) as usize * if key { 3 } else { 1 };
                 let n = frame.div_ceil(1100);
                 for k in 0..n {
-                    let elems = [0x40, b'1', 0xa0, rid.as_bytes()[0]];
                     // The fill tells the viewer's side which layer a packet is from.
                     let fill = LAYER_MARK + i as u8;
-                    let payload = vp8(k == 0, key, pids[i], size, frame / n, fill);
-                    let p = rtp(ssrc, 96, seqs[i], ms as u32 * 90, &elems, &payload);
+                    let payload = vp8_payload(k == 0, key, pids[i], size, frame / n, fill);
+                    let p = RtpBuilder::new(ssrc, 96)
+                        .seq(seqs[i])
+                        .ts(ms as u32 * 90)
+                        .ext(4, b"1")
+                        .ext(10, rid.as_bytes())
+                        .payload(&payload);
                     seqs[i] = seqs[i].wrapping_add(1);
-                    feed(&mut relay, now, &p, &mut out);
+                    sim.feed(PUB, &p.build());
                 }
                 pids[i] = (pids[i] + 1) & 0x7fff;
             }
         }
-        if relay.poll_timeout().is_some_and(|t| t <= now) {
-            relay.handle_timeout(now, &mut out);
-        }
+        sim.run_due();
         while feedback.front().is_some_and(|(at, _)| *at <= now) {
             let (_, fb) = feedback.pop_front().expect("checked");
-            relay.handle_viewer_rtcp(now, VIEWER, &fb, &mut out);
+            sim.viewer_rtcp(VIEWER, &fb);
         }
-        for p in out.to_publisher.drain(..) {
-            for pkt in Compound::new(&p) {
-                if let Ok(RtcpPacket::Pli(pli)) = pkt {
-                    if let Some(i) = LAYERS.iter().position(|l| l.1 == pli.media_ssrc) {
-                        key_due[i] = true;
-                    }
-                }
+        let (to_viewer, to_publisher) = sim.sink.take();
+        for (_, pli) in plis_in(&to_publisher).filter(|(to, _)| *to == PUB) {
+            if let Some(i) = LAYERS.iter().position(|l| l.1 == pli.media_ssrc) {
+                key_due[i] = true;
             }
         }
-        for p in out.to_viewer.drain(..) {
+        for p in sent_to(&to_viewer, VIEWER) {
+            // SRTP's tag: what the link carries.
+            let mut p = p.to_vec();
+            p.resize(p.len() + SRTP_TAG, 0);
             link.handle_packet(now, p);
         }
         while let Some(p) = link.poll_release(now) {
@@ -248,9 +152,9 @@ pub fn rfc8867_5_1(seconds: u64) -> Vec<Sample> {
             let Ok(view) = RtpView::parse(plain) else {
                 continue;
             };
-            if let Some((_, &[a, b])) = view.extensions(plain).find(|(id, _)| *id == 5) {
+            if let Some(seq) = transport_seq(plain) {
                 let arrival = now.duration_since(t0).as_micros() as i64;
-                twcc.on_packet(u16::from_be_bytes([a, b]), arrival);
+                twcc.on_packet(seq, arrival);
             }
             if view.ssrc == 0x101 {
                 if let Some(&b) = view.payload(plain).last() {
@@ -269,7 +173,7 @@ pub fn rfc8867_5_1(seconds: u64) -> Vec<Sample> {
             samples.push(Sample {
                 t: (ms + 1) as f64 / 1000.0,
                 capacity_kbps: capacity as f64 / 1000.0,
-                estimate_kbps: relay.viewer_estimate(VIEWER).map_or(0, |e| e.0) as f64 / 1000.0,
+                estimate_kbps: sim.relay.viewer_estimate(VIEWER).map_or(0, |e| e.0) as f64 / 1000.0,
                 delivered_kbps: window_bytes as f64 * 8.0 / 0.5 / 1000.0,
                 layer,
             });
@@ -277,13 +181,6 @@ pub fn rfc8867_5_1(seconds: u64) -> Vec<Sample> {
         }
     }
     samples
-}
-
-fn feed(relay: &mut Relay, now: Instant, p: &[u8], out: &mut Out) {
-    let packet = bytes::Bytes::copy_from_slice(p);
-    if let Ok(view) = RtpView::parse(&packet) {
-        relay.handle_rtp(now, PUB, &packet, &view, out);
-    }
 }
 
 #[cfg(test)]

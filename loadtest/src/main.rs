@@ -11,10 +11,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use volna::core::room::{
-    Feedback, MediaKind, Relay, RelayConfig, SessionId, Sink, TrackRef, TrackSpec, ViewerTrackSpec,
-};
-use volna::core::rtp::{Codec, ExtKind, ExtMap, RtpView};
+use volna::core::room::{Feedback, RelayConfig, TrackSpec};
+use volna::core::rtp::ExtKind;
+use volna::testkit::{vp8_track, CountingSink, RtpBuilder, Sim, ViewerTrack};
 use volna_load::janus::{JanusOptions, JanusTarget};
 use volna_load::netns;
 use volna_load::report::{Report, RoundResult, TargetSummary};
@@ -75,24 +74,6 @@ struct Args {
     /// as `tests/browser/rfc8867.test.mjs` writes it) instead of running on virtual time.
     #[arg(long)]
     trace: Option<PathBuf>,
-}
-
-struct Counting {
-    packets: u64,
-    bytes: u64,
-    buf: Vec<u8>,
-}
-
-impl Sink for Counting {
-    fn rtp(&mut self, _to: SessionId, header: &[u8], prefix: &[u8], payload: &[u8]) {
-        self.buf.clear();
-        self.buf.extend_from_slice(header);
-        self.buf.extend_from_slice(prefix);
-        self.buf.extend_from_slice(payload);
-        self.packets += 1;
-        self.bytes += self.buf.len() as u64;
-    }
-    fn rtcp(&mut self, _to: SessionId, _packet: &[u8]) {}
 }
 
 fn main() -> ExitCode {
@@ -342,51 +323,24 @@ fn networked(args: &Args) -> Result<(), String> {
 
 fn core_fanout(args: &Args) {
     let seconds = args.seconds.unwrap_or(2.0);
-    let mut mid = ExtMap::default();
-    mid.insert(4, ExtKind::Mid);
-    let mut relay = Relay::new(RelayConfig::default());
+    let mut sim = Sim::with_sink(RelayConfig::default(), CountingSink::new());
+    sim.room = "load";
     let track = TrackSpec {
-        kind: MediaKind::Video,
-        mid: "1".into(),
-        codec: Codec::Vp8,
-        payload_type: 96,
-        clock_rate: 90000,
-        ssrc: Some(1),
-        ext: mid.clone(),
         feedback: Feedback::default(),
-        rids: Vec::new(),
+        ..vp8_track(Some(1))
     };
-    relay
-        .add_publisher(1, "load", 1, vec![track])
-        .expect("fresh relay");
-    let mut sink = Counting {
-        packets: 0,
-        bytes: 0,
-        buf: Vec::with_capacity(2048),
-    };
-    let start = Instant::now();
+    sim.publish(1, 1, vec![track]);
+    let start = sim.now;
     for v in 0..args.viewers {
-        let spec = ViewerTrackSpec {
-            source: TrackRef {
-                publisher: 1,
-                track: 0,
-            },
-            mid: "0".into(),
-            ssrc: 1000 + v as u32,
-            payload_type: 96,
-            ext: mid.clone(),
-            initial_seq: 0,
-            initial_ts: 0,
-            rtx: None,
-            red: None,
-        };
-        relay.add_viewer(100 + v, "load").expect("fresh viewer id");
-        relay
-            .add_viewer_track(start, 100 + v, spec, &mut sink)
-            .expect("publisher exists");
+        let spec = ViewerTrack::new(1, 0, 1000 + v as u32, 96)
+            .ext(&[(4, ExtKind::Mid)])
+            .build();
+        sim.view(100 + v, vec![spec]);
     }
-    let mut pkt = vec![0x80u8, 96, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0x10, 0x00];
-    pkt.resize(args.size.max(14), 0xab);
+    let pkt = RtpBuilder::new(1, 96)
+        .payload(&[0x10, 0x00])
+        .pad_to(args.size, 0xab)
+        .to_vec();
     // Packets as the worker receives them: split off one buffer and frozen, so keeping them in
     // the retransmit cache is a reference count.
     let mut arena = bytes::BytesMut::with_capacity(4096 * pkt.len());
@@ -404,8 +358,7 @@ fn core_fanout(args: &Args) {
     while Instant::now() < deadline {
         for _ in 0..1000 {
             i = (i + 1) % ring.len();
-            let view = RtpView::parse(&ring[i]).expect("well-formed packet");
-            relay.handle_rtp(start, 1, &ring[i], &view, &mut sink);
+            sim.feed(1, &ring[i]);
         }
     }
     // Without /proc (not Linux), wall time stands in for CPU time.
@@ -422,10 +375,10 @@ fn core_fanout(args: &Args) {
     println!("|---|---|---|---|");
     println!(
         "| {} | {:.3} | {:.0} | {:.1} |",
-        sink.packets,
+        sim.sink.rtp,
         cpu,
-        sink.packets as f64 / cpu,
-        cpu * 1e9 / sink.packets.max(1) as f64
+        sim.sink.rtp as f64 / cpu,
+        cpu * 1e9 / sim.sink.rtp.max(1) as f64
     );
 }
 

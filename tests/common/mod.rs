@@ -1,7 +1,10 @@
 //! What several scenario tests share: an in-memory WebRTC client of a worker's shard (an offer,
-//! an ICE check, a DTLS handshake through the shard, its SRTP keys).
+//! an ICE check, a DTLS handshake through the shard, its SRTP keys), and in [`call`] the call the
+//! relay-core tests run.
 
 #![allow(dead_code)]
+
+pub mod call;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
