@@ -341,23 +341,26 @@ fn core_fanout(args: &Args) {
         .payload(&[0x10, 0x00])
         .pad_to(args.size, 0xab)
         .to_vec();
-    // Packets as the worker receives them: split off one buffer and frozen, so keeping them in
-    // the retransmit cache is a reference count.
-    let mut arena = bytes::BytesMut::with_capacity(4096 * pkt.len());
-    let ring: Vec<bytes::Bytes> = (1..=4096u16)
-        .map(|seq| {
-            arena.extend_from_slice(&pkt);
-            arena[2..4].copy_from_slice(&seq.to_be_bytes());
-            arena.split().freeze()
-        })
-        .collect();
+    // Packets as the worker receives them: frozen buffers, so keeping them in the retransmit
+    // cache is a reference count. Each goes round a ring with a new sequence number every
+    // time (written in place once the cache has let it go), so the relay sees one long stream,
+    // not the same 4096 packets again (which it would drop as duplicates).
+    let mut ring: Vec<bytes::Bytes> = (0..4096).map(|_| bytes::Bytes::from(pkt.clone())).collect();
     let deadline = start + Duration::from_secs_f64(seconds);
     let mut i = 0usize;
+    let mut seq = 0u16;
     let cpu0 = cpu_seconds();
     let wall0 = Instant::now();
     while Instant::now() < deadline {
         for _ in 0..1000 {
             i = (i + 1) % ring.len();
+            seq = seq.wrapping_add(1);
+            let mut m = match std::mem::take(&mut ring[i]).try_into_mut() {
+                Ok(m) => m,
+                Err(shared) => bytes::BytesMut::from(&shared[..]),
+            };
+            m[2..4].copy_from_slice(&seq.to_be_bytes());
+            ring[i] = m.freeze();
             sim.feed(1, &ring[i]);
         }
     }

@@ -83,6 +83,7 @@ impl Out<'_> {
     /// Writes the header of a packet of the source (its extensions in `from`) for this track
     /// into `header`, rewritten by `rw`; where the track negotiated transport-cc, a place is
     /// kept for the number [`Out::send`] writes.
+    #[inline]
     pub fn write(
         &self,
         header: &mut [u8],
@@ -97,6 +98,7 @@ impl Out<'_> {
     /// Sends a packet whose header [`Out::write`] wrote: numbered, handed to the sink with its
     /// payload (`prefix`, then `payload`), its number kept, the estimator told, counted.
     #[allow(clippy::too_many_arguments)]
+    #[inline]
     pub fn send(
         &mut self,
         now: Instant,
@@ -155,6 +157,7 @@ impl Out<'_> {
 
 /// Splits a payload for one viewer: its VP8 descriptor rewritten into `buf` when the viewer's
 /// picture ids are shifted (after a layer switch), and the shared rest.
+#[inline]
 pub(super) fn payload_prefix<'a, 'b>(
     fwd: &Forwarder,
     payload: &'a [u8],

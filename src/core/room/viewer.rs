@@ -102,6 +102,7 @@ impl Viewer {
     /// A publisher packet for track `index`: sent at once, queued in the pacer (video, on a link
     /// the viewer tells about), or dropped. Returns when the pacer next has work, if it queued.
     #[allow(clippy::too_many_arguments)]
+    #[inline]
     pub fn forward(
         &mut self,
         now: Instant,
