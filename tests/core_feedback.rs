@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use volna::core::room::RelayConfig;
 use volna::core::rtp::RtpView;
-use volna::testkit::{nack, rtcp_debug, transport_seq, views_to, Recorder, Sim};
+use volna::testkit::{nack, remb, rtcp_debug, transport_seq, views_to, Recorder, Sim};
 
 mod common;
 use common::call::*;
@@ -238,5 +238,62 @@ fn a_resend_carries_the_bytes_first_sent_under_that_number() {
     assert_eq!(
         resent[0].1, original,
         "the resend is the packet first sent, byte for byte"
+    );
+}
+
+/// Resends wait in the viewer's pacer like video: a NACK naming 15 packets, from a viewer whose
+/// link rate is known, does not put them all on the link at once. They leave spread out at the
+/// pacing rate, each once, and within the pacer's longest wait (250 ms).
+#[test]
+fn resends_leave_at_the_pacing_rate() {
+    let mut sim = Sim::new(RelayConfig::default());
+    sim.publish(PUB, 77, publisher_tracks());
+    sim.view(V1, transport_cc_tracks(0x100, false));
+    sim.viewer_rtcp(V1, &remb(0x100, VIDEO_SSRC, 1_000_000));
+    let mut video_out: Vec<Vec<u8>> = Vec::new();
+    // 60 packets of 1200 B in 1.2 s, each paced out before the next comes.
+    for i in 0..60u16 {
+        sim.goto(20 * u64::from(i));
+        let video = video_rtp(i, u32::from(i) * 1800)
+            .ext(4, b"1")
+            .payload(&[0x10, 0x00])
+            .pad_to(1200, i as u8);
+        sim.feed(PUB, &video.build());
+        sim.advance(Duration::from_millis(19));
+        video_out.extend(views_to(&sim.sink.take().0, V1).map(|(_, p)| p.to_vec()));
+    }
+    assert_eq!(video_out.len(), 60);
+
+    // The last 15 lost, named in one NACK.
+    let lost: Vec<u16> = video_out[45..]
+        .iter()
+        .map(|p| RtpView::parse(p).unwrap().sequence)
+        .collect();
+    let ssrc = RtpView::parse(&video_out[0]).unwrap().ssrc;
+    let mut buf = [0u8; 1500];
+    let n = volna::core::rtcp::nack::write_list(0x100, ssrc, &lost, &mut buf).unwrap();
+    let asked = sim.now;
+    sim.viewer_rtcp(V1, &buf[..n]);
+    let mut resent: Vec<(u16, Duration)> = Vec::new();
+    for _ in 0..400 {
+        for (v, p) in views_to(&sim.sink.take().0, V1) {
+            // (Probes, if any, are padding.)
+            let Some(k) = lost.iter().position(|s| *s == v.sequence) else {
+                continue;
+            };
+            assert_eq!(p, video_out[45 + k], "the bytes first sent");
+            resent.push((v.sequence, sim.now - asked));
+        }
+        sim.advance(Duration::from_millis(1));
+    }
+    let mut seqs: Vec<u16> = resent.iter().map(|r| r.0).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, lost, "each lost packet resent once: {resent:?}");
+    let at_once = resent.iter().filter(|r| r.1.is_zero()).count();
+    assert!(at_once <= 2, "not all at once: {resent:?}");
+    let last = resent.iter().map(|r| r.1).max().unwrap();
+    assert!(
+        last >= Duration::from_millis(20) && last <= Duration::from_millis(250),
+        "spread out, within the longest wait: {resent:?}"
     );
 }

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
+use super::pacer::Waiting;
 use super::publisher::Publisher;
 use super::send::{self, Number, Scratch, Sent};
 use super::track::SENT_TRANSPORT_SEQ;
@@ -119,7 +120,8 @@ fn resend(
         return;
     };
     let mut upstream: Vec<u16> = Vec::new();
-    let mut out = v.out(vid, index);
+    // Where the viewer's link rate is known, resends wait in its pacer (ahead of video).
+    let paced = v.paced();
     for (first, blp) in nack.pairs() {
         let lost = std::iter::once(first).chain(
             (0..16u16)
@@ -127,6 +129,7 @@ fn resend(
                 .map(|b| first.wrapping_add(b + 1)),
         );
         for viewer_seq in lost {
+            let out = v.out(vid, index);
             let vt = &out.track;
             let Some(seq) = vt.fwd.source_sequence(viewer_seq) else {
                 continue;
@@ -154,61 +157,67 @@ fn resend(
             }
             let (prefix, payload) =
                 send::payload_prefix(&out.track.fwd, view.payload(pkt), &mut scratch.prefix);
-            if let Some(rtx) = out.track.spec.rtx {
+            let (rw, osn, same) = match out.track.spec.rtx {
                 // RFC 4588: on the repair stream, under a sequence number of its own, the
                 // original number first in the payload.
-                let rtx_rw = Rewrite {
-                    ssrc: rtx.ssrc,
-                    sequence: out.track.next_rtx_seq(),
-                    payload_type: rtx.payload_type,
-                    ..rw
-                };
-                let len = 2 + prefix.len() + payload.len();
-                let Some(body) = scratch.body.get_mut(..len) else {
-                    continue;
-                };
-                body[..2].copy_from_slice(&rw.sequence.to_be_bytes());
-                body[2..2 + prefix.len()].copy_from_slice(prefix);
-                body[2 + prefix.len()..].copy_from_slice(payload);
-                let Some(w) = out.write(&mut scratch.header, (pkt, view), &src.spec.ext, &rtx_rw)
-                else {
-                    continue;
-                };
-                let header = (&mut scratch.header[..w.len], w.transport_seq_at);
-                let body = (&[][..], &scratch.body[..len]);
-                out.send(
-                    now,
-                    header,
-                    Number::Next,
-                    body,
-                    Sent::Resend,
-                    counters,
-                    sink,
-                );
-                continue;
-            }
-            // The same transport-wide number as the original, so the resend is the same bytes
-            // under the same SRTP index; if it is no longer known, the packet is not resent.
-            // Nor is audio that may have gone as RED or re-encoded: its bytes cannot be made
-            // again.
-            let vt = &out.track;
-            if vt.spec.red.is_some() || vt.ever_low {
-                continue;
-            }
-            let number = if vt.sent_transport_seq.is_empty() {
-                Number::Next
-            } else {
-                let slot = vt.sent_transport_seq[rw.sequence as usize % SENT_TRANSPORT_SEQ];
-                if slot.0 != rw.sequence {
-                    continue;
+                Some(rtx) => {
+                    let rtx_rw = Rewrite {
+                        ssrc: rtx.ssrc,
+                        sequence: out.track.next_rtx_seq(),
+                        payload_type: rtx.payload_type,
+                        ..rw
+                    };
+                    (rtx_rw, Some(rw.sequence.to_be_bytes()), None)
                 }
-                Number::Same(slot.1)
+                // The same transport-wide number as the original, so the resend is the same
+                // bytes under the same SRTP index; if it is no longer known, the packet is not
+                // resent. Nor is audio that may have gone as RED or re-encoded: its bytes cannot
+                // be made again.
+                None => {
+                    let vt = &out.track;
+                    if vt.spec.red.is_some() || vt.ever_low {
+                        continue;
+                    }
+                    let same = if vt.sent_transport_seq.is_empty() {
+                        None
+                    } else {
+                        let slot = vt.sent_transport_seq[rw.sequence as usize % SENT_TRANSPORT_SEQ];
+                        if slot.0 != rw.sequence {
+                            continue;
+                        }
+                        Some(slot.1)
+                    };
+                    (rw, None, same)
+                }
             };
             let Some(w) = out.write(&mut scratch.header, (pkt, view), &src.spec.ext, &rw) else {
                 continue;
             };
+            let osn = osn.as_ref().map_or(&[][..], |o| &o[..]);
+            if paced {
+                let header = (&scratch.header[..w.len], w.transport_seq_at);
+                let waiting = Waiting::Resend(same);
+                let body = (pkt, payload);
+                if let Some(q) = send::queued(now, index, waiting, header, &[osn, prefix], body) {
+                    v.queue_resend(now, vid, q, counters, sink);
+                    continue;
+                }
+            }
+            let number = same.map_or(Number::Next, Number::Same);
+            let len = osn.len() + prefix.len() + payload.len();
+            let (prefix, payload) = if osn.is_empty() {
+                (prefix, payload)
+            } else {
+                let Some(body) = scratch.body.get_mut(..len) else {
+                    continue;
+                };
+                body[..2].copy_from_slice(osn);
+                body[2..2 + prefix.len()].copy_from_slice(prefix);
+                body[2 + prefix.len()..].copy_from_slice(payload);
+                (&[][..], &scratch.body[..len])
+            };
             let header = (&mut scratch.header[..w.len], w.transport_seq_at);
-            out.send(
+            v.out(vid, index).send(
                 now,
                 header,
                 number,

@@ -486,6 +486,10 @@ impl Relay {
             &mut self.counters,
             sink,
         );
+        // Resends wait in the pacer.
+        if let Some(due) = v.pace(now, from, &mut self.counters, sink) {
+            pace_later(&mut self.timers, &mut self.pacing, from, due);
+        }
         for (src, layer) in keyframes {
             self.request_keyframe(now, src.publisher, src.track, layer, sink);
         }

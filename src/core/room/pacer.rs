@@ -1,7 +1,9 @@
 //! Per-viewer pacing of forwarded video: packets leave at a rate a little above the viewer's
 //! estimate instead of in the bursts they arrived in (a key frame is dozens of packets at once),
 //! so a narrow link's queue is not overrun by the very bursts the estimate is measured with.
-//! Audio, resends and probes are not queued here.
+//! Resends of lost video wait here too, ahead of the video not yet sent (a repair is worth
+//! more than what follows it) and behind earlier resends, so a NACK naming many packets cannot
+//! put them on the link at once. Audio and probes are not queued here.
 //!
 //! A queued packet keeps its rewritten header (copied: it is small) and shares the publisher's
 //! payload; its transport-wide sequence number is written when it leaves, so the numbers follow
@@ -18,16 +20,28 @@ const QUEUE: usize = 128;
 /// (AV1 key frames' dependency descriptors carry their structure: headers reach 100 bytes and
 /// more.)
 pub(super) const HEADER_MAX: usize = 160;
-pub(super) const PREFIX_MAX: usize = 16;
+/// (A resend on the RTX stream carries its original sequence number ahead of the descriptor.)
+pub(super) const PREFIX_MAX: usize = 18;
 /// What may leave back to back after an idle spell: one packet, or 5 ms at the pacing rate.
 const BURST: Duration = Duration::from_millis(5);
 const MIN_BURST_BYTES: f64 = 1200.0;
 /// No packet waits longer than this, whatever the rate (a stale estimate must not hold video).
 pub(super) const MAX_QUEUE_DELAY: Duration = Duration::from_millis(250);
 
+/// What a queued packet is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Waiting {
+    /// Video sent for the first time: it takes the next transport-wide number.
+    Media,
+    /// A resend: under the transport-wide number its original had, where it must be the same
+    /// bytes (`Some`), else the next.
+    Resend(Option<u16>),
+}
+
 /// One packet waiting to leave.
 #[derive(Clone)]
 pub(super) struct Queued {
+    pub waiting: Waiting,
     /// The viewer track it is for.
     pub track: usize,
     pub header: [u8; HEADER_MAX],
@@ -51,6 +65,8 @@ impl Queued {
 pub(super) struct Pacer {
     queue: VecDeque<Queued>,
     queued_bytes: usize,
+    /// Resends at the front of the queue.
+    resends: usize,
     /// Bytes sent beyond what the rate has allowed so far (drains at the rate).
     debt: f64,
     last: Option<Instant>,
@@ -61,6 +77,7 @@ impl Pacer {
         Pacer {
             queue: VecDeque::with_capacity(QUEUE),
             queued_bytes: 0,
+            resends: 0,
             debt: 0.0,
             last: None,
         }
@@ -80,6 +97,20 @@ impl Pacer {
         };
         self.queued_bytes += q.len();
         self.queue.push_back(q);
+        out
+    }
+
+    /// Queues a resend, behind the resends already waiting and ahead of the rest. When the
+    /// queue is full the oldest packet is returned, to be sent now.
+    pub fn push_resend(&mut self, q: Queued) -> Option<Queued> {
+        let out = if self.queue.len() == QUEUE {
+            self.take_front()
+        } else {
+            None
+        };
+        self.queued_bytes += q.len();
+        self.queue.insert(self.resends, q);
+        self.resends += 1;
         out
     }
 
@@ -125,6 +156,7 @@ impl Pacer {
     fn take_front(&mut self) -> Option<Queued> {
         let q = self.queue.pop_front()?;
         self.queued_bytes -= q.len();
+        self.resends = self.resends.saturating_sub(1);
         Some(q)
     }
 
@@ -148,6 +180,7 @@ mod tests {
 
     fn packet(track: usize, len: usize, queued_at: Instant) -> Queued {
         Queued {
+            waiting: Waiting::Media,
             track,
             header: [0; HEADER_MAX],
             header_len: 12,
@@ -219,5 +252,33 @@ mod tests {
         }
         let out = p.push(packet(QUEUE, 100, t0)).map(|q| q.track);
         assert_eq!(out, Some(0), "the oldest leaves when the queue is full");
+    }
+
+    /// Resends leave before the video queued ahead of them, in the order they came, and at the
+    /// rate like the rest.
+    #[test]
+    fn resends_go_first_and_are_paced() {
+        let t0 = Instant::now();
+        let mut p = Pacer::new();
+        for i in 0..4 {
+            p.push(packet(i, 1000, t0));
+        }
+        for i in 10..14 {
+            let mut q = packet(i, 1000, t0);
+            q.waiting = Waiting::Resend(None);
+            assert!(p.push_resend(q).is_none());
+        }
+        let mut sent = Vec::new();
+        let mut now = t0;
+        while !p.is_empty() {
+            while let Some(q) = p.pop(now, 1_600_000) {
+                sent.push((q.track, now));
+            }
+            now = p.next_due(1_600_000).unwrap_or(now);
+        }
+        let order: Vec<usize> = sent.iter().map(|s| s.0).collect();
+        assert_eq!(order, [10, 11, 12, 13, 0, 1, 2, 3]);
+        assert!(sent[3].1 > t0, "not all at once: {sent:?}");
+        assert_eq!(p.resends, 0);
     }
 }

@@ -5,7 +5,7 @@
 //! remembered for resends, the estimator and the resend budget told, counted).
 //!
 //! Also here: what a payload becomes for one viewer ([`payload_prefix`], [`red_prefix`]) and a
-//! packet made ready to wait in a pacer ([`queue_entry`]).
+//! packet made ready to wait in a pacer ([`queue_entry`], [`queued`]).
 
 use std::time::Instant;
 
@@ -188,26 +188,53 @@ pub(super) fn queue_entry(
     scratch: &mut Scratch,
 ) -> Option<pacer::Queued> {
     let w = out.write(&mut scratch.header, (packet, view), from, rw)?;
-    let header = scratch
-        .header
-        .get(..w.len)
-        .filter(|h| h.len() <= pacer::HEADER_MAX)?;
     let (prefix, payload) =
         payload_prefix(&out.track.fwd, view.payload(packet), &mut scratch.prefix);
-    let start = payload.as_ptr() as usize - packet.as_ptr() as usize;
+    let header = (&scratch.header[..w.len], w.transport_seq_at);
+    queued(
+        now,
+        index,
+        pacer::Waiting::Media,
+        header,
+        &[prefix],
+        (packet, payload),
+    )
+}
+
+/// A packet made ready to wait in a pacer: `header` (and where its transport-wide number goes)
+/// and the `prefix` parts copied, `payload` (a part of `packet`) shared. `None` where it does not
+/// fit the queue's slots.
+pub(super) fn queued(
+    now: Instant,
+    track: usize,
+    waiting: pacer::Waiting,
+    (header, transport_seq_at): (&[u8], Option<usize>),
+    prefix: &[&[u8]],
+    (packet, payload): (&Bytes, &[u8]),
+) -> Option<pacer::Queued> {
+    let start = (payload.as_ptr() as usize).checked_sub(packet.as_ptr() as usize)?;
+    let end = start + payload.len();
+    if end > packet.len() || header.len() > pacer::HEADER_MAX {
+        return None;
+    }
     let mut q = pacer::Queued {
-        track: index,
+        waiting,
+        track,
         header: [0; pacer::HEADER_MAX],
-        header_len: w.len,
-        transport_seq_at: w.transport_seq_at,
+        header_len: header.len(),
+        transport_seq_at,
         prefix: [0; pacer::PREFIX_MAX],
-        prefix_len: prefix.len(),
+        prefix_len: 0,
         packet: packet.clone(),
-        payload: (start, start + payload.len()),
+        payload: (start, end),
         queued_at: now,
     };
-    q.header[..w.len].copy_from_slice(header);
-    q.prefix.get_mut(..prefix.len())?.copy_from_slice(prefix);
+    q.header[..header.len()].copy_from_slice(header);
+    for part in prefix {
+        let at = q.prefix_len;
+        q.prefix.get_mut(at..at + part.len())?.copy_from_slice(part);
+        q.prefix_len += part.len();
+    }
     Some(q)
 }
 

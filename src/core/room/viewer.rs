@@ -260,15 +260,32 @@ impl Viewer {
         let payload = &q.packet[q.payload.0..q.payload.1];
         let header = (&mut q.header[..q.header_len], q.transport_seq_at);
         let prefix = &q.prefix[..q.prefix_len];
-        self.out(vid, q.track).send(
-            now,
-            header,
-            Number::Next,
-            (prefix, payload),
-            Sent::Paced,
-            counters,
-            sink,
-        );
+        let (number, sent) = match q.waiting {
+            pacer::Waiting::Media => (Number::Next, Sent::Paced),
+            pacer::Waiting::Resend(same) => (same.map_or(Number::Next, Number::Same), Sent::Resend),
+        };
+        self.out(vid, q.track)
+            .send(now, header, number, (prefix, payload), sent, counters, sink);
+    }
+
+    /// Whether what is sent to this viewer is paced (its link's rate is known).
+    pub fn paced(&self) -> bool {
+        self.cc.has_signal()
+    }
+
+    /// Queues a resend ahead of the video waiting (see [`pacer::Pacer::push_resend`]); what a
+    /// full queue lets out goes now. [`Viewer::pace`] sends it when due.
+    pub fn queue_resend(
+        &mut self,
+        now: Instant,
+        vid: SessionId,
+        q: pacer::Queued,
+        counters: &mut RelayCounters,
+        sink: &mut impl Sink,
+    ) {
+        if let Some(mut oldest) = self.pacer.push_resend(q) {
+            self.send_queued(now, vid, &mut oldest, counters, sink);
+        }
     }
 
     /// Starts track `index`, waiting for a key frame, from the cache: the layer's last key frame
