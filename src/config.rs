@@ -111,8 +111,11 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// A connection that has not sent a request's headers within this is closed.
     pub header_timeout_secs: u64,
-    /// HTTP connections open at once (a WebSocket counts until its upgrade); more are closed at once.
+    /// HTTP connections open at once (a WebSocket counts for as long as it is open); more are
+    /// closed at once.
     pub max_connections: usize,
+    /// A room-protocol WebSocket that has not joined a room within this is closed.
+    pub join_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -157,6 +160,7 @@ impl Default for HttpConfig {
             max_body_bytes: 64 * 1024,
             header_timeout_secs: 10,
             max_connections: 10_000,
+            join_timeout_secs: 10,
         }
     }
 }

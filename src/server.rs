@@ -135,6 +135,7 @@ pub async fn start(config: &Config) -> Result<Running, ServerError> {
         auth,
         ws_max_message_bytes: config.limits.ws_max_message_bytes,
         ws_messages_per_second: config.limits.ws_messages_per_second,
+        ws_join_timeout: std::time::Duration::from_secs(config.http.join_timeout_secs.max(1)),
         quic_cert_sha256: quic_hash.clone(),
     };
     let app = router(state, config.http.max_body_bytes);

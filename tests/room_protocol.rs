@@ -819,3 +819,52 @@ async fn a_lost_socket_that_does_not_come_back_leaves() {
     let left = expect_type(&mut b, "participant_left").await;
     assert_eq!(left["participant"], a_id.as_str());
 }
+
+/// An open WebSocket keeps its place among the listener's `max_connections` for as long as it is
+/// open, not only until its upgrade; one that joins no room within `join_timeout_secs` is told
+/// `408 join_timeout` and closed, and its place is free again.
+#[tokio::test]
+async fn open_sockets_count_against_the_cap_and_unjoined_ones_are_closed() {
+    let addr = start(&[], |c| {
+        c.http.max_connections = 2;
+        c.http.join_timeout_secs = 1;
+    })
+    .await;
+    let mut joined = connect(addr, "").await;
+    assert_eq!(join(&mut joined, "r", "Ann", None).await["type"], "joined");
+    let mut idle = connect(addr, "").await;
+    // Both places taken by open sockets: a third connection is closed without an answer.
+    let third = tokio_tungstenite::connect_async(format!("ws://{addr}/rtc")).await;
+    assert!(third.is_err(), "a third socket past the cap of 2");
+
+    // The idle one is told and closed after about a second; the joined one stays.
+    let started = std::time::Instant::now();
+    let e = recv(&mut idle).await;
+    assert_eq!(
+        (e["type"].as_str(), e["code"].as_u64()),
+        (Some("error"), Some(408)),
+        "{e}"
+    );
+    assert_eq!(e["reason"], "join_timeout");
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(m)) = idle.next().await {
+            if m.is_close() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "closed after the error");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(idle);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut again = connect(addr, "").await;
+    assert_eq!(join(&mut again, "r", "Bob", None).await["type"], "joined");
+    send(&mut joined, json!({"type": "ping", "id": 9})).await;
+    let pong = expect_type(&mut joined, "pong").await;
+    assert_eq!(pong["id"], 9, "the joined socket outlived the deadline");
+}

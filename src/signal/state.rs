@@ -13,6 +13,8 @@ pub struct AppState {
     pub auth: Auth,
     pub ws_max_message_bytes: usize,
     pub ws_messages_per_second: u32,
+    /// A WebSocket that has not joined within this is closed.
+    pub ws_join_timeout: std::time::Duration,
     /// Hex SHA-256 of the QUIC certificate, for clients to pin; `None` without QUIC.
     pub quic_cert_sha256: Option<String>,
 }

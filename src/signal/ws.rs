@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -14,6 +14,7 @@ use tracing::{debug, info};
 
 use super::auth::{bearer, unix_now};
 use super::dispatch::Command;
+use super::http::ConnSlot;
 use super::state::{error_response, valid_name, AppState};
 use crate::session::connection::ParticipantId;
 use crate::session::protocol::{ClientMessage, ServerMessage, VERSION};
@@ -34,6 +35,7 @@ pub async fn rtc(
     State(st): State<AppState>,
     Query(q): Query<RtcQuery>,
     headers: HeaderMap,
+    slot: Option<Extension<ConnSlot>>,
 ) -> Response {
     let token = q.token.or_else(|| bearer(&headers).map(str::to_owned));
     // A token given with the upgrade is checked now (its room at `join`), so a bad one gets 401.
@@ -43,11 +45,16 @@ pub async fn rtc(
         }
     }
     let limit = st.ws_max_message_bytes;
+    // The socket keeps its connection's place among the listener's `max_connections`.
+    let permit = slot.and_then(|s| s.take());
     // Frames up to 4x the limit are read so they can be answered with an error; larger ones
     // end the connection.
     ws.max_message_size(limit * 4)
         .max_frame_size(limit * 4)
-        .on_upgrade(move |socket| run(socket, st, token))
+        .on_upgrade(move |socket| async move {
+            run(socket, st, token).await;
+            drop(permit);
+        })
         .into_response()
 }
 
@@ -99,7 +106,10 @@ async fn run(mut socket: WebSocket, st: AppState, upgrade_token: Option<String>)
         rate,
         last: Instant::now(),
     };
+    // A socket that has not joined by then is closed.
+    let join_deadline = tokio::time::Instant::now() + st.ws_join_timeout;
     loop {
+        let unjoined = joined.is_none();
         let event = async {
             match joined.as_mut() {
                 Some((_, rx)) => rx.recv().await,
@@ -107,6 +117,11 @@ async fn run(mut socket: WebSocket, st: AppState, upgrade_token: Option<String>)
             }
         };
         tokio::select! {
+            _ = tokio::time::sleep_until(join_deadline), if unjoined => {
+                let r = SessionError::new(408, "join_timeout", format!("no room joined within {} s", st.ws_join_timeout.as_secs()));
+                let _ = send(&mut socket, &refusal(&r, None)).await;
+                break;
+            }
             incoming = socket.recv() => {
                 let text = match incoming {
                     None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
