@@ -3,6 +3,9 @@
 //! cargo-fuzz; `tests/fuzz_corpus.rs` replays every saved input (seeds and past crashes) on stable,
 //! so a crash once found stays a test.
 
+mod sessions;
+pub use sessions::sessions;
+
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -30,6 +33,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("roq", roq),
     ("srtp", srtp),
     ("relay", relay),
+    ("sessions", sessions),
 ];
 
 /// An RTP packet: parsed, its extensions walked, its header rewritten for a viewer with other
