@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what it needs (Debian packages when root,
 # npm packages always), then runs format and lint checks, unit and scenario tests, a bench smoke
-# run, and the end-to-end tests with real Chromium and GStreamer in network namespaces.
+# run, the ten-minute soak, and the end-to-end tests with real Chromium and GStreamer in network
+# namespaces.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,7 +41,8 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 echo "== unit and scenario tests"
 cargo build --workspace --bins
-cargo nextest run --workspace --no-fail-fast
+# (The soak runs on its own below: ten minutes that other tests should not share.)
+cargo nextest run --workspace --no-fail-fast -E 'not binary(churn)'
 cargo test --workspace --doc
 
 echo "== fuzz targets: each a short run on its corpus (needs the nightly toolchain)"
@@ -48,6 +50,9 @@ bash scripts/fuzz.sh "${FUZZ_SECONDS:-20}"
 
 echo "== benches compile and run once"
 cargo bench --bench rtp -- --test
+
+echo "== soak: ten minutes of clients coming and going (VOLNA_SOAK_SECONDS to change)"
+cargo nextest run -p volna-load --test churn --no-capture
 
 echo "== end-to-end: Chromium and GStreamer through volna"
 export VOLNA_BIN="$PWD/target/debug/volna"

@@ -10,6 +10,7 @@
 //! Debian's Janus, inside a namespace from `netns`); `scenario` sets up audio, meeting and
 //! broadcast calls and measures them; `report` writes the Markdown, JSON and SVG results.
 
+pub mod churn;
 pub mod client;
 pub mod congestion;
 pub mod impair;

@@ -26,7 +26,7 @@ use volna_load::volna_target::{VolnaOptions, VolnaTarget};
 #[command(about = "volna load generator")]
 struct Args {
     /// Scenario to run.
-    #[arg(long, default_value = "core-fanout", value_parser = ["core-fanout", "audio", "meeting", "broadcast", "rfc8867-5.1"])]
+    #[arg(long, default_value = "core-fanout", value_parser = ["core-fanout", "audio", "meeting", "broadcast", "rfc8867-5.1", "churn"])]
     scenario: String,
     /// core-fanout: viewers per publisher.
     #[arg(long, default_value_t = 10)]
@@ -37,7 +37,8 @@ struct Args {
     /// core-fanout: RTP packet size in bytes.
     #[arg(long, default_value_t = 1200)]
     size: usize,
-    /// N: listeners (audio), participants (meeting) or viewers (broadcast).
+    /// N: listeners (audio), participants (meeting), viewers (broadcast) or clients present at
+    /// once (churn).
     #[arg(long, default_value_t = 10)]
     clients: usize,
     /// Seconds of traffic before the measured window.
@@ -82,6 +83,16 @@ fn main() -> ExitCode {
         core_fanout(&args);
         return ExitCode::SUCCESS;
     }
+    if args.scenario == "churn" {
+        return match churn(&args) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("volna-load: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if args.scenario == "rfc8867-5.1" {
         return match rfc8867(&args) {
             Ok(()) => ExitCode::SUCCESS,
@@ -114,6 +125,30 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The soak (see `churn`): clients coming and going for `--seconds` (default 600) against a
+/// volna process; report.md and report.json in `--out`; fails when a check fails.
+fn churn(args: &Args) -> Result<bool, String> {
+    let target = VolnaTarget::start(&VolnaOptions {
+        relay_bin: args.relay_bin.clone().unwrap_or_else(default_relay_bin),
+        workers: args.workers,
+    })?;
+    let opts = volna_load::churn::ChurnOptions {
+        seconds: args.seconds.unwrap_or(600.0),
+        clients: args.clients,
+        rooms: 3,
+        seed: 7,
+        progress: !args.quiet,
+    };
+    let report = volna_load::churn::run(target.pid(), target.port(), &opts)?;
+    std::fs::create_dir_all(&args.out).map_err(|e| e.to_string())?;
+    let md = report.markdown();
+    std::fs::write(args.out.join("report.md"), &md).map_err(|e| e.to_string())?;
+    let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+    std::fs::write(args.out.join("report.json"), json).map_err(|e| e.to_string())?;
+    println!("{md}");
+    Ok(report.passed())
 }
 
 /// RFC 8867 §5.1 on virtual time (see `congestion`): the trace as JSON, a plot of capacity,

@@ -83,6 +83,15 @@ impl VolnaTarget {
         Ok(t)
     }
 
+    /// The relay's HTTP port.
+    pub fn port(&self) -> u16 {
+        self.base
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0)
+    }
+
     fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(self.dir.join("volna.log")).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();

@@ -6,16 +6,8 @@ use std::process::Command;
 
 use serde_json::Value;
 
-/// The volna binary: next to volna-load, else in target/{release,debug}.
-fn relay_bin() -> Option<PathBuf> {
-    let load = PathBuf::from(env!("CARGO_BIN_EXE_volna-load"));
-    let mut candidates = vec![load.with_file_name("volna")];
-    if let Some(target) = load.parent().and_then(|d| d.parent()) {
-        candidates.push(target.join("release").join("volna"));
-        candidates.push(target.join("debug").join("volna"));
-    }
-    candidates.into_iter().find(|p| p.is_file())
-}
+mod common;
+use common::relay_bin;
 
 fn run(scenario: &str, clients: &str, relay: &PathBuf) -> Value {
     run_with(scenario, clients, relay, &[])

@@ -461,14 +461,23 @@ async fn stats(State(st): State<AppState>, headers: HeaderMap) -> Response {
     if let Some(res) = admin_refused(&st, &headers) {
         return res;
     }
-    match st.workers.stats().await {
-        Some(s) => (
-            [(header::CONTENT_TYPE, "application/json")],
-            serde_json::to_string_pretty(&s).unwrap_or_else(|_| "{}".into()),
-        )
-            .into_response(),
-        None => worker_gone(),
+    let Some(s) = st.workers.stats().await else {
+        return worker_gone();
+    };
+    let mut v = serde_json::to_value(&s).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        // Tasks alive on the signalling runtime (sockets, connections, sessions' timers): a
+        // count that grows under churn is a leak.
+        let tasks = tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks();
+        o.insert("tasks".into(), tasks.into());
     }
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_string_pretty(&v).unwrap_or_else(|_| "{}".into()),
+    )
+        .into_response()
 }
 
 /// The same figures as /stats in the Prometheus text exposition format.
