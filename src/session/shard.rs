@@ -402,6 +402,11 @@ impl Shard {
         }
     }
 
+    /// Sessions closed since the shard began.
+    pub fn sessions_closed(&self) -> u64 {
+        self.closed
+    }
+
     pub fn stats(&self) -> ShardStats {
         let c = self.relay.counters();
         ShardStats {

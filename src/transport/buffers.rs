@@ -2,10 +2,12 @@
 //!
 //! [`RecvPool`] hands out receive slots in large blocks; a received datagram becomes a `BytesMut`
 //! view of its slot, is decrypted in place and frozen into the `Bytes` that every receiver and the
-//! retransmit cache share. A block is reused once every packet in it has been dropped, so one
-//! kept packet keeps its whole block: blocks are one receive batch (64 KiB), and the caches let
-//! packets go by age (see `core::cache`), which bounds what a slow stream among busy ones (or
-//! junk) can hold: at most one block per packet it has cached.
+//! retransmit cache share. Each receive starts where the last datagram taken ended, so a block
+//! (64 KiB, one full receive batch) holds as many datagrams as fit, not one batch: at a few
+//! datagrams per wake-up it holds dozens, not one each. A block is reused once every packet in it
+//! has been dropped, so one kept packet keeps its whole block; the caches let packets go by age
+//! (see `core::cache`), which bounds what a slow stream among busy ones (or junk) can hold: at
+//! most one block per packet it has cached, and what the last second's traffic filled.
 //! [`SendBatch`] is one flat buffer of outgoing datagrams, each protected where it lies, sent
 //! with one system call per batch and then cleared (its capacity stays).
 
@@ -21,6 +23,9 @@ pub const RECV_BATCH: usize = 32;
 const BLOCK_SLOTS: usize = RECV_BATCH;
 /// Bytes per block: the most memory one kept packet holds.
 pub const BLOCK_BYTES: usize = BLOCK_SLOTS * SLOT;
+/// A receive into a block's free tail needs room for this many datagrams; a block with less
+/// left is done.
+const MIN_SLOTS: usize = 4;
 
 pub struct RecvPool {
     blocks: Vec<BytesMut>,
@@ -63,12 +68,14 @@ impl RecvPool {
         self.allocated_blocks
     }
 
-    /// A region of `n` slots (n ≤ [`RECV_BATCH`]) to receive into; slot `k` is
+    /// A region of up to `n` slots (n ≤ [`RECV_BATCH`]; fewer, at least [`MIN_SLOTS`] or `n`,
+    /// where the current block's free tail is shorter) to receive into; slot `k` is
     /// `region[k * SLOT..(k + 1) * SLOT]`. Follow with [`RecvPool::take`] for each filled slot,
     /// in order.
     pub fn prepare(&mut self, n: usize) -> &mut [u8] {
-        let need = n.min(RECV_BATCH) * SLOT;
-        if self.blocks[self.cur].capacity() < need {
+        let want = n.clamp(1, RECV_BATCH);
+        let fits = |b: &BytesMut| (b.capacity() / SLOT).min(want);
+        if fits(&self.blocks[self.cur]) < want.min(MIN_SLOTS) {
             // A block whose packets have all been dropped is empty and unique: reclaim it.
             let count = self.blocks.len();
             let reuse = (1..=count)
@@ -80,6 +87,7 @@ impl RecvPool {
             }
         }
         self.pos = 0;
+        let need = fits(&self.blocks[self.cur]) * SLOT;
         let b = &mut self.blocks[self.cur];
         // SAFETY: the block's whole capacity was initialised when it was created (`grow`) and
         // initialised bytes stay so; `take` and the next `prepare` only shorten the view.
@@ -212,13 +220,43 @@ mod tests {
         // Drop them all: the same rounds again must not allocate any block.
         drop(kept);
         for _ in 0..200 {
-            let _ = pool.prepare(RECV_BATCH);
-            for k in 0..4 {
-                drop(pool.take(k * 3, 60));
+            let slots = pool.prepare(RECV_BATCH).len() / SLOT;
+            for k in (0..slots).step_by(3).take(4) {
+                drop(pool.take(k, 60));
             }
             pool.finish();
         }
         assert_eq!(pool.allocated_blocks(), grown);
+    }
+
+    /// A receive that gets one small datagram leaves the rest of the block to the next: 300
+    /// receives of one 200-byte datagram each, all kept (as caches keep them), fill one block
+    /// and part of a second, not 300 blocks (19 MiB).
+    #[test]
+    fn receives_share_a_block() {
+        let mut pool = RecvPool::new();
+        let mut kept = Vec::new();
+        for i in 0..300u16 {
+            let region = pool.prepare(RECV_BATCH);
+            assert!(region.len() >= MIN_SLOTS * SLOT, "room for a batch");
+            region[..2].copy_from_slice(&i.to_be_bytes());
+            let p = pool.take(0, 200);
+            assert_eq!(
+                &p[..2],
+                &i.to_be_bytes(),
+                "each datagram where it was received"
+            );
+            kept.push(p.freeze());
+            pool.finish();
+        }
+        assert!(
+            pool.allocated_blocks() <= 2,
+            "{} blocks for 60 kB of datagrams",
+            pool.allocated_blocks()
+        );
+        for (i, p) in kept.iter().enumerate() {
+            assert_eq!(p[..2], (i as u16).to_be_bytes(), "none overwritten");
+        }
     }
 
     #[test]

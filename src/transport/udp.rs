@@ -62,12 +62,16 @@ impl BatchSocket {
         let mut meta = [RecvMeta::default(); RECV_BATCH];
         let n = {
             let region = pool.prepare(RECV_BATCH);
+            let slots = region.len() / SLOT;
             let mut chunks = region.chunks_mut(SLOT);
             let mut iovs: [IoSliceMut<'_>; RECV_BATCH] =
                 std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
             let r = self.socket.try_io(Interest::READABLE, || {
-                self.state
-                    .recv(UdpSockRef::from(&self.socket), &mut iovs, &mut meta)
+                self.state.recv(
+                    UdpSockRef::from(&self.socket),
+                    &mut iovs[..slots],
+                    &mut meta[..slots],
+                )
             });
             match r {
                 Ok(n) => n,
