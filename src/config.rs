@@ -30,6 +30,38 @@ pub enum ConfigError {
     },
 }
 
+/// A socket address, or `host:port` with a host name, resolved now to its first address.
+pub fn resolve(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse() {
+        return Ok(a);
+    }
+    use std::net::ToSocketAddrs;
+    let mut addrs = s
+        .to_socket_addrs()
+        .map_err(|e| format!("{s:?} is not an address or host:port that resolves ({e})"))?;
+    addrs
+        .next()
+        .ok_or_else(|| format!("{s:?} resolves to no address"))
+}
+
+fn socket_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let s = String::deserialize(d)?;
+    resolve(&s).map_err(serde::de::Error::custom)
+}
+
+/// Whether `level` is a log filter volna takes: comma-separated directives, each a level (`trace`,
+/// `debug`, `info`, `warn`, `error`, `off`) or `target=level`. (A bare word is a target to the
+/// tracing filter, so a mistyped level would silence every log.)
+fn valid_log_level(level: &str) -> bool {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    let is_level = |l: &str| LEVELS.contains(&l.trim().to_ascii_lowercase().as_str());
+    !level.trim().is_empty()
+        && level.split(',').all(|d| match d.split_once('=') {
+            Some((target, l)) => !target.trim().is_empty() && is_level(l),
+            None => is_level(d),
+        })
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -47,6 +79,7 @@ pub struct QuicConfig {
     /// Whether to listen for RTP over QUIC.
     pub enabled: bool,
     /// UDP address of the QUIC listener.
+    #[serde(deserialize_with = "socket_addr")]
     pub listen: SocketAddr,
     /// PEM certificate chain and PKCS#8 key; both empty: a self-signed certificate is made at
     /// start, its SHA-256 logged and served at /quic/cert-hash for clients to pin.
@@ -106,6 +139,7 @@ impl Default for LimitsConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// Address of the signalling listener (WHIP, WHEP, stats).
+    #[serde(deserialize_with = "socket_addr")]
     pub listen: SocketAddr,
     /// Largest request body accepted; larger ones get 413.
     pub max_body_bytes: usize,
@@ -123,6 +157,7 @@ pub struct HttpConfig {
 pub struct MediaConfig {
     /// UDP address for ICE, DTLS and SRTP; advertised as the ICE candidate. With several
     /// workers, worker i binds port + i (or its own ephemeral port when the port is 0).
+    #[serde(deserialize_with = "socket_addr")]
     pub listen: SocketAddr,
     /// Media worker threads, each with its own UDP port, rooms and buffers; 0 means one per CPU
     /// core. A room lives on one worker, chosen by a hash of its name.
@@ -245,6 +280,12 @@ impl Config {
         if self.limits.ws_max_message_bytes < 1024 {
             return bad("limits.ws_max_message_bytes", "must be at least 1024");
         }
+        if !valid_log_level(&self.log.level) {
+            return bad(
+                "log.level",
+                "must be trace, debug, info, warn, error or off, or target=level directives separated by commas",
+            );
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return bad("log.format", "must be \"text\" or \"json\"");
         }
@@ -292,6 +333,23 @@ mod tests {
         assert!(c.media.listen.ip().is_loopback());
     }
 
+    /// Levels and directives the filter takes; host names where a socket address is.
+    #[test]
+    fn good_values_parse() {
+        let cases = [
+            "[log]\nlevel = \"debug\"\n",
+            "[log]\nlevel = \"info,volna=debug,rtc_dtls=off\"\n",
+            "[log]\nlevel = \"WARN\"\n",
+            "[http]\nlisten = \"localhost:8080\"\n",
+            "[quic]\nlisten = \"[::1]:4433\"\n",
+        ];
+        for text in cases {
+            assert!(Config::parse(text, "t.toml").is_ok(), "{text:?}");
+        }
+        let c = Config::parse("[http]\nlisten = \"localhost:8080\"\n", "t.toml").unwrap();
+        assert!(c.http.listen.ip().is_loopback() && c.http.listen.port() == 8080);
+    }
+
     #[test]
     fn errors_name_the_key() {
         let cases = [
@@ -301,6 +359,10 @@ mod tests {
             ("[http]\nmax_body_bytes = 10\n", "http.max_body_bytes"),
             ("[media]\nlisten = \"0.0.0.0:5000\"\n", "media.listen"),
             ("[log]\nformat = \"xml\"\n", "log.format"),
+            ("[log]\nlevel = \"loud\"\n", "log.level"),
+            ("[log]\nlevel = \"info,volna=noisy\"\n", "log.level"),
+            ("[log]\nlevel = \"\"\n", "log.level"),
+            ("[http]\nlisten = \"no-such-host.invalid:80\"\n", "listen"),
             ("[auth]\nkeys = [\"short\"]\n", "auth.keys"),
             ("[limits]\nmax_rooms = 0\n", "limits"),
             ("[http\n", "line 1"),

@@ -4,7 +4,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
-use volna::config::{Config, EMBEDDED_DEFAULT};
+use volna::config::{resolve, Config, EMBEDDED_DEFAULT};
+use volna::server::ServerError;
 
 /// volna: selective forwarding unit for voice and video calls.
 #[derive(Parser, Debug)]
@@ -13,14 +14,14 @@ struct Cli {
     /// TOML configuration file (default: the embedded configs/dev.toml).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// HTTP signalling listener, overriding http.listen.
-    #[arg(long, value_name = "ADDR")]
+    /// HTTP signalling listener, overriding http.listen (address or host:port).
+    #[arg(long, value_name = "ADDR", value_parser = resolve)]
     http: Option<SocketAddr>,
     /// UDP media listener (ICE, DTLS, SRTP), overriding media.listen; advertised in ICE candidates.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", value_parser = resolve)]
     media: Option<SocketAddr>,
     /// QUIC listener (RTP over QUIC), overriding quic.listen and enabling it.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", value_parser = resolve)]
     quic: Option<SocketAddr>,
     #[command(subcommand)]
     command: Option<Sub>,
@@ -139,7 +140,11 @@ fn main() -> ExitCode {
         // several per handshake); its errors still show.
         EnvFilter::new(format!("{},rtc_dtls=error", config.log.level))
     });
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colours only for a person at a terminal, not in files or container logs.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi);
     if config.log.format == "json" {
         builder.json().init();
     } else {
@@ -159,6 +164,11 @@ fn main() -> ExitCode {
     rt.block_on(async {
         let running = match volna::server::start(&config).await {
             Ok(r) => r,
+            // A certificate the config names but that cannot be used is the config's fault.
+            Err(e @ ServerError::QuicCertificate(_)) => {
+                eprintln!("volna: {e}");
+                return ExitCode::from(2);
+            }
             Err(e) => {
                 eprintln!("volna: {e}");
                 return ExitCode::FAILURE;

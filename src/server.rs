@@ -24,6 +24,9 @@ pub enum ServerError {
     },
     #[error("DTLS identity: {0}")]
     Identity(String),
+    /// The configured QUIC certificate or key cannot be read or used (a configuration error).
+    #[error("QUIC certificate: {0}")]
+    QuicCertificate(String),
     #[error("worker: {0}")]
     Worker(std::io::Error),
 }
@@ -83,17 +86,18 @@ pub async fn start(config: &Config) -> Result<Running, ServerError> {
             QuicIdentity::self_signed()
         } else {
             let read = |p: &str| {
-                std::fs::read_to_string(p).map_err(|e| ServerError::Identity(format!("{p}: {e}")))
+                std::fs::read_to_string(p)
+                    .map_err(|e| ServerError::QuicCertificate(format!("{p}: {e}")))
             };
             QuicIdentity::from_pem(
                 &read(&config.quic.cert_file)?,
                 &read(&config.quic.key_file)?,
             )
         }
-        .map_err(|e| ServerError::Identity(e.to_string()))?;
+        .map_err(|e| ServerError::QuicCertificate(e.to_string()))?;
         let server_config = id
             .server_config()
-            .map_err(|e| ServerError::Identity(e.to_string()))?;
+            .map_err(|e| ServerError::QuicCertificate(e.to_string()))?;
         let socket =
             std::net::UdpSocket::bind(config.quic.listen).map_err(|source| ServerError::Bind {
                 what: "QUIC (UDP)",

@@ -58,6 +58,13 @@ fn bad_config_names_the_key_and_exits_non_zero() {
         ("[http]\nunknown_key = 1\n", "unknown_key"),
         ("[media]\nlisten = \"0.0.0.0:5000\"\n", "media.listen"),
         ("this is = = not toml\n", "line 1"),
+        ("[log]\nlevel = \"loud\"\n", "log.level"),
+        (
+            "[http]\nlisten = \"127.0.0.1:0\"\n[media]\nlisten = \"127.0.0.1:0\"\n\
+             [quic]\nlisten = \"127.0.0.1:0\"\ncert_file = \"/nonexistent/cert.pem\"\n\
+             key_file = \"/nonexistent/key.pem\"\n",
+            "QUIC certificate: /nonexistent/cert.pem",
+        ),
     ];
     for (text, want) in cases {
         let (code, stderr) = run_with(text);
@@ -123,4 +130,55 @@ fn token_subcommand_signs_a_token_the_relay_accepts() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("[auth] keys"));
+}
+
+/// A host name is taken where an address is; one that does not resolve is refused (exit 2).
+#[test]
+fn addresses_may_be_host_names() {
+    let out = Command::new(env!("CARGO_BIN_EXE_volna"))
+        .args(["--http", "no-such-host.invalid:80"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-host.invalid"));
+}
+
+/// Logs written to a file or a pipe (a container's log) carry no colour codes.
+#[test]
+fn logs_to_a_pipe_have_no_colour_codes() {
+    use std::io::{BufRead, BufReader};
+    let (path, mut f) = tempfile();
+    f.write_all(
+        b"[http]\nlisten = \"localhost:0\"\n[media]\nlisten = \"127.0.0.1:0\"\n\
+          [quic]\nenabled = false\n[log]\nlevel = \"info\"\n",
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_volna"))
+        .arg("--config")
+        .arg(&path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref().take(20) {
+        let line = line.unwrap();
+        let done = line.contains("volna listening");
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    std::fs::remove_file(&path).ok();
+    assert!(
+        seen.iter().any(|l| l.contains("volna listening")),
+        "the relay started (on a host name): {seen:?}"
+    );
+    assert!(
+        seen.iter().all(|l| !l.contains('\x1b')),
+        "no escape codes: {seen:?}"
+    );
 }
