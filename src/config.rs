@@ -155,10 +155,16 @@ pub struct HttpConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MediaConfig {
-    /// UDP address for ICE, DTLS and SRTP; advertised as the ICE candidate. With several
-    /// workers, worker i binds port + i (or its own ephemeral port when the port is 0).
+    /// UDP address for ICE, DTLS and SRTP; advertised as the ICE candidate unless `advertise`
+    /// is set. With several workers, worker i binds port + i (or its own ephemeral port when the
+    /// port is 0).
     #[serde(deserialize_with = "socket_addr")]
     pub listen: SocketAddr,
+    /// The addresses (IPs or host names, no port) peers reach the media ports at, when they are
+    /// not the bound one: a public address in front of a 1:1 NAT (a cloud VM), or an IPv4 and
+    /// an IPv6 address. Advertised as ICE candidates in this order, each with the worker's port.
+    /// With it, `listen` may be a wildcard address (`0.0.0.0`, `[::]`).
+    pub advertise: Vec<String>,
     /// Media worker threads, each with its own UDP port, rooms and buffers; 0 means one per CPU
     /// core. A room lives on one worker, chosen by a hash of its name.
     pub workers: usize,
@@ -204,6 +210,7 @@ impl Default for MediaConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:50000".parse().expect("literal"),
+            advertise: Vec::new(),
             workers: 0,
             pin_workers: false,
             pause_video: true,
@@ -250,10 +257,14 @@ impl Config {
                 message: message.to_owned(),
             })
         };
-        if self.media.listen.ip().is_unspecified() {
+        if let Err(e) = self.advertised_ips() {
+            return bad("media.advertise", &e);
+        }
+        if self.media.listen.ip().is_unspecified() && self.media.advertise.is_empty() {
             return bad(
                 "media.listen",
-                "must be a concrete address: it is advertised to peers as the ICE candidate",
+                "must be a concrete address (it is advertised to peers as the ICE candidate), \
+                 or set media.advertise to the addresses peers reach it at",
             );
         }
         if self.http.max_body_bytes < 1024 {
@@ -290,6 +301,25 @@ impl Config {
             return bad("log.format", "must be \"text\" or \"json\"");
         }
         Ok(())
+    }
+
+    /// `media.advertise` resolved: each entry an IP address, or a host name's first address.
+    pub fn advertised_ips(&self) -> Result<Vec<std::net::IpAddr>, String> {
+        self.media
+            .advertise
+            .iter()
+            .map(|a| {
+                let a = a.trim();
+                let ip = match a.parse::<std::net::IpAddr>() {
+                    Ok(ip) => ip,
+                    Err(_) => resolve(&format!("{a}:0"))?.ip(),
+                };
+                if ip.is_unspecified() {
+                    return Err(format!("{a}: a wildcard address cannot be reached"));
+                }
+                Ok(ip)
+            })
+            .collect()
     }
 
     /// Media workers to start: the configured count, or one per CPU core.
@@ -342,6 +372,7 @@ mod tests {
             "[log]\nlevel = \"WARN\"\n",
             "[http]\nlisten = \"localhost:8080\"\n",
             "[quic]\nlisten = \"[::1]:4433\"\n",
+            "[media]\nlisten = \"0.0.0.0:5000\"\nadvertise = [\"203.0.113.7\", \"2001:db8::7\"]\n",
         ];
         for text in cases {
             assert!(Config::parse(text, "t.toml").is_ok(), "{text:?}");
@@ -360,6 +391,12 @@ mod tests {
             ("[media]\nlisten = \"0.0.0.0:5000\"\n", "media.listen"),
             ("[log]\nformat = \"xml\"\n", "log.format"),
             ("[log]\nlevel = \"loud\"\n", "log.level"),
+            ("[media]\nadvertise = [\"0.0.0.0\"]\n", "media.advertise"),
+            (
+                "[media]\nadvertise = [\"no-such-host.invalid\"]\n",
+                "media.advertise",
+            ),
+            ("[media]\nlisten = \"[::]:5000\"\n", "media.listen"),
             ("[log]\nlevel = \"info,volna=noisy\"\n", "log.level"),
             ("[log]\nlevel = \"\"\n", "log.level"),
             ("[http]\nlisten = \"no-such-host.invalid:80\"\n", "listen"),

@@ -129,8 +129,8 @@ fn main() -> ExitCode {
         config.http.listen = a;
     }
     if let Some(a) = cli.media {
-        if a.ip().is_unspecified() {
-            eprintln!("volna: --media must be a concrete address: it is advertised to peers as the ICE candidate");
+        if a.ip().is_unspecified() && config.media.advertise.is_empty() {
+            eprintln!("volna: --media must be a concrete address (it is advertised to peers as the ICE candidate), or set media.advertise");
             return ExitCode::from(2);
         }
         config.media.listen = a;

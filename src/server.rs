@@ -71,6 +71,7 @@ pub async fn start(config: &Config) -> Result<Running, ServerError> {
         let shard_config = ShardConfig {
             worker,
             media_addr: socket.local_addr().map_err(ServerError::Worker)?,
+            advertise: config.advertised_ips().unwrap_or_default(),
             consent_timeout: std::time::Duration::from_secs(config.media.consent_timeout_secs),
             reconnect_grace: std::time::Duration::from_secs(config.media.reconnect_secs),
             relay: config.relay(),

@@ -8,6 +8,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use volna::config::Config;
 
+mod common;
+
 const OFFER: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\n\
 m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=ice-ufrag:abcd\r\na=ice-pwd:0123456789012345678901\r\n\
 a=fingerprint:sha-256 AA:BB:CC\r\na=setup:actpass\r\na=mid:0\r\na=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid\r\nDIR_A\r\na=rtcp-mux\r\n\
@@ -802,4 +804,69 @@ async fn slow_headers_are_cut_off_and_connections_are_capped() {
     );
     // And the listener serves again.
     assert_eq!(request(http, "GET", "/health", None, b"").await.status, 200);
+}
+
+/// A relay bound to the wildcard address advertises the addresses `media.advertise` names, each
+/// with the worker's bound port, in order; a client that checks connectivity at the first gets
+/// its answer from the wildcard-bound socket.
+#[tokio::test]
+async fn advertised_addresses_are_the_candidates() {
+    let mut config = Config::default();
+    config.http.listen = "127.0.0.1:0".parse().unwrap();
+    config.media.listen = "0.0.0.0:0".parse().unwrap();
+    config.media.advertise = vec!["127.0.0.1".into(), "::1".into()];
+    config.media.workers = 1;
+    config.quic.enabled = false;
+    let running = volna::server::start(&config).await.unwrap();
+    assert!(running.media_addr.ip().is_unspecified());
+    let port = running.media_addr.port();
+    let r = request(
+        running.http_addr,
+        "POST",
+        "/whip/room1",
+        Some("application/sdp"),
+        offer("a=sendonly").as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let candidates: Vec<&str> = r
+        .body
+        .lines()
+        .filter(|l| l.starts_with("a=candidate:"))
+        .take(2)
+        .collect();
+    assert_eq!(
+        candidates,
+        [
+            format!("a=candidate:1 1 udp 2130706431 127.0.0.1 {port} typ host"),
+            format!("a=candidate:2 1 udp 2130706430 ::1 {port} typ host"),
+        ],
+        "{}",
+        r.body
+    );
+    assert!(r.body.contains("c=IN IP4 127.0.0.1\r\n"), "{}", r.body);
+    // An ICE check at the first candidate is answered.
+    let attr = |name: &str| {
+        r.body
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    let (ufrag, pwd) = (attr("a=ice-ufrag:"), attr("a=ice-pwd:"));
+    let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let check = common::binding_request(&format!("{ufrag}:abcd"), &pwd);
+    client.send_to(&check, ("127.0.0.1", port)).await.unwrap();
+    let mut buf = [0u8; 1500];
+    let (n, from) = tokio::time::timeout(Duration::from_secs(2), client.recv_from(&mut buf))
+        .await
+        .expect("an answer to the check")
+        .unwrap();
+    assert_eq!(from.port(), port);
+    assert_eq!(
+        &buf[..2],
+        &[0x01, 0x01],
+        "a Binding success response ({n} bytes)"
+    );
 }

@@ -174,6 +174,7 @@ fn shard() -> Option<crate::session::Shard> {
         ShardConfig {
             worker: 0,
             media_addr: "127.0.0.1:5000".parse().ok()?,
+            advertise: Vec::new(),
             consent_timeout: Duration::from_secs(30),
             reconnect_grace: Duration::from_secs(10),
             relay: RelayConfig::default(),

@@ -174,6 +174,7 @@ fn run(data: &[u8]) -> Done {
     let config = ShardConfig {
         worker: 0,
         media_addr: "127.0.0.1:5000".parse().expect("literal"),
+        advertise: Vec::new(),
         consent_timeout: Duration::from_secs(30),
         reconnect_grace: Duration::from_secs(10),
         relay: RelayConfig::default(),

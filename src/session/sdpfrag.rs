@@ -66,19 +66,19 @@ impl Fragment {
     }
 }
 
-/// volna's reply to an ICE restart: its new credentials and its candidate, under the client's
+/// volna's reply to an ICE restart: its new credentials and its candidates, under the client's
 /// mid when it named one (RFC 9725 §4.3.2).
-pub fn restart_reply(ufrag: &str, pwd: &str, mid: Option<&str>, candidate: SocketAddr) -> String {
+pub fn restart_reply(
+    ufrag: &str,
+    pwd: &str,
+    mid: Option<&str>,
+    candidates: &[SocketAddr],
+) -> String {
     let mut s = format!("a=ice-lite\r\na=ice-ufrag:{ufrag}\r\na=ice-pwd:{pwd}\r\n");
     if let Some(mid) = mid {
         let _ = write!(s, "m=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=mid:{mid}\r\n");
     }
-    let _ = write!(
-        s,
-        "a=candidate:1 1 udp 2130706431 {} {} typ host\r\na=end-of-candidates\r\n",
-        candidate.ip(),
-        candidate.port()
-    );
+    super::sdp::write_candidates(&mut s, candidates);
     s
 }
 
@@ -121,7 +121,7 @@ mod tests {
 
     #[test]
     fn reply_carries_credentials_and_candidate() {
-        let r = restart_reply("uf12", "pw", Some("0"), "10.0.0.2:5000".parse().unwrap());
+        let r = restart_reply("uf12", "pw", Some("0"), &["10.0.0.2:5000".parse().unwrap()]);
         assert_eq!(
             r,
             "a=ice-lite\r\na=ice-ufrag:uf12\r\na=ice-pwd:pw\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=mid:0\r\n\

@@ -80,8 +80,12 @@ pub struct ShardConfig {
     /// This shard's worker index; it is kept in the top bits of every session and participant
     /// id, so signalling can route a request by id alone.
     pub worker: usize,
-    /// The media address: bound by the worker and advertised as the only ICE candidate.
+    /// The media address bound by the worker; advertised as the ICE candidate unless
+    /// `advertise` names others.
     pub media_addr: SocketAddr,
+    /// Addresses peers reach the media port at (a public or NAT-mapped address, IPv4 and IPv6),
+    /// advertised with the bound port in this order; empty: the bound address.
+    pub advertise: Vec<std::net::IpAddr>,
     pub consent_timeout: Duration,
     /// How long a room participant that lost its media or socket may take to come back.
     pub reconnect_grace: Duration,
@@ -94,7 +98,7 @@ pub struct ShardConfig {
 pub struct IceRestart {
     pub ufrag: String,
     pub pwd: String,
-    pub candidate: SocketAddr,
+    pub candidates: Vec<SocketAddr>,
 }
 
 /// A new session's answer and the names it goes by.
@@ -520,9 +524,22 @@ impl Shard {
             ice_ufrag: s.local_ufrag.clone(),
             ice_pwd: s.local_pwd.clone(),
             fingerprint: self.identity.fingerprint.clone(),
-            candidate: self.config.media_addr,
+            candidates: self.candidates(),
             session_id: s.id,
         }
+    }
+
+    /// Where peers reach this worker's media port.
+    pub(super) fn candidates(&self) -> Vec<SocketAddr> {
+        let bound = self.config.media_addr;
+        if self.config.advertise.is_empty() {
+            return vec![bound];
+        }
+        self.config
+            .advertise
+            .iter()
+            .map(|ip| SocketAddr::new(*ip, bound.port()))
+            .collect()
     }
 
     /// Whether one more member may enter `room`: a participant, or a WHIP, WHEP or QUIC session

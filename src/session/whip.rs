@@ -308,7 +308,7 @@ impl Shard {
             .map(|(ufrag, pwd)| IceRestart {
                 ufrag,
                 pwd,
-                candidate: self.config.media_addr,
+                candidates: self.candidates(),
             }))
     }
 

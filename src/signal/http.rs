@@ -169,7 +169,7 @@ async fn patch(
                 (header::CONTENT_TYPE, sdpfrag::CONTENT_TYPE),
                 (header::ETAG, &format!("\"{}\"", r.ufrag)),
             ],
-            sdpfrag::restart_reply(&r.ufrag, &r.pwd, frag.mid.as_deref(), r.candidate),
+            sdpfrag::restart_reply(&r.ufrag, &r.pwd, frag.mid.as_deref(), &r.candidates),
         )
             .into_response(),
         Some(Err(e)) => shard_error(e),

@@ -15,7 +15,7 @@ fn test_local() -> Local {
         ice_ufrag: "uf".into(),
         ice_pwd: "pw".into(),
         fingerprint: "01:02".into(),
-        candidate: "127.0.0.1:5000".parse().unwrap(),
+        candidates: vec!["127.0.0.1:5000".parse().unwrap()],
         session_id: 7,
     }
 }

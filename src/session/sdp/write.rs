@@ -16,8 +16,34 @@ pub struct Local {
     pub ice_pwd: String,
     /// sha-256 fingerprint of the DTLS certificate, colon-separated upper-case hex.
     pub fingerprint: String,
-    pub candidate: SocketAddr,
+    /// Where peers reach volna: its ICE host candidates, most preferred first (at least one).
+    pub candidates: Vec<SocketAddr>,
     pub session_id: u64,
+}
+
+impl Local {
+    /// The address for the `o=` and `c=` lines: the first candidate's.
+    fn ip(&self) -> std::net::IpAddr {
+        self.candidates
+            .first()
+            .map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |c| c.ip())
+    }
+}
+
+/// The `a=candidate` lines for `candidates`, most preferred first, and `a=end-of-candidates`.
+pub fn write_candidates(s: &mut String, candidates: &[SocketAddr]) {
+    for (i, c) in candidates.iter().enumerate() {
+        // RFC 8445 §5.1.2.1 host priority, one step lower for each later address.
+        let priority = 2_130_706_431u32.saturating_sub(i as u32);
+        let _ = write!(
+            s,
+            "a=candidate:{} 1 udp {priority} {} {} typ host\r\n",
+            i + 1,
+            c.ip(),
+            c.port()
+        );
+    }
+    s.push_str("a=end-of-candidates\r\n");
 }
 
 /// What volna sends on an accepted m-line of a viewer.
@@ -144,7 +170,7 @@ struct MediaLine<'a> {
 
 /// The session part: origin, BUNDLE group, ICE-lite.
 fn write_session(s: &mut String, local: &Local, version: u64, bundle: &[&str], allow_mixed: bool) {
-    let ip = local.candidate.ip();
+    let ip = local.ip();
     let ipv = if ip.is_ipv4() { "IP4" } else { "IP6" };
     let _ = write!(
         s,
@@ -172,7 +198,7 @@ fn write_rejected(
     fmt: &str,
     mid: &str,
 ) {
-    let ip = local.candidate.ip();
+    let ip = local.ip();
     let ipv = if ip.is_ipv4() { "IP4" } else { "IP6" };
     let _ = write!(
         s,
@@ -186,7 +212,7 @@ fn write_rejected(
 }
 
 fn write_media(s: &mut String, local: &Local, setup: &str, m: &MediaLine<'_>, candidate: bool) {
-    let ip = local.candidate.ip();
+    let ip = local.ip();
     let ipv = if ip.is_ipv4() { "IP4" } else { "IP6" };
     let codec = m.codec;
     let pt = codec.payload_type;
@@ -275,12 +301,7 @@ fn write_media(s: &mut String, local: &Local, setup: &str, m: &MediaLine<'_>, ca
         }
     }
     if candidate {
-        let _ = write!(
-            s,
-            "a=candidate:1 1 udp 2130706431 {ip} {} typ host\r\n",
-            local.candidate.port()
-        );
-        s.push_str("a=end-of-candidates\r\n");
+        write_candidates(s, &local.candidates);
     }
 }
 
