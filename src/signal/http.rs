@@ -610,18 +610,6 @@ pub struct ServeLimits {
     pub max_connections: usize,
 }
 
-/// A connection's place among the `max_connections`, in each of its requests' extensions. A
-/// request that upgrades takes it ([`ConnSlot::take`]) and keeps it while the upgraded connection
-/// lives; otherwise it is given back when the HTTP connection closes.
-#[derive(Clone)]
-pub struct ConnSlot(std::sync::Arc<std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>);
-
-impl ConnSlot {
-    pub fn take(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        self.0.lock().ok()?.take()
-    }
-}
-
 /// Serves the router on a bound listener until the process ends: HTTP/1.1 with upgrades (the
 /// room protocol's WebSocket), each connection with a header-read deadline, at most
 /// `max_connections` at once (an upgraded one counting for as long as it is open).
@@ -654,7 +642,7 @@ pub async fn serve(
             continue;
         };
         let app = app.clone();
-        let slot = ConnSlot(std::sync::Arc::new(std::sync::Mutex::new(Some(permit))));
+        let slot = super::state::ConnSlot::new(permit);
         tokio::spawn(async move {
             let service = hyper::service::service_fn(
                 move |mut req: hyper::Request<hyper::body::Incoming>| {

@@ -1,5 +1,6 @@
 //! What every signalling endpoint shares: the state handlers get (the workers, the token
-//! checker, limits), plain-text error responses, and which room names are valid.
+//! checker, limits), a connection's place among the listener's connections, plain-text error
+//! responses, and which room names are valid.
 
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -17,6 +18,22 @@ pub struct AppState {
     pub ws_join_timeout: std::time::Duration,
     /// Hex SHA-256 of the QUIC certificate, for clients to pin; `None` without QUIC.
     pub quic_cert_sha256: Option<String>,
+}
+
+/// A connection's place among the `max_connections`, in each of its requests' extensions. A
+/// request that upgrades takes it ([`ConnSlot::take`]) and keeps it while the upgraded connection
+/// lives; otherwise it is given back when the HTTP connection closes.
+#[derive(Clone)]
+pub struct ConnSlot(std::sync::Arc<std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>);
+
+impl ConnSlot {
+    pub fn new(permit: tokio::sync::OwnedSemaphorePermit) -> Self {
+        ConnSlot(std::sync::Arc::new(std::sync::Mutex::new(Some(permit))))
+    }
+
+    pub fn take(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.0.lock().ok()?.take()
+    }
 }
 
 /// A plain-text error response with a numeric status.

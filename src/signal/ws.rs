@@ -14,8 +14,7 @@ use tracing::{debug, info};
 
 use super::auth::{bearer, unix_now};
 use super::dispatch::Command;
-use super::http::ConnSlot;
-use super::state::{error_response, valid_name, AppState};
+use super::state::{error_response, valid_name, AppState, ConnSlot};
 use crate::session::connection::ParticipantId;
 use crate::session::protocol::{ClientMessage, ServerMessage, VERSION};
 use crate::session::sdp::Offer;
