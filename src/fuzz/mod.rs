@@ -205,23 +205,90 @@ pub fn roq(data: &[u8]) {
     let _ = roq::read_varint(data);
 }
 
-/// SRTP unprotect of bytes nobody protected: never accepted (a forgery would need the key).
+/// SRTP and SRTCP unprotect, under both profiles. Bytes nobody protected are never accepted (a
+/// forgery would need the key). The input made into an RTP packet and protected is accepted once,
+/// as what was protected, and refused when it comes again (a replay); the same for the input
+/// protected as SRTCP.
 pub fn srtp(data: &[u8]) {
     use crate::transport::webrtc::srtp::{Profile, SrtpRtp};
-    for profile in [Profile::AeadAes128Gcm, Profile::Aes128CmHmacSha1_80] {
+    use rtc_srtp::context::Context;
+    use rtc_srtp::option::{srtcp_replay_protection, srtp_replay_protection};
+    use rtc_srtp::protection_profile::ProtectionProfile;
+    let provider = rtc_crypto::default_provider().expect("a crypto provider");
+    for (profile, srtcp_profile) in [
+        (Profile::AeadAes128Gcm, ProtectionProfile::AeadAes128Gcm),
+        (
+            Profile::Aes128CmHmacSha1_80,
+            ProtectionProfile::Aes128CmHmacSha1_80,
+        ),
+    ] {
         let key = [7u8; 16];
         let salt = vec![9u8; profile.master_salt_len()];
-        let Ok(mut ctx) = SrtpRtp::new(profile, &key, &salt) else {
+        let (Ok(mut tx), Ok(mut rx)) = (
+            SrtpRtp::new(profile, &key, &salt),
+            SrtpRtp::new(profile, &key, &salt),
+        ) else {
             return;
         };
-        let mut buf = data.to_vec();
-        let Ok(h) = crate::core::rtp::header_len(&buf) else {
-            continue;
+        if let Ok(h) = crate::core::rtp::header_len(data) {
+            let mut buf = data.to_vec();
+            assert!(
+                rx.unprotect(&mut buf, h).is_err(),
+                "an unprotected packet is never accepted"
+            );
+        }
+        // The input as the payload of a packet whose header it also picks, protected.
+        let mut plain = vec![0x80, 96];
+        plain.extend_from_slice(data.get(..10).unwrap_or(&[0; 10]));
+        plain[0] = 0x80;
+        plain.extend_from_slice(data.get(10..).unwrap_or(&[]));
+        let mut wire = plain.clone();
+        if tx.protect(&mut wire, 0, 12).is_ok() {
+            let mut once = wire.clone();
+            let n = rx
+                .unprotect(&mut once, 12)
+                .expect("a protected packet is accepted");
+            assert_eq!(&once[..n], &plain[..], "as what was protected");
+            assert!(
+                rx.unprotect(&mut wire.clone(), 12).is_err(),
+                "a replayed packet is refused"
+            );
+        }
+        // SRTCP (the webrtc-rs context volna uses for RTCP).
+        let crypto = provider.crypto();
+        let ctx = |replay: bool| {
+            Context::new(
+                &key,
+                &salt,
+                srtcp_profile,
+                replay.then(|| srtp_replay_protection(256)),
+                replay.then(|| srtcp_replay_protection(128)),
+                crypto,
+            )
         };
+        let (Ok(mut tx), Ok(mut rx)) = (ctx(false), ctx(true)) else {
+            return;
+        };
+        let decrypt = crate::transport::webrtc::dtls::decrypt_srtcp;
         assert!(
-            ctx.unprotect(&mut buf, h).is_err(),
-            "an unprotected packet is never accepted"
+            decrypt(&mut rx, srtcp_profile, data).is_none(),
+            "an unprotected RTCP packet is never accepted"
         );
+        let mut rtcp = vec![0x80, 200, 0, 1];
+        rtcp.extend_from_slice(data.get(..4).unwrap_or(&[0; 4]));
+        rtcp.extend_from_slice(data.get(4..).unwrap_or(&[]));
+        let words = rtcp.len().div_ceil(4);
+        rtcp.resize(words * 4, 0);
+        rtcp[2..4].copy_from_slice(&((words - 1) as u16).to_be_bytes());
+        if let Ok(wire) = tx.encrypt_rtcp(&rtcp) {
+            let got = decrypt(&mut rx, srtcp_profile, &wire)
+                .expect("a protected RTCP packet is accepted");
+            assert_eq!(&got[..], &rtcp[..], "as what was protected");
+            assert!(
+                decrypt(&mut rx, srtcp_profile, &wire).is_none(),
+                "a replayed RTCP packet is refused"
+            );
+        }
     }
 }
 

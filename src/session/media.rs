@@ -292,9 +292,8 @@ impl Shard {
             return self.junk(from, "SRTP before DTLS");
         };
         if is_rtcp(&buf) {
-            let plain = match keys.remote.decrypt_rtcp(&buf) {
-                Ok(p) => p,
-                Err(_) => return self.junk(from, "SRTCP unprotect failed"),
+            let Some(plain) = keys.decrypt_rtcp(&buf) else {
+                return self.junk(from, "SRTCP unprotect failed");
             };
             s.last_rx = now;
             self.relay_rtcp(now, id, role, &plain);

@@ -113,6 +113,35 @@ pub struct SrtpKeys {
     pub profile: ProtectionProfile,
 }
 
+impl SrtpKeys {
+    /// A peer's SRTCP packet, authenticated and decrypted (`None`: refused).
+    pub fn decrypt_rtcp(&mut self, packet: &[u8]) -> Option<bytes::BytesMut> {
+        decrypt_srtcp(&mut self.remote, self.profile, packet)
+    }
+}
+
+/// SRTCP from a peer, authenticated and decrypted by `ctx` (`None`: refused). WebRTC always
+/// encrypts SRTCP (RFC 8827 §6.5), so a packet whose E flag (RFC 3711 §3.4) is clear is refused
+/// here: the SRTCP library returns such a packet under AES-CM-HMAC without checking its
+/// authentication tag, which would let anyone who can reach the port inject RTCP.
+pub fn decrypt_srtcp(
+    ctx: &mut Context,
+    profile: ProtectionProfile,
+    packet: &[u8],
+) -> Option<bytes::BytesMut> {
+    // The E flag opens the 4-byte SRTCP index word: last under AEAD-GCM (RFC 7714 §9.1), before
+    // the 10-byte tag under AES-CM-HMAC-SHA1-80.
+    let tag = match profile {
+        ProtectionProfile::AeadAes128Gcm | ProtectionProfile::AeadAes256Gcm => 0,
+        _ => 10,
+    };
+    let at = packet.len().checked_sub(tag + 4).filter(|&at| at >= 8)?;
+    if packet[at] & 0x80 == 0 {
+        return None;
+    }
+    ctx.decrypt_rtcp(packet).ok()
+}
+
 pub enum DtlsOutput {
     Connected(Box<SrtpKeys>),
     PeerClosed,
