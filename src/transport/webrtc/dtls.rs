@@ -15,6 +15,7 @@ use rtc_shared::TransportProtocol;
 use rtc_srtp::context::Context;
 use rtc_srtp::protection_profile::ProtectionProfile;
 
+use super::srtcp::SrtcpIn;
 use super::srtp::{Profile, SrtpRtp};
 
 /// The association is keyed by this placeholder: the session knows the peer's real address (it
@@ -107,39 +108,17 @@ pub fn export_srtp_keys(
 /// protection for the forward path, `rtc-srtp` for the (rare) RTCP.
 pub struct SrtpKeys {
     pub local: Context,
-    pub remote: Context,
+    pub remote: SrtcpIn,
     pub rtp_out: SrtpRtp,
     pub rtp_in: SrtpRtp,
     pub profile: ProtectionProfile,
 }
 
 impl SrtpKeys {
-    /// A peer's SRTCP packet, authenticated and decrypted (`None`: refused).
+    /// A peer's SRTCP packet, authenticated and decrypted (`None`: refused; see `srtcp`).
     pub fn decrypt_rtcp(&mut self, packet: &[u8]) -> Option<bytes::BytesMut> {
-        decrypt_srtcp(&mut self.remote, self.profile, packet)
+        self.remote.decrypt(packet)
     }
-}
-
-/// SRTCP from a peer, authenticated and decrypted by `ctx` (`None`: refused). WebRTC always
-/// encrypts SRTCP (RFC 8827 §6.5), so a packet whose E flag (RFC 3711 §3.4) is clear is refused
-/// here: the SRTCP library returns such a packet under AES-CM-HMAC without checking its
-/// authentication tag, which would let anyone who can reach the port inject RTCP.
-pub fn decrypt_srtcp(
-    ctx: &mut Context,
-    profile: ProtectionProfile,
-    packet: &[u8],
-) -> Option<bytes::BytesMut> {
-    // The E flag opens the 4-byte SRTCP index word: last under AEAD-GCM (RFC 7714 §9.1), before
-    // the 10-byte tag under AES-CM-HMAC-SHA1-80.
-    let tag = match profile {
-        ProtectionProfile::AeadAes128Gcm | ProtectionProfile::AeadAes256Gcm => 0,
-        _ => 10,
-    };
-    let at = packet.len().checked_sub(tag + 4).filter(|&at| at >= 8)?;
-    if packet[at] & 0x80 == 0 {
-        return None;
-    }
-    ctx.decrypt_rtcp(packet).ok()
 }
 
 pub enum DtlsOutput {
@@ -317,11 +296,13 @@ impl Dtls {
             &k.remote_master_key,
             &k.remote_master_salt,
             profile,
-            Some(rtc_srtp::option::srtp_replay_protection(256)),
-            Some(rtc_srtp::option::srtcp_replay_protection(128)),
+            // volna keeps the SRTCP replay window itself (see `srtcp`); SRTP is its own.
+            None,
+            None,
             crypto,
         )
         .map_err(|e| DtlsError::Keying(e.to_string()))?;
+        let remote = SrtcpIn::new(remote, profile);
         let rtp_out = SrtpRtp::new(rtp_profile, &k.local_master_key, &k.local_master_salt)
             .map_err(|e| DtlsError::Keying(e.to_string()))?;
         let rtp_in = SrtpRtp::new(rtp_profile, &k.remote_master_key, &k.remote_master_salt)
