@@ -167,21 +167,45 @@ pub fn sdp(data: &[u8]) {
 }
 
 fn shard() -> Option<crate::session::Shard> {
-    use crate::session::{Limits, Shard, ShardConfig};
-    use crate::transport::webrtc::DtlsIdentity;
-    let provider = rtc_crypto::default_provider().ok()?;
-    Some(Shard::new(
-        ShardConfig {
-            worker: 0,
-            media_addr: "127.0.0.1:5000".parse().ok()?,
-            advertise: Vec::new(),
-            consent_timeout: Duration::from_secs(30),
-            reconnect_grace: Duration::from_secs(10),
-            relay: RelayConfig::default(),
-            limits: Limits::default(),
-        },
-        DtlsIdentity::generate(provider).ok()?,
-    ))
+    Some(crate::session::Shard::new(shard_config(), identity()))
+}
+
+/// The shard the targets drive: one worker with the default limits, on an address nobody reaches.
+fn shard_config() -> crate::session::ShardConfig {
+    crate::session::ShardConfig {
+        worker: 0,
+        media_addr: "127.0.0.1:5000".parse().expect("literal"),
+        advertise: Vec::new(),
+        consent_timeout: Duration::from_secs(30),
+        reconnect_grace: Duration::from_secs(10),
+        relay: RelayConfig::default(),
+        limits: crate::session::Limits::default(),
+    }
+}
+
+/// A DTLS identity, made once per process (making one is slow, and no target needs its own).
+fn identity() -> crate::transport::webrtc::DtlsIdentity {
+    static IDENTITY: std::sync::OnceLock<crate::transport::webrtc::DtlsIdentity> =
+        std::sync::OnceLock::new();
+    IDENTITY
+        .get_or_init(|| {
+            let provider = rtc_crypto::default_provider().expect("a crypto provider");
+            crate::transport::webrtc::DtlsIdentity::generate(provider).expect("a DTLS identity")
+        })
+        .clone()
+}
+
+/// A stateful target's script: steps of an op byte, a length byte and that many bytes of body
+/// (cut short at the end of the input).
+fn ops(data: &[u8]) -> impl Iterator<Item = (u8, u8, &[u8])> {
+    let mut rest = data;
+    std::iter::from_fn(move || {
+        let (&op, tail) = rest.split_first()?;
+        let (&len, tail) = tail.split_first().unwrap_or((&0, &[]));
+        let (body, tail) = tail.split_at(usize::from(len).min(tail.len()));
+        rest = tail;
+        Some((op, len, body))
+    })
 }
 
 /// A room-protocol message and a QUIC control message.
@@ -337,12 +361,7 @@ pub fn relay(data: &[u8]) {
             .start(100, 0)
             .build()
     };
-    let mut rest = data;
-    while let Some((&op, tail)) = rest.split_first() {
-        let (&len, tail) = tail.split_first().unwrap_or((&0, &[]));
-        let n = usize::from(len).min(tail.len());
-        let (body, tail) = tail.split_at(n);
-        rest = tail;
+    for (op, len, body) in ops(data) {
         let who = SessionId::from(op >> 4) % 3 + 2;
         match op & 0x0f {
             0 => {

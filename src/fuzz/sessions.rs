@@ -10,29 +10,16 @@
 //! deleted, a minute later nothing is left: no session, participant or room.
 
 use std::collections::BTreeSet;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::core::room::RelayConfig;
 use crate::session::protocol::ServerMessage;
 use crate::session::sdp::Offer;
-use crate::session::{Grants, JoinRequest, Limits, ParticipantId, Role, Shard, ShardConfig};
-use crate::transport::webrtc::dtls::DtlsIdentity;
+use crate::session::{Grants, JoinRequest, ParticipantId, Role, Shard};
 
 /// Clients of the room protocol the input speaks for.
 const CLIENTS: usize = 4;
 /// Track ids remembered from the shard's messages, for `subscribe`, `pin` and `mute`.
 const TRACKS: usize = 16;
-
-fn identity() -> DtlsIdentity {
-    static IDENTITY: OnceLock<DtlsIdentity> = OnceLock::new();
-    IDENTITY
-        .get_or_init(|| {
-            let provider = rtc_crypto::default_provider().expect("a crypto provider");
-            DtlsIdentity::generate(provider).expect("a DTLS identity")
-        })
-        .clone()
-}
 
 #[derive(Default)]
 struct Client {
@@ -171,20 +158,11 @@ struct Done {
 
 fn run(data: &[u8]) -> Done {
     let mut done = Done::default();
-    let config = ShardConfig {
-        worker: 0,
-        media_addr: "127.0.0.1:5000".parse().expect("literal"),
-        advertise: Vec::new(),
-        consent_timeout: Duration::from_secs(30),
-        reconnect_grace: Duration::from_secs(10),
-        relay: RelayConfig::default(),
-        limits: Limits::default(),
-    };
     let seed = data
         .iter()
         .take(8)
         .fold(0u64, |a, &b| a << 8 | u64::from(b));
-    let mut shard = Shard::with_seed(config, identity(), seed);
+    let mut shard = Shard::with_seed(super::shard_config(), super::identity(), seed);
     let mut now = Instant::now();
     let mut clients: Vec<Client> = (0..CLIENTS).map(|_| Client::default()).collect();
     let mut joined_ever: BTreeSet<ParticipantId> = BTreeSet::new();
@@ -193,12 +171,7 @@ fn run(data: &[u8]) -> Done {
     let mut resources: Vec<(Role, String, String)> = Vec::new();
     let mut next_conn = 1u64;
 
-    let mut rest = data;
-    while let Some((&op, tail)) = rest.split_first() {
-        let (&len, tail) = tail.split_first().unwrap_or((&0, &[]));
-        let n = usize::from(len).min(tail.len());
-        let (body, tail) = tail.split_at(n);
-        rest = tail;
+    for (op, len, body) in super::ops(data) {
         let c = usize::from(op >> 4) % CLIENTS;
         let room = if op & 0x80 != 0 { "b" } else { "a" };
         let pick = |i: usize| body.get(i).copied().map(usize::from).unwrap_or(0);
