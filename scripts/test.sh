@@ -57,4 +57,23 @@ cargo nextest run -p volna-load --test churn --no-capture
 echo "== end-to-end: Chromium and GStreamer through volna"
 export VOLNA_BIN="$PWD/target/debug/volna"
 export VOLNA_CLIENT_BIN="$PWD/target/debug/volna-client"
-(cd tests/browser && node --test --test-concurrency=1 --test-reporter=spec)
+# One file at a time. Three or four browser pages encoding and decoding video take most of two
+# cores; where the host takes a share of them too (steal time), decoders stall and a delay-based
+# estimate reads the stall as a queue. A file that fails is run once more, and the summary says
+# which passed only then; one that fails twice fails the suite.
+(
+  cd tests/browser
+  failed=() retried=()
+  # CPU time taken by the host since $1 ("steal total" from /proc/stat), in per cent.
+  cpu() { awk '/^cpu /{print $9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat; }
+  stolen() { read -r s0 t0 <<<"$1"; read -r s1 t1 <<<"$(cpu)"; echo $(( (s1 - s0) * 100 / (t1 - t0 + 1) )); }
+  for f in *.test.mjs; do
+    echo "-- $f"
+    at=$(cpu)
+    node --test --test-reporter=spec "$f" && continue
+    echo "-- $f failed (host took $(stolen "$at")% of the CPU time meanwhile); once more"
+    if node --test --test-reporter=spec "$f"; then retried+=("$f"); else failed+=("$f"); fi
+  done
+  [ ${#retried[@]} -eq 0 ] || echo "passed on the second run: ${retried[*]}"
+  [ ${#failed[@]} -eq 0 ] || { echo "failed twice: ${failed[*]}"; exit 1; }
+)

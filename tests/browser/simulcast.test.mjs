@@ -17,6 +17,10 @@ const DEV = 'sa0';
 const skip = isRoot() ? false : 'skipped: needs root (network namespaces)';
 if (skip) console.log(skip);
 
+// 15 frames a second: the encoders and decoders of three pages take half what they would at
+// 30, so a machine with two cores (and a share of them taken by its host) does not starve them;
+// the layers' rates are what the encoder targets, the same at either.
+const FPS = 15;
 const ENCODINGS = [
   // The low layer uses about what it may, so that 150 kbps cannot carry it with audio.
   { rid: 'q', scaleResolutionDownBy: 2, maxBitrate: 150_000 },
@@ -34,6 +38,15 @@ function cap(rate) {
 
 function uncap() {
   relayNs.exec(['tc', 'qdisc', 'del', 'dev', DEV, 'root']);
+}
+
+/**
+ * Freezes the capped viewer has beyond the uncapped one's over the same seconds: pauses a link
+ * causes, not those of a machine too busy to decode in time (which both viewers see). `a` and `b`
+ * are `[far, near]` inbound stats at the start and the end.
+ */
+function extraFreezes([farA, nearA], [farB, nearB]) {
+  return (farB.freezeCount - farA.freezeCount) - Math.max(0, nearB.freezeCount - nearA.freezeCount);
 }
 
 /** The top layer's width as the publisher encodes it now. */
@@ -65,7 +78,7 @@ after(async () => {
 });
 
 test('a viewer capped at 300 kbps decodes the low layer while the other keeps the top one, and climbs back when the cap lifts', { skip }, async () => {
-  await pub.evaluate((u, e) => window.publishSimulcast(u, e), `http://${HTTP}/whip/sim`, ENCODINGS);
+  await pub.evaluate((u, e, f) => window.publishSimulcast(u, e, [960, 540], f), `http://${HTTP}/whip/sim`, ENCODINGS, FPS);
   // All three layers reach the relay, each on its own SSRC.
   const layers = await waitFor(async () => {
     const out = await pub.evaluate(() => window.outbound());
@@ -84,9 +97,11 @@ test('a viewer capped at 300 kbps decodes the low layer while the other keeps th
   }, 30000);
   assert.ok(top, `the uncapped viewer decodes the top layer (${await topWidth()} wide): ${JSON.stringify(await near.evaluate(() => window.inbound()))}`);
 
-  // 20 s on the capped link: decoding all along, at a smaller size, with at most one freeze.
+  // 20 s on the capped link: decoding all along (10 of the 15 frames a second), at a smaller
+  // size, with at most one freeze the link caused.
   await sleep(5000);
   const start = await far.evaluate(() => window.inbound());
+  const nearStart = await near.evaluate(() => window.inbound());
   const widths = [];
   for (let i = 0; i < 20; i++) {
     await sleep(1000);
@@ -98,7 +113,8 @@ test('a viewer capped at 300 kbps decodes the low layer while the other keeps th
   const nearEnd = await near.evaluate(() => window.inbound());
   assert.ok(widths.every((w) => w > 0 && w < top), `the capped viewer decodes a lower layer: widths ${widths}`);
   assert.ok(end.framesDecoded - start.framesDecoded >= 20 * 10, `it keeps decoding: ${start.framesDecoded} -> ${end.framesDecoded}`);
-  assert.ok(end.freezeCount - start.freezeCount <= 1, `at most one freeze in 20 s: ${start.freezeCount} -> ${end.freezeCount}`);
+  const extra = extraFreezes([start, nearStart], [end, nearEnd]);
+  assert.ok(extra <= 1, `at most one freeze in 20 s beyond the uncapped viewer's: ${start.freezeCount} -> ${end.freezeCount} (uncapped: ${nearStart.freezeCount} -> ${nearEnd.freezeCount})`);
   assert.equal(nearEnd.frameWidth, top, 'the uncapped viewer stays on the top layer');
 
   uncap();
@@ -202,13 +218,16 @@ test('with 5% random loss on its link the viewer hears continuous audio (RED) an
     assert.ok(red, 'audio goes to the lossy viewer as RED');
     await sleep(2000);
     const a = await far.evaluate(() => window.inbound());
+    const nearA = await near.evaluate(() => window.inbound());
     await sleep(20000);
     const b = await far.evaluate(() => window.inbound());
+    const nearB = await near.evaluate(() => window.inbound());
     log('loss', JSON.stringify(a), JSON.stringify(b));
     const concealed = (b.concealedSamples - a.concealedSamples) / Math.max(1, b.totalSamplesReceived - a.totalSamplesReceived);
     assert.ok(concealed < 0.02, `audio concealment under 2%: ${(concealed * 100).toFixed(2)}%`);
     assert.ok(b.framesDecoded - a.framesDecoded >= 20 * 10, `video keeps decoding: ${a.framesDecoded} -> ${b.framesDecoded}`);
-    assert.ok(b.freezeCount - a.freezeCount <= 1, `at most one freeze in 20 s: ${a.freezeCount} -> ${b.freezeCount}`);
+    const extra = extraFreezes([a, nearA], [b, nearB]);
+    assert.ok(extra <= 1, `at most one freeze in 20 s beyond the other viewer's: ${a.freezeCount} -> ${b.freezeCount} (other: ${nearA.freezeCount} -> ${nearB.freezeCount})`);
   } finally {
     relayNs.exec(['nft', 'delete', 'table', 'inet', 'volna_loss']);
   }
@@ -226,7 +245,7 @@ test(`SVC: a viewer capped at 300 kbps decodes the smaller ${codec} layers of on
   far = await openPage(browserB, PAGES);
   const [svcPub, svcNear, svcFar] = [pub, near, far];
   const room = `svc${codec}`;
-  await svcPub.evaluate((u, c, w, h, m) => window.publishSvc(u, m, `video/${c}`, w, h), `http://${HTTP}/whip/${room}`, codec, FULL, HEIGHT, MODE);
+  await svcPub.evaluate((u, c, w, h, m, f) => window.publishSvc(u, m, `video/${c}`, w, h, f), `http://${HTTP}/whip/${room}`, codec, FULL, HEIGHT, MODE, FPS);
   const sending = await waitFor(async () => {
     const [o] = await svcPub.evaluate(() => window.outbound());
     log('svc publisher', JSON.stringify(o));
@@ -246,6 +265,7 @@ test(`SVC: a viewer capped at 300 kbps decodes the smaller ${codec} layers of on
 
   await sleep(5000);
   const start = await svcFar.evaluate(() => window.inbound());
+  const nearStart = await svcNear.evaluate(() => window.inbound());
   const widths = [];
   for (let i = 0; i < 15; i++) {
     await sleep(1000);
@@ -254,10 +274,13 @@ test(`SVC: a viewer capped at 300 kbps decodes the smaller ${codec} layers of on
     log('svc capped', JSON.stringify(f), JSON.stringify((await relayStats(svcNear, HTTP)).viewer_estimates));
   }
   const end = await svcFar.evaluate(() => window.inbound());
+  const nearEnd = await svcNear.evaluate(() => window.inbound());
   assert.equal(end.codec, `video/${codec}`);
   assert.ok(widths.every((w) => w > 0 && w < FULL), `the capped viewer decodes a smaller spatial layer: widths ${widths}`);
-  assert.ok(end.framesDecoded - start.framesDecoded >= 15 * 7, `it keeps decoding: ${start.framesDecoded} -> ${end.framesDecoded}`);
-  assert.ok(end.freezeCount - start.freezeCount <= 1, `at most one freeze in 15 s: ${start.freezeCount} -> ${end.freezeCount}`);
+  // (A lower temporal layer may halve the frame rate: at least 5 of the 15 a second.)
+  assert.ok(end.framesDecoded - start.framesDecoded >= 15 * 5, `it keeps decoding: ${start.framesDecoded} -> ${end.framesDecoded}`);
+  const extra = extraFreezes([start, nearStart], [end, nearEnd]);
+  assert.ok(extra <= 1, `at most one freeze in 15 s beyond the uncapped viewer's: ${start.freezeCount} -> ${end.freezeCount} (uncapped: ${nearStart.freezeCount} -> ${nearEnd.freezeCount})`);
   // A viewer has the top layer when it decodes the width the publisher sends now (a busy machine
   // may make the encoder shed a spatial layer for CPU, L3T3 becoming L2T3: the top is then
   // smaller, and the relay must not shrink it further).

@@ -196,8 +196,13 @@ impl PubTrack {
             return None;
         }
         let mut d = alloc::Demand::single(self.spec.kind, 0, priority, false);
+        // A layer costs at least what the one below it does: one starting again (Chromium
+        // brings a simulcast layer back once its uplink has room) measures a fraction of its
+        // rate at first, and taken at that it would be chosen for links far too short for it.
+        let mut floor = 0;
         for (k, &slot) in ranked[..n_layers].iter().enumerate() {
-            d.layers[k] = rate(&self.layers[slot]);
+            floor = floor.max(rate(&self.layers[slot]));
+            d.layers[k] = floor;
         }
         d.n_layers = n_layers;
         d.on = target.and_then(|t| ranked[..n_layers].iter().position(|&s| s == usize::from(t)));
@@ -506,6 +511,44 @@ impl RateMeter {
         match self.last {
             Some(l) if now.saturating_duration_since(l) < Duration::from_secs(2) => self.bps,
             _ => 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::simulcast_track;
+
+    /// Layers rank by picture size where every size is known, else by rate; no layer costs
+    /// less than the one below it.
+    #[test]
+    fn demand_ranks_layers_and_never_makes_a_higher_one_cheaper() {
+        // (pixels per slot, rate per slot) -> (slots lowest first, rates in that order)
+        type Case = ([u32; 3], [u64; 3], [usize; 3], [u64; 3]);
+        let cases: [Case; 4] = [
+            // Sizes known: by size.
+            ([4, 2, 1], [900, 400, 150], [2, 1, 0], [150, 400, 900]),
+            // The top layer starting again: ranked by its size, costed as the one below.
+            ([1, 2, 4], [150, 400, 60], [0, 1, 2], [150, 400, 400]),
+            // A size unknown: by rate.
+            ([1, 0, 4], [150, 400, 900], [0, 1, 2], [150, 400, 900]),
+            ([0, 0, 0], [900, 150, 400], [1, 2, 0], [150, 400, 900]),
+        ];
+        for (i, (pixels, rates, slots, want)) in cases.into_iter().enumerate() {
+            let mut t = PubTrack::new(simulcast_track(&["a", "b", "c"]));
+            for (l, px) in t.layers.iter_mut().zip(pixels) {
+                l.pixels = px;
+            }
+            let rate = |l: &Layer| {
+                let slot = t.layers.iter().position(|x| std::ptr::eq(x, l)).unwrap();
+                rates[slot]
+            };
+            let (d, ranked) = t.demand(rate, 0, Some(2)).unwrap();
+            assert_eq!(d.n_layers, 3, "case {i}");
+            assert_eq!(ranked[..3], slots, "case {i}");
+            assert_eq!(d.layers[..3], want, "case {i}");
+            assert_eq!(d.on, slots.iter().position(|&s| s == 2), "case {i}");
         }
     }
 }

@@ -48,12 +48,12 @@ window.publish = async (url, videoCodec) => {
   return r;
 };
 
-// Simulcast: the camera (960×540 unless `size` says) sent as the given encodings (rid,
-// scaleResolutionDownBy, maxBitrate).
-window.publishSimulcast = async (url, encodings, size = [960, 540]) => {
+// Simulcast: the camera (960×540 at 30 fps unless `size` and `fps` say) sent as the given
+// encodings (rid, scaleResolutionDownBy, maxBitrate).
+window.publishSimulcast = async (url, encodings, size = [960, 540], fps = 30) => {
   const stream = await navigator.mediaDevices.getUserMedia({
     audio: true,
-    video: { width: size[0], height: size[1], frameRate: 30 },
+    video: { width: size[0], height: size[1], frameRate: fps },
   });
   const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
   for (const track of stream.getTracks()) {
@@ -67,12 +67,12 @@ window.publishSimulcast = async (url, encodings, size = [960, 540]) => {
   return r;
 };
 
-// SVC: the camera at 960×540 sent as one encoding with spatial and temporal layers (`mode`,
-// e.g. 'L3T3_KEY'), in `codec` ('video/VP9' or 'video/AV1').
-window.publishSvc = async (url, mode, codec, width = 960, height = 540) => {
+// SVC: the camera (960×540 at 30 fps unless told) sent as one encoding with spatial and
+// temporal layers (`mode`, e.g. 'L3T3_KEY'), in `codec` ('video/VP9' or 'video/AV1').
+window.publishSvc = async (url, mode, codec, width = 960, height = 540, fps = 30) => {
   const stream = await navigator.mediaDevices.getUserMedia({
     audio: true,
-    video: { width, height, frameRate: 30 },
+    video: { width, height, frameRate: fps },
   });
   const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
   for (const track of stream.getTracks()) {
