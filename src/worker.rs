@@ -210,6 +210,13 @@ pub fn apply(shard: &mut Shard, out: &mut Outlets, now: Instant, cmd: Command) {
                 out.quic.remove(&s);
             }
         }
+        Command::QuicLive { sessions, reply } => {
+            let live = shard.quic_live(&sessions);
+            for s in sessions.iter().filter(|s| !live.contains(s)) {
+                out.quic.remove(s);
+            }
+            let _ = reply.send(Ok(live));
+        }
     }
 }
 

@@ -146,11 +146,19 @@ async fn bad_input_is_refused_and_others_keep_working() {
     let mut c = Client::connect(&connect(r.quic, &r.hash, "bad"))
         .await
         .unwrap();
+    let opus = |ssrc: u32| json!({"kind": "audio", "codec": "opus", "payload_type": 111, "clock_rate": 48000, "ssrc": ssrc});
     let cases = [
         (json!({"type": "subscribe", "flow": 1}).to_string(), 404, "no_room"),
         (json!({"type": "join", "v": 1, "room": "again"}).to_string(), 409, "already_joined"),
         (json!({"type": "publish", "flow": 0, "tracks": []}).to_string(), 400, "bad_tracks"),
         (json!({"type": "publish", "flow": 0, "tracks": [{"kind": "audio", "codec": "VP8", "payload_type": 96, "clock_rate": 90000, "ssrc": 1}]}).to_string(), 400, "bad_tracks"),
+        // Two tracks on one SSRC (packets go to tracks by SSRC), a payload type RTCP takes.
+        (json!({"type": "publish", "flow": 0, "tracks": [opus(7), {"kind": "video", "codec": "VP8", "payload_type": 96, "clock_rate": 90000, "ssrc": 7}]}).to_string(), 400, "bad_tracks"),
+        (json!({"type": "publish", "flow": 0, "tracks": [{"kind": "video", "codec": "VP8", "payload_type": 72, "clock_rate": 90000, "ssrc": 8}]}).to_string(), 400, "bad_tracks"),
+        // Over the tracks per participant: the limit every way in has.
+        (json!({"type": "publish", "flow": 0, "tracks": (1..=5).map(opus).collect::<Vec<_>>()}).to_string(), 429, "too_many_tracks"),
+        // Fields the doc does not list, `id` among them, are refused.
+        (json!({"type": "subscribe", "flow": 1, "id": 3}).to_string(), 400, "bad_message"),
         ("not json".to_string(), 400, "bad_message"),
         (json!({"type": "warp"}).to_string(), 400, "bad_message"),
     ];
@@ -247,6 +255,34 @@ async fn flows_and_control_messages_are_limited_per_connection() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let reply = c.exchange(join_again.as_bytes()).await.unwrap();
     assert_eq!(reply["reason"], "already_joined", "{reply}");
+
+    // The publisher leaves: its 64 subscriptions end, and their flows are free again (the same
+    // numbers, and as many), for a publisher that comes back.
+    publisher.conn.close(0u32.into(), b"");
+    let subscribe = async |c: &mut Client, flow: u64| {
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let msg = json!({"type": "subscribe", "flow": flow}).to_string();
+        c.exchange(msg.as_bytes()).await.unwrap()
+    };
+    let mut gone = false;
+    for _ in 0..50 {
+        if subscribe(&mut c, 0).await["reason"] == "no_room" {
+            gone = true;
+            break;
+        }
+    }
+    assert!(gone, "the publisher's leaving is seen");
+    let mut back = Client::connect(&connect(r.quic, &r.hash, "lim"))
+        .await
+        .unwrap();
+    back.request(json!({"type": "publish", "flow": 0, "tracks": [{"kind": "audio", "codec": "opus", "payload_type": 111, "clock_rate": 48000, "channels": 2, "ssrc": 6}]})).await.unwrap();
+    for flow in 0..64u64 {
+        let reply = subscribe(&mut c, flow).await;
+        assert_eq!(reply["type"], "subscribed", "flow {flow} again: {reply}");
+    }
+    // A flow id no datagram can carry is refused.
+    let reply = subscribe(&mut back, 1 << 62).await;
+    assert_eq!(reply["reason"], "bad_message", "{reply}");
 }
 
 /// A connection with its control stream open but no `join` sent.

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use super::connection::Role;
-use super::error::SessionError;
+use super::error::{Full, SessionError};
 use super::shard::{CloseCause, Shard};
 use crate::core::room::{MediaKind, SessionId, TrackRef, TrackSpec, ViewerTrackSpec};
 use crate::core::rtp::{is_rtcp, Codec, ExtMap, RtpView};
@@ -56,14 +56,16 @@ impl Shard {
         tracks: &[QuicTrack],
     ) -> Result<(SessionId, String), SessionError> {
         self.admit(room)?;
-        if tracks.is_empty() || tracks.len() > self.config.limits.max_tracks_per_participant {
+        let max_tracks = self.config.limits.max_tracks_per_participant;
+        if tracks.len() > max_tracks {
+            // The limit every way in has (WHIP, the room protocol).
+            return Err(Full::Tracks(max_tracks).refusal(room));
+        }
+        if tracks.is_empty() {
             return Err(SessionError::new(
                 400,
                 "bad_tracks",
-                format!(
-                    "publish 1 to {} tracks",
-                    self.config.limits.max_tracks_per_participant
-                ),
+                "publish at least one track",
             ));
         }
         let mut specs = Vec::new();
@@ -93,6 +95,26 @@ impl Shard {
                     400,
                     "bad_tracks",
                     format!("track {i}: bad payload type or clock rate"),
+                ));
+            }
+            // RTP and RTCP share the flow (RFC 5761 §4): with the marker bit, these payload
+            // types read as RTCP packet types.
+            if (64..=95).contains(&t.payload_type) {
+                return Err(SessionError::new(
+                    400,
+                    "bad_tracks",
+                    format!(
+                        "track {i}: payload type {} is taken for RTCP, use 96-127",
+                        t.payload_type
+                    ),
+                ));
+            }
+            // Packets go to tracks by SSRC: a shared one would silence all but the first.
+            if let Some(j) = tracks[..i].iter().position(|o| o.ssrc == t.ssrc) {
+                return Err(SessionError::new(
+                    400,
+                    "bad_tracks",
+                    format!("track {i}: ssrc {} is track {j}'s too", t.ssrc),
                 ));
             }
             let mid = i.to_string();
@@ -234,6 +256,16 @@ impl Shard {
             Ok(view) => self.relay_rtp(now, session, &packet, &view),
             Err(_) => self.count_junk(),
         }
+    }
+
+    /// Which of a QUIC connection's `sessions` still run (the rest ended on their own: a
+    /// subscription whose publisher left).
+    pub fn quic_live(&self, sessions: &[SessionId]) -> Vec<SessionId> {
+        sessions
+            .iter()
+            .copied()
+            .filter(|s| self.sessions.contains_key(s))
+            .collect()
     }
 
     /// A QUIC connection ended: its sessions end.

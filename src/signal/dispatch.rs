@@ -98,6 +98,12 @@ pub enum Command {
     QuicClosed {
         sessions: Vec<SessionId>,
     },
+    /// Which of a connection's sessions still run (see `Shard::quic_live`); the worker forgets
+    /// the connection for the others.
+    QuicLive {
+        sessions: Vec<SessionId>,
+        reply: Reply<Vec<SessionId>>,
+    },
     /// `owner`: the token's identity (`None` in dev mode), who may end the session.
     Publish {
         room: String,

@@ -12,6 +12,7 @@ use super::auth::{unix_now, Auth};
 use super::dispatch::{Command, Workers};
 use super::quic_control::{
     ControlReply, ControlRequest, MAX_CONTROL_MESSAGE, MAX_CONTROL_PER_SECOND, MAX_FLOWS,
+    MAX_FLOW_ID,
 };
 use crate::core::room::SessionId;
 use crate::session::quic::QuicTrack;
@@ -221,6 +222,7 @@ async fn handle(
             })
         }
         ControlRequest::Publish { flow, tracks } => {
+            forget_ended(workers, joined, flows).await?;
             let j = may_open(joined, flows, flow, true)?;
             info!(identity = %j.identity, room = %j.room, flow, "QUIC publish");
             let (room, conn) = (j.room.clone(), conn.clone());
@@ -237,6 +239,7 @@ async fn handle(
             Ok(ControlReply::Published { publisher })
         }
         ControlRequest::Subscribe { flow, publisher } => {
+            forget_ended(workers, joined, flows).await?;
             let j = may_open(joined, flows, flow, false)?;
             info!(identity = %j.identity, room = %j.room, flow, "QUIC subscribe");
             let (room, conn) = (j.room.clone(), conn.clone());
@@ -260,8 +263,26 @@ async fn handle(
     }
 }
 
+/// Forgets the flows whose sessions have ended on their own (a subscription whose publisher left
+/// or republished): their numbers may be taken again, and they count no more towards
+/// [`MAX_FLOWS`].
+async fn forget_ended(
+    workers: &Workers,
+    joined: &Option<Joined>,
+    flows: &mut Vec<(u64, SessionId)>,
+) -> Result<(), SessionError> {
+    let Some(j) = joined.as_ref().filter(|_| !flows.is_empty()) else {
+        return Ok(());
+    };
+    let sessions: Vec<SessionId> = flows.iter().map(|(_, s)| *s).collect();
+    let tx = &workers.for_room(&j.room).tx;
+    let live = call(tx, |reply| Command::QuicLive { sessions, reply }).await?;
+    flows.retain(|(_, s)| live.contains(s));
+    Ok(())
+}
+
 /// Whether this connection may open flow `flow` to publish (or subscribe): it has joined, its
-/// token grants it, and the flow is free.
+/// token grants it, and the flow is free (and one a datagram can carry).
 fn may_open<'a>(
     joined: &'a Option<Joined>,
     flows: &[(u64, SessionId)],
@@ -281,6 +302,13 @@ fn may_open<'a>(
             403,
             "forbidden",
             format!("this token does not allow {what}"),
+        ));
+    }
+    if flow > MAX_FLOW_ID {
+        return Err(SessionError::new(
+            400,
+            "bad_message",
+            format!("flow ids are 0 to {MAX_FLOW_ID} (a QUIC variable-length integer)"),
         ));
     }
     if flows.iter().any(|(f, _)| *f == flow) {

@@ -10,6 +10,8 @@ use crate::session::quic::QuicTrack;
 pub const MAX_CONTROL_MESSAGE: usize = 64 * 1024;
 /// Datagram flows one connection may open (publishing and subscribing together).
 pub const MAX_FLOWS: usize = 64;
+/// The largest flow id: what a QUIC variable-length integer holds (RFC 9000 §16).
+pub const MAX_FLOW_ID: u64 = (1 << 62) - 1;
 /// Control messages one connection may send per second; more are refused (`429 rate_limited`)
 /// without being acted on.
 pub const MAX_CONTROL_PER_SECOND: u32 = 20;
