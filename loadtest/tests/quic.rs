@@ -180,8 +180,43 @@ async fn bad_input_is_refused_and_others_keep_working() {
     let extra = tokio::time::timeout(Duration::from_millis(500), c.conn.open_bi()).await;
     assert!(extra.is_err(), "a second stream is not granted");
 
-    // Control messages before join are refused.
+    // With a publisher in the room: its flow is taken, and an id nobody has is no publisher.
+    c.request(json!({"type": "publish", "flow": 0, "tracks": [opus(9)]}))
+        .await
+        .unwrap();
+    let cases = [
+        (json!({"type": "subscribe", "flow": 0}), 409, "flow_in_use"),
+        (
+            json!({"type": "publish", "flow": 0, "tracks": [opus(10)]}),
+            409,
+            "flow_in_use",
+        ),
+        (
+            json!({"type": "subscribe", "flow": 1, "publisher": "000000000000"}),
+            404,
+            "no_publisher",
+        ),
+    ];
+    for (msg, code, reason) in cases {
+        let reply = c.exchange(msg.to_string().as_bytes()).await.unwrap();
+        assert_eq!(
+            (reply["code"].as_u64(), reply["reason"].as_str()),
+            (Some(code), Some(reason)),
+            "{msg}: {reply}"
+        );
+    }
+
+    // Control messages before join are refused, and a join of another version.
     let mut early = raw_connection(r.quic, &r.hash).await;
+    let reply = early
+        .exchange(
+            json!({"type": "join", "v": 2, "room": "r"})
+                .to_string()
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply["reason"], "unsupported_version");
     let reply = early
         .exchange(
             json!({"type": "publish", "flow": 0, "tracks": []})
