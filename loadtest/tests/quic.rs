@@ -239,6 +239,33 @@ async fn bad_input_is_refused_and_others_keep_working() {
         .await
         .unwrap();
     ok.request(json!({"type": "publish", "flow": 0, "tracks": [{"kind": "audio", "codec": "opus", "payload_type": 111, "clock_rate": 48000, "channels": 2, "ssrc": 5}]})).await.unwrap();
+
+    // A presentation is marked as one to subscribers too.
+    let slides = json!({"kind": "video", "codec": "VP8", "payload_type": 96, "clock_rate": 90000, "ssrc": 21, "content": "slides"});
+    let mut show = Client::connect(&connect(r.quic, &r.hash, "show"))
+        .await
+        .unwrap();
+    show.request(json!({"type": "publish", "flow": 0, "tracks": [opus(20), slides]}))
+        .await
+        .unwrap();
+    let mut watch = Client::connect(&connect(r.quic, &r.hash, "show"))
+        .await
+        .unwrap();
+    let reply = watch
+        .request(json!({"type": "subscribe", "flow": 0}))
+        .await
+        .unwrap();
+    let content: Vec<_> = reply["tracks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["content"].clone())
+        .collect();
+    assert_eq!(
+        content,
+        [serde_json::Value::Null, json!("slides")],
+        "{reply}"
+    );
 }
 
 /// One connection cannot open flows without end, nor send control messages without end: past

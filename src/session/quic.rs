@@ -210,10 +210,11 @@ impl Shard {
         let started = self.start_viewing(now, sid, specs);
         let tracks = published
             .iter()
+            .enumerate()
             .zip(ssrcs)
             .zip(started)
             .filter(|(_, index)| index.is_some())
-            .map(|(((kind, codec, _), ssrc), _)| QuicTrack {
+            .map(|(((i, (kind, codec, _)), ssrc), _)| QuicTrack {
                 kind: match kind {
                     MediaKind::Audio => "audio".into(),
                     MediaKind::Video => "video".into(),
@@ -224,7 +225,10 @@ impl Shard {
                 channels: codec.channels.parse().ok(),
                 fmtp: codec.fmtp.clone(),
                 ssrc,
-                content: None,
+                content: self
+                    .relay
+                    .track_is_slides(pub_id, i)
+                    .then(|| "slides".into()),
             })
             .collect();
         info!(session = sid, room, publisher = %public, "QUIC subscriber created");

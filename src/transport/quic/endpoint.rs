@@ -22,6 +22,8 @@ pub enum QuicError {
 #[derive(Clone)]
 pub struct QuicIdentity {
     pub cert_der: Vec<u8>,
+    /// The certificates sent after it (intermediates), in order.
+    pub chain: Vec<Vec<u8>>,
     pub key_der: Vec<u8>,
     /// Lower-case hex SHA-256 of `cert_der`.
     pub cert_sha256: String,
@@ -45,11 +47,14 @@ impl QuicIdentity {
             cert_sha256: sha256_hex(&cert_der),
             key_der: ck.signing_key.serialize_der(),
             cert_der,
+            chain: Vec::new(),
         })
     }
 
-    /// A certificate and PKCS#8 key from PEM files.
+    /// A certificate chain (the server's first, then intermediates) and PKCS#8 key from PEM
+    /// files.
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, QuicError> {
+        use rustls::pki_types::pem::PemObject;
         let der = |pem: &str, tag: &str| -> Result<Vec<u8>, QuicError> {
             let body: String = pem
                 .lines()
@@ -60,11 +65,19 @@ impl QuicIdentity {
             base64_decode(&body)
                 .ok_or_else(|| QuicError::Certificate(format!("no {tag} PEM block")))
         };
-        let cert_der = der(cert_pem, "CERTIFICATE")?;
+        let mut chain = rustls::pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .map(|c| c.map(|c| c.to_vec()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| QuicError::Certificate(e.to_string()))?;
+        if chain.is_empty() {
+            return Err(QuicError::Certificate("no CERTIFICATE PEM block".into()));
+        }
+        let cert_der = chain.remove(0);
         let key_der = der(key_pem, "PRIVATE KEY")?;
         Ok(Self {
             cert_sha256: sha256_hex(&cert_der),
             cert_der,
+            chain,
             key_der,
         })
     }
@@ -77,7 +90,12 @@ impl QuicIdentity {
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| QuicError::Tls(e.to_string()))?
             .with_no_client_auth()
-            .with_single_cert(vec![cert], key)
+            .with_single_cert(
+                std::iter::once(cert)
+                    .chain(self.chain.iter().map(|c| c.clone().into()))
+                    .collect(),
+                key,
+            )
             .map_err(|e| QuicError::Tls(e.to_string()))?;
         tls.alpn_protocols = vec![ALPN.to_vec()];
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
@@ -130,5 +148,28 @@ fn base64_decode(s: &str) -> Option<Vec<u8>> {
 pub fn send_datagram(conn: &quinn::Connection, data: Bytes) {
     if let Err(e) = conn.send_datagram(data) {
         debug!(peer = %conn.remote_address(), error = %e, "datagram not sent");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A PEM file's certificates are all sent, the first as the server's (hashed for pinning);
+    /// one without any certificate is refused.
+    #[test]
+    fn pem_chain_is_kept_in_order() {
+        let make = || rcgen::generate_simple_self_signed(vec!["volna".into()]).unwrap();
+        let (leaf, other) = (make(), make());
+        let key = leaf.signing_key.serialize_pem();
+        let both = format!("{}{}", leaf.cert.pem(), other.cert.pem());
+        let id = QuicIdentity::from_pem(&both, &key).unwrap();
+        assert_eq!(id.cert_der, leaf.cert.der().to_vec());
+        assert_eq!(id.cert_sha256, sha256_hex(leaf.cert.der()));
+        assert_eq!(id.chain, vec![other.cert.der().to_vec()]);
+        assert!(id.server_config().is_ok());
+        let one = QuicIdentity::from_pem(&leaf.cert.pem(), &key).unwrap();
+        assert!(one.chain.is_empty());
+        assert!(QuicIdentity::from_pem(&key, &key).is_err());
     }
 }
