@@ -59,8 +59,8 @@ export VOLNA_BIN="$PWD/target/debug/volna"
 export VOLNA_CLIENT_BIN="$PWD/target/debug/volna-client"
 # One file at a time. Three or four browser pages encoding and decoding video take most of two
 # cores; where the host takes a share of them too (steal time), decoders stall and a delay-based
-# estimate reads the stall as a queue. A file that fails is run once more, and the summary says
-# which passed only then; one that fails twice fails the suite.
+# estimate reads the stall as a queue. A file that fails is run again, up to three runs in all,
+# and the summary says which passed only then; one that fails three times fails the suite.
 (
   cd tests/browser
   failed=() retried=()
@@ -71,9 +71,14 @@ export VOLNA_CLIENT_BIN="$PWD/target/debug/volna-client"
     echo "-- $f"
     at=$(cpu)
     node --test --test-reporter=spec "$f" && continue
-    echo "-- $f failed (host took $(stolen "$at")% of the CPU time meanwhile); once more"
-    if node --test --test-reporter=spec "$f"; then retried+=("$f"); else failed+=("$f"); fi
+    passed=
+    for run in 2 3; do
+      echo "-- $f failed (host took $(stolen "$at")% of the CPU time meanwhile); run $run"
+      at=$(cpu)
+      if node --test --test-reporter=spec "$f"; then passed=1; break; fi
+    done
+    if [ -n "$passed" ]; then retried+=("$f (run $run)"); else failed+=("$f"); fi
   done
-  [ ${#retried[@]} -eq 0 ] || echo "passed on the second run: ${retried[*]}"
-  [ ${#failed[@]} -eq 0 ] || { echo "failed twice: ${failed[*]}"; exit 1; }
+  [ ${#retried[@]} -eq 0 ] || echo "passed only on a later run: ${retried[*]}"
+  [ ${#failed[@]} -eq 0 ] || { echo "failed three times: ${failed[*]}"; exit 1; }
 )
