@@ -54,18 +54,9 @@ impl QuicIdentity {
     /// A certificate chain (the server's first, then intermediates) and PKCS#8 key from PEM
     /// files.
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, QuicError> {
-        use rustls::pki_types::pem::PemObject;
-        let der = |pem: &str, tag: &str| -> Result<Vec<u8>, QuicError> {
-            let body: String = pem
-                .lines()
-                .skip_while(|l| !l.starts_with(&format!("-----BEGIN {tag}")))
-                .skip(1)
-                .take_while(|l| !l.starts_with("-----END"))
-                .collect();
-            base64_decode(&body)
-                .ok_or_else(|| QuicError::Certificate(format!("no {tag} PEM block")))
-        };
-        let mut chain = rustls::pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        use rustls::pki_types::pem::{self, PemObject};
+        use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
+        let mut chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
             .map(|c| c.map(|c| c.to_vec()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| QuicError::Certificate(e.to_string()))?;
@@ -73,7 +64,13 @@ impl QuicIdentity {
             return Err(QuicError::Certificate("no CERTIFICATE PEM block".into()));
         }
         let cert_der = chain.remove(0);
-        let key_der = der(key_pem, "PRIVATE KEY")?;
+        let key_der = match PrivatePkcs8KeyDer::from_pem_slice(key_pem.as_bytes()) {
+            Ok(k) => k.secret_pkcs8_der().to_vec(),
+            Err(pem::Error::NoItemsFound) => {
+                return Err(QuicError::Certificate("no PRIVATE KEY PEM block".into()))
+            }
+            Err(e) => return Err(QuicError::Certificate(e.to_string())),
+        };
         Ok(Self {
             cert_sha256: sha256_hex(&cert_der),
             cert_der,
@@ -113,36 +110,6 @@ impl QuicIdentity {
     }
 }
 
-/// Decodes standard base64 (PEM bodies); `None` on bad input.
-fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    let val = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    };
-    let bytes: Vec<u8> = s
-        .bytes()
-        .filter(|c| !c.is_ascii_whitespace() && *c != b'=')
-        .collect();
-    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
-    for chunk in bytes.chunks(4) {
-        let mut acc = 0u32;
-        for (i, c) in chunk.iter().enumerate() {
-            acc |= val(*c)? << (18 - 6 * i);
-        }
-        let n = chunk.len() * 6 / 8;
-        for i in 0..n {
-            out.push((acc >> (16 - 8 * i)) as u8);
-        }
-    }
-    Some(out)
-}
-
 /// Sends a datagram, dropping it when the connection cannot take it now (datagrams are lossy
 /// by design; NACK repairs what matters).
 pub fn send_datagram(conn: &quinn::Connection, data: Bytes) {
@@ -171,5 +138,7 @@ mod tests {
         let one = QuicIdentity::from_pem(&leaf.cert.pem(), &key).unwrap();
         assert!(one.chain.is_empty());
         assert!(QuicIdentity::from_pem(&key, &key).is_err());
+        // A key file without a PKCS#8 key.
+        assert!(QuicIdentity::from_pem(&both, &both).is_err());
     }
 }
