@@ -292,7 +292,7 @@ test(`SVC: a viewer capped at 300 kbps decodes the smaller ${codec} layers of on
   const hasTop = async (viewer, what) => {
     const [o] = await svcPub.evaluate(() => window.outbound());
     const n = await viewer.evaluate(() => window.inbound());
-    log(what, JSON.stringify(o), JSON.stringify(n));
+    log(what, JSON.stringify(o), JSON.stringify(n), JSON.stringify((await relayStats(svcNear, HTTP)).viewer_estimates));
     return o && n.frameWidth === o.frameWidth ? n : null;
   };
   const kept = await waitFor(() => hasTop(svcNear, 'svc kept'), 5000, 500);

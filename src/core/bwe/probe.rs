@@ -1,7 +1,8 @@
 //! Probing: a short cluster of packets sent faster than the estimate. If the receiver gets them
 //! as fast as they were sent, the path has room at least that large, and the estimate jumps
-//! there instead of creeping up by 8% a second. A successful probe is followed at once by one at
-//! twice the rate, until a probe comes back slower than it went out.
+//! there instead of creeping up by 8% a second. A probe that showed most of its rate and raised
+//! the estimate is followed at once by one at twice the new estimate; one that did neither ends
+//! the chase.
 
 use std::time::{Duration, Instant};
 
@@ -16,9 +17,10 @@ const MIN_BYTES: f64 = 8000.0;
 const MAX_LOW_RATE_CLUSTER: Duration = Duration::from_millis(250);
 const MIN_PACKETS: u32 = 5;
 /// Between probes while the allocator wants more than the estimate; doubled after each probe
-/// that found the path full, up to `MAX_INTERVAL`.
+/// that found the path full, up to `MAX_INTERVAL`: a link that opens is found within about that
+/// long (a viewer held low sends too little for the estimate to grow on its own).
 const INTERVAL: Duration = Duration::from_secs(2);
-const MAX_INTERVAL: Duration = Duration::from_secs(8);
+const MAX_INTERVAL: Duration = Duration::from_secs(5);
 /// A cluster whose feedback has not come by then is given up.
 const TIMEOUT: Duration = Duration::from_secs(1);
 /// Size of one probe packet on the wire (header and RTP padding; padding is at most 255 bytes).
@@ -26,6 +28,12 @@ pub const PROBE_PACKET_BYTES: usize = 300;
 const MAX_PACKETS: u32 = 64;
 /// A probe most of whose packets were lost found the path full, whatever the rest showed.
 const MIN_RECEIVED: f64 = 0.8;
+/// The chase goes on after a probe that came back at this share of its rate at least (arrival
+/// times from a busy receiver spread a 30 ms cluster by some milliseconds) and raised the
+/// estimate by `MIN_GAIN` at least (one capped at what the viewer wants, on a path a little
+/// narrower than that, would otherwise go on for ever).
+const CHASE_SHARE: f64 = 0.7;
+const MIN_GAIN: f64 = 1.1;
 
 /// A probe to send now: `packets` packets of about [`PROBE_PACKET_BYTES`] spread evenly over
 /// `duration` (paced: a burst would measure the bottleneck's buffer, not its rate), every
@@ -42,6 +50,8 @@ pub struct ProbeCluster {
 struct Pending {
     cluster: ProbeCluster,
     sent_at: Instant,
+    /// The estimate when it was sent.
+    from_bps: u64,
     /// The send window: packets sent in it, media or padding, make up the probe.
     start_us: i64,
     end_us: i64,
@@ -120,6 +130,7 @@ impl ProbeController {
         self.pending = Some(Pending {
             cluster,
             sent_at: now,
+            from_bps: estimate,
             start_us: now_us,
             end_us: now_us + duration.as_micros() as i64,
             reported: 0,
@@ -187,9 +198,10 @@ impl ProbeController {
         } else {
             send_bps.min(recv_bps)
         };
-        // Chase upwards only while probes come back as fast as they left; once one finds the
-        // path full, look again less and less often.
-        self.chase = carried >= 0.9 * p.cluster.bps as f64;
+        // Chase upwards only while probes come back about as fast as they left and find more;
+        // once one finds the path full, look again less and less often.
+        self.chase = carried >= CHASE_SHARE * p.cluster.bps as f64
+            && carried >= MIN_GAIN * p.from_bps as f64;
         self.interval = if self.chase {
             INTERVAL
         } else {

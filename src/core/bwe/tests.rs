@@ -15,7 +15,7 @@ struct Sim {
     now_us: i64,
     seq: u16,
     /// Capacity in bps as a function of time in seconds.
-    capacity: fn(f64) -> u64,
+    capacity: Box<dyn Fn(f64) -> u64>,
     one_way_us: i64,
     max_queue_us: i64,
     /// Random loss on the link, per mille, from a fixed generator.
@@ -30,19 +30,28 @@ struct Sim {
     budget: f64,
     probe: VecDeque<(i64, u32)>,
     want_bps: u64,
+    /// Media sent as layers (bps, lowest first) instead of all the estimate allows: the highest
+    /// layer whose rate with the room's up margin fits, staying on one while it fits at all.
+    layers: &'static [u64],
+    on_layer: usize,
+    /// A receiver too busy to stamp arrivals at once: each is stamped up to this late (in order).
+    jitter_us: i64,
+    last_stamp_us: i64,
+    /// Probe clusters asked for.
+    probes: u32,
     /// (second, estimate, delivered bps, capacity) per second.
     trace: Vec<(f64, u64, u64, u64)>,
     delivered_bytes: u64,
 }
 
 impl Sim {
-    fn new(capacity: fn(f64) -> u64, one_way_ms: i64) -> Self {
+    fn new(capacity: impl Fn(f64) -> u64 + 'static, one_way_ms: i64) -> Self {
         Sim {
             bwe: BandwidthEstimator::new(BweConfig::default()),
             t0: Instant::now(),
             now_us: 0,
             seq: 0,
-            capacity,
+            capacity: Box::new(capacity),
             one_way_us: one_way_ms * 1000,
             max_queue_us: 300_000,
             loss_permille: 0,
@@ -55,6 +64,11 @@ impl Sim {
             budget: 0.0,
             probe: VecDeque::new(),
             want_bps: 5_000_000,
+            layers: &[],
+            on_layer: 0,
+            jitter_us: 0,
+            last_stamp_us: 0,
+            probes: 0,
             trace: Vec::new(),
             delivered_bytes: 0,
         }
@@ -97,13 +111,28 @@ impl Sim {
             self.bwe.on_feedback(now, &results);
         }
         // Media: what the estimate allows, paced per millisecond.
-        let rate = self.bwe.estimate_bps().min(self.want_bps);
+        let estimate = self.bwe.estimate_bps();
+        let rate = if self.layers.is_empty() {
+            estimate.min(self.want_bps)
+        } else {
+            let fits = |k: usize, on: usize| {
+                let bps = self.layers[k] as f64;
+                (if k <= on { bps } else { bps * 1.35 }) <= estimate as f64
+            };
+            let on = self.on_layer;
+            self.on_layer = (0..self.layers.len())
+                .rev()
+                .find(|&k| fits(k, on))
+                .unwrap_or(0);
+            self.layers[self.on_layer]
+        };
         self.budget = (self.budget + rate as f64 / 8.0 / 1000.0).min(3.0 * PACKET as f64);
         while self.budget >= PACKET as f64 {
             self.budget -= PACKET as f64;
             self.send(PACKET, None);
         }
         if let Some(c) = self.bwe.poll_probe(now, self.want_bps) {
+            self.probes += 1;
             let n = i64::from(c.packets);
             let gap = c.duration.as_micros() as i64 / n;
             for k in 0..n {
@@ -122,6 +151,9 @@ impl Sim {
         {
             let (t, seq, size) = self.in_flight.pop_front().unwrap();
             self.delivered_bytes += size as u64;
+            let late = i64::from(self.random()) * self.jitter_us / 1000;
+            let t = (t + late).max(self.last_stamp_us);
+            self.last_stamp_us = t;
             self.arrived.push(PacketResult {
                 seq,
                 arrival_us: Some(t),
@@ -235,6 +267,46 @@ fn follows_a_drop_within_a_second_and_a_rise_within_five() {
         "5 s after the rise to 2.5 Mbps the estimate is {after_rise}: {:?}",
         sim.trace
     );
+}
+
+/// A viewer held to a low layer by a narrow link, once the link opens (at any moment: probes
+/// that found it full came more and more rarely): its media stays at what the low layer sends
+/// (the estimate cannot grow far above what arrives), so only probes find the room, measured by
+/// a receiver that stamps arrivals a few milliseconds late. Within 7 s the estimate carries the
+/// top layer with the margin a move up needs; and on a link narrower than what the viewer wants,
+/// probing stops chasing.
+#[test]
+fn probes_find_an_opened_link_for_a_sender_held_low() {
+    // (capacity once open, estimate wanted 7 s after, at most probes in the 20 s after)
+    let cases = [(20_000_000, 1_450_000, 10), (900_000, 600_000, 10)];
+    for (open_bps, wanted, most) in cases {
+        for open_ms in (20_000..26_000).step_by(500) {
+            let open = open_ms as f64 / 1000.0;
+            let capacity = move |t: f64| if t < open { 300_000 } else { open_bps };
+            let mut sim = Sim::new(capacity, 20);
+            sim.layers = &[120_000, 450_000, 1_050_000];
+            // What the room's probes aim at for a viewer that wants the top layer.
+            sim.want_bps = 2_100_000;
+            sim.jitter_us = 6_000;
+            sim.run_until(open);
+            let before = sim.probes;
+            sim.run_until(open + 20.0);
+            let case = format!("open at {open} s to {open_bps}");
+            let e = sim.estimate_at((open + 7.0).ceil());
+            assert!(
+                e >= wanted,
+                "{case}: 7 s later the estimate is {e}: {:?}",
+                sim.trace
+            );
+            let last = sim.estimate_at((open + 19.0).floor());
+            assert!(
+                last <= open_bps * 11 / 10,
+                "{case}: {last} over the capacity"
+            );
+            let probes = sim.probes - before;
+            assert!(probes <= most, "{case}: {probes} probes in 20 s");
+        }
+    }
 }
 
 #[test]
