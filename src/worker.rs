@@ -131,6 +131,9 @@ pub fn apply(shard: &mut Shard, out: &mut Outlets, now: Instant, cmd: Command) {
         Command::Stats { reply } => {
             let _ = reply.send(shard.stats());
         }
+        Command::Admin { request, reply } => {
+            let _ = reply.send(shard.admin(now, request));
+        }
         Command::Join { req, tx, reply } => {
             let joined = shard.join(now, req);
             if let Ok((pid, _)) = &joined {

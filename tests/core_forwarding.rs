@@ -344,3 +344,52 @@ fn one_viewer_receives_tracks_of_several_publishers() {
     );
     assert_eq!(sim.relay.live_viewer_tracks(20), 0);
 }
+
+/// A track muted by a moderator reaches no viewer while muted (the others go on), and a video
+/// track that comes back asks its publisher for a key frame.
+#[test]
+fn a_moderator_mute_stops_forwarding_and_unmuting_asks_for_a_key_frame() {
+    let mut sim = Sim::new(RelayConfig::default());
+    sim.publish(PUB, 0x5e1f, publisher_tracks());
+    sim.view(V1, viewer_tracks(1000));
+    sim.goto(10);
+    sim.feed(PUB, &video_rtp(0, 1_000).payload(KEY).build());
+    sim.sink.take();
+    // Track 0 is audio, track 1 video.
+    for (track, muted) in [(0, true), (1, true)] {
+        assert!(sim
+            .relay
+            .set_blocked(sim.now, PUB, track, muted, &mut sim.sink));
+        assert!(sim.relay.track_is_blocked(PUB, track));
+    }
+    assert!(
+        !sim.relay.set_blocked(sim.now, PUB, 7, true, &mut sim.sink),
+        "no such track"
+    );
+    assert!(
+        sim.sink.take().1.is_empty(),
+        "muting asks nothing of the publisher"
+    );
+    sim.goto(2_000);
+    sim.feed(PUB, &audio_rtp(1, 960).payload(&[0xfc, 1]).build());
+    sim.feed(PUB, &video_rtp(1, 4_000).payload(DELTA).build());
+    assert!(sim.sink.take().0.is_empty(), "nothing muted is forwarded");
+
+    // Audio back: forwarded again at once.
+    sim.relay.set_blocked(sim.now, PUB, 0, false, &mut sim.sink);
+    assert!(sim.sink.take().1.is_empty(), "audio needs no key frame");
+    sim.feed(PUB, &audio_rtp(2, 1_920).payload(&[0xfc, 2]).build());
+    assert_eq!(views_to(&sim.sink.take().0, V1).count(), 1);
+
+    // Video back: a key frame is asked for.
+    sim.relay.set_blocked(sim.now, PUB, 1, false, &mut sim.sink);
+    let (_, rtcp) = sim.sink.take();
+    assert_eq!(rtcp_debug(&rtcp, PUB), key_frame_request());
+    sim.goto(2_100);
+    sim.feed(PUB, &video_rtp(2, 8_000).payload(KEY).build());
+    assert_eq!(
+        views_to(&sim.sink.take().0, V1).count(),
+        1,
+        "video flows again"
+    );
+}

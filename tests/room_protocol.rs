@@ -7,23 +7,15 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::MaybeTlsStream;
 use volna::config::Config;
 use volna::signal::auth::{unix_now, Auth, Claims};
 
+mod common;
+use common::ws::*;
+
 const KEY: &str = "room-protocol-test-key-0123";
-
-/// A browser-like publish offer: audio + video, sendonly.
-const OFFER: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\n\
-m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=ice-ufrag:abcd\r\na=ice-pwd:0123456789012345678901\r\n\
-a=fingerprint:sha-256 AA:BB:CC\r\na=setup:actpass\r\na=mid:0\r\na=sendonly\r\na=rtcp-mux\r\n\
-a=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10;useinbandfec=1\r\n\
-m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=ice-ufrag:abcd\r\na=ice-pwd:0123456789012345678901\r\n\
-a=fingerprint:sha-256 AA:BB:CC\r\na=setup:actpass\r\na=mid:1\r\na=sendonly\r\na=rtcp-mux\r\na=rtpmap:96 VP8/90000\r\na=rtcp-fb:96 nack pli\r\n";
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 async fn start(keys: &[&str], tweak: impl FnOnce(&mut Config)) -> SocketAddr {
     let mut config = Config::default();
@@ -33,41 +25,6 @@ async fn start(keys: &[&str], tweak: impl FnOnce(&mut Config)) -> SocketAddr {
     config.auth.keys = keys.iter().map(|k| k.to_string()).collect();
     tweak(&mut config);
     volna::server::start(&config).await.unwrap().http_addr
-}
-
-async fn connect(addr: SocketAddr, query: &str) -> Ws {
-    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/rtc{query}"))
-        .await
-        .unwrap();
-    ws
-}
-
-async fn send(ws: &mut Ws, v: Value) {
-    ws.send(Message::Text(v.to_string().into())).await.unwrap();
-}
-
-/// The next JSON message, within 5 s.
-async fn recv(ws: &mut Ws) -> Value {
-    loop {
-        let m = tokio::time::timeout(Duration::from_secs(5), ws.next())
-            .await
-            .expect("a message within 5 s")
-            .expect("socket open")
-            .unwrap();
-        if let Message::Text(t) = m {
-            return serde_json::from_str(&t).unwrap();
-        }
-    }
-}
-
-/// Waits for a message of the given type, skipping others.
-async fn expect_type(ws: &mut Ws, t: &str) -> Value {
-    loop {
-        let v = recv(ws).await;
-        if v["type"] == t {
-            return v;
-        }
-    }
 }
 
 fn token(room: &str, sub: &str, publish: bool, subscribe: bool, exp: u64) -> String {
@@ -81,15 +38,6 @@ fn token(room: &str, sub: &str, publish: bool, subscribe: bool, exp: u64) -> Str
             admin: false,
         })
         .unwrap()
-}
-
-async fn join(ws: &mut Ws, room: &str, name: &str, token: Option<&str>) -> Value {
-    let mut m = json!({"type": "join", "v": 1, "room": room, "name": name, "id": 1});
-    if let Some(t) = token {
-        m["token"] = json!(t);
-    }
-    send(ws, m).await;
-    recv(ws).await
 }
 
 #[tokio::test]
@@ -737,24 +685,6 @@ async fn a_lost_socket_resumes_as_the_same_participant() {
     expect_type(&mut a, "publish_answer").await;
     let t = expect_type(&mut b, "track_published").await;
     assert_eq!(t["participant"], a_id.as_str());
-}
-
-/// A plain HTTP request; returns the status line's code, the Location header and the body.
-async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}", body.len());
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).await.unwrap();
-    let status = raw.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let location = raw
-        .lines()
-        .find_map(|l| l.strip_prefix("location: "))
-        .unwrap_or_default()
-        .trim()
-        .to_owned();
-    (status, location, raw)
 }
 
 /// A WHIP publisher in a room is shown to its participants as a participant of its own (with

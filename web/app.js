@@ -189,8 +189,15 @@ function onMessage(ev) {
         // Our media connection was lost: say so, and come back.
         status(`Connection lost (${msg.reason}), reconnecting…`);
         recover(msg.reason);
+      } else if (msg.code === 410) {
+        // Removed, or the room was closed: the call is over, no coming back.
+        app.leaving = true;
+        [app.pub, app.sub].forEach((pc) => pc && pc.close());
+        [app.local, app.extra].forEach((s) => s && s.getTracks().forEach((t) => t.stop()));
+        status(msg.reason === 'room_closed' ? 'The room was closed.' : 'You were removed from the room.');
       }
       break;
+    case 'room_metadata': app.metadata = msg.metadata; break;
     default: break;
   }
 }
@@ -234,6 +241,7 @@ async function connect(resume) {
   app.room = room;
   app.resume = joined.resume;
   app.speaker = joined.active_speaker || null;
+  app.metadata = joined.metadata ?? null;
   // Whoever is not listed has left meanwhile.
   const present = new Set(joined.participants.map((p) => p.id));
   [...app.participants.keys()].filter((id) => !present.has(id)).forEach(removeParticipant);

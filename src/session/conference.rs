@@ -80,7 +80,8 @@ impl Shard {
                 out.push(RoomTrack {
                     owner: Some(p.id),
                     info: TrackInfo {
-                        muted: p.muted.get(&id).copied().unwrap_or(false),
+                        muted: p.muted.get(&id).copied().unwrap_or(false)
+                            || self.relay.track_is_blocked(s.id, i),
                         id,
                         kind: kind_str(*kind),
                         content: self.relay.track_is_slides(s.id, i).then_some("slides"),
@@ -102,7 +103,7 @@ impl Shard {
                     info: TrackInfo {
                         id: format!("{}-{mid}", s.public_id),
                         kind: kind_str(*kind),
-                        muted: false,
+                        muted: self.relay.track_is_blocked(s.id, i),
                         content: self.relay.track_is_slides(s.id, i).then_some("slides"),
                     },
                     source: TrackRef {
@@ -301,6 +302,7 @@ impl Shard {
                 publish: p.grants.publish,
                 subscribe: p.grants.subscribe,
             },
+            metadata: self.metadata.get(room).cloned(),
         }
     }
 
@@ -557,27 +559,30 @@ impl Shard {
         let p = self.joined(pid)?;
         let room = p.room.clone();
         let public = p.public_id.clone();
-        if !self
+        let Some(source) = self
             .room_tracks(&room)
             .iter()
-            .any(|t| t.owner == Some(pid) && t.info.id == track)
-        {
+            .find(|t| t.owner == Some(pid) && t.info.id == track)
+            .map(|t| t.source)
+        else {
             return Err(SessionError::new(
                 404,
                 "no_such_track",
                 format!("you publish no track {track}"),
             ));
-        }
+        };
         if let Some(p) = self.participants.get_mut(&pid) {
             p.muted.insert(track.to_owned(), muted);
         }
+        // A track the server muted stays muted for the others whatever its owner says.
+        let blocked = self.relay.track_is_blocked(source.publisher, source.track);
         self.broadcast(
             &room,
             pid,
             &ServerMessage::Mute {
                 participant: public,
                 track: track.to_owned(),
-                muted,
+                muted: muted || blocked,
             },
         );
         Ok(())
@@ -600,6 +605,7 @@ impl Shard {
             },
         );
         self.sync_room(now, &p.room, pid);
+        self.forget_room_if_empty(&p.room);
     }
 
     /// A participant's session ended on its own (consent, DTLS close): the others are told.

@@ -6,6 +6,7 @@
 //! the core (forwarding) and the transports (ICE, DTLS, SRTP, RoQ framing); above it, signalling
 //! maps its one error type to HTTP, room-protocol and QUIC replies.
 
+pub mod admin;
 pub mod conference;
 pub mod connection;
 pub mod error;

@@ -151,6 +151,13 @@ pub enum ServerMessage {
         resumed: bool,
         /// What the token allows: a participant that may not publish joins to watch only.
         grants: GrantsInfo,
+        /// The room's metadata, set with the server API.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        metadata: Option<serde_json::Value>,
+    },
+    /// The room's metadata changed (server API); `null` when cleared.
+    RoomMetadata {
+        metadata: serde_json::Value,
     },
     ParticipantJoined {
         participant: ParticipantInfo,

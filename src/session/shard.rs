@@ -200,6 +200,8 @@ pub enum CloseCause {
     PublisherLeft,
     /// Its participant left or published anew.
     Participant,
+    /// Ended with the server API (a removal, a room closed).
+    Removed,
 }
 
 impl CloseCause {
@@ -211,6 +213,7 @@ impl CloseCause {
             CloseCause::HandshakeFailed => "DTLS handshake failed",
             CloseCause::PublisherLeft => "publisher left",
             CloseCause::Participant => "participant left",
+            CloseCause::Removed => "removed by the server API",
         }
     }
 
@@ -312,6 +315,8 @@ pub struct Shard {
     pub(super) quic_queue: VecDeque<(SessionId, Bytes)>,
     /// Messages for participants' sockets (see [`Shard::poll_message`]).
     pub(super) outbox: VecDeque<(ParticipantId, ServerMessage)>,
+    /// Rooms' metadata (server API), while someone is in the room.
+    pub(super) metadata: HashMap<String, serde_json::Value>,
     /// Where ICE credentials, resource names, SSRCs and initial sequence numbers come from: a
     /// cryptographically secure generator, seeded from the system (or by a test, to replay it).
     pub(super) rng: StdRng,
@@ -402,6 +407,7 @@ impl Shard {
             next_participant: first,
             quic_queue: VecDeque::new(),
             outbox: VecDeque::new(),
+            metadata: HashMap::new(),
             rng,
         }
     }
@@ -657,7 +663,9 @@ impl Shard {
             );
         }
         let mut gone_publisher = None;
+        let mut room = None;
         if let Some(mut s) = self.sessions.remove(&id) {
+            room = Some(s.room.clone());
             if role == Role::Publisher && participant.is_none() {
                 gone_publisher = Some((s.room.clone(), s.public_id.clone()));
             }
@@ -693,6 +701,9 @@ impl Shard {
         }
         if let Some((room, public)) = gone_publisher {
             self.publisher_gone(&room, public);
+        }
+        if let Some(room) = room.filter(|_| !self.metadata.is_empty()) {
+            self.forget_room_if_empty(&room);
         }
     }
 

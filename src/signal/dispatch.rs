@@ -9,6 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::auth::Access;
 use crate::core::room::SessionId;
+use crate::session::admin;
 use crate::session::protocol::ServerMessage;
 use crate::session::quic::QuicTrack;
 use crate::session::sdp::Offer;
@@ -138,6 +139,11 @@ pub enum Command {
     },
     Stats {
         reply: oneshot::Sender<ShardStats>,
+    },
+    /// A server API request (see `session::admin`).
+    Admin {
+        request: admin::Request,
+        reply: Reply<admin::Response>,
     },
 }
 

@@ -47,6 +47,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             get(|| async { Redirect::permanent("/favicon.svg") }),
         )
         .route("/rtc", get(super::ws::rtc))
+        .nest("/api/v1", super::api::router())
         .route("/health", get(|| async { "ok\n" }))
         .route("/quic/cert-hash", get(cert_hash))
         .route("/stats", get(stats))
@@ -242,7 +243,7 @@ fn admitted(
 }
 
 /// /stats and /metrics: open in dev mode, an admin token otherwise.
-fn admin_refused(st: &AppState, headers: &HeaderMap) -> Option<Response> {
+pub(super) fn admin_refused(st: &AppState, headers: &HeaderMap) -> Option<Response> {
     st.auth
         .check_admin(bearer(headers), unix_now())
         .err()

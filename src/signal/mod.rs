@@ -2,6 +2,7 @@
 //! admit both; each request goes to the worker that owns its room, and the session layer's
 //! errors become HTTP statuses and room-protocol errors here.
 
+pub mod api;
 pub mod auth;
 pub mod dispatch;
 pub mod http;

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod call;
+pub mod ws;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

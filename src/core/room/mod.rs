@@ -247,6 +247,40 @@ impl Relay {
             .is_some_and(|t| t.slides)
     }
 
+    /// Stops (or resumes) forwarding a publisher track to every viewer, as a moderator's mute:
+    /// its packets are still taken in, so rates and the key-frame cache stay current. A video
+    /// track that resumes asks its publisher for a key frame, for viewers to decode from.
+    /// Returns whether the track exists.
+    pub fn set_blocked(
+        &mut self,
+        now: Instant,
+        publisher: SessionId,
+        track: usize,
+        blocked: bool,
+        sink: &mut impl Sink,
+    ) -> bool {
+        let Some(t) = self.pub_track_mut(publisher, track) else {
+            return false;
+        };
+        let resumed = t.blocked && !blocked && t.spec.kind == MediaKind::Video;
+        t.blocked = blocked;
+        let layers = t.layers.len();
+        if resumed {
+            for layer in 0..layers {
+                self.request_keyframe(now, publisher, track, layer as u8, sink);
+            }
+        }
+        true
+    }
+
+    /// Whether a publisher track is muted by the server (see [`Relay::set_blocked`]).
+    pub fn track_is_blocked(&self, publisher: SessionId, track: usize) -> bool {
+        self.publishers
+            .get(&publisher)
+            .and_then(|p| p.tracks.get(track))
+            .is_some_and(|t| t.blocked)
+    }
+
     fn pub_track_mut(&mut self, publisher: SessionId, track: usize) -> Option<&mut PubTrack> {
         self.publishers
             .get_mut(&publisher)
@@ -408,6 +442,9 @@ impl Relay {
         let Some(ingested) = track.ingest(now, li, packet, view) else {
             return;
         };
+        if track.blocked {
+            return;
+        }
         let payload = view.payload(buf);
         let low = match track.transcoder.as_deref_mut() {
             Some(t) => t.transcode(payload).ok(),

@@ -47,6 +47,8 @@ pub(super) struct PubTrack {
     pub dd: Option<(Box<svc::DdState>, u8)>,
     /// A presentation (screen share): its video goes before cameras'.
     pub slides: bool,
+    /// Muted by the server API: its packets are taken in (rates, caches) but not forwarded.
+    pub blocked: bool,
 }
 
 /// One RTP stream of a publisher track: the track itself, or one of its simulcast layers.
@@ -153,6 +155,7 @@ impl PubTrack {
                 .filter(|_| spec.codec == Codec::Av1 && spec.rids.is_empty())
                 .map(|id| (Box::default(), id)),
             slides: false,
+            blocked: false,
             spec,
         }
     }
