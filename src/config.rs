@@ -71,6 +71,35 @@ pub struct Config {
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
     pub log: LogConfig,
+    pub webhooks: WebhooksConfig,
+}
+
+/// Room events POSTed to the messenger's backend (docs/api.md, Webhooks).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// `http://` URLs that receive every event; none: no events are kept.
+    pub urls: Vec<String>,
+    /// The HMAC-SHA256 key of the `X-Volna-Signature` header (at least 16 bytes).
+    pub secret: String,
+    /// Events held per URL while its receiver is slow or down; more are dropped and counted.
+    pub queue: usize,
+    /// Tries per event and URL (the first included) before it is given up and counted.
+    pub max_attempts: u32,
+    /// How long one POST may take.
+    pub timeout_ms: u64,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        Self {
+            urls: Vec::new(),
+            secret: String::new(),
+            queue: 10_000,
+            max_attempts: 10,
+            timeout_ms: 5_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -300,6 +329,29 @@ impl Config {
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return bad("log.format", "must be \"text\" or \"json\"");
         }
+        let w = &self.webhooks;
+        if let Some(u) = w.urls.iter().find(|u| {
+            u.parse::<hyper::Uri>().map_or(true, |u| {
+                u.scheme_str() != Some("http") || u.host().is_none()
+            })
+        }) {
+            return bad(
+                "webhooks.urls",
+                &format!("{u:?} is not an http:// URL (for https, send through a local TLS proxy)"),
+            );
+        }
+        if !w.urls.is_empty() && w.secret.len() < 16 {
+            return bad(
+                "webhooks.secret",
+                "must be at least 16 bytes when urls are set",
+            );
+        }
+        if w.queue == 0 || w.max_attempts == 0 || w.timeout_ms == 0 {
+            return bad(
+                "webhooks",
+                "queue, max_attempts and timeout_ms must be positive",
+            );
+        }
         Ok(())
     }
 
@@ -373,6 +425,7 @@ mod tests {
             "[http]\nlisten = \"localhost:8080\"\n",
             "[quic]\nlisten = \"[::1]:4433\"\n",
             "[media]\nlisten = \"0.0.0.0:5000\"\nadvertise = [\"203.0.113.7\", \"2001:db8::7\"]\n",
+            "[webhooks]\nurls = [\"http://127.0.0.1:9000/hooks\"]\nsecret = \"0123456789abcdef\"\n",
         ];
         for text in cases {
             assert!(Config::parse(text, "t.toml").is_ok(), "{text:?}");
@@ -402,6 +455,16 @@ mod tests {
             ("[http]\nlisten = \"no-such-host.invalid:80\"\n", "listen"),
             ("[auth]\nkeys = [\"short\"]\n", "auth.keys"),
             ("[limits]\nmax_rooms = 0\n", "limits"),
+            (
+                "[webhooks]\nurls = [\"https://x.test/h\"]\nsecret = \"0123456789abcdef\"\n",
+                "webhooks.urls",
+            ),
+            ("[webhooks]\nurls = [\"nonsense\"]\n", "webhooks.urls"),
+            (
+                "[webhooks]\nurls = [\"http://x.test/h\"]\n",
+                "webhooks.secret",
+            ),
+            ("[webhooks]\nqueue = 0\n", "webhooks"),
             ("[http\n", "line 1"),
         ];
         for (text, want) in cases {

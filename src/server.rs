@@ -10,6 +10,7 @@ use crate::session::{Shard, ShardConfig};
 use crate::signal::auth::Auth;
 use crate::signal::http::{router, serve};
 use crate::signal::state::AppState;
+use crate::signal::webhook::{Hooks, WebhookCounters};
 use crate::transport::quic::endpoint::QuicIdentity;
 use crate::transport::webrtc::DtlsIdentity;
 use crate::worker;
@@ -49,6 +50,11 @@ pub async fn start(config: &Config) -> Result<Running, ServerError> {
         rtc_crypto::default_provider().map_err(|e| ServerError::Identity(e.to_string()))?;
     let identity =
         DtlsIdentity::generate(provider).map_err(|e| ServerError::Identity(e.to_string()))?;
+    let webhook_counters = std::sync::Arc::new(WebhookCounters::default());
+    let hooks = Hooks::start(&config.webhooks, webhook_counters.clone());
+    if hooks.is_some() {
+        info!(urls = ?config.webhooks.urls, "webhooks on");
+    }
     let mut setups = Vec::new();
     for worker in 0..config.worker_count() {
         let mut addr = config.media.listen;
@@ -76,10 +82,16 @@ pub async fn start(config: &Config) -> Result<Running, ServerError> {
             reconnect_grace: std::time::Duration::from_secs(config.media.reconnect_secs),
             relay: config.relay(),
             limits: config.shard_limits(),
+            room_events: !config.webhooks.urls.is_empty(),
         };
         let shard = Shard::new(shard_config, identity.clone());
         let cpu = config.media.pin_workers.then(|| allowed_cpu(worker));
-        setups.push(worker::WorkerSetup { socket, shard, cpu });
+        setups.push(worker::WorkerSetup {
+            socket,
+            shard,
+            cpu,
+            hooks: hooks.clone(),
+        });
     }
     let auth = Auth::new(config.auth.keys.clone());
     let (quic, quic_addr, quic_hash) = if config.quic.enabled {
@@ -142,6 +154,7 @@ pub async fn start(config: &Config) -> Result<Running, ServerError> {
         ws_messages_per_second: config.limits.ws_messages_per_second,
         ws_join_timeout: std::time::Duration::from_secs(config.http.join_timeout_secs.max(1)),
         quic_cert_sha256: quic_hash.clone(),
+        webhooks: webhook_counters,
     };
     let app = router(state, config.http.max_body_bytes);
     info!(http = %http_addr, media = ?media_addrs, "volna listening");

@@ -15,6 +15,7 @@ use crate::session::protocol::ServerMessage;
 use crate::session::Shard;
 use crate::signal::auth::Auth;
 use crate::signal::dispatch::{Command, WorkerHandle, Workers};
+use crate::signal::webhook::Hooks;
 use crate::transport::buffers::RecvPool;
 use crate::transport::udp::BatchSocket;
 
@@ -24,6 +25,8 @@ use crate::transport::udp::BatchSocket;
 pub struct Outlets {
     quic: HashMap<SessionId, quinn::Connection>,
     sockets: HashMap<ParticipantId, mpsc::Sender<ServerMessage>>,
+    /// Where room events go (webhooks), when configured.
+    hooks: Option<Hooks>,
 }
 
 /// Events dropped because a client stopped reading (all participants of the process).
@@ -40,6 +43,11 @@ impl Outlets {
         }
         while let Some((pid, msg)) = shard.poll_message() {
             self.deliver(pid, msg);
+        }
+        while let Some(e) = shard.poll_room_event() {
+            if let Some(h) = &self.hooks {
+                h.offer(&e);
+            }
         }
     }
 
@@ -236,6 +244,7 @@ pub struct WorkerSetup {
     pub shard: Shard,
     /// The CPU to pin the worker's thread to.
     pub cpu: Option<usize>,
+    pub hooks: Option<Hooks>,
 }
 
 /// Starts one thread per worker; the first also runs the QUIC listener, whose connections send
@@ -279,7 +288,7 @@ pub fn spawn_all(
                     if let Some(q) = quic {
                         start_quic(q, all);
                     }
-                    run(i, setup.socket, setup.shard, rx).await
+                    run(i, setup.socket, setup.shard, setup.hooks, rx).await
                 });
             })?;
         joins.push(join);
@@ -342,6 +351,7 @@ async fn run(
     index: usize,
     socket: std::net::UdpSocket,
     mut shard: Shard,
+    hooks: Option<Hooks>,
     mut rx: mpsc::Receiver<Command>,
 ) {
     let socket = match BatchSocket::new(socket) {
@@ -352,7 +362,10 @@ async fn run(
         }
     };
     let mut pool = RecvPool::new();
-    let mut out = Outlets::default();
+    let mut out = Outlets {
+        hooks,
+        ..Outlets::default()
+    };
     let mut next_prune = Instant::now();
     let mut closed = 0;
     loop {

@@ -180,6 +180,7 @@ fn shard_config() -> crate::session::ShardConfig {
         reconnect_grace: Duration::from_secs(10),
         relay: RelayConfig::default(),
         limits: crate::session::Limits::default(),
+        room_events: true,
     }
 }
 

@@ -12,6 +12,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use crate::session::events::RoomEvent;
 use crate::session::protocol::ServerMessage;
 use crate::session::sdp::Offer;
 use crate::session::{Grants, JoinRequest, ParticipantId, Role, Shard};
@@ -166,6 +167,7 @@ fn run(data: &[u8]) -> Done {
     let mut now = Instant::now();
     let mut clients: Vec<Client> = (0..CLIENTS).map(|_| Client::default()).collect();
     let mut joined_ever: BTreeSet<ParticipantId> = BTreeSet::new();
+    let mut live_rooms: BTreeSet<String> = BTreeSet::new();
     let mut tracks: Vec<String> = Vec::new();
     // WHIP and WHEP resources: (role, room, resource).
     let mut resources: Vec<(Role, String, String)> = Vec::new();
@@ -314,6 +316,22 @@ fn run(data: &[u8]) -> Done {
                 let _ = shard.delete(now, role, &room, &resource, &|_| true);
             }
             _ => {}
+        }
+        while let Some(e) = shard.poll_room_event() {
+            serde_json::to_string(&e).expect("every room event serializes");
+            // A room starts once until it finishes, and finishes only after it started.
+            match e {
+                RoomEvent::RoomStarted { room } => {
+                    assert!(live_rooms.insert(room), "a started room starts again")
+                }
+                RoomEvent::RoomFinished { room } => {
+                    assert!(
+                        live_rooms.remove(&room),
+                        "a room finishes that never started"
+                    )
+                }
+                _ => {}
+            }
         }
         while let Some((pid, msg)) = shard.poll_message() {
             assert!(

@@ -137,13 +137,6 @@ impl Shard {
             || self.sessions.values().any(|s| s.room == room)
     }
 
-    /// Forgets a room's metadata once nobody is left in it.
-    pub(super) fn forget_room_if_empty(&mut self, room: &str) {
-        if self.metadata.contains_key(room) && !self.room_exists(room) {
-            self.metadata.remove(room);
-        }
-    }
-
     fn rooms(&self) -> Vec<RoomSummary> {
         let names: BTreeSet<&str> = self
             .participants
@@ -284,7 +277,7 @@ impl Shard {
                 SessionError::new(404, "no_participant", format!("no {id} in room {room}"))
             })?;
         self.close(now, sid, CloseCause::Removed);
-        self.forget_room_if_empty(room);
+        self.room_may_have_ended(room);
         Ok(())
     }
 

@@ -10,6 +10,7 @@ use tracing::info;
 
 use super::connection::{ParticipantId, Role};
 use super::error::SessionError;
+use super::events::{Member, RoomEvent};
 use super::participant::{JoinRequest, Participant};
 use super::shard::{CloseCause, Shard};
 use crate::core::room::{MediaKind, RelayEvent, SessionId, TrackRef};
@@ -25,6 +26,16 @@ pub(super) struct RoomTrack {
     pub kind: MediaKind,
     pub codec: OfferedCodec,
     pub stream_id: String,
+}
+
+/// A room participant as a member in room events.
+fn member(p: &Participant) -> Member {
+    Member {
+        id: p.public_id.clone(),
+        identity: p.identity.clone(),
+        name: p.name.clone(),
+        kind: "room",
+    }
 }
 
 pub(super) fn kind_str(k: MediaKind) -> &'static str {
@@ -134,15 +145,11 @@ impl Shard {
     }
 
     pub(super) fn publisher_info(&self, s: &super::connection::Session) -> ParticipantInfo {
-        let (identity, name) = if s.quic_flow.is_some() {
-            ("quic", "QUIC publisher")
-        } else {
-            ("whip", "WHIP publisher")
-        };
+        let m = super::events::standalone(s);
         ParticipantInfo {
-            id: s.public_id.clone(),
-            identity: identity.into(),
-            name: name.into(),
+            id: m.id,
+            identity: m.identity,
+            name: m.name,
             tracks: self
                 .room_tracks(&s.room)
                 .into_iter()
@@ -162,6 +169,16 @@ impl Shard {
         let msg = ServerMessage::ParticipantJoined {
             participant: self.publisher_info(s),
         };
+        let (member, public, published) = (
+            super::events::standalone(s),
+            s.public_id.clone(),
+            s.published.clone(),
+        );
+        self.room_event(RoomEvent::ParticipantJoined {
+            room: room.clone(),
+            participant: member,
+        });
+        self.tracks_event(&room, &public, &published, true);
         self.broadcast(&room, 0, &msg);
         self.sync_room(now, &room, 0);
     }
@@ -230,6 +247,7 @@ impl Shard {
                 format!("{identity} is in room {room} {max} times already"),
             ));
         }
+        self.room_in_use(room);
         let id = self.next_participant;
         self.next_participant += 1;
         let p = Participant {
@@ -251,7 +269,12 @@ impl Shard {
             reconnecting: None,
         };
         info!(participant = %p.public_id, identity, room, "participant joined");
+        let member = member(&p);
         self.participants.insert(id, p);
+        self.room_event(RoomEvent::ParticipantJoined {
+            room: room.to_owned(),
+            participant: member,
+        });
         let me = self.info(id).expect("just inserted");
         self.broadcast(
             room,
@@ -448,6 +471,8 @@ impl Shard {
             p.publisher = Some(sid);
         }
         let public = self.participants[&pid].public_id.clone();
+        let published = self.sessions.get(&sid).map(|s| s.published.clone());
+        self.tracks_event(&room, &public, &published.unwrap_or_default(), true);
         for t in self
             .room_tracks(&room)
             .into_iter()
@@ -594,6 +619,15 @@ impl Shard {
             return;
         };
         info!(participant = %p.public_id, room = %p.room, "participant left");
+        let published = p
+            .publisher
+            .and_then(|sid| self.sessions.get(&sid))
+            .map(|s| s.published.clone());
+        self.tracks_event(&p.room, &p.public_id, &published.unwrap_or_default(), false);
+        self.room_event(RoomEvent::ParticipantLeft {
+            room: p.room.clone(),
+            participant: member(&p),
+        });
         for sid in [p.publisher, p.subscriber].into_iter().flatten() {
             self.close(now, sid, CloseCause::Participant);
         }
@@ -605,7 +639,7 @@ impl Shard {
             },
         );
         self.sync_room(now, &p.room, pid);
-        self.forget_room_if_empty(&p.room);
+        self.room_may_have_ended(&p.room);
     }
 
     /// A participant's session ended on its own (consent, DTLS close): the others are told.

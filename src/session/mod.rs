@@ -10,6 +10,7 @@ pub mod admin;
 pub mod conference;
 pub mod connection;
 pub mod error;
+pub mod events;
 mod media;
 pub mod negotiation;
 pub mod participant;

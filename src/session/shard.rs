@@ -17,6 +17,7 @@ use tracing::{debug, info, warn};
 
 use super::connection::{ParticipantId, Role, Session};
 use super::error::{Full, SessionError};
+use super::events::RoomEvent;
 use super::negotiation::Negotiation;
 use super::participant::Participant;
 use super::protocol::ServerMessage;
@@ -91,6 +92,8 @@ pub struct ShardConfig {
     pub reconnect_grace: Duration,
     pub relay: RelayConfig,
     pub limits: Limits,
+    /// Whether room events are kept for [`Shard::poll_room_event`] (webhooks configured).
+    pub room_events: bool,
 }
 
 /// A session's new ICE credentials after a restart, and the candidate to reach it on.
@@ -317,6 +320,9 @@ pub struct Shard {
     pub(super) outbox: VecDeque<(ParticipantId, ServerMessage)>,
     /// Rooms' metadata (server API), while someone is in the room.
     pub(super) metadata: HashMap<String, serde_json::Value>,
+    /// Room events not yet taken (see `events`), and the rooms they count as started.
+    pub(super) room_events: VecDeque<super::events::RoomEvent>,
+    pub(super) live_rooms: std::collections::HashSet<String>,
     /// Where ICE credentials, resource names, SSRCs and initial sequence numbers come from: a
     /// cryptographically secure generator, seeded from the system (or by a test, to replay it).
     pub(super) rng: StdRng,
@@ -408,6 +414,8 @@ impl Shard {
             quic_queue: VecDeque::new(),
             outbox: VecDeque::new(),
             metadata: HashMap::new(),
+            room_events: VecDeque::new(),
+            live_rooms: Default::default(),
             rng,
         }
     }
@@ -622,6 +630,7 @@ impl Shard {
     }
 
     pub(super) fn register(&mut self, s: Session) {
+        self.room_in_use(&s.room);
         self.by_ufrag.insert(s.local_ufrag.clone(), s.id);
         self.by_resource.insert(s.resource.clone(), s.id);
         self.sessions.insert(s.id, s);
@@ -666,6 +675,23 @@ impl Shard {
         let mut room = None;
         if let Some(mut s) = self.sessions.remove(&id) {
             room = Some(s.room.clone());
+            if role == Role::Publisher {
+                // A participant's tracks are told here unless it is leaving (`leave` did).
+                let owner = match participant {
+                    Some(pid) => self.participants.get(&pid).map(|p| p.public_id.clone()),
+                    None => Some(s.public_id.clone()),
+                };
+                if let Some(owner) = owner {
+                    self.tracks_event(&s.room, &owner, &s.published, false);
+                }
+                if participant.is_none() {
+                    let member = super::events::standalone(&s);
+                    self.room_event(RoomEvent::ParticipantLeft {
+                        room: s.room.clone(),
+                        participant: member,
+                    });
+                }
+            }
             if role == Role::Publisher && participant.is_none() {
                 gone_publisher = Some((s.room.clone(), s.public_id.clone()));
             }
@@ -702,8 +728,8 @@ impl Shard {
         if let Some((room, public)) = gone_publisher {
             self.publisher_gone(&room, public);
         }
-        if let Some(room) = room.filter(|_| !self.metadata.is_empty()) {
-            self.forget_room_if_empty(&room);
+        if let Some(room) = room {
+            self.room_may_have_ended(&room);
         }
     }
 

@@ -473,6 +473,13 @@ async fn stats(State(st): State<AppState>, headers: HeaderMap) -> Response {
             .metrics()
             .num_alive_tasks();
         o.insert("tasks".into(), tasks.into());
+        let hooks: serde_json::Map<String, serde_json::Value> = st
+            .webhooks
+            .snapshot()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.into()))
+            .collect();
+        o.insert("webhooks".into(), hooks.into());
     }
     (
         [(header::CONTENT_TYPE, "application/json")],
@@ -598,6 +605,14 @@ async fn metrics(State(st): State<AppState>, headers: HeaderMap) -> Response {
         out.push_str(&format!(
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
         ));
+    }
+    // Webhook deliveries (docs/api.md, Webhooks): one counter with the outcome as a label.
+    let name = "volna_webhook_events_total";
+    out.push_str(&format!(
+        "# HELP {name} Webhook events by outcome: queued (per URL), delivered, retries (failed tries), dropped (queue full), failed (given up).\n# TYPE {name} counter\n"
+    ));
+    for (outcome, value) in st.webhooks.snapshot() {
+        out.push_str(&format!("{name}{{outcome=\"{outcome}\"}} {value}\n"));
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

@@ -9,4 +9,5 @@ pub mod http;
 pub mod quic;
 pub mod quic_control;
 pub mod state;
+pub mod webhook;
 pub mod ws;

@@ -18,6 +18,8 @@ pub struct AppState {
     pub ws_join_timeout: std::time::Duration,
     /// Hex SHA-256 of the QUIC certificate, for clients to pin; `None` without QUIC.
     pub quic_cert_sha256: Option<String>,
+    /// Webhook delivery figures (zero without webhooks).
+    pub webhooks: std::sync::Arc<super::webhook::WebhookCounters>,
 }
 
 /// A connection's place among the `max_connections`, in each of its requests' extensions. A

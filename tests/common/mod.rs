@@ -40,6 +40,7 @@ fn config(limits: Limits) -> ShardConfig {
         reconnect_grace: Duration::from_secs(10),
         relay: RelayConfig::default(),
         limits,
+        room_events: false,
     }
 }
 
