@@ -15,8 +15,15 @@ RUN cargo build --release --locked --bin volna
 FROM debian:bookworm-slim
 RUN useradd --system --no-create-home volna
 COPY --from=build /src/target/release/volna /usr/local/bin/volna
-COPY configs/dev.toml /etc/volna/volna.toml
+# The production config: set what it leaves as placeholders with VOLNA_<SECTION>_<KEY>
+# variables (VOLNA_AUTH_KEYS, VOLNA_MEDIA_ADVERTISE, the QUIC certificate files), or mount
+# your own file here.
+COPY configs/production.toml /etc/volna/volna.toml
+# In a container the runtime publishes the HTTP port: listen on every address of its own.
+ENV VOLNA_HTTP_LISTEN=0.0.0.0:8080
 USER volna
+HEALTHCHECK --interval=10s --timeout=6s --start-period=5s --retries=3 \
+  CMD ["volna", "--config", "/etc/volna/volna.toml", "health"]
 # HTTP signalling; media, one UDP port per worker from media.listen's; RTP over QUIC.
 EXPOSE 8080/tcp 50000-50015/udp 4433/udp
 ENTRYPOINT ["volna", "--config", "/etc/volna/volna.toml"]

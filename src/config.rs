@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::core::room::RelayConfig;
 use crate::session::Limits;
@@ -62,7 +62,7 @@ fn valid_log_level(level: &str) -> bool {
         })
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub http: HttpConfig,
@@ -75,7 +75,7 @@ pub struct Config {
 }
 
 /// Room events POSTed to the messenger's backend (docs/api.md, Webhooks).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebhooksConfig {
     /// `http://` URLs that receive every event; none: no events are kept.
@@ -102,7 +102,7 @@ impl Default for WebhooksConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QuicConfig {
     /// Whether to listen for RTP over QUIC.
@@ -127,7 +127,7 @@ impl Default for QuicConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// HS256 secrets for JWTs; several allow rotation (the first signs `volna token`). Empty:
@@ -135,7 +135,7 @@ pub struct AuthConfig {
     pub keys: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Rooms one media worker holds (the node holds workers × this).
@@ -164,7 +164,7 @@ impl Default for LimitsConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// Address of the signalling listener (WHIP, WHEP, stats).
@@ -181,7 +181,7 @@ pub struct HttpConfig {
     pub join_timeout_secs: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MediaConfig {
     /// UDP address for ICE, DTLS and SRTP; advertised as the ICE candidate unless `advertise`
@@ -214,7 +214,7 @@ pub struct MediaConfig {
     pub keyframe_request_interval_ms: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// tracing filter, e.g. "info" or "volna=debug"; RUST_LOG wins when set.
@@ -262,19 +262,105 @@ impl Default for LogConfig {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with_env(path, std::iter::empty())
+    }
+
+    /// [`Config::load`], then `VOLNA_*` variables (see [`Config::parse_with_env`]).
+    pub fn load_with_env(
+        path: &Path,
+        env: impl Iterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
             source,
         })?;
-        Self::parse(&text, &path.display().to_string())
+        Self::parse_with_env(&text, &path.display().to_string(), env)
     }
 
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let c: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        Self::parse_with_env(text, origin, std::iter::empty())
+    }
+
+    /// The file's settings, each replaced by a `VOLNA_<SECTION>_<KEY>` variable of `env` where
+    /// one is set (`VOLNA_HTTP_LISTEN`, `VOLNA_AUTH_KEYS`): a number, `true` or `false`, text,
+    /// or for a list, items separated by commas. Variables whose section is not one of the
+    /// config's are not for the config (`VOLNA_BIN`); a known section with an unknown key is
+    /// refused, as an unknown key in the file is.
+    pub fn parse_with_env(
+        text: &str,
+        origin: &str,
+        env: impl Iterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let parse_error = |message: String| ConfigError::Parse {
             path: origin.to_owned(),
-            message: e.to_string(),
-        })?;
-        c.validate(origin)?;
+            message,
+        };
+        let mut table: toml::Table =
+            toml::from_str(text).map_err(|e| parse_error(e.to_string()))?;
+        let defaults =
+            toml::Table::try_from(Config::default()).map_err(|e| parse_error(e.to_string()))?;
+        let mut from_env = false;
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix("VOLNA_").map(str::to_ascii_lowercase) else {
+                continue;
+            };
+            let Some((section, key)) = defaults.keys().find_map(|s| {
+                Some((
+                    s.as_str(),
+                    rest.strip_prefix(s.as_str())?.strip_prefix('_')?,
+                ))
+            }) else {
+                continue;
+            };
+            let bad = |message: String| ConfigError::Value {
+                path: "environment".into(),
+                key: "VOLNA_*",
+                message: format!("{name}: {message}"),
+            };
+            let kind = defaults[section]
+                .get(key)
+                .ok_or_else(|| bad(format!("{section} has no setting {key}")))?;
+            let v = match kind {
+                toml::Value::Integer(_) => value
+                    .trim()
+                    .parse::<i64>()
+                    .map(toml::Value::Integer)
+                    .map_err(|_| bad(format!("{value:?} is not a whole number")))?,
+                toml::Value::Boolean(_) => match value.trim() {
+                    "true" => toml::Value::Boolean(true),
+                    "false" => toml::Value::Boolean(false),
+                    _ => return Err(bad(format!("{value:?} is not true or false"))),
+                },
+                toml::Value::Array(_) => toml::Value::Array(
+                    value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(|s| toml::Value::String(s.to_owned()))
+                        .collect(),
+                ),
+                _ => toml::Value::String(value.clone()),
+            };
+            let entry = table
+                .entry(section.to_owned())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if let toml::Value::Table(t) = entry {
+                t.insert(key.to_owned(), v);
+                from_env = true;
+            }
+        }
+        let origin = if from_env {
+            format!("{origin} and VOLNA_* variables")
+        } else {
+            origin.to_owned()
+        };
+        let c: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse {
+                path: origin.clone(),
+                message: e.to_string(),
+            })?;
+        c.validate(&origin)?;
         Ok(c)
     }
 
@@ -432,6 +518,62 @@ mod tests {
         }
         let c = Config::parse("[http]\nlisten = \"localhost:8080\"\n", "t.toml").unwrap();
         assert!(c.http.listen.ip().is_loopback() && c.http.listen.port() == 8080);
+    }
+
+    /// `VOLNA_<SECTION>_<KEY>` replaces the file's value, typed as the setting is; variables of
+    /// other sections are not the config's; an unknown key or a bad value is refused by name.
+    #[test]
+    fn environment_variables_override_the_file() {
+        let env = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let file = "[http]\nlisten = \"127.0.0.1:8080\"\n[auth]\nkeys = [\"0123456789abcdef\"]\n";
+        let c = Config::parse_with_env(
+            file,
+            "t.toml",
+            env(&[
+                ("VOLNA_HTTP_LISTEN", "127.0.0.2:9090"),
+                ("VOLNA_AUTH_KEYS", "aaaaaaaaaaaaaaaa, bbbbbbbbbbbbbbbb"),
+                ("VOLNA_MEDIA_WORKERS", "3"),
+                ("VOLNA_MEDIA_PAUSE_VIDEO", "false"),
+                ("VOLNA_LOG_FORMAT", "json"),
+                ("VOLNA_MEDIA_ADVERTISE", "203.0.113.7"),
+                ("VOLNA_BIN", "/usr/bin/volna"),
+                ("VOLNA_LOG", "1"),
+                ("PATH", "/bin"),
+            ])
+            .into_iter(),
+        )
+        .unwrap();
+        assert_eq!(c.http.listen.to_string(), "127.0.0.2:9090");
+        assert_eq!(c.auth.keys, ["aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb"]);
+        assert_eq!((c.media.workers, c.media.pause_video), (3, false));
+        assert_eq!(c.log.format, "json");
+        assert_eq!(c.media.advertise, ["203.0.113.7"]);
+        // (variable, what the error names)
+        let cases = [
+            (
+                "VOLNA_HTTP_LISTN",
+                "VOLNA_HTTP_LISTN: http has no setting listn",
+            ),
+            (
+                "VOLNA_MEDIA_WORKERS",
+                "VOLNA_MEDIA_WORKERS: \"many\" is not a whole number",
+            ),
+            ("VOLNA_MEDIA_PAUSE_VIDEO", "is not true or false"),
+            ("VOLNA_AUTH_KEYS", "auth.keys"),
+            ("VOLNA_HTTP_LISTEN", "http"),
+        ];
+        let values = ["x", "many", "yes", "short", "nowhere"];
+        for ((var, want), value) in cases.into_iter().zip(values) {
+            let err = Config::parse_with_env(file, "t.toml", env(&[(var, value)]).into_iter())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "{var}={value}: {err}");
+        }
     }
 
     #[test]

@@ -29,6 +29,13 @@ struct Cli {
 
 #[derive(clap::Subcommand, Debug)]
 enum Sub {
+    /// Ask a running relay whether it is up (GET /health): exit 0 when it answers `ok`, 1
+    /// otherwise. For container and service health checks.
+    Health {
+        /// The relay's HTTP address (default: http.listen of the config, a wildcard as loopback).
+        #[arg(long, value_name = "ADDR", value_parser = resolve)]
+        addr: Option<SocketAddr>,
+    },
     /// Print an access token (JWT, HS256) signed with the first [auth] key of the config.
     Token {
         /// Room the token is for (not with --admin: an admin token is good for every room).
@@ -89,11 +96,64 @@ fn token(
     }
 }
 
+/// GET /health at `addr` within 5 s: success when the relay answers 200 `ok`.
+fn health(addr: SocketAddr) -> ExitCode {
+    use http_body_util::{BodyExt, Empty};
+    let check = async move {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<Empty<bytes::Bytes>>();
+        let uri: hyper::Uri = format!("http://{addr}/health")
+            .parse()
+            .map_err(|e| format!("{e}"))?;
+        let res = client.get(uri).await.map_err(|e| e.to_string())?;
+        let status = res.status();
+        let body = res
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        if status == hyper::StatusCode::OK && body.as_ref() == b"ok\n" {
+            Ok(())
+        } else {
+            Err(format!("status {}", status.as_u16()))
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("volna: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let within =
+        rt.block_on(async { tokio::time::timeout(std::time::Duration::from_secs(5), check).await });
+    match within {
+        Ok(Ok(())) => {
+            println!("ok");
+            ExitCode::SUCCESS
+        }
+        Ok(Err(e)) => {
+            eprintln!("volna: {addr}: {e}");
+            ExitCode::FAILURE
+        }
+        Err(_) => {
+            eprintln!("volna: {addr}: no answer within 5 s");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let env = std::env::vars();
     let loaded = match &cli.config {
-        Some(path) => Config::load(path),
-        None => Config::parse(EMBEDDED_DEFAULT, "embedded configs/dev.toml"),
+        Some(path) => Config::load_with_env(path, env),
+        None => Config::parse_with_env(EMBEDDED_DEFAULT, "embedded configs/dev.toml", env),
     };
     let mut config = match loaded {
         Ok(c) => c,
@@ -102,6 +162,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(Sub::Health { addr }) = cli.command {
+        let mut addr = addr.unwrap_or(config.http.listen);
+        if addr.ip().is_unspecified() {
+            addr.set_ip(if addr.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            });
+        }
+        return health(addr);
+    }
     if let Some(Sub::Token {
         room,
         identity,

@@ -182,3 +182,76 @@ fn logs_to_a_pipe_have_no_colour_codes() {
         "no escape codes: {seen:?}"
     );
 }
+
+/// `VOLNA_<SECTION>_<KEY>` variables replace the file's settings (here the HTTP address and the
+/// log format), and `volna health` finds the relay there; an unknown setting in a variable is
+/// refused by name, as one in the file is; `health` fails where nothing answers.
+#[test]
+fn environment_overrides_and_the_health_check() {
+    use std::io::{BufRead, BufReader};
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    let http = free();
+    let (path, mut f) = tempfile();
+    f.write_all(b"[media]\nlisten = \"127.0.0.1:0\"\n[quic]\nenabled = false\n")
+        .unwrap();
+    let health = |addr: std::net::SocketAddr| {
+        Command::new(env!("CARGO_BIN_EXE_volna"))
+            .args(["health", "--addr", &addr.to_string()])
+            .output()
+            .unwrap()
+    };
+    let down = health(http);
+    assert_eq!(down.status.code(), Some(1), "nothing listens yet");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_volna"))
+        .arg("--config")
+        .arg(&path)
+        .env("VOLNA_HTTP_LISTEN", http.to_string())
+        .env("VOLNA_LOG_FORMAT", "json")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut started = None;
+    for line in BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .take(20)
+    {
+        let line = line.unwrap();
+        if line.contains("volna listening") {
+            started = Some(line);
+            break;
+        }
+    }
+    let up = health(http);
+    let _ = child.kill();
+    let _ = child.wait();
+    let started = started.expect("the relay started");
+    let v: serde_json::Value = serde_json::from_str(&started).expect("a JSON log line");
+    assert_eq!(v["fields"]["http"], http.to_string(), "{started}");
+    assert_eq!(
+        up.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&up.stdout), "ok\n");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_volna"))
+        .arg("--config")
+        .arg(&path)
+        .env("VOLNA_HTTP_LISTN", "127.0.0.1:1")
+        .output()
+        .unwrap();
+    std::fs::remove_file(&path).ok();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("VOLNA_HTTP_LISTN: http has no setting listn"),
+        "{err}"
+    );
+}
