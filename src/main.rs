@@ -96,6 +96,21 @@ fn token(
     }
 }
 
+/// The runtime signalling (or a subcommand) runs on: one thread; media workers have their own.
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("volna: cannot start runtime: {e}");
+            None
+        }
+    }
+}
+
 /// GET /health at `addr` within 5 s: success when the relay answers 200 `ok`.
 fn health(addr: SocketAddr) -> ExitCode {
     use http_body_util::{BodyExt, Empty};
@@ -120,15 +135,8 @@ fn health(addr: SocketAddr) -> ExitCode {
             Err(format!("status {}", status.as_u16()))
         }
     };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("volna: cannot start runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(rt) = runtime() else {
+        return ExitCode::FAILURE;
     };
     let within =
         rt.block_on(async { tokio::time::timeout(std::time::Duration::from_secs(5), check).await });
@@ -221,16 +229,8 @@ fn main() -> ExitCode {
     } else {
         builder.init();
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("volna: cannot start runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(rt) = runtime() else {
+        return ExitCode::FAILURE;
     };
     rt.block_on(async {
         let running = match volna::server::start(&config).await {
