@@ -12,6 +12,7 @@ use tracing::{debug, error, warn};
 use crate::core::room::SessionId;
 use crate::session::connection::ParticipantId;
 use crate::session::protocol::ServerMessage;
+use crate::session::shard::WorkerLoad;
 use crate::session::Shard;
 use crate::signal::auth::Auth;
 use crate::signal::dispatch::{Command, WorkerHandle, Workers};
@@ -27,6 +28,9 @@ pub struct Outlets {
     sockets: HashMap<ParticipantId, mpsc::Sender<ServerMessage>>,
     /// Where room events go (webhooks), when configured.
     hooks: Option<Hooks>,
+    /// Time spent waiting for work since `started` (the rest is the worker's load).
+    idle: Duration,
+    started: Option<Instant>,
 }
 
 /// Events dropped because a client stopped reading (all participants of the process).
@@ -76,6 +80,17 @@ impl Outlets {
                 self.sockets.remove(&pid);
             }
         }
+    }
+
+    /// The wait that began at `from` ended now.
+    fn woke(&mut self, from: Instant) {
+        self.idle += from.elapsed();
+    }
+
+    /// Time spent working since the worker started.
+    fn busy(&self) -> Duration {
+        self.started
+            .map_or(Duration::ZERO, |s| s.elapsed().saturating_sub(self.idle))
     }
 
     /// Forgets the sockets of participants that have left.
@@ -137,7 +152,12 @@ pub fn apply(shard: &mut Shard, out: &mut Outlets, now: Instant, cmd: Command) {
             let _ = reply.send(shard.patch_ice(role, &room, &resource, &ufrag, &pwd, &may));
         }
         Command::Stats { reply } => {
-            let _ = reply.send(shard.stats());
+            let mut stats = shard.stats();
+            stats.workers.push(WorkerLoad {
+                worker: shard.worker(),
+                busy_us: out.busy().as_micros() as u64,
+            });
+            let _ = reply.send(stats);
         }
         Command::Admin { request, reply } => {
             let _ = reply.send(shard.admin(now, request));
@@ -364,6 +384,7 @@ async fn run(
     let mut pool = RecvPool::new();
     let mut out = Outlets {
         hooks,
+        started: Some(Instant::now()),
         ..Outlets::default()
     };
     let mut next_prune = Instant::now();
@@ -385,8 +406,10 @@ async fn run(
             shard.handle_timeout(now);
             continue;
         }
+        let wait = Instant::now();
         tokio::select! {
             r = socket.readable() => {
+                out.woke(wait);
                 if let Err(e) = r {
                     error!(worker = index, error = %e, "media socket failed");
                     break;
@@ -406,11 +429,17 @@ async fn run(
                     }
                 }
             },
-            c = rx.recv() => match c {
-                Some(cmd) => apply(&mut shard, &mut out, Instant::now(), cmd),
-                None => break,
+            c = rx.recv() => {
+                out.woke(wait);
+                match c {
+                    Some(cmd) => apply(&mut shard, &mut out, Instant::now(), cmd),
+                    None => break,
+                }
             },
-            _ = tokio::time::sleep_until(deadline.into()) => shard.handle_timeout(Instant::now()),
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                out.woke(wait);
+                shard.handle_timeout(Instant::now());
+            }
         }
     }
 }

@@ -297,3 +297,69 @@ fn resends_leave_at_the_pacing_rate() {
         "spread out, within the longest wait: {resent:?}"
     );
 }
+
+/// The distributions operators see: a viewer's time to first media (from when its session
+/// started), and what its receiver reports say of loss, jitter and the round-trip time (a report
+/// that echoes the sender report it was sent). A report echoing no sender report gives no RTT.
+#[test]
+fn time_to_first_media_and_report_figures_are_measured() {
+    use volna::core::rtcp::{ReceiverReport, ReportBlock, SenderReport};
+    let mut sim = Sim::new(RelayConfig::default());
+    sim.publish(PUB, 0x5e1f, publisher_tracks());
+    sim.view(V1, viewer_tracks(1000));
+    // Its session started at 0; the first packet it is sent, the key frame, goes at 200 ms.
+    assert!(sim.relay.time_first_media(V1, sim.at(0)));
+    assert!(!sim.relay.time_first_media(99, sim.at(0)), "no such viewer");
+    sim.goto(200);
+    sim.feed(PUB, &video_rtp(0, 1_000).payload(KEY).build());
+    sim.goto(300);
+    sim.feed(PUB, &video_rtp(1, 4_000).payload(DELTA).build());
+    let join = sim.relay.counters().join_us;
+    assert_eq!(
+        (join.count, join.sum),
+        (1, 200_000),
+        "the first packet only"
+    );
+
+    // The publisher's sender report goes to the viewer at 400 ms; its report comes back at
+    // 470 ms, held 10 ms by the viewer: 60 ms round trip.
+    sim.goto(400);
+    let ntp: u64 = 0x0123_4567_89ab_cdef;
+    let sr = SenderReport {
+        ssrc: VIDEO_SSRC,
+        ntp,
+        rtp_timestamp: 4_000,
+        packets: 2,
+        octets: 100,
+    };
+    let mut buf = [0u8; 64];
+    let n = sr.write(&mut buf).unwrap();
+    sim.relay
+        .handle_publisher_rtcp(sim.now, PUB, &buf[..n], &mut sim.sink);
+    sim.goto(470);
+    let block = |last_sr: u32| ReportBlock {
+        ssrc: 1001,
+        fraction_lost: 26,
+        cumulative_lost: 3,
+        highest_sequence: 101,
+        jitter: 900,
+        last_sr,
+        delay_since_last_sr: 655,
+    };
+    let middle = (ntp >> 16) as u32;
+    for (last_sr, rtts) in [(middle, 1), (0, 1), (middle ^ 1, 1)] {
+        let n = ReceiverReport::write(0xbeef, &[block(last_sr)], &mut buf).unwrap();
+        sim.viewer_rtcp(V1, &buf[..n]);
+        assert_eq!(
+            sim.relay.counters().rtt_us.count,
+            rtts,
+            "last_sr {last_sr:x}"
+        );
+    }
+    let c = sim.relay.counters();
+    // 655/65536 s held: 9994 µs.
+    assert_eq!(c.rtt_us.sum, 70_000 - 9_994);
+    // 26/256 lost: 101 per mille; 900 ticks of 90 kHz: 10 ms; once per report.
+    assert_eq!((c.loss_per_mille.count, c.loss_per_mille.sum), (3, 303));
+    assert_eq!((c.jitter_us.count, c.jitter_us.sum), (3, 30_000));
+}

@@ -21,6 +21,7 @@ use super::events::RoomEvent;
 use super::negotiation::Negotiation;
 use super::participant::Participant;
 use super::protocol::ServerMessage;
+use crate::core::room::histogram::Histogram;
 use crate::core::room::{Relay, RelayConfig, RoomError, SessionId, Sink, ViewerTrackSpec};
 use crate::core::rtp::ExtKind;
 use crate::session::sdp::{Local, Offer, Setup};
@@ -152,6 +153,29 @@ pub struct ShardStats {
     /// Receiving sessions' bandwidth estimates: (room, resource, kbps, from transport-cc
     /// feedback rather than REMB or the initial value).
     pub viewer_estimates: Vec<ViewerEstimate>,
+    /// Sessions over QUIC (the others are WebRTC over UDP).
+    pub quic_sessions: usize,
+    /// NACK, PLI and FIR messages from viewers.
+    pub nacks_received: u64,
+    pub plis_received: u64,
+    pub firs_received: u64,
+    /// Distributions (units and bounds in `core::room::histogram`); in /metrics, not /stats.
+    #[serde(skip)]
+    pub join_us: Histogram,
+    #[serde(skip)]
+    pub rtt_us: Histogram,
+    #[serde(skip)]
+    pub jitter_us: Histogram,
+    #[serde(skip)]
+    pub loss_per_mille: Histogram,
+    /// Each worker's time spent working (not waiting), filled in by the worker.
+    pub workers: Vec<WorkerLoad>,
+}
+
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct WorkerLoad {
+    pub worker: usize,
+    pub busy_us: u64,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -190,6 +214,15 @@ impl ShardStats {
         self.consent_checks += o.consent_checks;
         self.publisher_ids.extend(o.publisher_ids);
         self.viewer_estimates.extend(o.viewer_estimates);
+        self.quic_sessions += o.quic_sessions;
+        self.nacks_received += o.nacks_received;
+        self.plis_received += o.plis_received;
+        self.firs_received += o.firs_received;
+        self.join_us.merge(&o.join_us);
+        self.rtt_us.merge(&o.rtt_us);
+        self.jitter_us.merge(&o.jitter_us);
+        self.loss_per_mille.merge(&o.loss_per_mille);
+        self.workers.extend(o.workers);
     }
 }
 
@@ -421,6 +454,11 @@ impl Shard {
     }
 
     /// Sessions closed since the shard began.
+    /// This shard's worker index.
+    pub fn worker(&self) -> usize {
+        self.config.worker
+    }
+
     pub fn sessions_closed(&self) -> u64 {
         self.closed
     }
@@ -470,6 +508,19 @@ impl Shard {
                     })
                 })
                 .collect(),
+            quic_sessions: self
+                .sessions
+                .values()
+                .filter(|s| s.quic_flow.is_some())
+                .count(),
+            nacks_received: c.nacks_received,
+            plis_received: c.plis_received,
+            firs_received: c.firs_received,
+            join_us: c.join_us,
+            rtt_us: c.rtt_us,
+            jitter_us: c.jitter_us,
+            loss_per_mille: c.loss_per_mille,
+            workers: Vec::new(),
         }
     }
 
@@ -597,12 +648,17 @@ impl Shard {
         sid: SessionId,
         specs: Vec<ViewerTrackSpec>,
     ) -> Vec<Option<usize>> {
-        let Some(room) = self.sessions.get(&sid).map(|s| s.room.clone()) else {
+        let Some((room, created)) = self.sessions.get(&sid).map(|s| (s.room.clone(), s.created))
+        else {
             return vec![None; specs.len()];
         };
         // A subscriber is added on its first accepted lines, and stays for later ones.
         match self.relay.add_viewer(sid, &room) {
-            Ok(()) | Err(RoomError::Exists(_)) => {}
+            Ok(()) => {
+                // Time to first media counts from the session's signalling request.
+                self.relay.time_first_media(sid, created);
+            }
+            Err(RoomError::Exists(_)) => {}
             Err(e) => {
                 warn!(session = sid, error = %e, "viewer not added");
                 return vec![None; specs.len()];

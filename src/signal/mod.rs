@@ -6,6 +6,7 @@ pub mod api;
 pub mod auth;
 pub mod dispatch;
 pub mod http;
+pub mod metrics;
 pub mod quic;
 pub mod quic_control;
 pub mod state;

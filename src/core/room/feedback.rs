@@ -7,13 +7,14 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
+use super::histogram;
 use super::pacer::Waiting;
 use super::publisher::Publisher;
 use super::send::{self, Number, Scratch, Sent};
-use super::track::SENT_TRANSPORT_SEQ;
+use super::track::{ViewerTrack, SENT_TRANSPORT_SEQ};
 use super::viewer::Viewer;
 use super::{RelayCounters, SessionId, Sink, TrackRef};
-use crate::core::rtcp::{self, twcc, Compound, Nack, RtcpPacket, SenderReport};
+use crate::core::rtcp::{self, twcc, Compound, Nack, ReportBlock, RtcpPacket, SenderReport};
 use crate::core::rtp::Rewrite;
 
 /// Sequence numbers one NACK passes on to the publisher, at most.
@@ -57,14 +58,26 @@ pub(super) fn from_viewer(
                 if let Some(block) = rr.blocks().next() {
                     v.cc.bwe.on_receiver_report(now, block.fraction_lost);
                 }
+                for block in rr.blocks() {
+                    if let Some(i) = live(v, block.ssrc) {
+                        observe_report(now, &v.tracks[i], publishers, &block, counters);
+                    }
+                }
                 continue;
             }
-            Ok(RtcpPacket::Pli(pli)) => pli.media_ssrc,
+            Ok(RtcpPacket::Pli(pli)) => {
+                counters.plis_received += 1;
+                pli.media_ssrc
+            }
             Ok(RtcpPacket::Fir(fir)) => match fir.entries().next() {
-                Some((ssrc, _)) => ssrc,
+                Some((ssrc, _)) => {
+                    counters.firs_received += 1;
+                    ssrc
+                }
                 None => continue,
             },
             Ok(RtcpPacket::Nack(nack)) => {
+                counters.nacks_received += 1;
                 if let Some(index) = live(v, nack.media_ssrc) {
                     resend(
                         now,
@@ -91,6 +104,38 @@ pub(super) fn from_viewer(
         }
     }
     keyframes
+}
+
+/// What one report block of a viewer says about a track it receives, into the relay's
+/// distributions: the loss since its last report, the interarrival jitter (in the track's clock
+/// units on the wire), and the round-trip time when it echoes the last sender report sent.
+fn observe_report(
+    now: Instant,
+    vt: &ViewerTrack,
+    publishers: &HashMap<SessionId, Publisher>,
+    block: &ReportBlock,
+    counters: &mut RelayCounters,
+) {
+    let loss = u64::from(block.fraction_lost) * 1000 / 256;
+    counters
+        .loss_per_mille
+        .observe(histogram::LOSS_PER_MILLE, loss);
+    let clock = publishers
+        .get(&vt.spec.source.publisher)
+        .and_then(|p| p.tracks.get(vt.spec.source.track))
+        .map_or(0, |t| u64::from(t.spec.clock_rate));
+    if let Some(us) = (u64::from(block.jitter) * 1_000_000).checked_div(clock) {
+        counters.jitter_us.observe(histogram::JITTER_US, us);
+    }
+    if let Some((_, at)) = vt
+        .sr_sent
+        .filter(|(ntp, _)| block.last_sr != 0 && *ntp == block.last_sr)
+    {
+        // The delay since the report is in 1/65536 s.
+        let held = u64::from(block.delay_since_last_sr) * 1_000_000 / 65_536;
+        let us = (now.saturating_duration_since(at).as_micros() as u64).saturating_sub(held);
+        counters.rtt_us.observe(histogram::RTT_US, us);
+    }
 }
 
 /// Answers one NACK for track `index`: from the cache what it holds, each packet at most once
@@ -244,7 +289,7 @@ fn resend(
 pub(super) fn from_publisher(
     now: Instant,
     p: &mut Publisher,
-    viewers: &HashMap<SessionId, Viewer>,
+    viewers: &mut HashMap<SessionId, Viewer>,
     buf: &[u8],
     rtcp_buf: &mut [u8],
     sink: &mut impl Sink,
@@ -264,9 +309,10 @@ pub(super) fn from_publisher(
             .stats
             .on_sender_report(now, sr.ntp_middle());
         for &(vid, vti) in &track.viewers {
-            let Some(v) = viewers.get(&vid) else {
+            let Some(v) = viewers.get_mut(&vid) else {
                 continue;
             };
+            v.tracks[vti].sr_sent = Some((sr.ntp_middle(), now));
             let fwd = &v.tracks[vti].fwd;
             let Some(ts) = fwd.viewer_timestamp(li as u8, sr.rtp_timestamp) else {
                 continue;

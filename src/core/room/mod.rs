@@ -14,6 +14,7 @@
 pub mod alloc;
 mod allocate;
 mod feedback;
+pub mod histogram;
 mod pacer;
 mod policy;
 mod probe;
@@ -273,6 +274,16 @@ impl Relay {
         true
     }
 
+    /// Times the viewer's first media packet from `since` (its session's start) into the
+    /// time-to-first-media distribution. Returns whether the viewer exists.
+    pub fn time_first_media(&mut self, viewer: SessionId, since: Instant) -> bool {
+        let Some(v) = self.viewers.get_mut(&viewer) else {
+            return false;
+        };
+        v.cc.join_from = Some(since);
+        true
+    }
+
     /// Whether a publisher track is muted by the server (see [`Relay::set_blocked`]).
     pub fn track_is_blocked(&self, publisher: SessionId, track: usize) -> bool {
         self.publishers
@@ -481,7 +492,7 @@ impl Relay {
         sink: &mut impl Sink,
     ) {
         if let Some(p) = self.publishers.get_mut(&from) {
-            feedback::from_publisher(now, p, &self.viewers, buf, &mut self.scratch.rtcp, sink);
+            feedback::from_publisher(now, p, &mut self.viewers, buf, &mut self.scratch.rtcp, sink);
         }
     }
 

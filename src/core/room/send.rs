@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use super::histogram;
 use super::pacer;
 use super::track::{ViewerCc, ViewerTrack, SENT_TRANSPORT_SEQ};
 use super::{RelayCounters, SessionId, Sink};
@@ -122,6 +123,10 @@ impl Out<'_> {
             seq
         });
         sink.rtp(self.vid, header, prefix, payload);
+        if let Some(from) = self.cc.join_from.take() {
+            let us = now.saturating_duration_since(from).as_micros() as u64;
+            counters.join_us.observe(histogram::JOIN_US, us);
+        }
         let len = header.len() + prefix.len() + payload.len();
         match sent {
             Sent::Media | Sent::Paced => {

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::histogram::Histogram;
 use crate::core::rtp::{Codec, ExtMap};
 
 /// A transport session (one WebRTC peer connection), publisher or viewer.
@@ -131,6 +132,15 @@ pub struct RelayCounters {
     pub replayed_packets: u64,
     /// Resends a viewer's NACK asked for beyond its resend budget (see `resend`).
     pub resends_refused: u64,
+    /// NACK, PLI and FIR messages from viewers.
+    pub nacks_received: u64,
+    pub plis_received: u64,
+    pub firs_received: u64,
+    /// Distributions (see `histogram` for each one's unit and bounds).
+    pub join_us: Histogram,
+    pub rtt_us: Histogram,
+    pub jitter_us: Histogram,
+    pub loss_per_mille: Histogram,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -35,6 +35,9 @@ pub(super) struct ViewerTrack {
     /// whether it ever was (what went out then cannot be made again for a resend).
     pub low_audio: bool,
     pub ever_low: bool,
+    /// The last sender report sent on this track: its NTP middle 32 bits, and when (a receiver
+    /// report that echoes it tells the round-trip time).
+    pub sr_sent: Option<(u32, Instant)>,
 }
 
 impl ViewerTrack {
@@ -56,6 +59,7 @@ impl ViewerTrack {
             pinned: false,
             low_audio: false,
             ever_low: false,
+            sr_sent: None,
         }
     }
 
@@ -89,6 +93,9 @@ pub(super) struct ViewerCc {
     pub results: Vec<PacketResult>,
     /// Resend bytes against media bytes.
     pub budget: resend::ResendBudget,
+    /// When the viewer's session started, until its first media packet is sent (time to first
+    /// media, see `Relay::time_first_media`).
+    pub join_from: Option<Instant>,
 }
 
 impl ViewerCc {
@@ -98,6 +105,7 @@ impl ViewerCc {
             bwe: BandwidthEstimator::new(BweConfig::default()),
             results: Vec::with_capacity(256),
             budget: resend::ResendBudget::default(),
+            join_from: None,
         }
     }
 

@@ -1,0 +1,223 @@
+//! The Prometheus text exposition of a node's figures (/metrics): the counters and gauges of
+//! /stats, the distributions the relay measures as histograms (in seconds or as ratios), the
+//! transport mix, each worker's busy time, and webhook outcomes. docs/deploy.md (Metrics)
+//! lists them; deploy/grafana/volna.json charts them.
+
+use std::fmt::Write;
+
+use super::webhook::WebhookCounters;
+use crate::core::room::histogram::{self, Histogram};
+use crate::session::ShardStats;
+
+/// One histogram in Prometheus' form; `per` stored units make one exported unit (1e6 µs a second).
+fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram, bounds: &[u64], per: f64) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    for (bound, n) in h.cumulative(bounds) {
+        let _ = writeln!(out, "{name}_bucket{{le=\"{}\"}} {n}", bound as f64 / per);
+    }
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.count);
+    let _ = writeln!(out, "{name}_sum {}", h.sum as f64 / per);
+    let _ = writeln!(out, "{name}_count {}", h.count);
+}
+
+pub fn render(s: &ShardStats, webhooks: &WebhookCounters) -> String {
+    let rows: [(&str, &str, &str, u64); 20] = [
+        (
+            "volna_rooms",
+            "gauge",
+            "Rooms with sessions or participants.",
+            s.rooms as u64,
+        ),
+        (
+            "volna_sessions",
+            "gauge",
+            "Media sessions (WebRTC and QUIC).",
+            s.sessions as u64,
+        ),
+        (
+            "volna_publishers",
+            "gauge",
+            "Publishing sessions.",
+            s.publishers as u64,
+        ),
+        (
+            "volna_viewers",
+            "gauge",
+            "Receiving sessions.",
+            s.viewers as u64,
+        ),
+        (
+            "volna_participants",
+            "gauge",
+            "Room-protocol participants.",
+            s.participants as u64,
+        ),
+        (
+            "volna_datagrams_received_total",
+            "counter",
+            "UDP datagrams received on the media port.",
+            s.datagrams_in,
+        ),
+        (
+            "volna_junk_datagrams_total",
+            "counter",
+            "Datagrams dropped as malformed or unknown.",
+            s.junk_datagrams,
+        ),
+        (
+            "volna_forwarded_packets_total",
+            "counter",
+            "RTP packets forwarded to viewers.",
+            s.forwarded_packets,
+        ),
+        (
+            "volna_forwarded_bytes_total",
+            "counter",
+            "Bytes of RTP forwarded to viewers (before SRTP).",
+            s.forwarded_bytes,
+        ),
+        (
+            "volna_retransmitted_packets_total",
+            "counter",
+            "Packets resent to viewers from the retransmit cache.",
+            s.retransmitted_packets,
+        ),
+        (
+            "volna_dropped_packets_total",
+            "counter",
+            "RTP packets not forwarded (waiting for a keyframe, unknown stream).",
+            s.dropped_packets,
+        ),
+        (
+            "volna_keyframe_requests_total",
+            "counter",
+            "Keyframe requests sent to publishers.",
+            s.keyframe_requests,
+        ),
+        (
+            "volna_ice_restarts_total",
+            "counter",
+            "ICE restarts (WHIP/WHEP PATCH, restart_ice).",
+            s.ice_restarts,
+        ),
+        (
+            "volna_path_switches_total",
+            "counter",
+            "Sessions moved to a new address after an authenticated ICE check.",
+            s.path_switches,
+        ),
+        (
+            "volna_path_switches_refused_total",
+            "counter",
+            "Path moves refused because the session moved too often.",
+            s.path_switches_refused,
+        ),
+        (
+            "volna_consent_checks_total",
+            "counter",
+            "Consent checks sent to a session's new address after a NAT rebinding.",
+            s.consent_checks,
+        ),
+        (
+            "volna_sessions_closed_total",
+            "counter",
+            "Sessions ended.",
+            s.sessions_closed,
+        ),
+        (
+            "volna_viewer_nacks_total",
+            "counter",
+            "NACK messages from viewers (each asks for lost packets).",
+            s.nacks_received,
+        ),
+        (
+            "volna_viewer_plis_total",
+            "counter",
+            "Picture loss indications from viewers.",
+            s.plis_received,
+        ),
+        (
+            "volna_viewer_firs_total",
+            "counter",
+            "Full intra requests from viewers.",
+            s.firs_received,
+        ),
+    ];
+    let mut out = String::with_capacity(2048);
+    for (name, kind, help, value) in rows {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+        ));
+    }
+    // Webhook deliveries (docs/api.md, Webhooks): one counter with the outcome as a label.
+    let name = "volna_webhook_events_total";
+    out.push_str(&format!(
+        "# HELP {name} Webhook events by outcome: queued (per URL), delivered, retries (failed tries), dropped (queue full), failed (given up).\n# TYPE {name} counter\n"
+    ));
+    for (outcome, value) in webhooks.snapshot() {
+        out.push_str(&format!("{name}{{outcome=\"{outcome}\"}} {value}\n"));
+    }
+    // The transport mix: sessions by how their media travels.
+    let name = "volna_sessions_by_transport";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Media sessions by transport.\n# TYPE {name} gauge"
+    );
+    let quic = s.quic_sessions;
+    let _ = writeln!(
+        out,
+        "{name}{{transport=\"udp\"}} {}",
+        s.sessions.saturating_sub(quic)
+    );
+    let _ = writeln!(out, "{name}{{transport=\"quic\"}} {quic}");
+    // Each worker's load: rate() of this is the share of one core it keeps busy.
+    let name = "volna_worker_busy_seconds_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Time each media worker spent working rather than waiting.\n# TYPE {name} counter"
+    );
+    let mut workers = s.workers.clone();
+    workers.sort_by_key(|w| w.worker);
+    for w in workers {
+        let _ = writeln!(
+            out,
+            "{name}{{worker=\"{}\"}} {}",
+            w.worker,
+            w.busy_us as f64 / 1e6
+        );
+    }
+    let us = 1e6;
+    histogram(
+        &mut out,
+        "volna_join_seconds",
+        "Time from a viewer session's signalling request to the first media packet sent to it.",
+        &s.join_us,
+        histogram::JOIN_US,
+        us,
+    );
+    histogram(
+        &mut out,
+        "volna_viewer_rtt_seconds",
+        "Round-trip time to viewers, from their receiver reports.",
+        &s.rtt_us,
+        histogram::RTT_US,
+        us,
+    );
+    histogram(
+        &mut out,
+        "volna_viewer_jitter_seconds",
+        "Interarrival jitter viewers report, per stream and report.",
+        &s.jitter_us,
+        histogram::JITTER_US,
+        us,
+    );
+    histogram(
+        &mut out,
+        "volna_viewer_loss_ratio",
+        "Loss viewers report since their previous report, per stream and report.",
+        &s.loss_per_mille,
+        histogram::LOSS_PER_MILLE,
+        1e3,
+    );
+    out
+}
