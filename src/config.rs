@@ -179,6 +179,10 @@ pub struct HttpConfig {
     pub max_connections: usize,
     /// A room-protocol WebSocket that has not joined a room within this is closed.
     pub join_timeout_secs: u64,
+    /// PEM certificate chain (the server's first) and its private key: HTTPS and WSS on
+    /// `listen` instead of HTTP. Both empty: plain HTTP.
+    pub tls_cert: String,
+    pub tls_key: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -231,6 +235,8 @@ impl Default for HttpConfig {
             header_timeout_secs: 10,
             max_connections: 10_000,
             join_timeout_secs: 10,
+            tls_cert: String::new(),
+            tls_key: String::new(),
         }
     }
 }
@@ -387,6 +393,12 @@ impl Config {
         }
         if self.media.consent_timeout_secs == 0 {
             return bad("media.consent_timeout_secs", "must be positive");
+        }
+        if self.http.tls_cert.is_empty() != self.http.tls_key.is_empty() {
+            return bad(
+                "http.tls_cert",
+                "give both tls_cert and tls_key, or neither",
+            );
         }
         if self.quic.cert_file.is_empty() != self.quic.key_file.is_empty() {
             return bad(
@@ -597,6 +609,7 @@ mod tests {
             ("[http]\nlisten = \"no-such-host.invalid:80\"\n", "listen"),
             ("[auth]\nkeys = [\"short\"]\n", "auth.keys"),
             ("[limits]\nmax_rooms = 0\n", "limits"),
+            ("[http]\ntls_cert = \"a.pem\"\n", "http.tls_cert"),
             (
                 "[webhooks]\nurls = [\"https://x.test/h\"]\nsecret = \"0123456789abcdef\"\n",
                 "webhooks.urls",

@@ -236,7 +236,7 @@ fn main() -> ExitCode {
         let running = match volna::server::start(&config).await {
             Ok(r) => r,
             // A certificate the config names but that cannot be used is the config's fault.
-            Err(e @ ServerError::QuicCertificate(_)) => {
+            Err(e @ (ServerError::QuicCertificate(_) | ServerError::HttpCertificate(_))) => {
                 eprintln!("volna: {e}");
                 return ExitCode::from(2);
             }

@@ -28,6 +28,9 @@ pub enum ServerError {
     /// The configured QUIC certificate or key cannot be read or used (a configuration error).
     #[error("QUIC certificate: {0}")]
     QuicCertificate(String),
+    /// The configured HTTPS certificate or key cannot be read or used (a configuration error).
+    #[error("HTTPS certificate: {0}")]
+    HttpCertificate(String),
     #[error("worker: {0}")]
     Worker(std::io::Error),
 }
@@ -50,6 +53,15 @@ pub async fn start(config: &Config) -> Result<Running, ServerError> {
         rtc_crypto::default_provider().map_err(|e| ServerError::Identity(e.to_string()))?;
     let identity =
         DtlsIdentity::generate(provider).map_err(|e| ServerError::Identity(e.to_string()))?;
+    let tls = if config.http.tls_cert.is_empty() {
+        None
+    } else {
+        let read = |p: &str| {
+            std::fs::read(p).map_err(|e| ServerError::HttpCertificate(format!("{p}: {e}")))
+        };
+        let (cert, key) = (read(&config.http.tls_cert)?, read(&config.http.tls_key)?);
+        Some(crate::signal::tls::acceptor(&cert, &key).map_err(ServerError::HttpCertificate)?)
+    };
     let webhook_counters = std::sync::Arc::new(WebhookCounters::default());
     let hooks = Hooks::start(&config.webhooks, webhook_counters.clone());
     if hooks.is_some() {
@@ -157,10 +169,12 @@ pub async fn start(config: &Config) -> Result<Running, ServerError> {
         webhooks: webhook_counters,
     };
     let app = router(state, config.http.max_body_bytes);
-    info!(http = %http_addr, media = ?media_addrs, "volna listening");
+    let https = !config.http.tls_cert.is_empty();
+    info!(http = %http_addr, tls = https, media = ?media_addrs, "volna listening");
     let limits = crate::signal::http::ServeLimits {
         header_timeout: std::time::Duration::from_secs(config.http.header_timeout_secs.max(1)),
         max_connections: config.http.max_connections.max(1),
+        tls,
     };
     let serve = tokio::spawn(serve(tcp, app, limits));
     Ok(Running {

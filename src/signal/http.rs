@@ -501,12 +501,15 @@ async fn metrics(State(st): State<AppState>, headers: HeaderMap) -> Response {
 }
 
 /// How the listener treats connections before and around requests.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct ServeLimits {
-    /// A connection whose request headers take longer is closed (slow-header attacks).
+    /// A connection whose request headers take longer is closed (slow-header attacks); the
+    /// TLS handshake, with TLS on, has as long.
     pub header_timeout: std::time::Duration,
     /// Connections open at once; one more is closed when it arrives.
     pub max_connections: usize,
+    /// HTTPS and WSS instead of HTTP (`[http] tls_cert`).
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// Serves the router on a bound listener until the process ends: HTTP/1.1 with upgrades (the
@@ -517,8 +520,6 @@ pub async fn serve(
     app: Router,
     limits: ServeLimits,
 ) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioIo, TokioTimer};
-    use tower_service::Service;
     let open = std::sync::Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let mut refused = 0u64;
     loop {
@@ -542,24 +543,46 @@ pub async fn serve(
         };
         let app = app.clone();
         let slot = super::state::ConnSlot::new(permit);
+        let (tls, header_timeout) = (limits.tls.clone(), limits.header_timeout);
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(
-                move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    req.extensions_mut()
-                        .insert(axum::extract::ConnectInfo(peer));
-                    req.extensions_mut().insert(slot.clone());
-                    let mut app = app.clone();
-                    async move { app.call(req.map(axum::body::Body::new)).await }
-                },
-            );
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_timeout)
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            if let Err(e) = conn.await {
-                tracing::debug!(peer = %peer, error = %e, "HTTP connection ended");
+            let Some(tls) = tls else {
+                return serve_connection(stream, peer, app, slot, header_timeout).await;
+            };
+            match tokio::time::timeout(header_timeout, tls.accept(stream)).await {
+                Ok(Ok(stream)) => serve_connection(stream, peer, app, slot, header_timeout).await,
+                Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
             }
         });
+    }
+}
+
+/// HTTP/1.1 on one accepted connection (plain or TLS), with upgrades, until it ends.
+async fn serve_connection<S>(
+    stream: S,
+    peer: std::net::SocketAddr,
+    app: Router,
+    slot: super::state::ConnSlot,
+    header_timeout: std::time::Duration,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower_service::Service;
+    let service =
+        hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+            req.extensions_mut().insert(slot.clone());
+            let mut app = app.clone();
+            async move { app.call(req.map(axum::body::Body::new)).await }
+        });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    if let Err(e) = conn.await {
+        tracing::debug!(peer = %peer, error = %e, "HTTP connection ended");
     }
 }

@@ -10,5 +10,6 @@ pub mod metrics;
 pub mod quic;
 pub mod quic_control;
 pub mod state;
+pub mod tls;
 pub mod webhook;
 pub mod ws;

@@ -95,12 +95,14 @@ export async function waitFor(fn, ms, every = 250) {
 }
 
 /** Starts volna in the namespace and waits for /health. */
-export async function startVolna(ns, { http, media, extra = [] }) {
+export async function startVolna(ns, { http, media, extra = [], https = false }) {
   const p = ns.spawn([volnaBin, '--http', http, '--media', media, ...extra], { log: process.env.VOLNA_LOG ? 'volna' : undefined });
   const ok = await waitFor(() => {
     if (p.exitCode !== null) throw new Error(`volna exited: ${p.output}`);
     try {
-      return ns.exec(['curl', '-fsS', `http://${http}/health`]).includes('ok');
+      // (With https, its certificate is the test's own: not checked.)
+      const url = `${https ? 'https' : 'http'}://${http}/health`;
+      return ns.exec(['curl', '-fsS', ...(https ? ['-k'] : []), url]).includes('ok');
     } catch {
       return false;
     }
