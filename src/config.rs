@@ -196,7 +196,8 @@ pub struct MediaConfig {
     /// The addresses (IPs or host names, no port) peers reach the media ports at, when they are
     /// not the bound one: a public address in front of a 1:1 NAT (a cloud VM), or an IPv4 and
     /// an IPv6 address. Advertised as ICE candidates in this order, each with the worker's port.
-    /// With it, `listen` may be a wildcard address (`0.0.0.0`, `[::]`).
+    /// With it, `listen` may be a wildcard address: `0.0.0.0` (IPv4 only), or `[::]` (IPv6 and,
+    /// on Linux, IPv4), which an advertised IPv6 address needs.
     pub advertise: Vec<String>,
     /// Media worker threads, each with its own UDP port, rooms and buffers; 0 means one per CPU
     /// core. A room lives on one worker, chosen by a hash of its name.
