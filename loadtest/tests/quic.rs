@@ -217,6 +217,21 @@ async fn bad_input_is_refused_and_others_keep_working() {
         .await
         .unwrap();
     assert_eq!(reply["reason"], "unsupported_version");
+    // A name (the identity in dev mode) is at most 64 characters, like a room participant's.
+    let long = "ы".repeat(65);
+    let reply = early
+        .exchange(
+            json!({"type": "join", "v": 1, "room": "r", "name": long})
+                .to_string()
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (reply["code"].as_u64(), reply["reason"].as_str()),
+        (Some(400), Some("bad_name")),
+        "{reply}"
+    );
     let reply = early
         .exchange(
             json!({"type": "publish", "flow": 0, "tracks": []})

@@ -206,6 +206,13 @@ async fn handle(
                     "room names are 1-64 characters of A-Z a-z 0-9 - _ .",
                 ));
             }
+            if name.as_ref().is_some_and(|n| n.chars().count() > 64) {
+                return Err(SessionError::new(
+                    400,
+                    "bad_name",
+                    "names are at most 64 characters",
+                ));
+            }
             let access = auth
                 .check(token.as_deref(), Some(&room), unix_now())
                 .map_err(|e| SessionError::new(e.status(), e.reason(), e.to_string()))?;
