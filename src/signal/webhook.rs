@@ -106,11 +106,6 @@ fn event_name(e: &RoomEvent) -> &'static str {
     }
 }
 
-/// Logs the `n`-th of a kind of trouble when `n` is a power of two.
-fn now_and_then(n: u64) -> bool {
-    n.is_power_of_two()
-}
-
 impl Hooks {
     /// Starts one delivery task per URL on the current runtime; `None` without URLs.
     pub fn start(config: &WebhooksConfig, counters: Arc<WebhookCounters>) -> Option<Hooks> {
@@ -165,7 +160,7 @@ impl Hooks {
                 }
                 Err(_) => {
                     let n = self.counters.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                    if now_and_then(n) {
+                    if n.is_power_of_two() {
                         warn!(
                             dropped = n,
                             event = d.event,
@@ -212,13 +207,13 @@ async fn deliver(
             };
             if attempt == config.max_attempts {
                 let n = counters.failed.fetch_add(1, Ordering::Relaxed) + 1;
-                if now_and_then(n) {
+                if n.is_power_of_two() {
                     warn!(%url, event = d.event, id = %d.id, error = %why, failed = n, "webhook given up");
                 }
                 break;
             }
             let n = counters.retries.fetch_add(1, Ordering::Relaxed) + 1;
-            if now_and_then(n) {
+            if n.is_power_of_two() {
                 warn!(%url, event = d.event, error = %why, retries = n, "webhook failed, trying again");
             }
             tokio::time::sleep(wait).await;
