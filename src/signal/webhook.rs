@@ -86,13 +86,12 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
 }
 
 fn sign(key: &ring::hmac::Key, body: &[u8]) -> String {
-    let tag = ring::hmac::sign(key, body);
-    let mut out = String::with_capacity(7 + 64);
-    out.push_str("sha256=");
-    for b in tag.as_ref() {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
+    format!("sha256={}", hex(ring::hmac::sign(key, body).as_ref()))
+}
+
+/// Lower-case hex of `bytes`: signatures and event ids.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn event_name(e: &RoomEvent) -> &'static str {
@@ -135,7 +134,7 @@ impl Hooks {
     pub fn offer(&self, event: &RoomEvent) {
         let mut id = [0u8; 16];
         rand::thread_rng().fill_bytes(&mut id);
-        let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        let id = hex(&id);
         let created_at = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
