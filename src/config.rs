@@ -72,6 +72,59 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub log: LogConfig,
     pub webhooks: WebhooksConfig,
+    pub cluster: ClusterConfig,
+}
+
+/// The secret configs/dev.toml ships for relay links; logged as a warning when used.
+pub const DEV_CLUSTER_SECRET: &str = "volna-dev-cluster-secret";
+
+/// Many nodes as one service (docs/cluster.md). Without `redis` the node runs alone; the drain
+/// settings apply to it too.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Redis URL (`redis://host:port`, with `:password@` if it needs one); empty: no cluster.
+    pub redis: String,
+    /// This node's name in the cluster (letters, digits, `-`, `_`, `.`); empty: the host name.
+    pub node_id: String,
+    /// Nodes redirect new sessions only to nodes of their own region.
+    pub region: String,
+    /// The `host:port` clients reach this node's HTTP at; empty: `http.listen` (then a
+    /// concrete address).
+    pub advertise_http: String,
+    /// The `host:port` other nodes reach this node's relay links at.
+    pub relay: String,
+    /// Shared by every node of the cluster: relay links are authenticated with it.
+    pub secret: String,
+    /// Past this share of the machine's CPUs (0 to 1; 0: no limit) new sessions are sent to
+    /// another node.
+    pub max_cpu: f64,
+    /// Past this many media sessions (0: no limit) new sessions are sent to another node.
+    pub max_sessions: u64,
+    /// How often the node writes its record and load to Redis.
+    pub heartbeat_ms: u64,
+    /// A node whose record was not refreshed for this long is dead to the others.
+    pub node_ttl_ms: u64,
+    /// After a drain begins, calls in progress get this long to end before the node exits.
+    pub drain_timeout_secs: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            redis: String::new(),
+            node_id: String::new(),
+            region: "default".into(),
+            advertise_http: String::new(),
+            relay: String::new(),
+            secret: String::new(),
+            max_cpu: 0.85,
+            max_sessions: 0,
+            heartbeat_ms: 1000,
+            node_ttl_ms: 3000,
+            drain_timeout_secs: 600,
+        }
+    }
 }
 
 /// Room events POSTed to the messenger's backend (docs/api.md, Webhooks).
@@ -333,6 +386,11 @@ impl Config {
                     .parse::<i64>()
                     .map(toml::Value::Integer)
                     .map_err(|_| bad(format!("{value:?} is not a whole number")))?,
+                toml::Value::Float(_) => value
+                    .trim()
+                    .parse::<f64>()
+                    .map(toml::Value::Float)
+                    .map_err(|_| bad(format!("{value:?} is not a number")))?,
                 toml::Value::Boolean(_) => match value.trim() {
                     "true" => toml::Value::Boolean(true),
                     "false" => toml::Value::Boolean(false),
@@ -371,7 +429,8 @@ impl Config {
         Ok(c)
     }
 
-    fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+    /// Checks the settings hold together; `origin` names where they came from in the error.
+    pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
         let bad = |key: &'static str, message: &str| {
             Err(ConfigError::Value {
                 path: origin.to_owned(),
@@ -443,6 +502,38 @@ impl Config {
             return bad(
                 "webhooks.secret",
                 "must be at least 16 bytes when urls are set",
+            );
+        }
+        let c = &self.cluster;
+        if !c.redis.is_empty() {
+            if let Err(e) = redis::Client::open(c.redis.as_str()) {
+                return bad("cluster.redis", &format!("not a Redis URL: {e}"));
+            }
+            if c.secret.len() < 16 {
+                return bad(
+                    "cluster.secret",
+                    "must be at least 16 bytes when redis is set",
+                );
+            }
+        }
+        let name_ok = |s: &str| {
+            s.len() <= 64
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        };
+        if !name_ok(&c.node_id) || !name_ok(&c.region) || c.region.is_empty() {
+            return bad(
+                "cluster",
+                "node_id and region are at most 64 characters of A-Z a-z 0-9 - _ . (region not empty)",
+            );
+        }
+        if !(0.0..=1.0).contains(&c.max_cpu) {
+            return bad("cluster.max_cpu", "must be between 0 and 1");
+        }
+        if c.heartbeat_ms < 100 || c.node_ttl_ms < 2 * c.heartbeat_ms {
+            return bad(
+                "cluster",
+                "heartbeat_ms must be at least 100 and node_ttl_ms at least twice it",
             );
         }
         if w.queue == 0 || w.max_attempts == 0 || w.timeout_ms == 0 {

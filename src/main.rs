@@ -23,6 +23,18 @@ struct Cli {
     /// QUIC listener (RTP over QUIC), overriding quic.listen and enabling it.
     #[arg(long, value_name = "ADDR", value_parser = resolve)]
     quic: Option<SocketAddr>,
+    /// Redis URL of the cluster to join, overriding cluster.redis.
+    #[arg(long, value_name = "URL")]
+    redis: Option<String>,
+    /// This node's id in the cluster, overriding cluster.node_id.
+    #[arg(long, value_name = "ID")]
+    node_id: Option<String>,
+    /// This node's region, overriding cluster.region.
+    #[arg(long, value_name = "NAME")]
+    region: Option<String>,
+    /// Relay-link address other nodes reach this node at, overriding cluster.relay.
+    #[arg(long, value_name = "ADDR")]
+    relay: Option<String>,
     #[command(subcommand)]
     command: Option<Sub>,
 }
@@ -214,6 +226,21 @@ fn main() -> ExitCode {
         }
         config.media.listen = a;
     }
+    let c = &mut config.cluster;
+    for (flag, slot) in [
+        (cli.redis, &mut c.redis),
+        (cli.node_id, &mut c.node_id),
+        (cli.region, &mut c.region),
+        (cli.relay, &mut c.relay),
+    ] {
+        if let Some(v) = flag {
+            *slot = v;
+        }
+    }
+    if let Err(e) = config.validate("the command line") {
+        eprintln!("volna: {e}");
+        return ExitCode::from(2);
+    }
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         // The DTLS library warns about every TLS extension it does not know (browsers send
         // several per handshake); its errors still show.
@@ -236,7 +263,11 @@ fn main() -> ExitCode {
         let running = match volna::server::start(&config).await {
             Ok(r) => r,
             // A certificate the config names but that cannot be used is the config's fault.
-            Err(e @ (ServerError::QuicCertificate(_) | ServerError::HttpCertificate(_))) => {
+            Err(
+                e @ (ServerError::QuicCertificate(_)
+                | ServerError::HttpCertificate(_)
+                | ServerError::Cluster(_)),
+            ) => {
                 eprintln!("volna: {e}");
                 return ExitCode::from(2);
             }
@@ -245,31 +276,80 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let mut stop = Stop::new();
+        let mut serve = running.serve;
+        let cluster = running.cluster;
+        // A drain begins with SIGTERM (or Ctrl-C) on a cluster node, or POST /admin/drain on
+        // any node; without a cluster the signal ends the node at once, as it always has.
         tokio::select! {
-            r = running.serve => {
+            r = &mut serve => {
                 eprintln!("volna: HTTP server stopped: {r:?}");
-                ExitCode::FAILURE
+                return ExitCode::FAILURE;
             }
-            _ = shutdown_signal() => {
-                tracing::info!("shutting down");
-                ExitCode::SUCCESS
+            _ = stop.next() => {
+                if !cluster.clustered() {
+                    tracing::info!("shutting down");
+                    return ExitCode::SUCCESS;
+                }
+                cluster.drain();
+                tracing::info!("signal: draining; a second one exits at once");
+            }
+            _ = cluster.drain_begun() => {}
+        }
+        let timeout = cluster.settings().drain_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            tokio::select! {
+                r = &mut serve => {
+                    eprintln!("volna: HTTP server stopped: {r:?}");
+                    return ExitCode::FAILURE;
+                }
+                _ = stop.next() => {
+                    tracing::warn!("second signal: exiting now, ending the calls still here");
+                    break;
+                }
+                _ = tokio::time::sleep(std::time::Duration::from_millis(250)) => {
+                    let left = running.workers.stats().await.map_or(0, |s| s.sessions + s.participants);
+                    if left == 0 {
+                        tracing::info!("drained: no calls left");
+                        break;
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        tracing::warn!(sessions = left, timeout_secs = timeout.as_secs(), "drain timeout: ending the calls still here");
+                        break;
+                    }
+                }
             }
         }
+        volna::cluster::membership::leave(&cluster).await;
+        ExitCode::SUCCESS
     })
 }
 
-/// Ctrl-C, or SIGTERM (what `docker stop` and service managers send).
-async fn shutdown_signal() {
+/// Ctrl-C, or SIGTERM (what `docker stop` and service managers send); registered once, so a
+/// second signal during a drain is not missed.
+struct Stop {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl Stop {
+    fn new() -> Self {
+        Stop {
+            #[cfg(unix)]
+            term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok(),
+        }
+    }
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some(term) = self.term.as_mut() {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
             }
             return;
         }
+        let _ = tokio::signal::ctrl_c().await;
     }
-    let _ = tokio::signal::ctrl_c().await;
 }

@@ -5,9 +5,13 @@ use std::net::SocketAddr;
 
 use tracing::{info, warn};
 
-use crate::config::Config;
+use crate::cluster::membership::{Sample, Sampler};
+use crate::cluster::{Cluster, Limits, Settings};
+use crate::config::{Config, DEV_CLUSTER_SECRET};
+use crate::session::admin;
 use crate::session::{Shard, ShardConfig};
 use crate::signal::auth::Auth;
+use crate::signal::dispatch::{Command, Workers};
 use crate::signal::http::{router, serve};
 use crate::signal::state::AppState;
 use crate::signal::webhook::{Hooks, WebhookCounters};
@@ -33,6 +37,9 @@ pub enum ServerError {
     HttpCertificate(String),
     #[error("worker: {0}")]
     Worker(std::io::Error),
+    /// `[cluster]` cannot be used as given (a configuration error).
+    #[error("cluster: {0}")]
+    Cluster(String),
 }
 
 pub struct Running {
@@ -45,6 +52,9 @@ pub struct Running {
     /// Hex SHA-256 of the QUIC certificate.
     pub quic_cert_sha256: Option<String>,
     pub serve: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// The node's place in the cluster, and its drain state.
+    pub cluster: Cluster,
+    pub workers: Workers,
 }
 
 /// Binds and starts everything; returns once listeners are bound.
@@ -159,8 +169,14 @@ pub async fn start(config: &Config) -> Result<Running, ServerError> {
             "auth on: JWT (HS256) required for /rtc, WHIP and WHEP"
         );
     }
+    let cluster = cluster(config, http_addr, &media_addrs)?;
+    tokio::spawn(crate::cluster::membership::run(
+        cluster.clone(),
+        sampler(workers.clone()),
+    ));
     let state = AppState {
-        workers,
+        cluster: cluster.clone(),
+        workers: workers.clone(),
         auth,
         ws_max_message_bytes: config.limits.ws_max_message_bytes,
         ws_messages_per_second: config.limits.ws_messages_per_second,
@@ -184,6 +200,114 @@ pub async fn start(config: &Config) -> Result<Running, ServerError> {
         quic_addr,
         quic_cert_sha256: quic_hash,
         serve,
+        cluster,
+        workers,
+    })
+}
+
+/// The node's cluster settings from `[cluster]` and the addresses it listens on.
+fn cluster(
+    config: &Config,
+    http_addr: SocketAddr,
+    media: &[SocketAddr],
+) -> Result<Cluster, ServerError> {
+    let c = &config.cluster;
+    let clustered = !c.redis.is_empty();
+    let http = if !c.advertise_http.is_empty() {
+        c.advertise_http.clone()
+    } else if clustered && http_addr.ip().is_unspecified() {
+        return Err(ServerError::Cluster(
+            "http.listen is a wildcard address: set cluster.advertise_http to where clients reach this node".into(),
+        ));
+    } else {
+        http_addr.to_string()
+    };
+    let node_id = if c.node_id.is_empty() {
+        host_name()
+    } else {
+        c.node_id.clone()
+    };
+    let advertised = config.advertised_ips().unwrap_or_default();
+    let media = media
+        .iter()
+        .flat_map(|a| {
+            let ips = if advertised.is_empty() {
+                vec![a.ip()]
+            } else {
+                advertised.clone()
+            };
+            ips.into_iter()
+                .map(move |ip| SocketAddr::new(ip, a.port()).to_string())
+        })
+        .collect();
+    if clustered {
+        if c.secret == DEV_CLUSTER_SECRET {
+            warn!("cluster: the secret is configs/dev.toml's dev default; set cluster.secret for anything but development");
+        }
+        info!(node = %node_id, region = %c.region, http = %http, redis = %crate::cluster::membership::without_password(&c.redis), "cluster: joining");
+    }
+    Ok(Cluster::new(Settings {
+        redis: clustered.then(|| c.redis.clone()),
+        node_id,
+        region: c.region.clone(),
+        http,
+        https: !config.http.tls_cert.is_empty(),
+        media,
+        relay: c.relay.clone(),
+        limits: Limits {
+            max_cpu: c.max_cpu,
+            max_sessions: c.max_sessions,
+        },
+        heartbeat: std::time::Duration::from_millis(c.heartbeat_ms),
+        ttl: std::time::Duration::from_millis(c.node_ttl_ms),
+        drain_timeout: std::time::Duration::from_secs(c.drain_timeout_secs),
+    }))
+}
+
+/// The machine's host name (a node's id when none is configured).
+fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let name: String = String::from_utf8_lossy(&buf[..end])
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "-_.".contains(*c))
+        .take(64)
+        .collect();
+    if ok && !name.is_empty() {
+        name
+    } else {
+        "volna".into()
+    }
+}
+
+/// What the cluster heartbeat reads from the workers each beat.
+fn sampler(workers: Workers) -> Sampler {
+    Box::new(move || {
+        let workers = workers.clone();
+        Box::pin(async move {
+            let s = workers.stats().await?;
+            let mut rooms = Vec::new();
+            for w in workers.all() {
+                let answer = w
+                    .call(|reply| Command::Admin {
+                        request: admin::Request::Rooms,
+                        reply,
+                    })
+                    .await?;
+                if let Ok(admin::Response::Rooms(r)) = answer {
+                    rooms.extend(r.into_iter().map(|r| r.name));
+                }
+            }
+            Some(Sample {
+                sessions: s.sessions as u64,
+                participants: s.participants as u64,
+                tracks: s.tracks as u64,
+                rooms,
+                forwarded_bytes: s.forwarded_bytes,
+            })
+        })
     })
 }
 

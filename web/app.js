@@ -216,11 +216,26 @@ app.togglePin = async (id) => {
   document.querySelectorAll('.tile').forEach((t) => t.classList.toggle('pinned', t.dataset.id === app.pinned));
 };
 
-// Opens the socket and joins the room (with `resume`, comes back as the same participant).
+// Opens the socket and joins the room (with `resume`, comes back as the same participant),
+// following a cluster node's `redirect` to another node (docs/protocol.md).
 async function connect(resume) {
-  const { room, name, token } = app.creds;
+  for (let hops = 0; ; hops++) {
+    const joined = await connectTo(app.server || defaultServer(), resume);
+    if (joined.type !== 'redirect') return joined;
+    if (hops >= 3) throw new Error('too many redirects');
+    app.events.push({ type: 'redirected', url: joined.url, node: joined.node });
+    app.server = joined.url;
+  }
+}
+
+function defaultServer() {
   const url = new URL('/rtc', location.href);
   url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
+  return url.href;
+}
+
+async function connectTo(url, resume) {
+  const { room, name, token } = app.creds;
   const ws = new WebSocket(url);
   app.ws = ws;
   ws.onmessage = onMessage;
@@ -237,9 +252,17 @@ async function connect(resume) {
   if (token) joinMsg.token = token;
   if (resume) joinMsg.resume = resume;
   const joined = await request(joinMsg);
+  if (joined.type === 'redirect') {
+    // The server closes this socket; the join goes to the other node.
+    app.ws = null;
+    ws.onclose = null;
+    ws.close();
+    return joined;
+  }
   app.me = joined.participant;
   app.room = room;
   app.resume = joined.resume;
+  app.fallbacks = joined.fallbacks || [];
   app.speaker = joined.active_speaker || null;
   app.metadata = joined.metadata ?? null;
   // Whoever is not listed has left meanwhile.
@@ -288,6 +311,12 @@ async function recover(why) {
         return;
       } catch (e) {
         console.warn('rejoin failed', e);
+        // This node may be gone: the next try goes to another node of the cluster, where we
+        // join as a new participant (the others saw us leave) and publish again.
+        if (app.fallbacks && app.fallbacks.length) {
+          app.server = app.fallbacks.shift();
+          app.events.push({ type: 'fallback', url: app.server });
+        }
       }
     }
     status('The connection is lost. Reload the page to join again.');

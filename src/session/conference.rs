@@ -326,6 +326,7 @@ impl Shard {
                 subscribe: p.grants.subscribe,
             },
             metadata: self.metadata.get(room).cloned(),
+            fallbacks: Vec::new(),
         }
     }
 

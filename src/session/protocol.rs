@@ -154,6 +154,10 @@ pub enum ServerMessage {
         /// The room's metadata, set with the server API.
         #[serde(skip_serializing_if = "Option::is_none")]
         metadata: Option<serde_json::Value>,
+        /// Other nodes' room-protocol URLs to reconnect to (with `resume`) should this node be
+        /// lost; absent without a cluster.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        fallbacks: Vec<String>,
     },
     /// The room's metadata changed (server API); `null` when cleared.
     RoomMetadata {
@@ -212,6 +216,14 @@ pub enum ServerMessage {
     Pong {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<serde_json::Value>,
+    },
+    /// The answer to a `join` this node does not take (it is draining or full): join at `url`
+    /// instead. The server closes the socket after it.
+    Redirect {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<serde_json::Value>,
+        url: String,
+        node: String,
     },
     Error {
         #[serde(skip_serializing_if = "Option::is_none")]

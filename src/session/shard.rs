@@ -118,6 +118,8 @@ pub struct ShardStats {
     pub rooms: usize,
     pub sessions: usize,
     pub publishers: usize,
+    /// Tracks of every publisher.
+    pub tracks: usize,
     pub viewers: usize,
     pub participants: usize,
     pub datagrams_in: u64,
@@ -192,6 +194,7 @@ impl ShardStats {
         self.rooms += o.rooms;
         self.sessions += o.sessions;
         self.publishers += o.publishers;
+        self.tracks += o.tracks;
         self.viewers += o.viewers;
         self.participants += o.participants;
         self.datagrams_in += o.datagrams_in;
@@ -469,6 +472,7 @@ impl Shard {
             rooms: self.relay.room_count(),
             sessions: self.sessions.len(),
             publishers: self.relay.publisher_count(),
+            tracks: self.relay.track_count(),
             viewers: self.relay.viewer_count(),
             participants: self.participants.len(),
             datagrams_in: self.datagrams_in,

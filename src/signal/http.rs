@@ -48,6 +48,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         )
         .route("/rtc", get(super::ws::rtc))
         .nest("/api/v1", super::api::router())
+        .merge(super::cluster::router())
         .route("/health", get(|| async { "ok\n" }))
         .route("/quic/cert-hash", get(cert_hash))
         .route("/stats", get(stats))
@@ -301,6 +302,7 @@ fn worker_gone() -> Response {
 async fn whip(
     State(st): State<AppState>,
     Path(room): Path<String>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -314,6 +316,9 @@ async fn whip(
         Ok(a) => a,
         Err(res) => return *res,
     };
+    if let Some(res) = super::cluster::elsewhere(&st, &uri) {
+        return res;
+    }
     let offer = match read_offer(&headers, &body) {
         Ok(o) => o,
         Err(res) => {
@@ -349,6 +354,7 @@ async fn whep(
     st: AppState,
     room: String,
     publisher: Option<String>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -362,6 +368,9 @@ async fn whep(
         Ok(a) => a,
         Err(res) => return *res,
     };
+    if let Some(res) = super::cluster::elsewhere(&st, &uri) {
+        return res;
+    }
     let offer = match read_offer(&headers, &body) {
         Ok(o) => o,
         Err(res) => return *res,
@@ -391,19 +400,21 @@ async fn whep(
 async fn whep_latest(
     State(st): State<AppState>,
     Path(room): Path<String>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    whep(st, room, None, headers, body).await
+    whep(st, room, None, uri, headers, body).await
 }
 
 async fn whep_chosen(
     State(st): State<AppState>,
     Path((room, publisher)): Path<(String, String)>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    whep(st, room, Some(publisher), headers, body).await
+    whep(st, room, Some(publisher), uri, headers, body).await
 }
 
 async fn delete(

@@ -21,7 +21,7 @@ fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram, bounds: &[
 }
 
 pub fn render(s: &ShardStats, webhooks: &WebhookCounters) -> String {
-    let rows: [(&str, &str, &str, u64); 20] = [
+    let rows: [(&str, &str, &str, u64); 21] = [
         (
             "volna_rooms",
             "gauge",
@@ -39,6 +39,12 @@ pub fn render(s: &ShardStats, webhooks: &WebhookCounters) -> String {
             "gauge",
             "Publishing sessions.",
             s.publishers as u64,
+        ),
+        (
+            "volna_tracks",
+            "gauge",
+            "Tracks of every publisher.",
+            s.tracks as u64,
         ),
         (
             "volna_viewers",

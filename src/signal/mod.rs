@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod cluster;
 pub mod dispatch;
 pub mod http;
 pub mod metrics;

@@ -11,6 +11,8 @@ use super::dispatch::Workers;
 #[derive(Clone)]
 pub struct AppState {
     pub workers: Workers,
+    /// Where new sessions go (here, another node, or refused), and the drain state.
+    pub cluster: crate::cluster::Cluster,
     pub auth: Auth,
     pub ws_max_message_bytes: usize,
     pub ws_messages_per_second: u32,

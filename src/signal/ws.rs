@@ -15,6 +15,7 @@ use tracing::{debug, info};
 use super::auth::{bearer, unix_now};
 use super::dispatch::Command;
 use super::state::{error_response, valid_name, AppState, ConnSlot};
+use crate::cluster::Placement;
 use crate::session::connection::ParticipantId;
 use crate::session::protocol::{ClientMessage, ServerMessage, VERSION};
 use crate::session::sdp::Offer;
@@ -158,6 +159,9 @@ async fn run(mut socket: WebSocket, st: AppState, upgrade_token: Option<String>)
                     Err(r) => refusal(&r, id),
                 };
                 if !send(&mut socket, &reply).await { break; }
+                if matches!(reply, ServerMessage::Redirect { .. }) {
+                    break;
+                }
                 if let (ServerMessage::Joined { .. }, Some((pid, _))) = (&reply, &joined) {
                     let pid = *pid;
                     let _ = st.workers.for_id(pid).tx.send(Command::JoinedDelivered { pid }).await;
@@ -245,6 +249,23 @@ async fn handle(
                 .auth
                 .check(token, Some(&room), unix_now())
                 .map_err(|e| SessionError::new(e.status(), e.reason(), e.to_string()))?;
+            // A participant coming back keeps its call here; a new one may be sent elsewhere.
+            if resume.is_none() {
+                match st.cluster.place() {
+                    Placement::Here => {}
+                    Placement::Elsewhere(node) => {
+                        info!(room, to = %node.id, "room protocol join redirected");
+                        return Ok(ServerMessage::Redirect {
+                            id,
+                            url: node.rtc_url(),
+                            node: node.id,
+                        });
+                    }
+                    Placement::Refused(code, reason, message) => {
+                        return Err(SessionError::new(code, reason, message));
+                    }
+                }
+            }
             let verified = access.identity.is_some();
             let identity = access.identity.unwrap_or_else(|| {
                 if name.is_empty() {
@@ -280,8 +301,14 @@ async fn handle(
                 .await
                 .map_err(|_| gone())?;
             let (pid, mut joined_msg) = wait.await.map_err(|_| gone())??;
-            if let ServerMessage::Joined { id: slot, .. } = &mut joined_msg {
+            if let ServerMessage::Joined {
+                id: slot,
+                fallbacks,
+                ..
+            } = &mut joined_msg
+            {
                 *slot = id;
+                *fallbacks = st.cluster.fallbacks();
             }
             info!(room, identity, "room protocol join");
             *joined = Some((pid, rx));

@@ -117,6 +117,11 @@ impl Relay {
         self.publishers.len()
     }
 
+    /// Tracks of every publisher.
+    pub fn track_count(&self) -> usize {
+        self.publishers.values().map(|p| p.tracks.len()).sum()
+    }
+
     pub fn viewer_count(&self) -> usize {
         self.viewers.len()
     }

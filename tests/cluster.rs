@@ -1,0 +1,433 @@
+//! Nodes as one cluster, each a real `volna` process, sharing a real Debian `redis-server` that
+//! the test starts on loopback: membership and load in `GET /cluster`, a node killed with
+//! SIGKILL gone for the others within the TTL, rooms in the directory, drain (HTTP and
+//! SIGTERM) with redirects and the exit after the last call, a Redis outage refusing new
+//! sessions while calls go on and re-registration when it is back, overload redirects.
+
+mod common;
+
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::ws::{connect, expect_type, http, join, recv, send, OFFER};
+use serde_json::{json, Value};
+
+/// A free loopback TCP port (bound and let go; the caller binds it next).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Redis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Redis {
+    fn start() -> Self {
+        let mut r = Redis {
+            port: free_port(),
+            child: None,
+        };
+        r.restart();
+        r
+    }
+
+    /// Starts (again) on the same port, empty, and waits until it answers.
+    fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian package redis-server; scripts/test.sh installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().ok();
+            c.wait().ok();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn members(&self, key: &str) -> Vec<String> {
+        let client = redis::Client::open(self.url()).unwrap();
+        let mut c = client.get_multiplexed_async_connection().await.unwrap();
+        let mut m: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(key)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        m.sort();
+        m
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+struct Node {
+    http: SocketAddr,
+    child: Child,
+}
+
+impl Node {
+    fn start(redis: &Redis, id: &str, env: &[(&str, &str)]) -> Self {
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_volna"));
+        cmd.args(["--redis", &redis.url(), "--node-id", id])
+            .args(["--http", &http.to_string()])
+            .args(["--media", "127.0.0.1:0", "--quic", "127.0.0.1:0"])
+            .env("VOLNA_CLUSTER_HEARTBEAT_MS", "500")
+            .env("VOLNA_CLUSTER_NODE_TTL_MS", "2000")
+            .stdout(Stdio::null())
+            .stderr(if std::env::var_os("VOLNA_LOG").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            });
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(http).is_err() {
+            assert!(Instant::now() < deadline, "node {id} did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Node { http, child }
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+    }
+
+    /// Waits up to `within` for the process to end; its exit code.
+    fn exit_code(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s.code();
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    async fn cluster(&self) -> Value {
+        let (status, _, raw) = http(self.http, "GET", "/cluster", "").await;
+        assert_eq!(status, 200, "{raw}");
+        serde_json::from_str(raw.split("\r\n\r\n").nth(1).unwrap()).unwrap()
+    }
+
+    async fn live(&self) -> Vec<String> {
+        let c = self.cluster().await;
+        c["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+/// Polls `f` every 50 ms until it holds, for at most `within`; the time it took.
+async fn until<F, Fut>(within: Duration, what: &str, mut f: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if f().await {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < within, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn whip(node: &Node, room: &str) -> (u16, String, String) {
+    http(node.http, "POST", &format!("/whip/{room}"), OFFER).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_register_show_load_and_a_killed_node_is_gone_within_the_ttl() {
+    let redis = Redis::start();
+    let n1 = Node::start(&redis, "n1", &[]);
+    let n2 = Node::start(&redis, "n2", &[]);
+    let n3 = Node::start(&redis, "n3", &[]);
+    let all = ["n1", "n2", "n3"];
+    until(Duration::from_secs(5), "three nodes seen", || async {
+        n1.live().await == all
+    })
+    .await;
+    // One room with participants on two nodes: the directory says so on both.
+    let mut a = connect(n1.http, "").await;
+    assert_eq!(join(&mut a, "span", "a", None).await["type"], "joined");
+    let mut b = connect(n2.http, "").await;
+    let joined = join(&mut b, "span", "b", None).await;
+    assert_eq!(joined["type"], "joined");
+    // Its fallbacks are the other accepting nodes' room-protocol URLs.
+    let fallbacks: Vec<&str> = joined["fallbacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        fallbacks,
+        [
+            format!("ws://{}/rtc", n1.http),
+            format!("ws://{}/rtc", n3.http)
+        ]
+    );
+    until(Duration::from_secs(3), "room on n1 and n2", || async {
+        n1.cluster().await["rooms"] == json!([{"room": "span", "nodes": ["n1", "n2"]}])
+    })
+    .await;
+    assert_eq!(redis.members("volna:room:span").await, ["n1", "n2"]);
+    let view = n2.cluster().await;
+    assert_eq!(view["node"]["id"], "n2");
+    assert_eq!(view["node"]["load"]["participants"], 1);
+    assert_eq!(view["node"]["load"]["rooms"], 1);
+    assert_eq!(view["redis"]["connected"], true);
+    assert_eq!(view["node"]["http"], n2.http.to_string());
+
+    n3.signal(libc::SIGKILL);
+    let gone = until(Duration::from_secs(4), "n3 gone", || async {
+        n1.live().await == ["n1", "n2"] && n2.live().await == ["n1", "n2"]
+    })
+    .await;
+    println!("a killed node was dropped by the others after {gone:?} (TTL 2 s)");
+    // Whoever read it first removed the stale member.
+    until(Duration::from_secs(2), "no stale member", || async {
+        redis.members("volna:nodes").await == ["n1", "n2"]
+    })
+    .await;
+    // The room's participants on the other nodes carry on.
+    send(&mut a, json!({"type": "leave", "id": 9})).await;
+    assert_eq!(recv(&mut a).await["type"], "ok");
+    until(Duration::from_secs(3), "room only on n2", || async {
+        n2.cluster().await["rooms"] == json!([{"room": "span", "nodes": ["n2"]}])
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_redirects_new_sessions_keeps_calls_and_exits_when_they_end() {
+    let redis = Redis::start();
+    let mut n1 = Node::start(&redis, "n1", &[]);
+    let n2 = Node::start(&redis, "n2", &[]);
+    until(Duration::from_secs(5), "both nodes seen", || async {
+        n1.live().await == ["n1", "n2"]
+    })
+    .await;
+    let mut call = connect(n1.http, "").await;
+    assert_eq!(join(&mut call, "r", "stays", None).await["type"], "joined");
+    let (ready, _, _) = http(n1.http, "GET", "/health/ready", "").await;
+    assert_eq!(ready, 200);
+
+    let (status, _, body) = http(n1.http, "POST", "/admin/drain", "").await;
+    assert_eq!(status, 202, "{body}");
+    // At once: not ready, new WHIP and joins sent to n2, liveness still fine.
+    let (ready, _, _) = http(n1.http, "GET", "/health/ready", "").await;
+    assert_eq!(ready, 503);
+    let (live, _, _) = http(n1.http, "GET", "/health", "").await;
+    assert_eq!(live, 200);
+    let (status, location, raw) = whip(&n1, "r").await;
+    assert_eq!(status, 307, "{raw}");
+    assert_eq!(location, format!("http://{}/whip/r", n2.http));
+    let (status, location, _) = http(n1.http, "POST", "/whep/r/someone?x=1", OFFER).await;
+    assert_eq!(status, 307);
+    assert_eq!(location, format!("http://{}/whep/r/someone?x=1", n2.http));
+    let mut late = connect(n1.http, "").await;
+    let m = join(&mut late, "r", "late", None).await;
+    assert_eq!(m["type"], "redirect", "{m}");
+    assert_eq!(m["url"], format!("ws://{}/rtc", n2.http));
+    assert_eq!(m["node"], "n2");
+    assert_eq!(m["id"], 1);
+    // Following the redirect works.
+    let mut moved = connect(n2.http, "").await;
+    assert_eq!(join(&mut moved, "r", "late", None).await["type"], "joined");
+    // The others see n1 draining within a beat, and do not list it as a fallback.
+    until(Duration::from_secs(3), "n2 sees n1 draining", || async {
+        let v = n2.cluster().await;
+        v["nodes"][0]["id"] == "n1" && v["nodes"][0]["draining"] == true
+    })
+    .await;
+    // The call in progress goes on: the participant still acts in its room.
+    send(&mut call, json!({"type": "ping", "id": 5})).await;
+    expect_type(&mut call, "pong").await;
+    assert_eq!(
+        n1.exit_code(Duration::from_millis(500)),
+        None,
+        "exited with a call in progress"
+    );
+    // The last call ends: the node exits 0 and takes itself out of Redis.
+    send(&mut call, json!({"type": "leave", "id": 6})).await;
+    assert_eq!(n1.exit_code(Duration::from_secs(3)), Some(0));
+    assert_eq!(redis.members("volna:nodes").await, ["n2"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_and_a_second_sigterm_exits_at_once() {
+    let redis = Redis::start();
+    let mut n1 = Node::start(&redis, "n1", &[]);
+    until(Duration::from_secs(5), "registered", || async {
+        n1.live().await == ["n1"]
+    })
+    .await;
+    let mut call = connect(n1.http, "").await;
+    assert_eq!(join(&mut call, "r", "a", None).await["type"], "joined");
+    n1.signal(libc::SIGTERM);
+    until(Duration::from_secs(2), "not ready", || async {
+        http(n1.http, "GET", "/health/ready", "").await.0 == 503
+    })
+    .await;
+    // Alone and draining: nowhere to send a new session.
+    let (status, _, raw) = whip(&n1, "r").await;
+    assert_eq!(status, 503, "{raw}");
+    assert!(raw.contains("draining"), "{raw}");
+    assert!(raw.to_ascii_lowercase().contains("retry-after: 2"), "{raw}");
+    assert_eq!(n1.exit_code(Duration::from_millis(500)), None);
+    n1.signal(libc::SIGTERM);
+    assert_eq!(n1.exit_code(Duration::from_secs(2)), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_refuses_new_sessions_keeps_calls_and_nodes_come_back() {
+    let mut redis = Redis::start();
+    let n1 = Node::start(&redis, "n1", &[]);
+    let n2 = Node::start(&redis, "n2", &[]);
+    until(Duration::from_secs(5), "both nodes seen", || async {
+        n1.live().await == ["n1", "n2"]
+    })
+    .await;
+    let mut call = connect(n1.http, "").await;
+    assert_eq!(join(&mut call, "r", "a", None).await["type"], "joined");
+    let mut other = connect(n2.http, "").await;
+    assert_eq!(join(&mut other, "r", "b", None).await["type"], "joined");
+
+    redis.stop();
+    let noticed = until(Duration::from_secs(3), "WHIP refused", || async {
+        whip(&n1, "r").await.0 == 503
+    })
+    .await;
+    println!("new sessions refused {noticed:?} after Redis stopped");
+    let (_, _, raw) = whip(&n2, "r").await;
+    assert!(
+        raw.contains("503") && raw.contains("cluster_unavailable"),
+        "{raw}"
+    );
+    let mut refused = connect(n1.http, "").await;
+    let m = join(&mut refused, "r", "c", None).await;
+    assert_eq!(
+        (m["type"].as_str(), m["code"].as_u64()),
+        (Some("error"), Some(503)),
+        "{m}"
+    );
+    assert_eq!(n1.cluster().await["redis"]["connected"], false);
+    // Calls in progress go on without Redis.
+    send(&mut call, json!({"type": "ping", "id": 5})).await;
+    expect_type(&mut call, "pong").await;
+    send(&mut other, json!({"type": "ping", "id": 5})).await;
+    expect_type(&mut other, "pong").await;
+
+    // Back (empty, as after a Redis restart): both nodes register again by themselves.
+    redis.restart();
+    let back = until(Duration::from_secs(5), "re-registered", || async {
+        redis.members("volna:nodes").await == ["n1", "n2"]
+    })
+    .await;
+    println!("nodes re-registered {back:?} after Redis came back");
+    until(Duration::from_secs(3), "WHIP taken", || async {
+        whip(&n1, "r").await.0 == 201
+    })
+    .await;
+    let mut again = connect(n2.http, "").await;
+    assert_eq!(join(&mut again, "r", "c", None).await["type"], "joined");
+    assert_eq!(redis.members("volna:room:r").await, ["n1", "n2"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_over_its_session_limit_redirects_to_the_least_loaded() {
+    let redis = Redis::start();
+    let n1 = Node::start(&redis, "n1", &[("VOLNA_CLUSTER_MAX_SESSIONS", "1")]);
+    let n2 = Node::start(&redis, "n2", &[]);
+    let n3 = Node::start(&redis, "n3", &[("VOLNA_CLUSTER_REGION", "far")]);
+    until(Duration::from_secs(5), "three nodes seen", || async {
+        n1.live().await == ["n1", "n2", "n3"]
+    })
+    .await;
+    let (status, _, raw) = whip(&n1, "r").await;
+    assert_eq!(status, 201, "{raw}");
+    // The next beat counts the session: n1 is full and sends the next to n2 (n3 is in
+    // another region).
+    until(Duration::from_secs(3), "n1 full", || async {
+        n1.cluster().await["node"]["accepting"] == false
+    })
+    .await;
+    let (status, location, _) = whip(&n1, "r").await;
+    assert_eq!(status, 307);
+    assert_eq!(location, format!("http://{}/whip/r", n2.http));
+    assert_eq!(n3.cluster().await["node"]["region"], "far");
+}
+
+#[test]
+fn bad_cluster_settings_exit_2_naming_them() {
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_volna"))
+            .args(args)
+            .args(["--media", "127.0.0.1:0", "--quic", "127.0.0.1:0"])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let cases: [(&[&str], &str); 3] = [
+        (&["--redis", "nonsense://x"], "cluster.redis"),
+        (
+            &["--redis", "redis://127.0.0.1:1", "--node-id", "a b"],
+            "node_id",
+        ),
+        (
+            &["--redis", "redis://127.0.0.1:1", "--http", "0.0.0.0:0"],
+            "advertise_http",
+        ),
+    ];
+    for (args, want) in cases {
+        let (code, err) = run(args);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+}
