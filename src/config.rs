@@ -252,6 +252,9 @@ pub struct MediaConfig {
     /// With it, `listen` may be a wildcard address: `0.0.0.0` (IPv4 only), or `[::]` (IPv6 and,
     /// on Linux, IPv4), which an advertised IPv6 address needs.
     pub advertise: Vec<String>,
+    /// ICE over TCP (RFC 6544) for clients whose UDP is blocked: each worker also listens on
+    /// TCP at its UDP port number and offers it as a passive candidate, below the UDP one.
+    pub ice_tcp: bool,
     /// Media worker threads, each with its own UDP port, rooms and buffers; 0 means one per CPU
     /// core. A room lives on one worker, chosen by a hash of its name.
     pub workers: usize,
@@ -300,6 +303,7 @@ impl Default for MediaConfig {
         Self {
             listen: "127.0.0.1:50000".parse().expect("literal"),
             advertise: Vec::new(),
+            ice_tcp: true,
             workers: 0,
             pin_workers: false,
             pause_video: true,

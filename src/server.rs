@@ -78,6 +78,7 @@ pub async fn start(config: &Config) -> Result<Running, ServerError> {
         info!(urls = ?config.webhooks.urls, "webhooks on");
     }
     let mut setups = Vec::new();
+    let mut tcp_addrs = Vec::new();
     for worker in 0..config.worker_count() {
         let mut addr = config.media.listen;
         if addr.port() != 0 {
@@ -96,9 +97,29 @@ pub async fn start(config: &Config) -> Result<Running, ServerError> {
             addr,
             source,
         })?;
+        let media_addr = socket.local_addr().map_err(ServerError::Worker)?;
+        // TCP at the UDP port's number; if that is taken (an ephemeral UDP port), any port.
+        let tcp = if config.media.ice_tcp {
+            let l = std::net::TcpListener::bind(media_addr)
+                .or_else(|_| std::net::TcpListener::bind(SocketAddr::new(media_addr.ip(), 0)))
+                .map_err(|source| ServerError::Bind {
+                    what: "media (ICE-TCP)",
+                    addr: media_addr,
+                    source,
+                })?;
+            Some(l)
+        } else {
+            None
+        };
+        let tcp_addr = match &tcp {
+            Some(l) => Some(l.local_addr().map_err(ServerError::Worker)?),
+            None => None,
+        };
+        tcp_addrs.extend(tcp_addr);
         let shard_config = ShardConfig {
             worker,
-            media_addr: socket.local_addr().map_err(ServerError::Worker)?,
+            media_addr,
+            tcp_addr,
             advertise: config.advertised_ips().unwrap_or_default(),
             consent_timeout: std::time::Duration::from_secs(config.media.consent_timeout_secs),
             reconnect_grace: std::time::Duration::from_secs(config.media.reconnect_secs),
@@ -113,6 +134,7 @@ pub async fn start(config: &Config) -> Result<Running, ServerError> {
             shard,
             cpu,
             hooks: hooks.clone(),
+            tcp,
         });
     }
     let auth = Auth::new(config.auth.keys.clone());
@@ -186,7 +208,7 @@ pub async fn start(config: &Config) -> Result<Running, ServerError> {
     };
     let app = router(state, config.http.max_body_bytes);
     let https = !config.http.tls_cert.is_empty();
-    info!(http = %http_addr, tls = https, media = ?media_addrs, "volna listening");
+    info!(http = %http_addr, tls = https, media = ?media_addrs, ice_tcp = ?tcp_addrs, "volna listening");
     let limits = crate::signal::http::ServeLimits {
         header_timeout: std::time::Duration::from_secs(config.http.header_timeout_secs.max(1)),
         max_connections: config.http.max_connections.max(1),

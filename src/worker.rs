@@ -18,6 +18,7 @@ use crate::signal::auth::Auth;
 use crate::signal::dispatch::{Command, WorkerHandle, Workers};
 use crate::signal::webhook::Hooks;
 use crate::transport::buffers::RecvPool;
+use crate::transport::tcp::{TcpEvent, TcpPeers};
 use crate::transport::udp::BatchSocket;
 
 /// Where a worker's shard output goes besides its media socket: QUIC connections by session,
@@ -28,6 +29,8 @@ pub struct Outlets {
     sockets: HashMap<ParticipantId, mpsc::Sender<ServerMessage>>,
     /// Where room events go (webhooks), when configured.
     hooks: Option<Hooks>,
+    /// ICE-TCP connections, by peer address.
+    tcp: TcpPeers,
     /// Time spent waiting for work since `started` (the rest is the worker's load).
     idle: Duration,
     started: Option<Instant>,
@@ -93,10 +96,12 @@ impl Outlets {
             .map_or(Duration::ZERO, |s| s.elapsed().saturating_sub(self.idle))
     }
 
-    /// Forgets the sockets of participants that have left.
-    fn prune(&mut self, shard: &Shard) {
+    /// Forgets the sockets of participants that have left, and closes ICE-TCP connections no
+    /// session took.
+    fn prune(&mut self, shard: &Shard, now: Instant) {
         self.sockets
             .retain(|pid, tx| !tx.is_closed() && shard.has_participant(*pid));
+        self.tcp.expire(now, |a| shard.uses_address(a));
     }
 }
 
@@ -157,6 +162,7 @@ pub fn apply(shard: &mut Shard, out: &mut Outlets, now: Instant, cmd: Command) {
                 worker: shard.worker(),
                 busy_us: out.busy().as_micros() as u64,
             });
+            stats.tcp = out.tcp.stats();
             let _ = reply.send(stats);
         }
         Command::Admin { request, reply } => {
@@ -265,6 +271,8 @@ pub struct WorkerSetup {
     /// The CPU to pin the worker's thread to.
     pub cpu: Option<usize>,
     pub hooks: Option<Hooks>,
+    /// The ICE-TCP listener, when on.
+    pub tcp: Option<std::net::TcpListener>,
 }
 
 /// Starts one thread per worker; the first also runs the QUIC listener, whose connections send
@@ -308,7 +316,7 @@ pub fn spawn_all(
                     if let Some(q) = quic {
                         start_quic(q, all);
                     }
-                    run(i, setup.socket, setup.shard, setup.hooks, rx).await
+                    run(i, setup, rx).await
                 });
             })?;
         joins.push(join);
@@ -367,13 +375,35 @@ fn release_freed_memory() {
     }
 }
 
-async fn run(
-    index: usize,
-    socket: std::net::UdpSocket,
-    mut shard: Shard,
-    hooks: Option<Hooks>,
-    mut rx: mpsc::Receiver<Command>,
-) {
+/// Sends what the shard queued: to ICE-TCP connections what is theirs, the rest over UDP.
+async fn send(socket: &BatchSocket, shard: &mut Shard, tcp: &mut TcpPeers) {
+    if !tcp.is_empty() {
+        shard.transmits().divert(|to, data| tcp.send(to, data));
+    }
+    socket.send(shard.transmits()).await;
+}
+
+async fn run(index: usize, setup: WorkerSetup, mut rx: mpsc::Receiver<Command>) {
+    let WorkerSetup {
+        socket,
+        mut shard,
+        hooks,
+        tcp,
+        ..
+    } = setup;
+    // Connection tasks' frames; the sender is kept so the channel stays open without TCP.
+    let (tcp_tx, mut tcp_rx) = mpsc::channel::<TcpEvent>(4096);
+    if let Some(listener) = tcp {
+        match listener
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpListener::from_std(listener))
+        {
+            Ok(l) => {
+                tokio::spawn(crate::transport::tcp::accept_loop(l, tcp_tx.clone()));
+            }
+            Err(e) => error!(worker = index, error = %e, "ICE-TCP listener"),
+        }
+    }
     let socket = match BatchSocket::new(socket) {
         Ok(s) => s,
         Err(e) => {
@@ -391,10 +421,10 @@ async fn run(
     let mut closed = 0;
     loop {
         out.flush(&mut shard);
-        socket.send(shard.transmits()).await;
+        send(&socket, &mut shard, &mut out.tcp).await;
         let now = Instant::now();
         if now >= next_prune {
-            out.prune(&shard);
+            out.prune(&shard, now);
             next_prune = now + Duration::from_secs(1);
             if shard.sessions_closed() != closed {
                 closed = shard.sessions_closed();
@@ -419,7 +449,7 @@ async fn run(
                     match socket.try_recv(&mut pool, |from, pkt| shard.handle_datagram(now, from, pkt)) {
                         // Out at once: a batch of 32 in a large room is already hundreds of
                         // datagrams, and the first of them should not wait for the next batch.
-                        Ok(_) => socket.send(shard.transmits()).await,
+                        Ok(_) => send(&socket, &mut shard, &mut out.tcp).await,
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                         // ICMP errors for earlier sends surface here on some systems; keep going.
                         Err(e) => {
@@ -427,6 +457,13 @@ async fn run(
                             break;
                         }
                     }
+                }
+            },
+            Some(e) = tcp_rx.recv() => {
+                out.woke(wait);
+                let now = Instant::now();
+                if let Some((from, frame)) = out.tcp.event(now, e) {
+                    shard.handle_datagram(now, from, frame);
                 }
             },
             c = rx.recv() => {

@@ -76,6 +76,8 @@ async fn the_dashboard_reads_only_what_metrics_serves() {
         );
     }
     assert!(body.contains("volna_sessions_by_transport{transport=\"quic\"} 0\n"));
+    assert!(body.contains("volna_sessions_by_transport{transport=\"tcp\"} 0\n"));
+    assert!(body.contains("volna_ice_tcp_connections_total{outcome=\"junk\"} 0\n"));
 
     // Every series the dashboard queries.
     let dashboard = std::fs::read_to_string(concat!(

@@ -175,6 +175,7 @@ fn shard_config() -> crate::session::ShardConfig {
     crate::session::ShardConfig {
         worker: 0,
         media_addr: "127.0.0.1:5000".parse().expect("literal"),
+        tcp_addr: None,
         advertise: Vec::new(),
         consent_timeout: Duration::from_secs(30),
         reconnect_grace: Duration::from_secs(10),

@@ -73,12 +73,13 @@ pub fn restart_reply(
     pwd: &str,
     mid: Option<&str>,
     candidates: &[SocketAddr],
+    tcp_port: Option<u16>,
 ) -> String {
     let mut s = format!("a=ice-lite\r\na=ice-ufrag:{ufrag}\r\na=ice-pwd:{pwd}\r\n");
     if let Some(mid) = mid {
         let _ = write!(s, "m=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=mid:{mid}\r\n");
     }
-    super::sdp::write_candidates(&mut s, candidates);
+    super::sdp::write_candidates(&mut s, candidates, tcp_port);
     s
 }
 
@@ -121,7 +122,13 @@ mod tests {
 
     #[test]
     fn reply_carries_credentials_and_candidate() {
-        let r = restart_reply("uf12", "pw", Some("0"), &["10.0.0.2:5000".parse().unwrap()]);
+        let r = restart_reply(
+            "uf12",
+            "pw",
+            Some("0"),
+            &["10.0.0.2:5000".parse().unwrap()],
+            None,
+        );
         assert_eq!(
             r,
             "a=ice-lite\r\na=ice-ufrag:uf12\r\na=ice-pwd:pw\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=mid:0\r\n\

@@ -85,6 +85,9 @@ pub struct ShardConfig {
     /// The media address bound by the worker; advertised as the ICE candidate unless
     /// `advertise` names others.
     pub media_addr: SocketAddr,
+    /// The worker's ICE-TCP listener (passive candidates at the advertised addresses with its
+    /// port), if on.
+    pub tcp_addr: Option<SocketAddr>,
     /// Addresses peers reach the media port at (a public or NAT-mapped address, IPv4 and IPv6),
     /// advertised with the bound port in this order; empty: the bound address.
     pub advertise: Vec<std::net::IpAddr>,
@@ -103,6 +106,8 @@ pub struct IceRestart {
     pub ufrag: String,
     pub pwd: String,
     pub candidates: Vec<SocketAddr>,
+    /// The passive ICE-TCP port at the same addresses, if on.
+    pub tcp_port: Option<u16>,
 }
 
 /// A new session's answer and the names it goes by.
@@ -172,6 +177,8 @@ pub struct ShardStats {
     pub loss_per_mille: Histogram,
     /// Each worker's time spent working (not waiting), filled in by the worker.
     pub workers: Vec<WorkerLoad>,
+    /// ICE-TCP connections, filled in by the worker.
+    pub tcp: crate::transport::tcp::TcpStats,
 }
 
 #[derive(Debug, Clone, Copy, serde::Serialize)]
@@ -226,6 +233,7 @@ impl ShardStats {
         self.jitter_us.merge(&o.jitter_us);
         self.loss_per_mille.merge(&o.loss_per_mille);
         self.workers.extend(o.workers);
+        self.tcp.merge(&o.tcp);
     }
 }
 
@@ -525,6 +533,7 @@ impl Shard {
             jitter_us: c.jitter_us,
             loss_per_mille: c.loss_per_mille,
             workers: Vec::new(),
+            tcp: Default::default(),
         }
     }
 
@@ -594,6 +603,7 @@ impl Shard {
             ice_pwd: s.local_pwd.clone(),
             fingerprint: self.identity.fingerprint.clone(),
             candidates: self.candidates(),
+            tcp_port: self.config.tcp_addr.map(|a| a.port()),
             session_id: s.id,
         }
     }
@@ -859,6 +869,11 @@ impl Shard {
     }
 
     /// The datagrams waiting to be sent, each already protected.
+    /// Whether a session sends to and takes media from `addr` (its ICE-chosen path).
+    pub fn uses_address(&self, addr: SocketAddr) -> bool {
+        self.by_addr.contains_key(&addr)
+    }
+
     pub fn transmits(&mut self) -> &mut SendBatch {
         &mut self.send
     }

@@ -309,6 +309,7 @@ impl Shard {
                 ufrag,
                 pwd,
                 candidates: self.candidates(),
+                tcp_port: self.config.tcp_addr.map(|a| a.port()),
             }))
     }
 

@@ -171,7 +171,13 @@ async fn patch(
                 (header::CONTENT_TYPE, sdpfrag::CONTENT_TYPE),
                 (header::ETAG, &format!("\"{}\"", r.ufrag)),
             ],
-            sdpfrag::restart_reply(&r.ufrag, &r.pwd, frag.mid.as_deref(), &r.candidates),
+            sdpfrag::restart_reply(
+                &r.ufrag,
+                &r.pwd,
+                frag.mid.as_deref(),
+                &r.candidates,
+                r.tcp_port,
+            ),
         )
             .into_response(),
         Some(Err(e)) => shard_error(e),

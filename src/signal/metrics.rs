@@ -169,13 +169,34 @@ pub fn render(s: &ShardStats, webhooks: &WebhookCounters) -> String {
         out,
         "# HELP {name} Media sessions by transport.\n# TYPE {name} gauge"
     );
-    let quic = s.quic_sessions;
+    let (quic, tcp) = (s.quic_sessions, s.tcp.in_use);
     let _ = writeln!(
         out,
         "{name}{{transport=\"udp\"}} {}",
-        s.sessions.saturating_sub(quic)
+        s.sessions.saturating_sub(quic + tcp)
     );
+    let _ = writeln!(out, "{name}{{transport=\"tcp\"}} {tcp}");
     let _ = writeln!(out, "{name}{{transport=\"quic\"}} {quic}");
+    let name = "volna_ice_tcp_connections_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} ICE-TCP connections: accepted, and closed for a reason (refused at the limit, junk, no ICE in time).\n# TYPE {name} counter"
+    );
+    let t = &s.tcp;
+    for (outcome, v) in [
+        ("accepted", t.accepted),
+        ("refused", t.refused),
+        ("junk", t.junk),
+        ("ice_timeout", t.ice_timeouts),
+    ] {
+        let _ = writeln!(out, "{name}{{outcome=\"{outcome}\"}} {v}");
+    }
+    let name = "volna_ice_tcp_dropped_packets_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Packets for ICE-TCP clients dropped because they did not read them in time.\n# TYPE {name} counter\n{name} {}",
+        t.dropped
+    );
     // Each worker's load: rate() of this is the share of one core it keeps busy.
     let name = "volna_worker_busy_seconds_total";
     let _ = writeln!(

@@ -112,6 +112,7 @@ impl RecvPool {
     }
 }
 
+#[derive(Clone, Copy)]
 struct Item {
     to: SocketAddr,
     start: usize,
@@ -179,6 +180,21 @@ impl SendBatch {
     pub fn get(&self, i: usize) -> Option<(SocketAddr, &[u8])> {
         let it = self.items.get(self.next + i)?;
         Some((it.to, &self.data[it.start..it.start + it.len]))
+    }
+
+    /// Takes out the pending datagrams `f` accepts (it sends them another way: an ICE-TCP
+    /// connection); the others stay, in order.
+    pub fn divert(&mut self, mut f: impl FnMut(SocketAddr, &[u8]) -> bool) {
+        let mut keep = self.next;
+        for i in self.next..self.items.len() {
+            let it = self.items[i];
+            if !f(it.to, &self.data[it.start..it.start + it.len]) {
+                self.items[keep] = it;
+                keep += 1;
+            }
+        }
+        self.items.truncate(keep);
+        self.consume(0);
     }
 
     /// Marks the first `n` pending datagrams sent; an empty batch rewinds its buffer.
@@ -257,6 +273,29 @@ mod tests {
         for (i, p) in kept.iter().enumerate() {
             assert_eq!(p[..2], (i as u16).to_be_bytes(), "none overwritten");
         }
+    }
+
+    /// Diverted datagrams leave the batch; the rest keep their order, also past ones sent.
+    #[test]
+    fn send_batch_divert() {
+        let (a, t): (SocketAddr, SocketAddr) = (
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+        );
+        let mut b = SendBatch::new();
+        for (to, d) in [(a, b"a0"), (t, b"t0"), (a, b"a1"), (t, b"t1"), (a, b"a2")] {
+            b.push(to, d);
+        }
+        b.consume(1);
+        let mut diverted = Vec::new();
+        b.divert(|to, d| (to == t).then(|| diverted.push(d.to_vec())).is_some());
+        assert_eq!(diverted, [b"t0".to_vec(), b"t1".to_vec()]);
+        let left: Vec<_> = (0..b.len()).map(|i| b.get(i).unwrap().1.to_vec()).collect();
+        assert_eq!(left, [b"a1".to_vec(), b"a2".to_vec()]);
+        b.divert(|_, _| true);
+        assert!(b.is_empty());
+        b.push(a, b"again");
+        assert_eq!(b.get(0).unwrap().1, b"again");
     }
 
     #[test]

@@ -3,5 +3,6 @@
 
 pub mod buffers;
 pub mod quic;
+pub mod tcp;
 pub mod udp;
 pub mod webrtc;

@@ -70,7 +70,8 @@ test('a relay behind a 1:1 NAT, reached at its advertised public address', { ski
   await pub.evaluate((u) => window.publish(u), `${base}/whip/nat`);
   await viewer.evaluate((u) => window.view(u), `${base}/whep/nat`);
   const candidates = await viewer.evaluate(() => window.pc.remoteDescription.sdp.split('\r\n').filter((l) => l.startsWith('a=candidate')));
-  assert.deepEqual(candidates.map((c) => c.split(' ').slice(4, 6).join(':')), [`${PUBLIC}:${MEDIA_PORT}`]);
+  // The UDP candidate, then the passive ICE-TCP one at the same public address and port number.
+  assert.deepEqual(candidates.map((c) => { const f = c.split(' '); return [f[2], f[4], f[5]].join(':'); }), [`udp:${PUBLIC}:${MEDIA_PORT}`, `tcp:${PUBLIC}:${MEDIA_PORT}`]);
   const decoded = await waitFor(async () => {
     const s = await viewer.evaluate(() => window.inbound());
     return s.framesDecoded > 30 ? s : null;

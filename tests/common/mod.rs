@@ -35,6 +35,7 @@ fn config(limits: Limits) -> ShardConfig {
     ShardConfig {
         worker: 0,
         media_addr: "127.0.0.1:5000".parse().unwrap(),
+        tcp_addr: None,
         advertise: Vec::new(),
         consent_timeout: Duration::from_secs(30),
         reconnect_grace: Duration::from_secs(10),

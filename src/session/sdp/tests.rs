@@ -16,6 +16,7 @@ fn test_local() -> Local {
         ice_pwd: "pw".into(),
         fingerprint: "01:02".into(),
         candidates: vec!["127.0.0.1:5000".parse().unwrap()],
+        tcp_port: None,
         session_id: 7,
     }
 }

@@ -18,6 +18,8 @@ pub struct Local {
     pub fingerprint: String,
     /// Where peers reach volna: its ICE host candidates, most preferred first (at least one).
     pub candidates: Vec<SocketAddr>,
+    /// The port of passive ICE-TCP candidates (RFC 6544) at the same addresses, if on.
+    pub tcp_port: Option<u16>,
     pub session_id: u64,
 }
 
@@ -30,8 +32,10 @@ impl Local {
     }
 }
 
-/// The `a=candidate` lines for `candidates`, most preferred first, and `a=end-of-candidates`.
-pub fn write_candidates(s: &mut String, candidates: &[SocketAddr]) {
+/// The `a=candidate` lines for `candidates`, most preferred first, then the same addresses as
+/// passive TCP candidates (RFC 6544) on `tcp_port` at a lower priority, and
+/// `a=end-of-candidates`.
+pub fn write_candidates(s: &mut String, candidates: &[SocketAddr], tcp_port: Option<u16>) {
     for (i, c) in candidates.iter().enumerate() {
         // RFC 8445 §5.1.2.1 host priority, one step lower for each later address.
         let priority = 2_130_706_431u32.saturating_sub(i as u32);
@@ -42,6 +46,19 @@ pub fn write_candidates(s: &mut String, candidates: &[SocketAddr]) {
             c.ip(),
             c.port()
         );
+    }
+    if let Some(port) = tcp_port {
+        for (i, c) in candidates.iter().enumerate() {
+            // Type preference 90 (below UDP's 126); local preference from RFC 6544 §4.2
+            // (passive direction 4 in the top bits).
+            let priority = (90u32 << 24) + ((4u32 << 13) + 8191 - i as u32) * 256 + 255;
+            let _ = write!(
+                s,
+                "a=candidate:{} 1 tcp {priority} {} {port} typ host tcptype passive\r\n",
+                candidates.len() + i + 1,
+                c.ip(),
+            );
+        }
     }
     s.push_str("a=end-of-candidates\r\n");
 }
@@ -301,7 +318,7 @@ fn write_media(s: &mut String, local: &Local, setup: &str, m: &MediaLine<'_>, ca
         }
     }
     if candidate {
-        write_candidates(s, &local.candidates);
+        write_candidates(s, &local.candidates, local.tcp_port);
     }
 }
 

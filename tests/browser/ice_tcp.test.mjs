@@ -1,0 +1,114 @@
+// Users whose UDP is blocked: Chromium in a namespace of its own, whose nftables drop every UDP
+// packet to the relay, still gets its calls over ICE-TCP (the relay's passive TCP candidates,
+// RFC 6544): a WHIP→WHEP call (time to first frame printed next to the same call over UDP before
+// the block) and a demo-page room call, each decoding video and receiving audio, with the chosen
+// candidate pair on TCP.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { Netns, isRoot, startVolna, startPages, launchChromium, openPage, relayStats, waitFor } from './lib.mjs';
+
+const RELAY = '10.78.0.1';
+const HTTP = `${RELAY}:18140`;
+const MEDIA = `${RELAY}:15060`;
+const PAGES = 'http://127.0.0.1:18141';
+const skip = isRoot() ? false : 'skipped: needs root (network namespaces)';
+if (skip) console.log(skip);
+
+let relay, client, browser;
+
+before(async () => {
+  if (skip) return;
+  relay = new Netns('tcpr');
+  client = new Netns('tcpc');
+  relay.link(client, { devA: 'tr0', devB: 'tc0', a: RELAY, b: '10.78.0.2' });
+  await startVolna(relay, { http: HTTP, media: MEDIA, extra: ['--quic', `${RELAY}:0`] });
+  await startPages(client, PAGES.slice(7));
+  // The demo page needs a secure context for the camera; this origin is plain HTTP.
+  browser = await launchChromium(client, { args: [`--unsafely-treat-insecure-origin-as-secure=http://${HTTP}`] });
+});
+
+after(async () => {
+  if (browser) await browser.close().catch(() => {});
+  if (client) await client.cleanup();
+  if (relay) await relay.cleanup();
+});
+
+/** The protocol of a page's chosen candidate pair (`udp` or `tcp`), read from `expr`'s pc. */
+const pairProtocol = (page, expr) => page.evaluate(async (e) => {
+  // eslint-disable-next-line no-eval
+  const pc = eval(e);
+  const stats = await pc.getStats();
+  let proto = null;
+  stats.forEach((s) => {
+    if (s.type !== 'transport' || !s.selectedCandidatePairId) return;
+    const pair = stats.get(s.selectedCandidatePairId);
+    proto = stats.get(pair.localCandidateId).protocol;
+  });
+  return proto;
+}, expr);
+
+/** WHIP publish and WHEP view from two pages; the ms to the viewer's first decoded frame. */
+async function call(room) {
+  const pub = await openPage(browser, PAGES);
+  const viewer = await openPage(browser, PAGES);
+  await pub.evaluate((u) => window.publish(u), `http://${HTTP}/whip/${room}`);
+  const start = Date.now();
+  await viewer.evaluate((u) => window.view(u), `http://${HTTP}/whep/${room}`);
+  const first = await waitFor(async () => ((await viewer.evaluate(() => window.inbound())).framesDecoded > 0 ? Date.now() - start : null), 20000, 100);
+  assert.ok(first, `first frame: ${JSON.stringify(await viewer.evaluate(() => window.inbound()))}`);
+  const decoded = await waitFor(async () => {
+    const s = await viewer.evaluate(() => window.inbound());
+    return s.framesDecoded >= 30 && s.audioPackets >= 100 ? s : null;
+  }, 20000, 250);
+  assert.ok(decoded, `decodes: ${JSON.stringify(await viewer.evaluate(() => window.inbound()))}`);
+  const protos = [await pairProtocol(pub, 'window.pc'), await pairProtocol(viewer, 'window.pc')];
+  await pub.close();
+  await viewer.close();
+  return { first, protos, decoded };
+}
+
+test('UDP blocked: WHIP→WHEP and a room call connect over ICE-TCP and decode', { skip, timeout: 120000 }, async () => {
+  const udp = await call('baseline');
+  assert.deepEqual(udp.protos, ['udp', 'udp']);
+
+  // From here on no UDP packet from the client reaches the relay.
+  const rules = join(client.tempDir(), 'block.nft');
+  writeFileSync(rules, `table inet volna_block {
+  chain out {
+    type filter hook output priority 0;
+    ip daddr ${RELAY} meta l4proto udp counter drop
+  }
+}
+`);
+  client.exec(['nft', '-f', rules]);
+  const tcp = await call('blocked');
+  assert.deepEqual(tcp.protos, ['tcp', 'tcp']);
+  console.log(`time to first frame: UDP ${udp.first} ms, ICE-TCP ${tcp.first} ms (UDP blocked)`);
+  const dropped = client.exec(['nft', 'list', 'table', 'inet', 'volna_block']);
+  assert.match(dropped, /counter packets [1-9]/, 'the block dropped the UDP the browser tried');
+
+  // The demo page's room call, two participants.
+  const pages = [];
+  for (const name of ['Ada', 'Bo']) {
+    const p = await browser.newPage();
+    await p.goto(`http://${HTTP}/?room=tcp`);
+    await p.evaluate((n) => window.app.join('tcp', n), name);
+    pages.push(p);
+  }
+  for (const [i, p] of pages.entries()) {
+    const ok = await waitFor(async () => {
+      const list = await p.evaluate(() => window.app.inbound());
+      const v = list.find((t) => t.kind === 'video' && t.framesDecoded >= 30);
+      const a = list.find((t) => t.kind === 'audio' && t.packetsReceived >= 100);
+      return v && a ? list : null;
+    }, 20000, 500);
+    assert.ok(ok, `participant ${i} decodes the other over TCP: ${JSON.stringify(await p.evaluate(() => window.app.inbound()))}`);
+    assert.equal(await pairProtocol(p, 'window.app.pub'), 'tcp');
+    assert.equal(await pairProtocol(p, 'window.app.sub'), 'tcp');
+  }
+  const stats = await relayStats(pages[0], HTTP);
+  assert.ok(stats.tcp.in_use >= 4, `the relay's sessions use TCP: ${JSON.stringify(stats.tcp)}`);
+  for (const p of pages) await p.close();
+});
