@@ -8,7 +8,6 @@ use tracing::{info, warn};
 use crate::cluster::membership::{Sample, Sampler};
 use crate::cluster::{Cluster, Limits, Settings};
 use crate::config::{Config, DEV_CLUSTER_SECRET};
-use crate::session::admin;
 use crate::session::{Shard, ShardConfig};
 use crate::signal::auth::Auth;
 use crate::signal::dispatch::{Command, Workers};
@@ -191,7 +190,16 @@ pub async fn start(config: &Config) -> Result<Running, ServerError> {
             "auth on: JWT (HS256) required for /rtc, WHIP and WHEP"
         );
     }
-    let cluster = cluster(config, http_addr, &media_addrs)?;
+    let relay = relay_endpoint(config)?;
+    let relay_cert = relay.as_ref().map(|(_, h)| h.clone()).unwrap_or_default();
+    let cluster = cluster(config, http_addr, &media_addrs, relay_cert)?;
+    if let Some((endpoint, _)) = relay {
+        tokio::spawn(crate::cluster::links::run(
+            cluster.clone(),
+            std::sync::Arc::new(crate::signal::relay_media::WorkerMedia(workers.clone())),
+            endpoint,
+        ));
+    }
     tokio::spawn(crate::cluster::membership::run(
         cluster.clone(),
         sampler(workers.clone()),
@@ -228,10 +236,43 @@ pub async fn start(config: &Config) -> Result<Running, ServerError> {
 }
 
 /// The node's cluster settings from `[cluster]` and the addresses it listens on.
+/// The relay-link endpoint of a cluster node with `cluster.relay` set, and its certificate's
+/// SHA-256.
+fn relay_endpoint(config: &Config) -> Result<Option<(quinn::Endpoint, String)>, ServerError> {
+    let c = &config.cluster;
+    if c.redis.is_empty() || c.relay.is_empty() {
+        return Ok(None);
+    }
+    let addr = crate::config::resolve(&c.relay).map_err(ServerError::Cluster)?;
+    let socket = std::net::UdpSocket::bind(addr).map_err(|source| ServerError::Bind {
+        what: "relay links (QUIC)",
+        addr,
+        source,
+    })?;
+    let id = QuicIdentity::self_signed().map_err(|e| ServerError::Cluster(e.to_string()))?;
+    let server = id
+        .server_config_for(crate::transport::quic::endpoint::RELAY_ALPN)
+        .map_err(|e| ServerError::Cluster(e.to_string()))?;
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server),
+        socket,
+        std::sync::Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(|source| ServerError::Bind {
+        what: "relay links (QUIC)",
+        addr,
+        source,
+    })?;
+    info!(relay = %addr, cert_sha256 = %id.cert_sha256, "relay links listening");
+    Ok(Some((endpoint, id.cert_sha256)))
+}
+
 fn cluster(
     config: &Config,
     http_addr: SocketAddr,
     media: &[SocketAddr],
+    relay_cert: String,
 ) -> Result<Cluster, ServerError> {
     let c = &config.cluster;
     let clustered = !c.redis.is_empty();
@@ -276,6 +317,8 @@ fn cluster(
         https: !config.http.tls_cert.is_empty(),
         media,
         relay: c.relay.clone(),
+        relay_cert,
+        secret: c.secret.clone(),
         limits: Limits {
             max_cpu: c.max_cpu,
             max_sessions: c.max_sessions,
@@ -312,15 +355,7 @@ fn sampler(workers: Workers) -> Sampler {
             let s = workers.stats().await?;
             let mut rooms = Vec::new();
             for w in workers.all() {
-                let answer = w
-                    .call(|reply| Command::Admin {
-                        request: admin::Request::Rooms,
-                        reply,
-                    })
-                    .await?;
-                if let Ok(admin::Response::Rooms(r)) = answer {
-                    rooms.extend(r.into_iter().map(|r| r.name));
-                }
+                rooms.extend(w.call(|reply| Command::LocalRooms { reply }).await?);
             }
             Some(Sample {
                 sessions: s.sessions as u64,

@@ -165,6 +165,12 @@ pub fn apply(shard: &mut Shard, out: &mut Outlets, now: Instant, cmd: Command) {
             stats.tcp = out.tcp.stats();
             let _ = reply.send(stats);
         }
+        Command::RelaySources { room, reply } => {
+            let _ = reply.send(shard.relay_sources(&room));
+        }
+        Command::LocalRooms { reply } => {
+            let _ = reply.send(shard.local_rooms());
+        }
         Command::Admin { request, reply } => {
             let _ = reply.send(shard.admin(now, request));
         }
@@ -218,9 +224,10 @@ pub fn apply(shard: &mut Shard, out: &mut Outlets, now: Instant, cmd: Command) {
             tracks,
             flow,
             conn,
+            origin,
             reply,
         } => {
-            let r = shard.quic_publish(now, &room, flow, &tracks);
+            let r = shard.quic_publish(now, &room, flow, &tracks, origin);
             if let Ok((sid, _)) = &r {
                 out.quic.insert(*sid, conn);
             }

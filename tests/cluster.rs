@@ -85,15 +85,21 @@ impl Drop for Redis {
 
 struct Node {
     http: SocketAddr,
+    /// The relay-link (QUIC) address.
+    relay: SocketAddr,
     child: Child,
 }
 
 impl Node {
     fn start(redis: &Redis, id: &str, env: &[(&str, &str)]) -> Self {
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let relay = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_volna"));
         cmd.args(["--redis", &redis.url(), "--node-id", id])
-            .args(["--http", &http.to_string()])
+            .args(["--http", &http.to_string(), "--relay", &relay.to_string()])
             .args(["--media", "127.0.0.1:0", "--quic", "127.0.0.1:0"])
             .env("VOLNA_CLUSTER_HEARTBEAT_MS", "500")
             .env("VOLNA_CLUSTER_NODE_TTL_MS", "2000")
@@ -112,7 +118,7 @@ impl Node {
             assert!(Instant::now() < deadline, "node {id} did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Node { http, child }
+        Node { http, relay, child }
     }
 
     fn signal(&self, sig: libc::c_int) {
@@ -429,5 +435,180 @@ fn bad_cluster_settings_exit_2_naming_them() {
         let (code, err) = run(args);
         assert_eq!(code, Some(2), "{args:?}: {err}");
         assert!(err.contains(want), "{args:?}: {err}");
+    }
+}
+
+/// The first message of `type` on `ws` within `within`, skipping others.
+async fn event(ws: &mut common::ws::Ws, t: &str, within: Duration) -> Value {
+    tokio::time::timeout(within, expect_type(ws, t))
+        .await
+        .unwrap_or_else(|_| panic!("{t} within {within:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_spans_nodes_over_a_relay_link() {
+    let redis = Redis::start();
+    let n1 = Node::start(&redis, "n1", &[]);
+    let n2 = Node::start(&redis, "n2", &[]);
+    let n3 = Node::start(&redis, "n3", &[]);
+    until(Duration::from_secs(5), "three nodes seen", || async {
+        n1.live().await == ["n1", "n2", "n3"]
+    })
+    .await;
+    let mut b = connect(n2.http, "").await;
+    assert_eq!(join(&mut b, "span", "b", None).await["type"], "joined");
+    let (status, whip_session, raw) = whip(&n1, "span").await;
+    assert_eq!(status, 201, "{raw}");
+    let publisher = raw
+        .lines()
+        .find_map(|l| l.strip_prefix("x-volna-publisher: "))
+        .unwrap()
+        .trim()
+        .to_owned();
+    // n2's participant sees n1's publisher join, under the same id, with its two tracks.
+    let started = Instant::now();
+    let joined = event(&mut b, "participant_joined", Duration::from_secs(6)).await;
+    println!(
+        "a publisher on n1 reached n2's room after {:?}",
+        started.elapsed()
+    );
+    let p = &joined["participant"];
+    assert_eq!(p["id"], publisher.as_str(), "{joined}");
+    assert_eq!(p["identity"], "whip");
+    assert_eq!(p["tracks"].as_array().unwrap().len(), 2, "{joined}");
+    let links = n1.cluster().await["links"].clone();
+    assert_eq!(links[0]["peer"], "n2", "{links}");
+    assert_eq!(links[0]["rooms"], json!(["span"]), "{links}");
+    // WHEP on a node with nobody in the room: the publisher is relayed there on demand, and
+    // the request may name it by its id on n1.
+    let watch = OFFER.replace("a=sendonly", "a=recvonly");
+    let (status, location, raw) =
+        http(n3.http, "POST", &format!("/whep/span/{publisher}"), &watch).await;
+    assert_eq!(status, 201, "{raw}");
+    assert!(location.starts_with("/whep/span/session/"), "{location}");
+    // The publisher leaves n1: it leaves n2's room too.
+    let (status, _, raw) = http(n1.http, "DELETE", &whip_session, "").await;
+    assert_eq!(status, 200, "{raw}");
+    let left = event(&mut b, "participant_left", Duration::from_secs(4)).await;
+    assert_eq!(left["participant"], publisher.as_str(), "{left}");
+}
+
+/// A QUIC connection to a node's relay endpoint, its control stream opened, and the
+/// connection's exported keying material (what a hello's MAC covers).
+async fn relay_client(
+    relay: SocketAddr,
+) -> (
+    quinn::Connection,
+    quinn::SendStream,
+    quinn::RecvStream,
+    Vec<u8>,
+) {
+    use volna::transport::quic::endpoint::RELAY_ALPN;
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(
+        volna::transport::quic::pin::client_config(None, RELAY_ALPN).unwrap(),
+    );
+    let conn = ep.connect(relay, "volna").unwrap().await.unwrap();
+    let (send, recv) = conn.open_bi().await.unwrap();
+    let ex = volna::cluster::link::exported(&conn);
+    (conn, send, recv, ex)
+}
+
+/// How the node ended the connection: its application close code.
+async fn closed_with(conn: &quinn::Connection) -> u64 {
+    match tokio::time::timeout(Duration::from_secs(8), conn.closed()).await {
+        Ok(quinn::ConnectionError::ApplicationClosed(c)) => c.error_code.into_inner(),
+        other => panic!("closed by the application within 8 s, not {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_links_refuse_strangers_and_junk_closes_only_that_link() {
+    use volna::cluster::link::{self, Message};
+    let redis = Redis::start();
+    let n1 = Node::start(&redis, "n1", &[]);
+    let n2 = Node::start(&redis, "n2", &[]);
+    let mut b = connect(n2.http, "").await;
+    assert_eq!(join(&mut b, "span", "b", None).await["type"], "joined");
+    assert_eq!(whip(&n1, "span").await.0, 201);
+    event(&mut b, "participant_joined", Duration::from_secs(8)).await;
+
+    // Without the secret: a hello whose MAC is made with another one.
+    let (conn, mut tx, _rx, ex) = relay_client(n1.relay).await;
+    let hello = Message::Hello {
+        v: 1,
+        node: "intruder".into(),
+        mac: link::mac("not-the-cluster-secret", "dialer", "intruder", "n1", &ex),
+    };
+    assert!(link::send(&mut tx, &hello).await);
+    assert_eq!(
+        closed_with(&conn).await,
+        u64::from(link::CLOSE_UNAUTHORIZED)
+    );
+    // A MAC made for another connection (replayed) is refused as well.
+    let (conn2, mut tx2, _rx2, _) = relay_client(n1.relay).await;
+    let replayed = Message::Hello {
+        v: 1,
+        node: "intruder".into(),
+        mac: link::mac(
+            volna::config::DEV_CLUSTER_SECRET,
+            "dialer",
+            "intruder",
+            "n1",
+            &ex,
+        ),
+    };
+    assert!(link::send(&mut tx2, &replayed).await);
+    assert_eq!(
+        closed_with(&conn2).await,
+        u64::from(link::CLOSE_UNAUTHORIZED)
+    );
+    // Silence: no hello at all.
+    let (conn3, _tx3, _rx3, _) = relay_client(n1.relay).await;
+    assert_eq!(
+        closed_with(&conn3).await,
+        u64::from(link::CLOSE_UNAUTHORIZED)
+    );
+    until(Duration::from_secs(2), "refusals counted", || async {
+        n1.cluster().await["links_refused"] == 3
+    })
+    .await;
+
+    // With the secret, then junk on the control stream: that link only is closed.
+    let (conn, mut tx, mut rx, ex) = relay_client(n1.relay).await;
+    let secret = volna::config::DEV_CLUSTER_SECRET;
+    let hello = Message::Hello {
+        v: 1,
+        node: "t1".into(),
+        mac: link::mac(secret, "dialer", "t1", "n1", &ex),
+    };
+    assert!(link::send(&mut tx, &hello).await);
+    match link::recv(&mut rx).await.unwrap() {
+        Some(Message::Welcome { node, mac }) => {
+            assert_eq!(node, "n1");
+            assert!(link::mac_ok(
+                &mac,
+                &link::mac(secret, "acceptor", "n1", "t1", &ex)
+            ));
+        }
+        other => panic!("welcome, not {other:?}"),
+    }
+    tx.write_all(&[0x05, b'j', b'u', b'n', b'k', b'!'])
+        .await
+        .unwrap();
+    assert_eq!(closed_with(&conn).await, u64::from(link::CLOSE_PROTOCOL));
+    // n1 and n2 still relay: n2's participant still has n1's publisher, and a ping answers.
+    let links = n1.cluster().await["links"].clone();
+    assert!(
+        links.as_array().unwrap().iter().any(|l| l["peer"] == "n2"),
+        "{links}"
+    );
+    send(&mut b, json!({"type": "ping", "id": 7})).await;
+    loop {
+        let next = recv(&mut b).await;
+        assert_ne!(next["type"], "participant_left", "{next}");
+        if next["type"] == "pong" {
+            break;
+        }
     }
 }

@@ -316,7 +316,7 @@ fn every_entry_point_honours_every_limit() {
     )
     .unwrap();
     let refused = s
-        .quic_publish(t0, "a", 1, std::slice::from_ref(&track))
+        .quic_publish(t0, "a", 1, std::slice::from_ref(&track), None)
         .unwrap_err();
     assert_eq!((refused.code, refused.reason), (429, "room_full"));
     let refused = s.quic_subscribe(t0, "a", None, 2).unwrap_err();
@@ -327,7 +327,7 @@ fn every_entry_point_honours_every_limit() {
     // The node has its one room: another room is refused the same way everywhere.
     assert!(limit(publish(&mut s, "b", &one)).contains("maximum of 1 rooms"));
     let refused = s
-        .quic_publish(t0, "b", 3, std::slice::from_ref(&track))
+        .quic_publish(t0, "b", 3, std::slice::from_ref(&track), None)
         .unwrap_err();
     assert_eq!((refused.code, refused.reason), (429, "too_many_rooms"));
     let refused = s.join(t0, join("b")).unwrap_err();

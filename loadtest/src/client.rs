@@ -5,7 +5,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -42,65 +41,6 @@ pub struct Connect {
     pub name: String,
 }
 
-/// Accepts exactly the certificate whose SHA-256 is pinned (or any, when none is).
-#[derive(Debug)]
-struct Pinned {
-    sha256: Option<String>,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl rustls::client::danger::ServerCertVerifier for Pinned {
-    fn verify_server_cert(
-        &self,
-        end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        match &self.sha256 {
-            Some(want)
-                if volna::transport::quic::endpoint::sha256_hex(end_entity)
-                    != want.to_ascii_lowercase() =>
-            {
-                Err(rustls::Error::General(
-                    "server certificate does not match the pinned SHA-256".into(),
-                ))
-            }
-            _ => Ok(rustls::client::danger::ServerCertVerified::assertion()),
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &rustls::pki_types::CertificateDer<'_>,
-        _dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("TLS 1.2 is not used by QUIC".into()))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
 /// A connected, joined client.
 pub struct Client {
     pub conn: quinn::Connection,
@@ -123,24 +63,8 @@ impl Client {
 
     /// Connects and opens the control stream, without joining.
     pub async fn connect_unjoined(c: &Connect) -> Result<Client, ClientError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| ClientError::Tls(e.to_string()))?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Pinned {
-                sha256: c.cert_sha256.clone(),
-                provider,
-            }))
-            .with_no_client_auth();
-        tls.alpn_protocols = vec![ALPN.to_vec()];
-        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        let config = volna::transport::quic::pin::client_config(c.cert_sha256.as_deref(), ALPN)
             .map_err(|e| ClientError::Tls(e.to_string()))?;
-        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-        let mut transport = quinn::TransportConfig::default();
-        transport.keep_alive_interval(Some(Duration::from_secs(5)));
-        transport.datagram_receive_buffer_size(Some(1 << 20));
-        config.transport_config(Arc::new(transport));
         let bind: SocketAddr = if c.quic.is_ipv4() {
             "0.0.0.0:0"
         } else {

@@ -110,10 +110,15 @@ pub async fn run(cluster: Cluster, sample: Sampler) {
             _ = tick.tick() => {}
             _ = cluster.wake().notified() => {}
         }
-        let Some(s) = sample().await else {
+        let Some(mut s) = sample().await else {
             return;
         };
         let now = Instant::now();
+        for room in cluster.wanted(now) {
+            if !s.rooms.contains(&room) {
+                s.rooms.push(room);
+            }
+        }
         let own = cluster.set_load(meter.load(&s, now));
         let Some(client) = &client else {
             continue;

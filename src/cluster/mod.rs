@@ -6,9 +6,13 @@
 //! single node refuses new sessions instead of redirecting them). Redis is never on the packet
 //! path: calls in progress go on while it is away.
 
+pub mod link;
+pub mod links;
+pub mod media;
 pub mod membership;
 pub mod node;
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -38,6 +42,10 @@ pub struct Settings {
     pub https: bool,
     pub media: Vec<String>,
     pub relay: String,
+    /// Hex SHA-256 of the relay endpoint's certificate (empty without relay links).
+    pub relay_cert: String,
+    /// Shared by the cluster's nodes; relay links prove it.
+    pub secret: String,
     pub limits: Limits,
     /// Heartbeat period; a record lives `ttl` unless refreshed.
     pub heartbeat: Duration,
@@ -56,6 +64,11 @@ struct State {
     last_ok: Option<Instant>,
     /// Heartbeats that failed since the store last answered.
     failures: u64,
+    /// Rooms a new session here waits for (WHEP of a publisher on another node), until when.
+    wanted: HashMap<String, Instant>,
+    links: Vec<links::LinkStats>,
+    /// Relay-link connections refused (no or a wrong cluster secret, no handshake in time).
+    links_refused: u64,
 }
 
 struct Inner {
@@ -82,6 +95,7 @@ impl Cluster {
             https: settings.https,
             media: settings.media.clone(),
             relay: settings.relay.clone(),
+            relay_cert: settings.relay_cert.clone(),
             draining: false,
             accepting: true,
             load: Load::default(),
@@ -191,6 +205,37 @@ impl Cluster {
         s.failures
     }
 
+    /// The live nodes and, for each room served here, the live nodes serving it, as last read.
+    pub fn directory(&self) -> (Vec<NodeRecord>, Vec<(String, Vec<String>)>) {
+        let s = self.state();
+        (s.nodes.clone(), s.rooms.clone())
+    }
+
+    /// A new session here waits for `room`'s publishers on other nodes: the room counts as
+    /// served here for `for_how_long`, so the nodes serving it relay their publishers.
+    pub fn want(&self, room: &str, for_how_long: std::time::Duration) {
+        let until = Instant::now() + for_how_long;
+        self.state().wanted.insert(room.to_owned(), until);
+        self.0.wake.notify_one();
+    }
+
+    /// The rooms still wanted at `now`.
+    pub(crate) fn wanted(&self, now: Instant) -> Vec<String> {
+        let mut s = self.state();
+        s.wanted.retain(|_, until| *until > now);
+        s.wanted.keys().cloned().collect()
+    }
+
+    pub(crate) fn link_refused(&self) -> u64 {
+        let mut s = self.state();
+        s.links_refused += 1;
+        s.links_refused
+    }
+
+    pub(crate) fn set_links(&self, links: Vec<links::LinkStats>) {
+        self.state().links = links;
+    }
+
     pub(crate) fn wake(&self) -> &Notify {
         &self.0.wake
     }
@@ -216,6 +261,8 @@ impl Cluster {
             "redis": redis,
             "nodes": s.nodes,
             "rooms": rooms,
+            "links": s.links,
+            "links_refused": s.links_refused,
         })
     }
 }

@@ -28,8 +28,11 @@ pub struct NodeRecord {
     pub https: bool,
     /// Each worker's media (ICE/UDP) address.
     pub media: Vec<String>,
-    /// Relay-link (QUIC) address, where other nodes connect.
+    /// Relay-link (QUIC) address, where other nodes connect, and the hex SHA-256 of its
+    /// certificate, which they pin.
     pub relay: String,
+    #[serde(default)]
+    pub relay_cert: String,
     pub draining: bool,
     /// Whether it takes new sessions: not draining and under its configured load.
     pub accepting: bool,
@@ -50,6 +53,13 @@ impl NodeRecord {
         let scheme = if self.https { "wss" } else { "ws" };
         format!("{scheme}://{}/rtc", self.http)
     }
+}
+
+/// Node ids and regions: 1 to 64 of `A-Z a-z 0-9 - _ .`.
+pub fn valid_id(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
 /// Redis key of a node's record (expires unless refreshed by heartbeats).

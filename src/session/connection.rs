@@ -66,4 +66,18 @@ pub struct Session {
     pub negotiation: Negotiation,
     /// For a QUIC session: the RoQ flow id of its datagrams (no ICE, DTLS or SRTP then).
     pub quic_flow: Option<u64>,
+    /// For a publisher relayed from another node of the cluster: who it is there.
+    pub origin: Option<Box<Origin>>,
+}
+
+/// A publisher on another node, as its relayed copy here shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Origin {
+    /// The node it publishes to, and its publisher id there (the relayed copy takes the same id,
+    /// so a WHEP request may name it on any node).
+    pub node: String,
+    pub id: String,
+    /// Its participant's identity and name there (`whip`/`quic` and a label for the others).
+    pub identity: String,
+    pub name: String,
 }

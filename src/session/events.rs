@@ -59,6 +59,14 @@ pub enum RoomEvent {
 
 /// A WHIP or QUIC publisher as a member of its room.
 pub(super) fn standalone(s: &Session) -> Member {
+    if let Some(o) = &s.origin {
+        return Member {
+            id: s.public_id.clone(),
+            identity: o.identity.clone(),
+            name: o.name.clone(),
+            kind: "relay",
+        };
+    }
     let (kind, name) = if s.quic_flow.is_some() {
         ("quic", "QUIC publisher")
     } else {

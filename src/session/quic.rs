@@ -9,7 +9,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
-use super::connection::Role;
+use super::connection::{Origin, Role};
 use super::error::{Full, SessionError};
 use super::shard::{CloseCause, Shard};
 use crate::core::room::{MediaKind, SessionId, TrackRef, TrackSpec, ViewerTrackSpec};
@@ -38,6 +38,15 @@ pub struct QuicTrack {
     pub content: Option<String>,
 }
 
+/// A publisher other nodes may relay (see [`Shard::relay_sources`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelaySource {
+    /// Its publisher id (what a subscription names).
+    pub publisher: String,
+    pub identity: String,
+    pub name: String,
+}
+
 fn kind_of(t: &QuicTrack) -> Option<MediaKind> {
     match t.kind.as_str() {
         "audio" => Some(MediaKind::Audio),
@@ -47,13 +56,15 @@ fn kind_of(t: &QuicTrack) -> Option<MediaKind> {
 }
 
 impl Shard {
-    /// A QUIC client publishes `tracks` on datagram flow `flow`.
+    /// A QUIC client publishes `tracks` on datagram flow `flow`; with `origin`, it is another
+    /// node relaying one of its publishers.
     pub fn quic_publish(
         &mut self,
         now: Instant,
         room: &str,
         flow: u64,
         tracks: &[QuicTrack],
+        origin: Option<Origin>,
     ) -> Result<(SessionId, String), SessionError> {
         self.admit(room)?;
         let max_tracks = self.config.limits.max_tracks_per_participant;
@@ -152,6 +163,10 @@ impl Shard {
             .map_err(SessionError::internal)?;
         s.quic_flow = Some(flow);
         s.published = published;
+        if let Some(o) = origin.filter(|o| !o.id.is_empty() && o.id.len() <= 64) {
+            s.public_id = o.id.clone();
+            s.origin = Some(Box::new(o));
+        }
         self.relay
             .add_publisher(s.id, room, s.rtcp_ssrc, specs)
             .map_err(SessionError::internal)?;
@@ -233,6 +248,51 @@ impl Shard {
             .collect();
         info!(session = sid, room, publisher = %public, "QUIC subscriber created");
         Ok((sid, public, tracks))
+    }
+
+    /// The room's publishers that publish to this node (not relayed from another), each with
+    /// the identity and name the room shows for it: what other nodes of the cluster relay.
+    pub fn relay_sources(&self, room: &str) -> Vec<RelaySource> {
+        let Some(list) = self.relay.room_publishers(room) else {
+            return Vec::new();
+        };
+        list.iter()
+            .filter_map(|id| self.sessions.get(id))
+            .filter(|s| s.origin.is_none())
+            .map(|s| {
+                let (identity, name) = match s.participant.and_then(|p| self.participants.get(&p)) {
+                    Some(p) => (p.identity.clone(), p.name.clone()),
+                    None => {
+                        let m = super::events::standalone(s);
+                        (m.identity, m.name)
+                    }
+                };
+                RelaySource {
+                    publisher: s.public_id.clone(),
+                    identity,
+                    name,
+                }
+            })
+            .collect()
+    }
+
+    /// Rooms with members that came to this node (participants, sessions not relayed from
+    /// another node): the rooms it serves in the cluster.
+    pub fn local_rooms(&self) -> Vec<String> {
+        let mut rooms: Vec<String> = self
+            .participants
+            .values()
+            .map(|p| p.room.clone())
+            .chain(
+                self.sessions
+                    .values()
+                    .filter(|s| s.origin.is_none())
+                    .map(|s| s.room.clone()),
+            )
+            .collect();
+        rooms.sort();
+        rooms.dedup();
+        rooms
     }
 
     /// One RoQ datagram of a QUIC session (the worker matched its flow to `session`).

@@ -584,6 +584,7 @@ impl Shard {
             published: Vec::new(),
             negotiation: Negotiation::default(),
             quic_flow: None,
+            origin: None,
         })
     }
 

@@ -81,6 +81,8 @@ pub enum Command {
         tracks: Vec<QuicTrack>,
         flow: u64,
         conn: quinn::Connection,
+        /// Set when another node of the cluster relays one of its publishers.
+        origin: Option<crate::session::connection::Origin>,
         reply: Reply<(SessionId, String)>,
     },
     QuicSubscribe {
@@ -139,6 +141,14 @@ pub enum Command {
     },
     Stats {
         reply: oneshot::Sender<ShardStats>,
+    },
+    /// The room's publishers other nodes may relay, and the rooms this worker serves.
+    RelaySources {
+        room: String,
+        reply: oneshot::Sender<Vec<crate::session::quic::RelaySource>>,
+    },
+    LocalRooms {
+        reply: oneshot::Sender<Vec<String>>,
     },
     /// A server API request (see `session::admin`).
     Admin {

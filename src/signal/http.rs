@@ -381,18 +381,38 @@ async fn whep(
         Ok(o) => o,
         Err(res) => return *res,
     };
-    match st
-        .workers
-        .for_room(&room)
-        .call(|reply| Command::View {
-            room: room.clone(),
-            publisher,
-            offer: Box::new(offer),
-            owner: access.identity,
-            reply,
-        })
-        .await
-    {
+    // On a cluster node, a publisher on another node is relayed here once asked for: wait a
+    // few seconds for it (docs/cluster.md).
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut wanted = false;
+    let viewed = loop {
+        let r = st
+            .workers
+            .for_room(&room)
+            .call(|reply| Command::View {
+                room: room.clone(),
+                publisher: publisher.clone(),
+                offer: Box::new(offer.clone()),
+                owner: access.identity.clone(),
+                reply,
+            })
+            .await;
+        match r {
+            Some(Err(e))
+                if e.code == 404
+                    && st.cluster.clustered()
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                if !wanted {
+                    st.cluster.want(&room, std::time::Duration::from_secs(15));
+                    wanted = true;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            r => break r,
+        }
+    };
+    match viewed {
         Some(Ok(c)) => created(
             format!("/whep/{room}/session/{}", c.resource),
             c.answer,

@@ -10,6 +10,7 @@ pub mod http;
 pub mod metrics;
 pub mod quic;
 pub mod quic_control;
+pub mod relay_media;
 pub mod state;
 pub mod tls;
 pub mod webhook;

@@ -18,7 +18,8 @@ use crate::core::room::SessionId;
 use crate::session::quic::QuicTrack;
 use crate::session::Grants;
 use crate::session::SessionError;
-use crate::transport::quic::roq::{frame, read_varint, split_datagram};
+use crate::transport::quic::endpoint::{read_frame, FrameError};
+use crate::transport::quic::roq::{frame, split_datagram};
 
 /// Accepts connections until the endpoint closes.
 pub async fn accept_loop(endpoint: quinn::Endpoint, workers: Workers, auth: Auth) {
@@ -60,33 +61,12 @@ async fn call<T>(
 
 /// Reads one varint-framed control message; `Ok(None)` at the end of the stream.
 async fn read_message(recv: &mut quinn::RecvStream) -> Result<Option<Vec<u8>>, SessionError> {
-    let mut first = [0u8; 1];
-    match recv.read_exact(&mut first).await {
-        Ok(()) => {}
-        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
-        Err(e) => return Err(SessionError::new(400, "bad_frame", e.to_string())),
-    }
-    let len_bytes = 1usize << (first[0] >> 6);
-    let mut buf = vec![first[0]; len_bytes];
-    if len_bytes > 1 {
-        recv.read_exact(&mut buf[1..])
-            .await
-            .map_err(|e| SessionError::new(400, "bad_frame", e.to_string()))?;
-    }
-    let (len, _) =
-        read_varint(&buf).map_err(|e| SessionError::new(400, "bad_frame", e.to_string()))?;
-    if len as usize > MAX_CONTROL_MESSAGE {
-        return Err(SessionError::new(
-            413,
-            "message_too_large",
-            format!("control messages are limited to {MAX_CONTROL_MESSAGE} bytes"),
-        ));
-    }
-    let mut body = vec![0u8; len as usize];
-    recv.read_exact(&mut body)
+    read_frame(recv, MAX_CONTROL_MESSAGE)
         .await
-        .map_err(|e| SessionError::new(400, "bad_frame", e.to_string()))?;
-    Ok(Some(body))
+        .map_err(|e| match e {
+            FrameError::TooLarge(_) => SessionError::new(413, "message_too_large", e.to_string()),
+            FrameError::Stream(_) => SessionError::new(400, "bad_frame", e.to_string()),
+        })
 }
 
 struct Joined {
@@ -239,6 +219,7 @@ async fn handle(
                 tracks,
                 flow,
                 conn,
+                origin: None,
                 reply,
             })
             .await?;

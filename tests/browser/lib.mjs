@@ -43,6 +43,24 @@ export class Netns {
     other.exec(['ip', 'link', 'set', devB, 'up']);
   }
 
+  /**
+   * Puts this namespace on `hub`'s bridge (made on first use), with address `addr` (a /24) on
+   * its end `dev`; `hubDev` names the bridge's end.
+   */
+  attach(hub, { addr, hubDev, dev = 'eth0' }) {
+    if (!hub.bridged) {
+      hub.exec(['ip', 'link', 'add', 'br0', 'type', 'bridge']);
+      hub.exec(['ip', 'link', 'set', 'br0', 'up']);
+      hub.bridged = true;
+    }
+    hub.exec(['ip', 'link', 'add', hubDev, 'type', 'veth', 'peer', 'name', dev]);
+    hub.exec(['ip', 'link', 'set', dev, 'netns', this.name]);
+    hub.exec(['ip', 'link', 'set', hubDev, 'master', 'br0']);
+    hub.exec(['ip', 'link', 'set', hubDev, 'up']);
+    this.exec(['ip', 'addr', 'add', `${addr}/24`, 'dev', dev]);
+    this.exec(['ip', 'link', 'set', dev, 'up']);
+  }
+
   exec(argv) {
     return execFileSync('ip', ['netns', 'exec', this.name, ...argv], { encoding: 'utf8' });
   }

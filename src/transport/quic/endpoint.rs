@@ -9,6 +9,8 @@ use tracing::debug;
 
 /// ALPN of volna's RTP-over-QUIC connections.
 pub const ALPN: &[u8] = b"volna-roq/1";
+/// ALPN of relay links between the nodes of a cluster (docs/cluster.md).
+pub const RELAY_ALPN: &[u8] = b"volna-relay/1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum QuicError {
@@ -30,11 +32,12 @@ pub struct QuicIdentity {
 }
 
 pub fn sha256_hex(data: &[u8]) -> String {
-    ring::digest::digest(&ring::digest::SHA256, data)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(ring::digest::digest(&ring::digest::SHA256, data).as_ref())
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl QuicIdentity {
@@ -80,6 +83,11 @@ impl QuicIdentity {
     }
 
     pub fn server_config(&self) -> Result<quinn::ServerConfig, QuicError> {
+        self.server_config_for(ALPN)
+    }
+
+    /// The server configuration for connections of protocol `alpn`.
+    pub fn server_config_for(&self, alpn: &[u8]) -> Result<quinn::ServerConfig, QuicError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let cert = rustls::pki_types::CertificateDer::from(self.cert_der.clone());
         let key = rustls::pki_types::PrivateKeyDer::Pkcs8(self.key_der.clone().into());
@@ -94,7 +102,7 @@ impl QuicIdentity {
                 key,
             )
             .map_err(|e| QuicError::Tls(e.to_string()))?;
-        tls.alpn_protocols = vec![ALPN.to_vec()];
+        tls.alpn_protocols = vec![alpn.to_vec()];
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
             .map_err(|e| QuicError::Tls(e.to_string()))?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -108,6 +116,45 @@ impl QuicIdentity {
         config.transport_config(Arc::new(transport));
         Ok(config)
     }
+}
+
+/// Why a control stream's message could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("{0}")]
+    Stream(String),
+    #[error("control messages are limited to {0} bytes")]
+    TooLarge(usize),
+}
+
+/// Reads one varint-framed control message of at most `max` bytes; `Ok(None)` at the end of
+/// the stream.
+pub async fn read_frame(
+    recv: &mut quinn::RecvStream,
+    max: usize,
+) -> Result<Option<Vec<u8>>, FrameError> {
+    let mut first = [0u8; 1];
+    match recv.read_exact(&mut first).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(e) => return Err(FrameError::Stream(e.to_string())),
+    }
+    let len_bytes = 1usize << (first[0] >> 6);
+    let mut buf = vec![first[0]; len_bytes];
+    if len_bytes > 1 {
+        recv.read_exact(&mut buf[1..])
+            .await
+            .map_err(|e| FrameError::Stream(e.to_string()))?;
+    }
+    let (len, _) = super::roq::read_varint(&buf).map_err(|e| FrameError::Stream(e.to_string()))?;
+    if len as usize > max {
+        return Err(FrameError::TooLarge(max));
+    }
+    let mut body = vec![0u8; len as usize];
+    recv.read_exact(&mut body)
+        .await
+        .map_err(|e| FrameError::Stream(e.to_string()))?;
+    Ok(Some(body))
 }
 
 /// Sends a datagram, dropping it when the connection cannot take it now (datagrams are lossy

@@ -4,4 +4,5 @@
 //! signalling: `signal::quic`.
 
 pub mod endpoint;
+pub mod pin;
 pub mod roq;
