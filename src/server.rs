@@ -250,9 +250,10 @@ fn relay_endpoint(config: &Config) -> Result<Option<(quinn::Endpoint, String)>, 
         source,
     })?;
     let id = QuicIdentity::self_signed().map_err(|e| ServerError::Cluster(e.to_string()))?;
-    let server = id
+    let mut server = id
         .server_config_for(crate::transport::quic::endpoint::RELAY_ALPN)
         .map_err(|e| ServerError::Cluster(e.to_string()))?;
+    server.transport_config(crate::cluster::links::transport());
     let endpoint = quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
         Some(server),

@@ -505,9 +505,9 @@ async fn relay_client(
 ) {
     use volna::transport::quic::endpoint::RELAY_ALPN;
     let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    ep.set_default_client_config(
-        volna::transport::quic::pin::client_config(None, RELAY_ALPN).unwrap(),
-    );
+    let mut config = volna::transport::quic::pin::client_config(None, RELAY_ALPN).unwrap();
+    config.transport_config(volna::cluster::links::transport());
+    ep.set_default_client_config(config);
     let conn = ep.connect(relay, "volna").unwrap().await.unwrap();
     let (send, recv) = conn.open_bi().await.unwrap();
     let ex = volna::cluster::link::exported(&conn);

@@ -23,6 +23,22 @@ use crate::transport::quic::pin::client_config;
 
 /// How long a peer has to open its control stream and say hello (or answer one).
 const HANDSHAKE: Duration = Duration::from_secs(5);
+/// A link that hears nothing for this long is dead (its node was killed or cut off): its
+/// relayed publishers leave at once, before the node's record expires.
+pub const LINK_IDLE: Duration = Duration::from_secs(2);
+
+/// QUIC settings of relay links, both ends: keep-alives well within [`LINK_IDLE`], one control
+/// stream, room for bursts of media datagrams.
+pub fn transport() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.max_idle_timeout(Some(LINK_IDLE.try_into().expect("2 s fits")));
+    t.keep_alive_interval(Some(LINK_IDLE / 5));
+    t.max_concurrent_bidi_streams(1u32.into());
+    t.max_concurrent_uni_streams(0u32.into());
+    t.datagram_receive_buffer_size(Some(4 << 20));
+    t.datagram_send_buffer_size(4 << 20);
+    Arc::new(t)
+}
 
 /// A link as `GET /cluster` shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -187,7 +203,9 @@ async fn dial(
         .map_err(|e| e.to_string())?
         .next()
         .ok_or("relay address resolves to nothing")?;
-    let config = client_config(Some(&peer.relay_cert), RELAY_ALPN).map_err(|e| e.to_string())?;
+    let mut config =
+        client_config(Some(&peer.relay_cert), RELAY_ALPN).map_err(|e| e.to_string())?;
+    config.transport_config(transport());
     let conn = endpoint
         .connect_with(config, addr, "volna")
         .map_err(|e| e.to_string())?

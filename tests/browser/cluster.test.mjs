@@ -13,21 +13,21 @@ const PAGES = 'http://127.0.0.1:18151';
 const skip = isRoot() ? false : 'skipped: needs root (network namespaces)';
 if (skip) console.log(skip);
 
-let hub, store, client, browser;
+let hub, store, client, browser, redis;
 const nodes = [];
+const procs = [];
+const redisArgs = ['redis-server', '--port', '6379', '--bind', REDIS, '--save', '', '--appendonly', 'no', '--protected-mode', 'no'];
 
 before(async () => {
   if (skip) return;
   hub = new Netns('clhub');
   store = new Netns('clredis');
   store.attach(hub, { addr: REDIS, hubDev: 'hr' });
-  const redis = store.spawn(['redis-server', '--port', '6379', '--bind', REDIS, '--save', '', '--appendonly', 'no', '--protected-mode', 'no']);
-  const up = await waitFor(() => redis.output.includes('Ready to accept connections'), 10000, 100);
-  if (!up) throw new Error(`redis-server did not start: ${redis.output}`);
+  await startRedis();
   for (const [i, ip] of NODES.entries()) {
     const ns = new Netns(`cln${i + 1}`);
     ns.attach(hub, { addr: ip, hubDev: `hn${i + 1}` });
-    await startVolna(ns, {
+    procs[i] = await startVolna(ns, {
       http: http(i),
       media: `${ip}:15070`,
       extra: ['--redis', `redis://${REDIS}:6379`, '--node-id', `n${i + 1}`, '--relay', `${ip}:7000`, '--quic', `${ip}:0`],
@@ -47,6 +47,33 @@ before(async () => {
   }, 10000, 250);
   assert.ok(seen, 'three live nodes');
 });
+
+async function startRedis() {
+  redis = store.spawn(redisArgs);
+  const up = await waitFor(() => redis.output.includes('Ready to accept connections'), 10000, 100);
+  if (!up) throw new Error(`redis-server did not start: ${redis.output}`);
+}
+
+/** A demo page of node `i` joined to `room` as `name`. */
+async function participant(i, room, name) {
+  const p = await browser.newPage();
+  await p.goto(`http://${http(i)}/?room=${room}`);
+  await p.evaluate((r, n) => window.app.join(r, n), room, name);
+  return p;
+}
+
+/** Remote videos a page decodes (at least `frames` frames each), and remote audios flowing. */
+async function receiving(p, frames = 30) {
+  const list = await p.evaluate(() => window.app.inbound());
+  return {
+    videos: list.filter((t) => t.kind === 'video' && t.framesDecoded >= frames).length,
+    audios: list.filter((t) => t.kind === 'audio' && t.packetsReceived >= 50).length,
+    frames: list.filter((t) => t.kind === 'video').reduce((n, t) => n + t.framesDecoded, 0),
+    list,
+  };
+}
+
+const curlStatus = (args) => client.exec(['curl', '-s', '-o', '/dev/null', '-w', '%{http_code}', ...args]).trim();
 
 after(async () => {
   if (browser) await browser.close().catch(() => {});
@@ -97,4 +124,105 @@ test('two participants on node 1 and two on node 2 each decode the other three',
   const names = await pages[0].evaluate(() => [...window.app.participants.values()].map((p) => p.info.name).sort());
   assert.deepEqual(names, ['Bo', 'Cy', 'Di']);
   for (const p of pages) await p.close();
+});
+
+test('Redis stopped for 30 s: a cross-node call goes on, new sessions get 503, then work again', { skip, timeout: 120000 }, async () => {
+  const a = await participant(0, 'outage', 'Ana');
+  const b = await participant(1, 'outage', 'Ben');
+  for (const p of [a, b]) {
+    assert.ok(await waitFor(async () => (await receiving(p)).videos >= 1, 30000, 500), 'decoding before the outage');
+  }
+  redis.kill('SIGKILL');
+  const start = Date.now();
+  const whip = ['-X', 'POST', '-H', 'Content-Type: application/sdp', '--data-binary', 'v=0', `http://${http(0)}/whip/outage`];
+  assert.ok(await waitFor(() => curlStatus(whip) === '503', 5000, 200), 'a new WHIP gets 503 without Redis');
+  const refused = await a.evaluate(async (u) => {
+    const ws = new WebSocket(u);
+    await new Promise((r) => { ws.onopen = r; });
+    ws.send(JSON.stringify({ type: 'join', v: 1, room: 'outage', name: 'Late', id: 1 }));
+    const m = await new Promise((r) => { ws.onmessage = (e) => r(JSON.parse(e.data)); });
+    ws.close();
+    return m;
+  }, `ws://${http(1)}/rtc`);
+  assert.equal(refused.code, 503, JSON.stringify(refused));
+  assert.equal(refused.reason, 'cluster_unavailable');
+  // Media keeps flowing both ways for the whole outage.
+  let before = [await receiving(a), await receiving(b)].map((r) => r.frames);
+  while (Date.now() - start < 30000) {
+    await new Promise((r) => setTimeout(r, 5000));
+    const now = [await receiving(a), await receiving(b)].map((r) => r.frames);
+    assert.ok(now[0] > before[0] + 20 && now[1] > before[1] + 20, `frames keep growing without Redis: ${before} -> ${now}`);
+    before = now;
+  }
+  await startRedis();
+  const c = await waitFor(async () => {
+    try {
+      return await participant(2, 'outage', 'Cai');
+    } catch {
+      return null;
+    }
+  }, 10000, 1000);
+  assert.ok(c, 'a new participant joins once Redis is back, no node restarted');
+  assert.ok(await waitFor(async () => (await receiving(c)).videos >= 2, 30000, 500), `the newcomer decodes both: ${JSON.stringify((await receiving(c)).list)}`);
+  for (const p of [a, b, c]) await p.close();
+});
+
+test('SIGKILL of node 2: the others see its participants leave within 3 s, its clients come back elsewhere within 10 s', { skip, timeout: 120000 }, async () => {
+  const pages = [await participant(0, 'loss', 'A'), await participant(1, 'loss', 'B'), await participant(2, 'loss', 'C')];
+  for (const p of pages) {
+    assert.ok(await waitFor(async () => (await receiving(p)).videos >= 2, 30000, 500), `decoding two others: ${JSON.stringify((await receiving(p)).list)}`);
+  }
+  const idOf = (p, name) => p.evaluate((n) => [...window.app.participants.values()].find((x) => x.info.name === n)?.info.id, name);
+  const oldB = await idOf(pages[0], 'B');
+  assert.ok(oldB && (await idOf(pages[2], 'B')) === oldB, 'B has the same id on nodes 1 and 3');
+  procs[1].kill('SIGKILL');
+  const killed = Date.now();
+  for (const p of [pages[0], pages[2]]) {
+    const gone = await waitFor(() => p.evaluate((id) => !window.app.participants.has(id), oldB), 5000, 100);
+    assert.ok(gone, 'B left');
+  }
+  const left = Date.now() - killed;
+  console.log(`node 2 killed: its participant left the others' rooms after ${left} ms`);
+  assert.ok(left <= 3000, `within 3 s, not ${left} ms`);
+  // B's page reconnects to a fallback node by itself, publishes again and decodes the others.
+  const back = await waitFor(async () => {
+    const r = await receiving(pages[1], 10);
+    const seen = await Promise.all([pages[0], pages[2]].map(async (p) => {
+      const id = await idOf(p, 'B');
+      const mine = (await receiving(p, 10)).list.filter((t) => t.kind === 'video' && t.framesDecoded >= 10 && id && t.track && t.track.startsWith(id));
+      return id && id !== oldB && mine.length > 0;
+    }));
+    return r.videos >= 2 && seen.every(Boolean);
+  }, 10000 - (Date.now() - killed), 250);
+  const events = await pages[1].evaluate(() => window.app.events.filter((e) => ['fallback', 'recovered'].includes(e.type)));
+  assert.ok(back, `B back with media both ways within 10 s: ${JSON.stringify(events)}`);
+  console.log(`node 2's client back with media ${Date.now() - killed} ms after the kill: ${JSON.stringify(events)}`);
+  for (const p of pages) await p.close();
+});
+
+test('drain: not ready at once, new WHIP redirected, the call goes on, exit 0 when it ends', { skip, timeout: 90000 }, async () => {
+  const pub = await openPage(browser, PAGES);
+  await pub.evaluate((u) => window.publish(u), `http://${http(2)}/whip/drain`);
+  const viewer = await openPage(browser, PAGES);
+  await viewer.evaluate((u) => window.view(u), `http://${http(2)}/whep/drain`);
+  assert.ok(await waitFor(async () => (await viewer.evaluate(() => window.inbound())).framesDecoded >= 30, 20000, 250), 'decoding on node 3');
+  assert.equal(curlStatus(['-X', 'POST', `http://${http(2)}/admin/drain`]), '202');
+  assert.equal(curlStatus([`http://${http(2)}/health/ready`]), '503');
+  assert.equal(curlStatus([`http://${http(2)}/health`]), '200');
+  // A new publisher is sent to node 1 (node 2 is gone) and publishes there.
+  const moved = await openPage(browser, PAGES);
+  const r = await moved.evaluate((u) => window.publish(u), `http://${http(2)}/whip/drain2`);
+  assert.ok(r.location.startsWith(`http://${http(0)}/whip/drain2/session/`), r.location);
+  // The call in progress goes on.
+  const f0 = (await viewer.evaluate(() => window.inbound())).framesDecoded;
+  await new Promise((res) => setTimeout(res, 2000));
+  const f1 = (await viewer.evaluate(() => window.inbound())).framesDecoded;
+  assert.ok(f1 > f0 + 20, `still decoding while draining: ${f0} -> ${f1}`);
+  assert.equal(procs[2].exitCode, null, 'still running with a call');
+  // The call ends (both close their connections): the node exits 0.
+  for (const p of [pub, viewer]) await p.evaluate(() => window.pc.close());
+  const exited = await waitFor(() => procs[2].exitCode !== null, 15000, 200);
+  assert.ok(exited, 'node 3 exited after its last call');
+  assert.equal(procs[2].exitCode, 0);
+  for (const p of [pub, viewer, moved]) await p.close();
 });

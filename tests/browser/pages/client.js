@@ -24,7 +24,9 @@ async function negotiate(pc, url, answerVia) {
   if (res.status !== 201) throw new Error(`${url}: ${res.status} ${text}`);
   const sdp = answerVia ? text.replace(/^(a=candidate:\S+ \d+ \S+ \d+) \S+ \d+ /gm, `$1 ${answerVia} `) : text;
   await pc.setRemoteDescription({ type: 'answer', sdp });
-  return { location: new URL(res.headers.get('Location'), url).href, publisher: res.headers.get('X-Volna-Publisher') };
+  // After a redirect (a cluster node that does not take the session), Location is relative to
+  // where the request ended up.
+  return { location: new URL(res.headers.get('Location'), res.url || url).href, publisher: res.headers.get('X-Volna-Publisher') };
 }
 
 window.events = [];
