@@ -479,6 +479,15 @@ async fn a_room_spans_nodes_over_a_relay_link() {
     let links = n1.cluster().await["links"].clone();
     assert_eq!(links[0]["peer"], "n2", "{links}");
     assert_eq!(links[0]["rooms"], json!(["span"]), "{links}");
+    let (_, _, metrics) = http(n1.http, "GET", "/metrics", "").await;
+    for line in [
+        "volna_cluster_nodes 3\n",
+        "volna_cluster_store_up 1\n",
+        "volna_relay_link_rtt_seconds{peer=\"n2\"} ",
+        "volna_relay_link_bytes_total{peer=\"n2\",direction=\"sent\"} ",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
     // WHEP on a node with nobody in the room: the publisher is relayed there on demand, and
     // the request may name it by its id on n1.
     let watch = OFFER.replace("a=sendonly", "a=recvonly");

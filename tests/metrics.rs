@@ -77,6 +77,14 @@ async fn the_dashboard_reads_only_what_metrics_serves() {
     }
     assert!(body.contains("volna_sessions_by_transport{transport=\"quic\"} 0\n"));
     assert!(body.contains("volna_sessions_by_transport{transport=\"tcp\"} 0\n"));
+    // A single node: no cluster, not draining.
+    for line in [
+        "volna_draining 0\n",
+        "volna_cluster_nodes 0\n",
+        "volna_cluster_store_up 0\n",
+    ] {
+        assert!(body.contains(line), "{line}");
+    }
     assert!(body.contains("volna_ice_tcp_connections_total{outcome=\"junk\"} 0\n"));
 
     // Every series the dashboard queries.

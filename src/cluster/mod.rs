@@ -240,6 +240,19 @@ impl Cluster {
         &self.0.wake
     }
 
+    /// What `/metrics` shows of the cluster: live nodes, whether the store answers, draining,
+    /// links refused, and each relay link.
+    pub fn gauges(&self) -> (usize, bool, bool, u64, Vec<links::LinkStats>) {
+        let s = self.state();
+        (
+            s.nodes.len(),
+            s.store_ok,
+            self.draining(),
+            s.links_refused,
+            s.links.clone(),
+        )
+    }
+
     /// Everything `GET /cluster` shows.
     pub fn snapshot(&self, now: Instant) -> serde_json::Value {
         let s = self.state();

@@ -533,7 +533,8 @@ async fn metrics(State(st): State<AppState>, headers: HeaderMap) -> Response {
     let Some(s) = st.workers.stats().await else {
         return worker_gone();
     };
-    let out = super::metrics::render(&s, &st.webhooks);
+    let mut out = super::metrics::render(&s, &st.webhooks);
+    super::metrics::render_cluster(&mut out, &st.cluster);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 

@@ -20,6 +20,81 @@ fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram, bounds: &[
     let _ = writeln!(out, "{name}_count {}", h.count);
 }
 
+/// The cluster's lines: membership, drain, and per relay link its RTT, bytes and datagrams
+/// each way, and packets QUIC counted lost.
+pub fn render_cluster(out: &mut String, cluster: &crate::cluster::Cluster) {
+    let (nodes, store_up, draining, refused, links) = cluster.gauges();
+    let gauges = [
+        (
+            "volna_draining",
+            "1 while the node drains (no new sessions).",
+            u64::from(draining),
+        ),
+        (
+            "volna_cluster_nodes",
+            "Live nodes of the cluster this node sees (0 without a cluster).",
+            nodes as u64,
+        ),
+        (
+            "volna_cluster_store_up",
+            "1 while the cluster's Redis answers (0 without a cluster).",
+            u64::from(store_up && cluster.clustered()),
+        ),
+    ];
+    for (name, help, v) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+    }
+    let name = "volna_relay_links_refused_total";
+    let _ = writeln!(out, "# HELP {name} Relay-link connections refused: no or a wrong cluster secret, no handshake in time.\n# TYPE {name} counter\n{name} {refused}");
+    let name = "volna_relay_link_rtt_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Round-trip time of each relay link.\n# TYPE {name} gauge"
+    );
+    for l in &links {
+        let _ = writeln!(
+            out,
+            "{name}{{peer=\"{}\"}} {}",
+            l.peer,
+            l.rtt_ms as f64 / 1e3
+        );
+    }
+    let counters = [
+        (
+            "volna_relay_link_bytes_total",
+            "UDP bytes of each relay link, by direction.",
+        ),
+        (
+            "volna_relay_link_datagrams_total",
+            "Media datagrams (RTP and RTCP) of each relay link, by direction.",
+        ),
+    ];
+    for (i, (name, help)) in counters.into_iter().enumerate() {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for l in &links {
+            let (tx, rx) = if i == 0 {
+                (l.sent_bytes, l.received_bytes)
+            } else {
+                (l.datagrams_sent, l.datagrams_received)
+            };
+            let _ = writeln!(out, "{name}{{peer=\"{}\",direction=\"sent\"}} {tx}", l.peer);
+            let _ = writeln!(
+                out,
+                "{name}{{peer=\"{}\",direction=\"received\"}} {rx}",
+                l.peer
+            );
+        }
+    }
+    let name = "volna_relay_link_lost_packets_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} QUIC packets each relay link counted lost.\n# TYPE {name} counter"
+    );
+    for l in &links {
+        let _ = writeln!(out, "{name}{{peer=\"{}\"}} {}", l.peer, l.lost_packets);
+    }
+}
+
 pub fn render(s: &ShardStats, webhooks: &WebhookCounters) -> String {
     let rows: [(&str, &str, &str, u64); 21] = [
         (
