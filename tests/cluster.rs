@@ -621,3 +621,44 @@ async fn relay_links_refuse_strangers_and_junk_closes_only_that_link() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participants_mute_reaches_the_other_nodes() {
+    let redis = Redis::start();
+    let n1 = Node::start(&redis, "n1", &[]);
+    let n2 = Node::start(&redis, "n2", &[]);
+    let mut a = connect(n1.http, "").await;
+    let joined = join(&mut a, "m", "Ann", None).await;
+    let me = joined["participant"]["id"].as_str().unwrap().to_owned();
+    let mut b = connect(n2.http, "").await;
+    assert_eq!(join(&mut b, "m", "Bob", None).await["type"], "joined");
+    send(&mut a, json!({"type": "publish", "id": 2, "sdp": OFFER})).await;
+    expect_type(&mut a, "publish_answer").await;
+    // Bob sees Ann (by name) with her two tracks, relayed from n1.
+    let seen = event(&mut b, "participant_joined", Duration::from_secs(8)).await;
+    let relayed = seen["participant"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(seen["participant"]["name"], "Ann", "{seen}");
+    assert_eq!(seen["participant"]["tracks"][0]["muted"], false, "{seen}");
+    // Ann mutes her microphone on n1: Bob's room shows it within a second or so.
+    send(
+        &mut a,
+        json!({"type": "mute", "id": 3, "track": format!("{me}-0"), "muted": true}),
+    )
+    .await;
+    let started = Instant::now();
+    let m = event(&mut b, "mute", Duration::from_secs(3)).await;
+    println!("a mute on n1 reached n2 after {:?}", started.elapsed());
+    assert_eq!(m["track"], format!("{relayed}-0"), "{m}");
+    assert_eq!(m["muted"], true, "{m}");
+    send(
+        &mut a,
+        json!({"type": "mute", "id": 4, "track": format!("{me}-0"), "muted": false}),
+    )
+    .await;
+    let m = event(&mut b, "mute", Duration::from_secs(3)).await;
+    assert_eq!(
+        (m["track"].as_str(), m["muted"].as_bool()),
+        (Some(format!("{relayed}-0").as_str()), Some(false)),
+        "{m}"
+    );
+}

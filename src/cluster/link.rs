@@ -133,6 +133,27 @@ struct Inbound {
     publisher: String,
     route: Option<Route>,
     origin: Origin,
+    /// The mids muted at the origin, as last listed, and as applied here.
+    muted: Vec<String>,
+    applied: Vec<String>,
+}
+
+/// Mirrors the origin's mute state on the relayed copy: what changed since it was last applied.
+async fn apply_mute(media: &dyn Media, i: &mut Inbound) {
+    if i.route.is_none() || i.muted == i.applied {
+        return;
+    }
+    for mid in i.muted.iter().filter(|m| !i.applied.contains(m)) {
+        media
+            .mute(&i.room, format!("{}-{mid}", i.publisher), true)
+            .await;
+    }
+    for mid in i.applied.iter().filter(|m| !i.muted.contains(m)) {
+        media
+            .mute(&i.room, format!("{}-{mid}", i.publisher), false)
+            .await;
+    }
+    i.applied = i.muted.clone();
 }
 
 /// A link after the handshake, until the connection ends or the manager closes it.
@@ -185,7 +206,12 @@ impl Link {
                                 if !send(&mut self.send, &Message::Unsubscribe { flow: f }).await { break; }
                             }
                             for s in listed {
-                                if inbound.values().any(|i| i.room == room && i.publisher == s.publisher) || inbound.len() >= MAX_FLOWS {
+                                if let Some(i) = inbound.values_mut().find(|i| i.room == room && i.publisher == s.publisher) {
+                                    i.muted = s.muted.clone();
+                                    apply_mute(media.as_ref(), i).await;
+                                    continue;
+                                }
+                                if inbound.len() >= MAX_FLOWS {
                                     continue;
                                 }
                                 let flow = next_flow;
@@ -195,6 +221,8 @@ impl Link {
                                     publisher: s.publisher.clone(),
                                     route: None,
                                     origin: Origin { node: peer.clone(), id: s.publisher.clone(), identity: s.identity.clone(), name: s.name.clone() },
+                                    muted: s.muted.clone(),
+                                    applied: Vec::new(),
                                 });
                                 let sub = Message::Subscribe { room: room.clone(), publisher: s.publisher.clone(), flow };
                                 if !send(&mut self.send, &sub).await { break; }
@@ -220,6 +248,7 @@ impl Link {
                                 Ok(route) => {
                                     info!(peer = %peer, room = %i.room, publisher = %i.publisher, flow, "relay link: publisher relayed here");
                                     i.route = Some(route);
+                                    apply_mute(media.as_ref(), i).await;
                                 }
                                 Err(e) => {
                                     debug!(peer = %peer, error = %e.message, "relay link: relayed publisher refused here");

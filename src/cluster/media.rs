@@ -42,6 +42,8 @@ pub trait Media: Send + Sync + 'static {
         conn: quinn::Connection,
         origin: Origin,
     ) -> BoxFut<'a, Result<Route, SessionError>>;
+    /// Mutes or unmutes a relayed track of `room` (as its origin shows it) for everyone here.
+    fn mute<'a>(&'a self, room: &'a str, track: String, muted: bool) -> BoxFut<'a, ()>;
     fn close(&self, routes: Vec<Route>);
     fn datagram(&self, route: &Route, data: Bytes);
 }

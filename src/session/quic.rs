@@ -45,6 +45,9 @@ pub struct RelaySource {
     pub publisher: String,
     pub identity: String,
     pub name: String,
+    /// The mids of its tracks that are muted (by their publisher or the server API).
+    #[serde(default)]
+    pub muted: Vec<String>,
 }
 
 fn kind_of(t: &QuicTrack) -> Option<MediaKind> {
@@ -260,17 +263,32 @@ impl Shard {
             .filter_map(|id| self.sessions.get(id))
             .filter(|s| s.origin.is_none())
             .map(|s| {
-                let (identity, name) = match s.participant.and_then(|p| self.participants.get(&p)) {
+                let owner = s.participant.and_then(|p| self.participants.get(&p));
+                let (identity, name) = match owner {
                     Some(p) => (p.identity.clone(), p.name.clone()),
                     None => {
                         let m = super::events::standalone(s);
                         (m.identity, m.name)
                     }
                 };
+                let muted = s
+                    .published
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, (_, _, mid))| {
+                        self.relay.track_is_blocked(s.id, *i)
+                            || owner.is_some_and(|p| {
+                                let id = format!("{}-{mid}", p.public_id);
+                                p.muted.get(&id).copied().unwrap_or(false)
+                            })
+                    })
+                    .map(|(_, (_, _, mid))| mid.clone())
+                    .collect();
                 RelaySource {
                     publisher: s.public_id.clone(),
                     identity,
                     name,
+                    muted,
                 }
             })
             .collect()

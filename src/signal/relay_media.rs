@@ -88,6 +88,22 @@ impl Media for WorkerMedia {
         })
     }
 
+    fn mute<'a>(&'a self, room: &'a str, track: String, muted: bool) -> BoxFut<'a, ()> {
+        Box::pin(async move {
+            let room = room.to_owned();
+            let request = crate::session::admin::Request::Mute {
+                room: room.clone(),
+                track,
+                muted,
+            };
+            let _ = self
+                .0
+                .for_room(&room)
+                .call(|reply| Command::Admin { request, reply })
+                .await;
+        })
+    }
+
     fn close(&self, routes: Vec<Route>) {
         for r in routes {
             if let Some(w) = self.0.all().get(r.worker) {
