@@ -238,9 +238,10 @@ pub fn apply(shard: &mut Shard, out: &mut Outlets, now: Instant, cmd: Command) {
             publisher,
             flow,
             conn,
+            relay,
             reply,
         } => {
-            let r = shard.quic_subscribe(now, &room, publisher.as_deref(), flow);
+            let r = shard.quic_subscribe(now, &room, publisher.as_deref(), flow, relay);
             if let Ok((sid, _, _)) = &r {
                 out.quic.insert(*sid, conn);
             }

@@ -319,7 +319,7 @@ fn every_entry_point_honours_every_limit() {
         .quic_publish(t0, "a", 1, std::slice::from_ref(&track), None)
         .unwrap_err();
     assert_eq!((refused.code, refused.reason), (429, "room_full"));
-    let refused = s.quic_subscribe(t0, "a", None, 2).unwrap_err();
+    let refused = s.quic_subscribe(t0, "a", None, 2, false).unwrap_err();
     assert_eq!((refused.code, refused.reason), (429, "room_full"));
     let join = join_request;
     let refused = s.join(t0, join("a")).unwrap_err();

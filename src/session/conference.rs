@@ -306,12 +306,7 @@ impl Shard {
         let speaker = self
             .relay
             .active_speaker(room)
-            .and_then(|sid| {
-                self.participants
-                    .values()
-                    .find(|p| p.publisher == Some(sid))
-            })
-            .map(|p| p.public_id.clone());
+            .and_then(|sid| self.speaker_id(sid));
         ServerMessage::Joined {
             id: None,
             v: VERSION,
@@ -733,20 +728,27 @@ impl Shard {
         Ok(answer)
     }
 
+    /// The id the room shows for publisher session `sid`: its participant's, or for a WHIP,
+    /// QUIC or relayed publisher (a participant of its own in the room) its publisher id.
+    fn speaker_id(&self, sid: crate::core::room::SessionId) -> Option<String> {
+        match self
+            .participants
+            .values()
+            .find(|p| p.publisher == Some(sid))
+        {
+            Some(p) => Some(p.public_id.clone()),
+            None => self.sessions.get(&sid).map(|s| s.public_id.clone()),
+        }
+    }
+
     /// Relay events to participants: active speaker changes, simulcast layers needed.
     pub(super) fn drain_relay_events(&mut self) {
         while let Some(ev) = self.relay.poll_event() {
             match ev {
                 RelayEvent::ActiveSpeaker { room, publisher } => {
-                    let who = publisher
-                        .and_then(|sid| {
-                            self.participants
-                                .values()
-                                .find(|p| p.publisher == Some(sid))
-                        })
-                        .map(|p| p.public_id.clone());
+                    let who = publisher.and_then(|sid| self.speaker_id(sid));
                     if publisher.is_some() && who.is_none() {
-                        continue; // a WHIP publisher, not a participant
+                        continue; // already gone
                     }
                     self.broadcast(&room, 0, &ServerMessage::ActiveSpeaker { participant: who });
                 }

@@ -50,6 +50,19 @@ pub struct RelaySource {
     pub muted: Vec<String>,
 }
 
+/// The header extensions relay links carry, with fixed ids on both ends: the audio level (the
+/// other node's active speaker), the video orientation (a phone's rotation), the playout delay and
+/// the AV1 dependency descriptor.
+pub fn relay_extensions() -> ExtMap {
+    use crate::core::rtp::ExtKind;
+    ExtMap::from_pairs(&[
+        (1, ExtKind::AudioLevel),
+        (2, ExtKind::VideoOrientation),
+        (3, ExtKind::PlayoutDelay),
+        (4, ExtKind::DependencyDescriptor),
+    ])
+}
+
 fn kind_of(t: &QuicTrack) -> Option<MediaKind> {
     match t.kind.as_str() {
         "audio" => Some(MediaKind::Audio),
@@ -84,6 +97,11 @@ impl Shard {
         }
         let mut specs = Vec::new();
         let mut published = Vec::new();
+        let ext = if origin.is_some() {
+            relay_extensions()
+        } else {
+            ExtMap::default()
+        };
         for (i, t) in tracks.iter().enumerate() {
             let kind = kind_of(t).ok_or_else(|| {
                 SessionError::new(
@@ -139,7 +157,7 @@ impl Shard {
                 payload_type: t.payload_type,
                 clock_rate: t.clock_rate,
                 ssrc: Some(t.ssrc),
-                ext: ExtMap::default(),
+                ext: ext.clone(),
                 rids: Vec::new(),
                 // Native clients answer NACK and PLI; there is no REMB on QUIC (its congestion
                 // controller paces the connection).
@@ -186,13 +204,15 @@ impl Shard {
     }
 
     /// A QUIC client subscribes, on flow `flow`, to one publisher of the room (the most recent
-    /// when `publisher` is `None`). Returns the tracks as they will arrive.
+    /// when `publisher` is `None`). Returns the tracks as they will arrive. A `relay` subscriber
+    /// (another node of the cluster) gets the header extensions of [`relay_extensions`].
     pub fn quic_subscribe(
         &mut self,
         now: Instant,
         room: &str,
         publisher: Option<&str>,
         flow: u64,
+        relay: bool,
     ) -> Result<(SessionId, String, Vec<QuicTrack>), SessionError> {
         let pub_id = self.find_publisher(room, publisher)?;
         self.admit(room)?;
@@ -217,7 +237,11 @@ impl Shard {
                 mid: mid.clone(),
                 ssrc: self.rng.gen(),
                 payload_type: codec.payload_type,
-                ext: ExtMap::default(),
+                ext: if relay {
+                    relay_extensions()
+                } else {
+                    ExtMap::default()
+                },
                 initial_seq,
                 initial_ts,
                 rtx: None,

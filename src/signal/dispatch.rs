@@ -90,6 +90,8 @@ pub enum Command {
         publisher: Option<String>,
         flow: u64,
         conn: quinn::Connection,
+        /// Another node of the cluster subscribes (relay extensions).
+        relay: bool,
         reply: Reply<(SessionId, String, Vec<QuicTrack>)>,
     },
     QuicDatagram {

@@ -238,6 +238,7 @@ async fn handle(
                     publisher,
                     flow,
                     conn,
+                    relay: false,
                     reply,
                 })
                 .await?;

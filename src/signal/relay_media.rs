@@ -54,6 +54,7 @@ impl Media for WorkerMedia {
                     publisher,
                     flow,
                     conn,
+                    relay: true,
                     reply,
                 })
                 .await

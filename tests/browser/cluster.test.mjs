@@ -126,6 +126,19 @@ test('two participants on node 1 and two on node 2 each decode the other three',
   for (const p of pages) await p.close();
 });
 
+test('a speaker on node 1 is the active speaker for a watcher on node 2', { skip, timeout: 60000 }, async () => {
+  const ada = await participant(0, 'speak', 'Ada');
+  const watcher = await browser.newPage();
+  await watcher.goto(`http://${http(1)}/?room=speak`);
+  await watcher.evaluate(() => window.app.join('speak', 'Wes', null, { publish: false }));
+  const relayed = await waitFor(() => watcher.evaluate(() => [...window.app.participants.values()].find((p) => p.info.name === 'Ada')?.info.id), 10000, 200);
+  assert.ok(relayed, 'Ada relayed to node 2');
+  // Her audio level crosses the link with her audio: node 2 picks her as the active speaker.
+  const spoke = await waitFor(() => watcher.evaluate((id) => window.app.speaker === id, relayed), 10000, 200);
+  assert.ok(spoke, `active speaker on node 2: ${await watcher.evaluate(() => window.app.speaker)}`);
+  for (const p of [ada, watcher]) await p.close();
+});
+
 test('Redis stopped for 30 s: a cross-node call goes on, new sessions get 503, then work again', { skip, timeout: 120000 }, async () => {
   const a = await participant(0, 'outage', 'Ana');
   const b = await participant(1, 'outage', 'Ben');
