@@ -470,8 +470,13 @@ async fn run(index: usize, setup: WorkerSetup, mut rx: mpsc::Receiver<Command>) 
             Some(e) = tcp_rx.recv() => {
                 out.woke(wait);
                 let now = Instant::now();
-                if let Some((from, frame)) = out.tcp.event(now, e) {
-                    shard.handle_datagram(now, from, frame);
+                match e {
+                    TcpEvent::Opened(peer, _) if shard.uses_address(peer) => out.tcp.refuse(e),
+                    e => {
+                        if let Some((from, frame)) = out.tcp.event(now, e) {
+                            shard.handle_datagram(now, from, frame);
+                        }
+                    }
                 }
             },
             c = rx.recv() => {

@@ -280,6 +280,14 @@ async fn drain_redirects_new_sessions_keeps_calls_and_exits_when_they_end() {
     assert_eq!(m["url"], format!("ws://{}/rtc", n2.http));
     assert_eq!(m["node"], "n2");
     assert_eq!(m["id"], 1);
+    // A resume secret that takes back nobody is a new join: redirected too.
+    let mut bogus = connect(n1.http, "").await;
+    send(
+        &mut bogus,
+        json!({"type": "join", "v": 1, "room": "r", "name": "x", "id": 1, "resume": "not-a-secret"}),
+    )
+    .await;
+    assert_eq!(recv(&mut bogus).await["type"], "redirect");
     // Following the redirect works.
     let mut moved = connect(n2.http, "").await;
     assert_eq!(join(&mut moved, "r", "late", None).await["type"], "joined");

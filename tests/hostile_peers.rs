@@ -179,6 +179,7 @@ fn join_request(room: &str) -> JoinRequest {
         auto_subscribe: true,
         conn: 1,
         resume: None,
+        only_resume: false,
     }
 }
 

@@ -166,162 +166,336 @@ pub struct Link {
     pub parity: u64,
 }
 
-impl Link {
-    pub async fn run(
-        mut self,
-        media: std::sync::Arc<dyn Media>,
-        mut cmds: mpsc::Receiver<LinkCmd>,
-    ) {
-        let peer = self.peer.clone();
-        let mut shared: HashSet<String> = HashSet::new();
-        // Flow -> this side's subscription to the peer's publisher.
-        let mut inbound: HashMap<u64, Inbound> = HashMap::new();
-        // Flow -> the subscriber session serving the peer here.
-        let mut outbound: HashMap<u64, Route> = HashMap::new();
-        let mut next_flow = self.parity;
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
-        let why = loop {
-            tokio::select! {
-                m = recv(&mut self.recv) => {
-                    let m = match m {
-                        Ok(Some(m)) => m,
-                        Ok(None) => break "control stream ended",
-                        Err(e) => {
-                            warn!(peer = %peer, error = %e, "relay link: bad control stream, closing it");
-                            self.conn.close(CLOSE_PROTOCOL.into(), b"bad control stream");
-                            break "bad control stream";
-                        }
-                    };
-                    match m {
-                        Message::Sources { room, sources } => {
-                            let listed: Vec<&RelaySource> = if shared.contains(&room) { sources.iter().collect() } else { Vec::new() };
-                            // Gone from the list: drop the relayed copy.
-                            let gone: Vec<u64> = inbound.iter()
-                                .filter(|(_, i)| i.room == room && !listed.iter().any(|s| s.publisher == i.publisher))
-                                .map(|(f, _)| *f).collect();
-                            for f in gone {
-                                if let Some(i) = inbound.remove(&f) {
-                                    media.close(i.route.into_iter().collect());
-                                }
-                                if !send(&mut self.send, &Message::Unsubscribe { flow: f }).await { break; }
-                            }
-                            for s in listed {
-                                if let Some(i) = inbound.values_mut().find(|i| i.room == room && i.publisher == s.publisher) {
-                                    i.muted = s.muted.clone();
-                                    apply_mute(media.as_ref(), i).await;
-                                    continue;
-                                }
-                                if inbound.len() >= MAX_FLOWS {
-                                    continue;
-                                }
-                                let flow = next_flow;
-                                next_flow += 2;
-                                inbound.insert(flow, Inbound {
-                                    room: room.clone(),
-                                    publisher: s.publisher.clone(),
-                                    route: None,
-                                    origin: Origin { node: peer.clone(), id: s.publisher.clone(), identity: s.identity.clone(), name: s.name.clone() },
-                                    muted: s.muted.clone(),
-                                    applied: Vec::new(),
-                                });
-                                let sub = Message::Subscribe { room: room.clone(), publisher: s.publisher.clone(), flow };
-                                if !send(&mut self.send, &sub).await { break; }
-                            }
-                        }
-                        Message::Subscribe { room, publisher, flow } => {
-                            let reply = if flow % 2 == self.parity || outbound.contains_key(&flow) || outbound.len() >= MAX_FLOWS || !shared.contains(&room) {
-                                Message::Refused { flow, code: 409, reason: "flow_refused".into() }
-                            } else {
-                                match media.subscribe(&room, &publisher, flow, self.conn.clone()).await {
-                                    Ok((route, tracks)) => {
-                                        outbound.insert(flow, route);
-                                        Message::Subscribed { flow, tracks }
-                                    }
-                                    Err(e) => Message::Refused { flow, code: e.code, reason: e.reason.into() },
-                                }
-                            };
-                            if !send(&mut self.send, &reply).await { break "control stream ended"; }
-                        }
-                        Message::Subscribed { flow, tracks } => {
-                            let Some(i) = inbound.get_mut(&flow).filter(|i| i.route.is_none()) else { continue };
-                            match media.publish(&i.room, tracks, flow, self.conn.clone(), i.origin.clone()).await {
-                                Ok(route) => {
-                                    info!(peer = %peer, room = %i.room, publisher = %i.publisher, flow, "relay link: publisher relayed here");
-                                    i.route = Some(route);
-                                    apply_mute(media.as_ref(), i).await;
-                                }
-                                Err(e) => {
-                                    debug!(peer = %peer, error = %e.message, "relay link: relayed publisher refused here");
-                                    inbound.remove(&flow);
-                                    if !send(&mut self.send, &Message::Unsubscribe { flow }).await { break "control stream ended"; }
-                                }
-                            }
-                        }
-                        Message::Refused { flow, reason, .. } => {
-                            debug!(peer = %peer, flow, reason, "relay link: subscription refused");
-                            inbound.remove(&flow);
-                        }
-                        Message::Unsubscribe { flow } => {
-                            if let Some(r) = outbound.remove(&flow) {
-                                media.close(vec![r]);
-                            }
-                        }
-                        Message::Hello { .. } | Message::Welcome { .. } => {
-                            self.conn.close(CLOSE_PROTOCOL.into(), b"unexpected handshake");
-                            break "unexpected handshake";
-                        }
-                    }
+/// Control messages queued for the peer; a peer that lets more pile up is not reading its
+/// control stream, and its link is closed.
+const OUT_QUEUE: usize = 4096;
+
+/// What the reader task passes on, in order.
+enum Read {
+    Message(Message),
+    Ended,
+    Bad(String),
+}
+
+/// A link's subscriptions both ways, and the queue to the peer.
+struct State {
+    peer: String,
+    conn: quinn::Connection,
+    media: std::sync::Arc<dyn Media>,
+    out: mpsc::Sender<Message>,
+    shared: HashSet<String>,
+    /// Flow -> this side's subscription to the peer's publisher.
+    inbound: HashMap<u64, Inbound>,
+    /// Flow -> the subscriber session serving the peer here.
+    outbound: HashMap<u64, Route>,
+    parity: u64,
+    next_flow: u64,
+    /// Set when the link must end (the peer stopped reading its control stream).
+    failed: Option<&'static str>,
+}
+
+impl State {
+    fn send(&mut self, m: Message) {
+        if self.failed.is_none() && self.out.try_send(m).is_err() {
+            self.failed = Some("the peer does not read its control stream");
+        }
+    }
+
+    /// Drops this side's copy of the peer's publisher on `flow` and tells the peer.
+    fn unsubscribe(&mut self, flow: u64) {
+        if let Some(i) = self.inbound.remove(&flow) {
+            self.media.close(i.route.into_iter().collect());
+        }
+        self.send(Message::Unsubscribe { flow });
+    }
+
+    async fn on_message(&mut self, m: Message) {
+        match m {
+            Message::Sources { room, sources } => {
+                let listed: Vec<RelaySource> = if self.shared.contains(&room) {
+                    sources
+                } else {
+                    Vec::new()
+                };
+                // Gone from the list: drop the relayed copy.
+                let gone: Vec<u64> = self
+                    .inbound
+                    .iter()
+                    .filter(|(_, i)| {
+                        i.room == room && !listed.iter().any(|s| s.publisher == i.publisher)
+                    })
+                    .map(|(f, _)| *f)
+                    .collect();
+                for f in gone {
+                    self.unsubscribe(f);
                 }
-                d = self.conn.read_datagram() => {
-                    let Ok(d) = d else { break "connection closed" };
-                    let Ok((flow, _)) = split_datagram(&d) else { continue };
-                    let route = match inbound.get(&flow) {
-                        Some(i) => i.route.as_ref(),
-                        None => outbound.get(&flow),
+                for s in listed {
+                    let media = self.media.clone();
+                    if let Some(i) = self
+                        .inbound
+                        .values_mut()
+                        .find(|i| i.room == room && i.publisher == s.publisher)
+                    {
+                        i.muted = s.muted;
+                        apply_mute(media.as_ref(), i).await;
+                        continue;
+                    }
+                    if self.inbound.len() >= MAX_FLOWS {
+                        continue;
+                    }
+                    let flow = self.next_flow;
+                    self.next_flow += 2;
+                    let origin = Origin {
+                        node: self.peer.clone(),
+                        id: s.publisher.clone(),
+                        identity: s.identity,
+                        name: s.name,
                     };
-                    if let Some(r) = route {
-                        media.datagram(r, Bytes::clone(&d));
-                    }
+                    let sub = Message::Subscribe {
+                        room: room.clone(),
+                        publisher: s.publisher.clone(),
+                        flow,
+                    };
+                    self.inbound.insert(
+                        flow,
+                        Inbound {
+                            room: room.clone(),
+                            publisher: s.publisher,
+                            route: None,
+                            origin,
+                            muted: s.muted,
+                            applied: Vec::new(),
+                        },
+                    );
+                    self.send(sub);
                 }
-                c = cmds.recv() => match c {
-                    Some(LinkCmd::Shared(rooms)) => {
-                        let now: HashSet<String> = rooms.into_iter().collect();
-                        // Rooms no longer shared: the peer's publishers there are dropped here,
-                        // and the peer is told this side has none there any more.
-                        for room in shared.difference(&now) {
-                            let gone: Vec<u64> = inbound.iter().filter(|(_, i)| &i.room == room).map(|(f, _)| *f).collect();
-                            for f in gone {
-                                if let Some(i) = inbound.remove(&f) {
-                                    media.close(i.route.into_iter().collect());
-                                }
-                                let _ = send(&mut self.send, &Message::Unsubscribe { flow: f }).await;
-                            }
-                            let _ = send(&mut self.send, &Message::Sources { room: room.clone(), sources: Vec::new() }).await;
-                        }
-                        shared = now;
-                        tick.reset_immediately();
+            }
+            Message::Subscribe {
+                room,
+                publisher,
+                flow,
+            } => {
+                let reply = if flow % 2 == self.parity
+                    || self.outbound.contains_key(&flow)
+                    || self.outbound.len() >= MAX_FLOWS
+                    || !self.shared.contains(&room)
+                {
+                    Message::Refused {
+                        flow,
+                        code: 409,
+                        reason: "flow_refused".into(),
                     }
-                    Some(LinkCmd::Close) | None => {
-                        self.conn.close(CLOSE_GONE.into(), b"node left");
-                        break "closed";
-                    }
-                },
-                _ = tick.tick() => {
-                    for room in &shared {
-                        let sources = media.sources(room).await;
-                        if !send(&mut self.send, &Message::Sources { room: room.clone(), sources }).await {
-                            break;
+                } else {
+                    let conn = self.conn.clone();
+                    match self.media.subscribe(&room, &publisher, flow, conn).await {
+                        Ok((route, tracks)) => {
+                            self.outbound.insert(flow, route);
+                            Message::Subscribed { flow, tracks }
                         }
+                        Err(e) => Message::Refused {
+                            flow,
+                            code: e.code,
+                            reason: e.reason.into(),
+                        },
+                    }
+                };
+                self.send(reply);
+            }
+            Message::Subscribed { flow, tracks } => {
+                let Some(i) = self.inbound.get(&flow).filter(|i| i.route.is_none()) else {
+                    return;
+                };
+                let (room, origin) = (i.room.clone(), i.origin.clone());
+                let conn = self.conn.clone();
+                match self.media.publish(&room, tracks, flow, conn, origin).await {
+                    Ok(route) => {
+                        let media = self.media.clone();
+                        if let Some(i) = self.inbound.get_mut(&flow) {
+                            info!(peer = %self.peer, room = %i.room, publisher = %i.publisher, flow, "relay link: publisher relayed here");
+                            i.route = Some(route);
+                            apply_mute(media.as_ref(), i).await;
+                        }
+                    }
+                    Err(e) => {
+                        debug!(peer = %self.peer, error = %e.message, "relay link: relayed publisher refused here");
+                        self.unsubscribe(flow);
                     }
                 }
             }
+            Message::Refused { flow, reason, .. } => {
+                debug!(peer = %self.peer, flow, reason, "relay link: subscription refused");
+                if let Some(i) = self.inbound.remove(&flow) {
+                    self.media.close(i.route.into_iter().collect());
+                }
+            }
+            Message::Unsubscribe { flow } => {
+                if let Some(r) = self.outbound.remove(&flow) {
+                    self.media.close(vec![r]);
+                }
+            }
+            Message::Hello { .. } | Message::Welcome { .. } => {
+                self.failed = Some("a second handshake");
+            }
+        }
+    }
+
+    fn on_datagram(&self, d: Bytes) {
+        let Ok((flow, _)) = split_datagram(&d) else {
+            return;
         };
-        let routes: Vec<Route> = inbound
+        let route = match self.inbound.get(&flow) {
+            Some(i) => i.route.as_ref(),
+            None => self.outbound.get(&flow),
+        };
+        if let Some(r) = route {
+            self.media.datagram(r, d);
+        }
+    }
+
+    fn on_shared(&mut self, rooms: Vec<String>) {
+        let now: HashSet<String> = rooms.into_iter().collect();
+        // Rooms no longer shared: the peer's publishers there are dropped here, and the peer
+        // is told this side has none there any more.
+        let dropped: Vec<String> = self.shared.difference(&now).cloned().collect();
+        for room in dropped {
+            let gone: Vec<u64> = self
+                .inbound
+                .iter()
+                .filter(|(_, i)| i.room == room)
+                .map(|(f, _)| *f)
+                .collect();
+            for f in gone {
+                self.unsubscribe(f);
+            }
+            self.send(Message::Sources {
+                room,
+                sources: Vec::new(),
+            });
+        }
+        self.shared = now;
+    }
+
+    async fn on_tick(&mut self) {
+        let rooms: Vec<String> = self.shared.iter().cloned().collect();
+        for room in rooms {
+            let sources = self.media.sources(&room).await;
+            self.send(Message::Sources { room, sources });
+        }
+        // Sessions that ended here on their own (a relayed copy removed with the server API, a
+        // subscription whose publisher left): forget them; a copy still listed by the peer is
+        // subscribed again on its next `sources`.
+        let routes: Vec<Route> = self
+            .inbound
+            .values()
+            .filter_map(|i| i.route)
+            .chain(self.outbound.values().copied())
+            .collect();
+        if routes.is_empty() {
+            return;
+        }
+        let live = self.media.live(routes).await;
+        let dead_in: Vec<u64> = self
+            .inbound
+            .iter()
+            .filter(|(_, i)| i.route.is_some_and(|r| !live.contains(&r)))
+            .map(|(f, _)| *f)
+            .collect();
+        for f in dead_in {
+            self.unsubscribe(f);
+        }
+        self.outbound.retain(|_, r| live.contains(r));
+    }
+}
+
+impl Link {
+    pub async fn run(self, media: std::sync::Arc<dyn Media>, mut cmds: mpsc::Receiver<LinkCmd>) {
+        let Link {
+            peer,
+            conn,
+            send: mut tx,
+            recv: mut rx,
+            parity,
+        } = self;
+        // Reads run in a task of their own: a read that a select! dropped half-way would lose
+        // the bytes it had taken from the stream.
+        let (read_tx, mut reads) = mpsc::channel::<Read>(64);
+        let reader = tokio::spawn(async move {
+            loop {
+                let r = match recv(&mut rx).await {
+                    Ok(Some(m)) => Read::Message(m),
+                    Ok(None) => Read::Ended,
+                    Err(e) => Read::Bad(e),
+                };
+                let last = !matches!(r, Read::Message(_));
+                if read_tx.send(r).await.is_err() || last {
+                    return;
+                }
+            }
+        });
+        // Writes too: the loop never waits on the peer.
+        let (out, mut queued) = mpsc::channel::<Message>(OUT_QUEUE);
+        let writer = tokio::spawn(async move {
+            while let Some(m) = queued.recv().await {
+                if !send(&mut tx, &m).await {
+                    return;
+                }
+            }
+        });
+        let mut st = State {
+            peer: peer.clone(),
+            conn: conn.clone(),
+            media,
+            out,
+            shared: HashSet::new(),
+            inbound: HashMap::new(),
+            outbound: HashMap::new(),
+            parity,
+            next_flow: parity,
+            failed: None,
+        };
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let why = loop {
+            tokio::select! {
+                r = reads.recv() => match r {
+                    Some(Read::Message(m)) => st.on_message(m).await,
+                    Some(Read::Bad(e)) => {
+                        warn!(peer = %peer, error = %e, "relay link: bad control stream, closing it");
+                        conn.close(CLOSE_PROTOCOL.into(), b"bad control stream");
+                        break "bad control stream";
+                    }
+                    Some(Read::Ended) | None => break "control stream ended",
+                },
+                d = conn.read_datagram() => match d {
+                    Ok(d) => st.on_datagram(d),
+                    Err(_) => break "connection closed",
+                },
+                c = cmds.recv() => match c {
+                    Some(LinkCmd::Shared(rooms)) => {
+                        st.on_shared(rooms);
+                        tick.reset_immediately();
+                    }
+                    Some(LinkCmd::Close) | None => {
+                        conn.close(CLOSE_GONE.into(), b"node left");
+                        break "closed";
+                    }
+                },
+                _ = tick.tick() => st.on_tick().await,
+            }
+            if let Some(why) = st.failed {
+                warn!(peer = %peer, why, "relay link: closing it");
+                conn.close(CLOSE_PROTOCOL.into(), why.as_bytes());
+                break why;
+            }
+        };
+        reader.abort();
+        writer.abort();
+        let routes: Vec<Route> = st
+            .inbound
             .into_values()
             .filter_map(|i| i.route)
-            .chain(outbound.into_values())
+            .chain(st.outbound.into_values())
             .collect();
-        media.close(routes);
+        st.media.close(routes);
         info!(peer = %peer, why, "relay link ended");
     }
 }

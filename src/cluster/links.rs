@@ -18,11 +18,17 @@ use tracing::{debug, info, warn};
 use super::link::{exported, mac, mac_ok, recv, send, Link, LinkCmd, Message, CLOSE_UNAUTHORIZED};
 use super::media::Media;
 use super::{Cluster, NodeRecord};
-use crate::transport::quic::endpoint::RELAY_ALPN;
+use crate::transport::quic::endpoint::{read_frame, RELAY_ALPN};
 use crate::transport::quic::pin::client_config;
 
 /// How long a peer has to open its control stream and say hello (or answer one).
 const HANDSHAKE: Duration = Duration::from_secs(5);
+/// Handshakes in progress at once; connections past this are refused at once (strangers
+/// cannot hold more than this many tasks).
+const MAX_HANDSHAKES: usize = 64;
+/// Largest hello or welcome.
+const MAX_HELLO: usize = 1024;
+
 /// A link that hears nothing for this long is dead (its node was killed or cut off): its
 /// relayed publishers leave at once, before the node's record expires.
 pub const LINK_IDLE: Duration = Duration::from_secs(2);
@@ -80,8 +86,20 @@ pub async fn run(cluster: Cluster, media: Arc<dyn Media>, endpoint: quinn::Endpo
             events_tx.clone(),
             cluster.clone(),
         );
+        let pending = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
         tokio::spawn(async move {
             while let Some(incoming) = endpoint.accept().await {
+                let Ok(permit) = pending.clone().try_acquire_owned() else {
+                    incoming.refuse();
+                    let n = cluster.link_refused();
+                    if n.is_power_of_two() {
+                        warn!(
+                            refused = n,
+                            "relay link refused: too many handshakes at once"
+                        );
+                    }
+                    continue;
+                };
                 let (me, secret, events_tx, cluster) = (
                     me.clone(),
                     secret.clone(),
@@ -89,8 +107,9 @@ pub async fn run(cluster: Cluster, media: Arc<dyn Media>, endpoint: quinn::Endpo
                     cluster.clone(),
                 );
                 tokio::spawn(async move {
+                    let _permit = permit;
                     let remote = incoming.remote_address();
-                    match tokio::time::timeout(HANDSHAKE * 2, accept(incoming, &me, &secret)).await
+                    match tokio::time::timeout(HANDSHAKE * 3, accept(incoming, &me, &secret)).await
                     {
                         Ok(Ok(link)) => {
                             let _ = events_tx.send(Event::Up(link)).await;
@@ -121,6 +140,7 @@ pub async fn run(cluster: Cluster, media: Arc<dyn Media>, endpoint: quinn::Endpo
                     dialing.retain(|p| p != &peer);
                     if let Some(old) = links.remove(&peer) {
                         let _ = old.cmds.try_send(LinkCmd::Close);
+                        old.conn.close(super::link::CLOSE_GONE.into(), b"replaced");
                     }
                     info!(peer = %peer, addr = %link.conn.remote_address(), "relay link up");
                     let (cmds, rx) = mpsc::channel(16);
@@ -140,6 +160,7 @@ pub async fn run(cluster: Cluster, media: Arc<dyn Media>, endpoint: quinn::Endpo
                         && (nodes.iter().any(|n| &n.id == peer) || h.since.elapsed() < ttl);
                     if !keep {
                         let _ = h.cmds.try_send(LinkCmd::Close);
+                        h.conn.close(super::link::CLOSE_GONE.into(), b"node gone");
                     }
                     keep
                 });
@@ -249,7 +270,15 @@ async fn accept(incoming: quinn::Incoming, me: &str, secret: &str) -> Result<Lin
     let Ok(Ok((mut tx, mut rx))) = tokio::time::timeout(HANDSHAKE, conn.accept_bi()).await else {
         return refuse(&conn, "no control stream");
     };
-    let hello = tokio::time::timeout(HANDSHAKE, recv(&mut rx)).await;
+    let hello = tokio::time::timeout(HANDSHAKE, read_frame(&mut rx, MAX_HELLO))
+        .await
+        .map(|r| match r {
+            Ok(Some(body)) => serde_json::from_slice::<Message>(&body)
+                .map(Some)
+                .map_err(|e| e.to_string()),
+            Ok(None) => Ok(None),
+            Err(e) => Err(e.to_string()),
+        });
     let ex = exported(&conn);
     let peer = match hello {
         Ok(Ok(Some(Message::Hello { v: 1, node, mac: m })))

@@ -44,6 +44,9 @@ pub trait Media: Send + Sync + 'static {
     ) -> BoxFut<'a, Result<Route, SessionError>>;
     /// Mutes or unmutes a relayed track of `room` (as its origin shows it) for everyone here.
     fn mute<'a>(&'a self, room: &'a str, track: String, muted: bool) -> BoxFut<'a, ()>;
+    /// Ends these sessions (delivered even while the workers are busy).
     fn close(&self, routes: Vec<Route>);
+    /// Which of these sessions still run.
+    fn live(&self, routes: Vec<Route>) -> BoxFut<'_, Vec<Route>>;
     fn datagram(&self, route: &Route, data: Bytes);
 }

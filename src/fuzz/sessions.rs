@@ -204,6 +204,7 @@ fn run(data: &[u8]) -> Done {
                     auto_subscribe: pick(0) & 16 == 0,
                     conn,
                     resume,
+                    only_resume: pick(1) & 1 == 1,
                 };
                 if let Ok((pid, msg)) = shard.join(now, req) {
                     done.joins += 1;

@@ -229,6 +229,13 @@ impl Shard {
             self.resume(now, id, &req);
             return Ok((id, self.joined_message(id, true)));
         }
+        if req.only_resume {
+            return Err(SessionError::new(
+                409,
+                "not_resumable",
+                "no participant to take back with this resume secret",
+            ));
+        }
         let (identity, name) = (req.identity.as_str(), req.name.as_str());
         let (grants, auto_subscribe) = (req.grants, req.auto_subscribe);
         self.admit(room)?;

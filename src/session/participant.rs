@@ -27,6 +27,10 @@ pub struct JoinRequest {
     /// The socket this participant talks over (a later socket takes it over with `resume`).
     pub conn: u64,
     pub resume: Option<String>,
+    /// Only take back the participant `resume` names: this node does not take new ones now
+    /// (draining, full, the cluster store away), so a secret that no longer works is refused
+    /// (`not_resumable`) rather than becoming a new participant here.
+    pub only_resume: bool,
 }
 
 pub struct Participant {

@@ -83,6 +83,21 @@ impl Shard {
         origin: Option<Origin>,
     ) -> Result<(SessionId, String), SessionError> {
         self.admit(room)?;
+        // A relayed copy takes its origin's publisher id: one that could not be one is refused
+        // (dropping the origin instead would make the copy look local and be relayed onwards).
+        if origin.as_ref().is_some_and(|o| {
+            !(1..=64).contains(&o.id.len())
+                || !o
+                    .id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        }) {
+            return Err(SessionError::new(
+                400,
+                "bad_origin",
+                "a relayed publisher needs its origin's publisher id",
+            ));
+        }
         let max_tracks = self.config.limits.max_tracks_per_participant;
         if tracks.len() > max_tracks {
             // The limit every way in has (WHIP, the room protocol).
@@ -184,7 +199,7 @@ impl Shard {
             .map_err(SessionError::internal)?;
         s.quic_flow = Some(flow);
         s.published = published;
-        if let Some(o) = origin.filter(|o| !o.id.is_empty() && o.id.len() <= 64) {
+        if let Some(o) = origin {
             s.public_id = o.id.clone();
             s.origin = Some(Box::new(o));
         }

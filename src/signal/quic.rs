@@ -93,13 +93,26 @@ async fn run_connection(conn: quinn::Connection, workers: Workers, auth: Auth) {
     let mut flows: Vec<(u64, SessionId)> = Vec::new();
     // Control messages in the current second.
     let mut window = (tokio::time::Instant::now(), 0u32);
+    // Control messages are read in a task of their own: a read that the select! below dropped
+    // half-way (a datagram came first) would lose the bytes it had taken from the stream. The
+    // queue is short, so a client sending faster than it is answered waits.
+    let (read_tx, mut reads) = mpsc::channel(4);
+    let reader = tokio::spawn(async move {
+        loop {
+            let r = read_message(&mut recv).await;
+            let last = !matches!(r, Ok(Some(_)));
+            if read_tx.send(r).await.is_err() || last {
+                return;
+            }
+        }
+    });
     loop {
         tokio::select! {
-            msg = read_message(&mut recv) => {
+            msg = reads.recv() => {
                 let body = match msg {
-                    Ok(Some(b)) => b,
-                    Ok(None) => break,
-                    Err(r) => {
+                    Some(Ok(Some(b))) => b,
+                    Some(Ok(None)) | None => break,
+                    Some(Err(r)) => {
                         // Say why, give the reply a moment to arrive, then end the connection.
                         let _ = send.write_all(&frame(&serde_json::to_vec(&refusal(r)).unwrap_or_default())).await;
                         let _ = send.finish();
@@ -144,6 +157,7 @@ async fn run_connection(conn: quinn::Connection, workers: Workers, auth: Auth) {
             }
         }
     }
+    reader.abort();
     if !flows.is_empty() {
         let _ = tx
             .send(Command::QuicClosed {

@@ -106,13 +106,45 @@ impl Media for WorkerMedia {
     }
 
     fn close(&self, routes: Vec<Route>) {
-        for r in routes {
-            if let Some(w) = self.0.all().get(r.worker) {
-                let _ = w.tx.try_send(Command::QuicClosed {
-                    sessions: vec![r.session],
-                });
-            }
+        if routes.is_empty() {
+            return;
         }
+        // Awaited, not tried: a worker queue full of datagrams must not lose a close (a QUIC
+        // session has no consent timeout to end it otherwise).
+        let workers = self.0.clone();
+        tokio::spawn(async move {
+            for r in routes {
+                if let Some(w) = workers.all().get(r.worker) {
+                    let _ =
+                        w.tx.send(Command::QuicClosed {
+                            sessions: vec![r.session],
+                        })
+                        .await;
+                }
+            }
+        });
+    }
+
+    fn live(&self, routes: Vec<Route>) -> BoxFut<'_, Vec<Route>> {
+        Box::pin(async move {
+            let mut live = Vec::with_capacity(routes.len());
+            for (worker, w) in self.0.all().iter().enumerate() {
+                let sessions: Vec<_> = routes
+                    .iter()
+                    .filter(|r| r.worker == worker)
+                    .map(|r| r.session)
+                    .collect();
+                if sessions.is_empty() {
+                    continue;
+                }
+                let Some(Ok(still)) = w.call(|reply| Command::QuicLive { sessions, reply }).await
+                else {
+                    continue;
+                };
+                live.extend(still.into_iter().map(|session| Route { worker, session }));
+            }
+            live
+        })
     }
 
     fn datagram(&self, route: &Route, data: Bytes) {

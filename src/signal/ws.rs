@@ -192,6 +192,27 @@ async fn run(mut socket: WebSocket, st: AppState, upgrade_token: Option<String>)
     let _ = socket.send(Message::Close(None)).await;
 }
 
+/// The answer to a new `join` this node does not take: a `redirect`, or the refusal.
+fn elsewhere(
+    placement: Placement,
+    id: Option<serde_json::Value>,
+    room: &str,
+) -> Result<ServerMessage, SessionError> {
+    match placement {
+        Placement::Elsewhere(node) => {
+            info!(room, to = %node.id, "room protocol join redirected");
+            Ok(ServerMessage::Redirect {
+                id,
+                url: node.rtc_url(),
+                node: node.id,
+            })
+        }
+        Placement::Refused(code, reason, message) => Err(SessionError::new(code, reason, message)),
+        // Not reached: a join placed here is not sent elsewhere.
+        Placement::Here => Err(SessionError::new(503, "unavailable", "try again")),
+    }
+}
+
 fn not_joined() -> SessionError {
     SessionError::new(409, "not_joined", "join a room first")
 }
@@ -250,21 +271,10 @@ async fn handle(
                 .check(token, Some(&room), unix_now())
                 .map_err(|e| SessionError::new(e.status(), e.reason(), e.to_string()))?;
             // A participant coming back keeps its call here; a new one may be sent elsewhere.
-            if resume.is_none() {
-                match st.cluster.place() {
-                    Placement::Here => {}
-                    Placement::Elsewhere(node) => {
-                        info!(room, to = %node.id, "room protocol join redirected");
-                        return Ok(ServerMessage::Redirect {
-                            id,
-                            url: node.rtc_url(),
-                            node: node.id,
-                        });
-                    }
-                    Placement::Refused(code, reason, message) => {
-                        return Err(SessionError::new(code, reason, message));
-                    }
-                }
+            let placement = st.cluster.place();
+            let only_resume = !matches!(placement, Placement::Here);
+            if resume.is_none() && only_resume {
+                return elsewhere(placement, id, &room);
             }
             let verified = access.identity.is_some();
             let identity = access.identity.unwrap_or_else(|| {
@@ -294,13 +304,17 @@ async fn handle(
                         auto_subscribe,
                         conn,
                         resume,
+                        only_resume,
                     },
                     tx,
                     reply,
                 })
                 .await
                 .map_err(|_| gone())?;
-            let (pid, mut joined_msg) = wait.await.map_err(|_| gone())??;
+            let (pid, mut joined_msg) = match wait.await.map_err(|_| gone())? {
+                Err(e) if e.reason == "not_resumable" => return elsewhere(placement, id, &room),
+                r => r?,
+            };
             if let ServerMessage::Joined {
                 id: slot,
                 fallbacks,

@@ -28,6 +28,9 @@ pub const ICE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_CONNECTIONS: usize = 4096;
 /// Frames queued for one connection; more are dropped (the client is not reading).
 const OUT_QUEUE: usize = 512;
+/// A connection whose client has not taken a frame for this long (its receive window stays
+/// shut) is closed.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What connection tasks tell their worker.
 pub enum TcpEvent {
@@ -47,7 +50,8 @@ pub struct TcpStats {
     pub connections: usize,
     pub in_use: usize,
     pub accepted: u64,
-    /// Closed at once: the worker held `MAX_CONNECTIONS` already.
+    /// Closed at once: the worker held `MAX_CONNECTIONS` already, or a UDP session uses the
+    /// connection's address.
     pub refused: u64,
     /// Closed for bad framing, an oversized frame or a first frame that is not STUN.
     pub junk: u64,
@@ -85,6 +89,14 @@ pub struct TcpPeers {
 impl TcpPeers {
     pub fn is_empty(&self) -> bool {
         self.conns.is_empty()
+    }
+
+    /// Refuses a connection from an address a UDP session already uses (its packets would be
+    /// taken for that session's).
+    pub fn refuse(&mut self, e: TcpEvent) {
+        if let TcpEvent::Opened(..) = e {
+            self.stats.refused += 1;
+        }
     }
 
     /// Applies a connection task's event; a frame comes back for the shard.
@@ -238,8 +250,9 @@ async fn run_conn(
                 wbuf.clear();
                 wbuf.extend_from_slice(&(data.len() as u16).to_be_bytes());
                 wbuf.extend_from_slice(&data);
-                if wr.write_all(&wbuf).await.is_err() {
-                    break 'conn TcpEvent::Closed(peer);
+                match tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(&wbuf)).await {
+                    Ok(Ok(())) => {}
+                    _ => break 'conn TcpEvent::Closed(peer),
                 }
             }
             _ = tokio::time::sleep_until(first_deadline), if !started => {
