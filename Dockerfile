@@ -24,6 +24,7 @@ ENV VOLNA_HTTP_LISTEN=0.0.0.0:8080
 USER volna
 HEALTHCHECK --interval=10s --timeout=6s --start-period=5s --retries=3 \
   CMD ["volna", "--config", "/etc/volna/volna.toml", "health"]
-# HTTP signalling; media, one UDP port per worker from media.listen's; RTP over QUIC.
-EXPOSE 8080/tcp 50000-50015/udp 4433/udp
+# HTTP signalling; media, one UDP port per worker from media.listen's, and the same numbers over
+# TCP (ICE-TCP); RTP over QUIC.
+EXPOSE 8080/tcp 50000-50015/udp 50000-50015/tcp 4433/udp
 ENTRYPOINT ["volna", "--config", "/etc/volna/volna.toml"]
