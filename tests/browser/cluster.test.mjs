@@ -146,38 +146,48 @@ test('Redis stopped for 30 s: a cross-node call goes on, new sessions get 503, t
     assert.ok(await waitFor(async () => (await receiving(p)).videos >= 1, 30000, 500), 'decoding before the outage');
   }
   redis.kill('SIGKILL');
-  const start = Date.now();
-  const whip = ['-X', 'POST', '-H', 'Content-Type: application/sdp', '--data-binary', 'v=0', `http://${http(0)}/whip/outage`];
-  assert.ok(await waitFor(() => curlStatus(whip) === '503', 5000, 200), 'a new WHIP gets 503 without Redis');
-  const refused = await a.evaluate(async (u) => {
-    const ws = new WebSocket(u);
-    await new Promise((r) => { ws.onopen = r; });
-    ws.send(JSON.stringify({ type: 'join', v: 1, room: 'outage', name: 'Late', id: 1 }));
-    const m = await new Promise((r) => { ws.onmessage = (e) => r(JSON.parse(e.data)); });
-    ws.close();
-    return m;
-  }, `ws://${http(1)}/rtc`);
-  assert.equal(refused.code, 503, JSON.stringify(refused));
-  assert.equal(refused.reason, 'cluster_unavailable');
-  // Media keeps flowing both ways for the whole outage.
-  let before = [await receiving(a), await receiving(b)].map((r) => r.frames);
-  while (Date.now() - start < 30000) {
-    await new Promise((r) => setTimeout(r, 5000));
-    const now = [await receiving(a), await receiving(b)].map((r) => r.frames);
-    assert.ok(now[0] > before[0] + 20 && now[1] > before[1] + 20, `frames keep growing without Redis: ${before} -> ${now}`);
-    before = now;
-  }
-  await startRedis();
-  const c = await waitFor(async () => {
-    try {
-      return await participant(2, 'outage', 'Cai');
-    } catch {
-      return null;
+  let restarted = false;
+  try {
+    const start = Date.now();
+    const whip = ['-X', 'POST', '-H', 'Content-Type: application/sdp', '--data-binary', 'v=0', `http://${http(0)}/whip/outage`];
+    assert.ok(await waitFor(() => curlStatus(whip) === '503', 5000, 200), 'a new WHIP gets 503 without Redis');
+    // Each node notices at its own next heartbeat: wait for node 2 too before joining there.
+    const down = await waitFor(() => JSON.parse(client.exec(['curl', '-fsS', `http://${http(1)}/cluster`])).redis.connected === false, 5000, 200);
+    assert.ok(down, 'node 2 sees Redis gone');
+    const refused = await a.evaluate(async (u) => {
+      const ws = new WebSocket(u);
+      await new Promise((r) => { ws.onopen = r; });
+      ws.send(JSON.stringify({ type: 'join', v: 1, room: 'outage', name: 'Late', id: 1 }));
+      const m = await new Promise((r) => { ws.onmessage = (e) => r(JSON.parse(e.data)); });
+      ws.close();
+      return m;
+    }, `ws://${http(1)}/rtc`);
+    assert.equal(refused.code, 503, JSON.stringify(refused));
+    assert.equal(refused.reason, 'cluster_unavailable');
+    // Media keeps flowing both ways for the whole outage.
+    let before = [await receiving(a), await receiving(b)].map((r) => r.frames);
+    while (Date.now() - start < 30000) {
+      await new Promise((r) => setTimeout(r, 5000));
+      const now = [await receiving(a), await receiving(b)].map((r) => r.frames);
+      assert.ok(now[0] > before[0] + 20 && now[1] > before[1] + 20, `frames keep growing without Redis: ${before} -> ${now}`);
+      before = now;
     }
-  }, 10000, 1000);
-  assert.ok(c, 'a new participant joins once Redis is back, no node restarted');
-  assert.ok(await waitFor(async () => (await receiving(c)).videos >= 2, 30000, 500), `the newcomer decodes both: ${JSON.stringify((await receiving(c)).list)}`);
-  for (const p of [a, b, c]) await p.close();
+    await startRedis();
+    restarted = true;
+    const c = await waitFor(async () => {
+      try {
+        return await participant(2, 'outage', 'Cai');
+      } catch {
+        return null;
+      }
+    }, 10000, 1000);
+    assert.ok(c, 'a new participant joins once Redis is back, no node restarted');
+    assert.ok(await waitFor(async () => (await receiving(c)).videos >= 2, 30000, 500), `the newcomer decodes both: ${JSON.stringify((await receiving(c)).list)}`);
+    for (const p of [a, b, c]) await p.close();
+  } finally {
+    // The tests after this one need Redis, whatever happened here.
+    if (!restarted) await startRedis();
+  }
 });
 
 test('SIGKILL of node 2: the others see its participants leave within 3 s, its clients come back elsewhere within 10 s', { skip, timeout: 120000 }, async () => {
