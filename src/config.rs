@@ -520,12 +520,9 @@ impl Config {
                 );
             }
         }
-        let name_ok = |s: &str| {
-            s.len() <= 64
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        };
-        if !name_ok(&c.node_id) || !name_ok(&c.region) || c.region.is_empty() {
+        // An empty node_id means the host name.
+        let id_ok = c.node_id.is_empty() || crate::session::valid_name(&c.node_id);
+        if !id_ok || !crate::session::valid_name(&c.region) {
             return bad(
                 "cluster",
                 "node_id and region are at most 64 characters of A-Z a-z 0-9 - _ . (region not empty)",

@@ -283,7 +283,7 @@ async fn accept(incoming: quinn::Incoming, me: &str, secret: &str) -> Result<Lin
     let peer = match hello {
         Ok(Ok(Some(Message::Hello { v: 1, node, mac: m })))
             if node != me
-                && crate::cluster::node::valid_id(&node)
+                && crate::session::valid_name(&node)
                 && mac_ok(&m, &mac(secret, "dialer", &node, me, &ex)) =>
         {
             node

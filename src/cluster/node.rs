@@ -55,13 +55,6 @@ impl NodeRecord {
     }
 }
 
-/// Node ids and regions: 1 to 64 of `A-Z a-z 0-9 - _ .`.
-pub fn valid_id(s: &str) -> bool {
-    (1..=64).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-}
-
 /// Redis key of a node's record (expires unless refreshed by heartbeats).
 pub fn node_key(id: &str) -> String {
     format!("volna:node:{id}")

@@ -6,6 +6,13 @@
 //! the core (forwarding) and the transports (ICE, DTLS, SRTP, RoQ framing); above it, signalling
 //! maps its one error type to HTTP, room-protocol and QUIC replies.
 
+/// Room, publisher and node names: 1 to 64 letters, digits, `-`, `_` or `.`.
+pub fn valid_name(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
 pub mod admin;
 pub mod conference;
 pub mod connection;

@@ -85,13 +85,7 @@ impl Shard {
         self.admit(room)?;
         // A relayed copy takes its origin's publisher id: one that could not be one is refused
         // (dropping the origin instead would make the copy look local and be relayed onwards).
-        if origin.as_ref().is_some_and(|o| {
-            !(1..=64).contains(&o.id.len())
-                || !o
-                    .id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        }) {
+        if origin.as_ref().is_some_and(|o| !super::valid_name(&o.id)) {
             return Err(SessionError::new(
                 400,
                 "bad_origin",

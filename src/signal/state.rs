@@ -57,9 +57,4 @@ pub fn error(status: StatusCode, reason: &str) -> Response {
         .into_response()
 }
 
-/// Room names: 1 to 64 letters, digits, `-`, `_` or `.`.
-pub fn valid_name(s: &str) -> bool {
-    (1..=64).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-}
+pub use crate::session::valid_name;
