@@ -349,6 +349,7 @@ impl ViewerTrack {
             initial_ts: 0,
             rtx: None,
             red: None,
+            layer: None,
         })
     }
 
@@ -376,6 +377,12 @@ impl ViewerTrack {
     /// The RED payload type, when the viewer negotiated audio/red.
     pub fn red(mut self, payload_type: impl Into<Option<u8>>) -> Self {
         self.0.red = payload_type.into();
+        self
+    }
+
+    /// A relay link's copy of simulcast layer `slot` (see [`ViewerTrackSpec::layer`]).
+    pub fn layer(mut self, slot: u8) -> Self {
+        self.0.layer = Some(slot);
         self
     }
 

@@ -255,6 +255,24 @@ pub fn apply(shard: &mut Shard, out: &mut Outlets, now: Instant, cmd: Command) {
                 out.quic.remove(&s);
             }
         }
+        Command::RelayPoll {
+            sessions,
+            budget,
+            reply,
+        } => {
+            if let Some(bps) = budget {
+                shard.set_link_budget(&sessions, bps);
+            }
+            let views = shard.link_views(&sessions);
+            for s in sessions
+                .iter()
+                .filter(|s| !views.iter().any(|v| v.session == **s))
+            {
+                out.quic.remove(s);
+            }
+            let _ = reply.send(Ok(views));
+        }
+        Command::RelayLayers { session, wanted } => shard.set_link_layers(session, &wanted),
         Command::QuicLive { sessions, reply } => {
             let live = shard.quic_live(&sessions);
             for s in sessions.iter().filter(|s| !live.contains(s)) {

@@ -10,6 +10,8 @@
 //! to the origin's subscriber session, which resends and asks for key frames as for any viewer.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -65,6 +67,35 @@ pub enum Message {
     Unsubscribe {
         flow: u64,
     },
+    /// The layers the subscriber's node wants of a subscription: per track of `subscribed`,
+    /// the indices of its `layers` (a track without layers is not listed, or is ignored).
+    Layers {
+        flow: u64,
+        layers: Vec<Vec<u8>>,
+    },
+}
+
+/// How often a link polls its sessions; its publishers are listed every other time.
+const TICK: Duration = Duration::from_millis(250);
+
+/// Most tracks and layers a `layers` message names (more is a protocol error).
+const MAX_LAYER_TRACKS: usize = 64;
+
+/// What a link carries now, for its stats: streams (an audio track, a video track or one
+/// simulcast layer) sent and asked for, and the budget its congestion controller gives.
+#[derive(Debug, Default)]
+pub struct Carried {
+    pub streams_sent: AtomicU64,
+    pub layers_wanted: AtomicU64,
+    pub budget_bps: AtomicU64,
+}
+
+/// What the link may send, from its QUIC congestion controller: twice its window per round
+/// trip, so that a link sending all it may is limited by the window (which then grows) rather
+/// than by itself, and one whose window shrank under loss sheds top layers.
+pub fn budget_bps(cwnd_bytes: u64, rtt: Duration) -> u64 {
+    let rtt = rtt.max(Duration::from_millis(1)).as_secs_f64();
+    (cwnd_bytes as f64 * 8.0 * 2.0 / rtt) as u64
 }
 
 /// What the link manager tells a link.
@@ -136,6 +167,8 @@ struct Inbound {
     /// The mids muted at the origin, as last listed, and as applied here.
     muted: Vec<String>,
     applied: Vec<String>,
+    /// The layers last asked of the origin (empty: every layer, as a subscription starts).
+    layers: Vec<Vec<u8>>,
 }
 
 /// Mirrors the origin's mute state on the relayed copy: what changed since it was last applied.
@@ -192,6 +225,7 @@ struct State {
     next_flow: u64,
     /// Set when the link must end (the peer stopped reading its control stream).
     failed: Option<&'static str>,
+    carried: Arc<Carried>,
 }
 
 impl State {
@@ -265,6 +299,7 @@ impl State {
                             origin,
                             muted: s.muted,
                             applied: Vec::new(),
+                            layers: Vec::new(),
                         },
                     );
                     self.send(sub);
@@ -333,6 +368,14 @@ impl State {
                     self.media.close(vec![r]);
                 }
             }
+            Message::Layers { flow, layers } => {
+                let named: usize = layers.iter().map(Vec::len).sum();
+                if layers.len() > MAX_LAYER_TRACKS || named > MAX_LAYER_TRACKS {
+                    self.failed = Some("a layers message too long");
+                } else if let Some(r) = self.outbound.get(&flow) {
+                    self.media.layers(r, layers).await;
+                }
+            }
             Message::Hello { .. } | Message::Welcome { .. } => {
                 self.failed = Some("a second handshake");
             }
@@ -375,8 +418,14 @@ impl State {
         self.shared = now;
     }
 
-    async fn on_tick(&mut self) {
-        let rooms: Vec<String> = self.shared.iter().cloned().collect();
+    /// Every [`TICK`]: the sessions polled (layers wanted told to the origin, the link's
+    /// budget shared out); every other one, this side's publishers listed.
+    async fn on_tick(&mut self, list: bool) {
+        let rooms: Vec<String> = if list {
+            self.shared.iter().cloned().collect()
+        } else {
+            Vec::new()
+        };
         for room in rooms {
             let sources = self.media.sources(&room).await;
             self.send(Message::Sources { room, sources });
@@ -390,25 +439,69 @@ impl State {
             .filter_map(|i| i.route)
             .chain(self.outbound.values().copied())
             .collect();
+        let stats = self.conn.stats();
+        let budget = budget_bps(stats.path.cwnd, self.conn.rtt());
+        self.carried.budget_bps.store(budget, Ordering::Relaxed);
         if routes.is_empty() {
+            self.carried.streams_sent.store(0, Ordering::Relaxed);
+            self.carried.layers_wanted.store(0, Ordering::Relaxed);
             return;
         }
-        let live = self.media.live(routes).await;
+        // Each subscriber session here gets an equal share of what the link may carry.
+        let share = budget / self.outbound.len().max(1) as u64;
+        let live = self.media.poll(routes, Some(share)).await;
+        let view = |r: &Route| live.iter().find(|(l, _)| l == r).map(|(_, v)| v);
         let dead_in: Vec<u64> = self
             .inbound
             .iter()
-            .filter(|(_, i)| i.route.is_some_and(|r| !live.contains(&r)))
+            .filter(|(_, i)| i.route.is_some_and(|r| view(&r).is_none()))
             .map(|(f, _)| *f)
             .collect();
         for f in dead_in {
             self.unsubscribe(f);
         }
-        self.outbound.retain(|_, r| live.contains(r));
+        self.outbound.retain(|_, r| view(r).is_some());
+        let sent: usize = self
+            .outbound
+            .values()
+            .filter_map(&view)
+            .map(|v| v.streams)
+            .sum();
+        // What the relayed publishers' viewers here want, told to the origin when it changes.
+        let mut asks = Vec::new();
+        let mut wanted = 0;
+        for (&flow, i) in self.inbound.iter_mut() {
+            let Some(v) = i.route.as_ref().and_then(&view) else {
+                continue;
+            };
+            wanted += v.wanted.iter().map(Vec::len).sum::<usize>();
+            if !v.wanted.is_empty() && v.wanted != i.layers {
+                i.layers = v.wanted.clone();
+                asks.push(Message::Layers {
+                    flow,
+                    layers: v.wanted.clone(),
+                });
+            }
+        }
+        for m in asks {
+            self.send(m);
+        }
+        self.carried
+            .streams_sent
+            .store(sent as u64, Ordering::Relaxed);
+        self.carried
+            .layers_wanted
+            .store(wanted as u64, Ordering::Relaxed);
     }
 }
 
 impl Link {
-    pub async fn run(self, media: std::sync::Arc<dyn Media>, mut cmds: mpsc::Receiver<LinkCmd>) {
+    pub async fn run(
+        self,
+        media: std::sync::Arc<dyn Media>,
+        mut cmds: mpsc::Receiver<LinkCmd>,
+        carried: Arc<Carried>,
+    ) {
         let Link {
             peer,
             conn,
@@ -452,8 +545,10 @@ impl Link {
             parity,
             next_flow: parity,
             failed: None,
+            carried,
         };
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let mut tick = tokio::time::interval(TICK);
+        let mut ticks = 0u64;
         let why = loop {
             tokio::select! {
                 r = reads.recv() => match r {
@@ -472,6 +567,8 @@ impl Link {
                 c = cmds.recv() => match c {
                     Some(LinkCmd::Shared(rooms)) => {
                         st.on_shared(rooms);
+                        // Listed at once.
+                        ticks = 0;
                         tick.reset_immediately();
                     }
                     Some(LinkCmd::Close) | None => {
@@ -479,7 +576,10 @@ impl Link {
                         break "closed";
                     }
                 },
-                _ = tick.tick() => st.on_tick().await,
+                _ = tick.tick() => {
+                    st.on_tick(ticks.is_multiple_of(2)).await;
+                    ticks += 1;
+                }
             }
             if let Some(why) = st.failed {
                 warn!(peer = %peer, why, "relay link: closing it");
@@ -517,6 +617,8 @@ mod tests {
                 true,
             ),
             (r#"{"type":"unsubscribe","flow":4}"#, true),
+            (r#"{"type":"layers","flow":4,"layers":[[],[0,2]]}"#, true),
+            (r#"{"type":"layers","flow":4,"layers":[[256]]}"#, false),
             (r#"{"type":"subscribe","room":"r","flow":4}"#, false),
             (r#"{"type":"unsubscribe","flow":-1}"#, false),
             (r#"{"type":"dance"}"#, false),
@@ -524,6 +626,24 @@ mod tests {
         ];
         for (text, ok) in cases {
             assert_eq!(serde_json::from_str::<Message>(text).is_ok(), ok, "{text}");
+        }
+    }
+
+    #[test]
+    fn the_budget_is_twice_the_window_per_round_trip() {
+        let cases = [
+            (12_000, 10, 19_200_000),
+            (12_000, 100, 1_920_000),
+            // A round trip under a millisecond counts as one.
+            (12_000, 0, 192_000_000),
+            (0, 10, 0),
+        ];
+        for (cwnd, rtt_ms, want) in cases {
+            assert_eq!(
+                budget_bps(cwnd, Duration::from_millis(rtt_ms)),
+                want,
+                "{cwnd} {rtt_ms}"
+            );
         }
     }
 

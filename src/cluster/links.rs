@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +16,9 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use super::link::{exported, mac, mac_ok, recv, send, Link, LinkCmd, Message, CLOSE_UNAUTHORIZED};
+use super::link::{
+    exported, mac, mac_ok, recv, send, Carried, Link, LinkCmd, Message, CLOSE_UNAUTHORIZED,
+};
 use super::media::Media;
 use super::{Cluster, NodeRecord};
 use crate::transport::quic::endpoint::{read_frame, RELAY_ALPN};
@@ -57,6 +60,13 @@ pub struct LinkStats {
     pub datagrams_sent: u64,
     pub datagrams_received: u64,
     pub lost_packets: u64,
+    /// Streams this node sends over the link now: audio and video tracks, a simulcast
+    /// track's layers each counted.
+    pub streams_sent: u64,
+    /// Simulcast layers this node asks of the peer now.
+    pub layers_wanted: u64,
+    /// What the link's congestion controller lets it send (see `link::budget_bps`).
+    pub budget_bps: u64,
 }
 
 struct Held {
@@ -66,6 +76,7 @@ struct Held {
     since: std::time::Instant,
     conn: quinn::Connection,
     rooms: Vec<String>,
+    carried: Arc<Carried>,
 }
 
 enum Event {
@@ -145,8 +156,9 @@ pub async fn run(cluster: Cluster, media: Arc<dyn Media>, endpoint: quinn::Endpo
                     info!(peer = %peer, addr = %link.conn.remote_address(), "relay link up");
                     let (cmds, rx) = mpsc::channel(16);
                     let conn = link.conn.clone();
-                    tokio::spawn(link.run(media.clone(), rx));
-                    links.insert(peer, Held { cmds, since: std::time::Instant::now(), conn, rooms: Vec::new() });
+                    let carried = Arc::new(Carried::default());
+                    tokio::spawn(link.run(media.clone(), rx, carried.clone()));
+                    links.insert(peer, Held { cmds, since: std::time::Instant::now(), conn, rooms: Vec::new(), carried });
                     tick.reset_immediately();
                 }
                 Some(Event::DialEnded(peer)) => dialing.retain(|p| p != &peer),
@@ -210,6 +222,9 @@ fn stats(peer: &str, h: &Held) -> LinkStats {
         datagrams_sent: s.frame_tx.datagram,
         datagrams_received: s.frame_rx.datagram,
         lost_packets: s.path.lost_packets,
+        streams_sent: h.carried.streams_sent.load(Ordering::Relaxed),
+        layers_wanted: h.carried.layers_wanted.load(Ordering::Relaxed),
+        budget_bps: h.carried.budget_bps.load(Ordering::Relaxed),
     }
 }
 

@@ -1,6 +1,7 @@
 //! What relay links need from this node's media workers, as a trait the signalling layer
 //! implements over the workers' channels: the rooms served here, a room's own publishers, a
-//! subscription for another node, a relayed publisher from another node, closing sessions, and
+//! subscription for another node, a relayed publisher from another node, polling and closing
+//! sessions, the layers another node wants, and
 //! handing a datagram to the session it belongs to (without waiting: a full worker drops it).
 
 use std::future::Future;
@@ -10,6 +11,7 @@ use bytes::Bytes;
 
 use crate::core::room::SessionId;
 use crate::session::connection::Origin;
+use crate::session::link_layers::LinkView;
 use crate::session::quic::{QuicTrack, RelaySource};
 use crate::session::SessionError;
 
@@ -46,7 +48,10 @@ pub trait Media: Send + Sync + 'static {
     fn mute<'a>(&'a self, room: &'a str, track: String, muted: bool) -> BoxFut<'a, ()>;
     /// Ends these sessions (delivered even while the workers are busy).
     fn close(&self, routes: Vec<Route>);
-    /// Which of these sessions still run.
-    fn live(&self, routes: Vec<Route>) -> BoxFut<'_, Vec<Route>>;
+    /// Which of these sessions still run, with what each tells its link; subscriber sessions
+    /// among them may each send `budget` bps (`None`: no limit known).
+    fn poll(&self, routes: Vec<Route>, budget: Option<u64>) -> BoxFut<'_, Vec<(Route, LinkView)>>;
+    /// The layers another node wants of the publisher a subscriber session serves it.
+    fn layers(&self, route: &Route, wanted: Vec<Vec<u8>>) -> BoxFut<'_, ()>;
     fn datagram(&self, route: &Route, data: Bytes);
 }

@@ -764,6 +764,15 @@ impl Shard {
                     track,
                     active,
                 } => {
+                    if self
+                        .sessions
+                        .get(&publisher)
+                        .is_some_and(|s| s.origin.is_some())
+                    {
+                        // A relayed publisher's relay link tells the origin.
+                        self.note_link_layers(publisher, track, active);
+                        continue;
+                    }
                     // Only participants hear of it: WHIP has no channel back to its publisher.
                     let Some(p) = self
                         .participants

@@ -68,6 +68,17 @@ pub struct Session {
     pub quic_flow: Option<u64>,
     /// For a publisher relayed from another node of the cluster: who it is there.
     pub origin: Option<Box<Origin>>,
+    /// Simulcast layers across a relay link, as each end keeps them.
+    pub link_layers: LinkLayers,
+}
+
+/// A relay link's simulcast layers as one session sees them: a subscriber serving another node
+/// keeps, per track of its publisher, the viewer track that copies each layer; a relayed
+/// publisher keeps, per track, the layers (a bit each) its viewers here want.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkLayers {
+    pub copies: Vec<Vec<usize>>,
+    pub wanted: Vec<u8>,
 }
 
 /// A publisher on another node, as its relayed copy here shows it.

@@ -18,6 +18,7 @@ pub mod conference;
 pub mod connection;
 pub mod error;
 pub mod events;
+pub mod link_layers;
 mod media;
 pub mod negotiation;
 pub mod participant;

@@ -12,6 +12,7 @@ use tracing::info;
 use super::connection::{Origin, Role};
 use super::error::{Full, SessionError};
 use super::shard::{CloseCause, Shard};
+use crate::core::room::alloc::MAX_LAYERS;
 use crate::core::room::{MediaKind, SessionId, TrackRef, TrackSpec, ViewerTrackSpec};
 use crate::core::rtp::{is_rtcp, Codec, ExtMap, RtpView};
 use crate::session::sdp::OfferedCodec;
@@ -36,6 +37,18 @@ pub struct QuicTrack {
     /// "slides" for a presentation (a screen share), as RFC 4796 `a=content` names it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    /// Simulcast: the track's encodings, each an RTP stream of its own (the first on `ssrc`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<QuicLayer>,
+}
+
+/// One simulcast encoding of a [`QuicTrack`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuicLayer {
+    /// Its RID (RFC 8851), as the publisher named it.
+    pub rid: String,
+    pub ssrc: u32,
 }
 
 /// A publisher other nodes may relay (see [`Shard::relay_sources`]).
@@ -151,13 +164,7 @@ impl Shard {
                 ));
             }
             // Packets go to tracks by SSRC: a shared one would silence all but the first.
-            if let Some(j) = tracks[..i].iter().position(|o| o.ssrc == t.ssrc) {
-                return Err(SessionError::new(
-                    400,
-                    "bad_tracks",
-                    format!("track {i}: ssrc {} is track {j}'s too", t.ssrc),
-                ));
-            }
+            super::link_layers::check_ssrcs(tracks, i)?;
             let mid = i.to_string();
             specs.push(TrackSpec {
                 kind,
@@ -165,9 +172,10 @@ impl Shard {
                 codec,
                 payload_type: t.payload_type,
                 clock_rate: t.clock_rate,
-                ssrc: Some(t.ssrc),
+                // Simulcast layers' SSRCs are bound once the publisher exists.
+                ssrc: t.layers.is_empty().then_some(t.ssrc),
                 ext: ext.clone(),
-                rids: Vec::new(),
+                rids: t.layers.iter().map(|l| l.rid.clone()).collect(),
                 // Native clients answer NACK and PLI; there is no REMB on QUIC (its congestion
                 // controller paces the connection).
                 feedback: crate::core::room::Feedback {
@@ -205,6 +213,15 @@ impl Shard {
                 self.relay.set_slides(s.id, i, true);
             }
         }
+        let relayed = s.origin.is_some();
+        for (i, t) in tracks
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| !t.layers.is_empty())
+        {
+            let ssrcs: Vec<u32> = t.layers.iter().map(|l| l.ssrc).collect();
+            self.relay.bind_layers(s.id, i, &ssrcs, relayed);
+        }
         let (id, public) = (s.id, s.public_id.clone());
         info!(session = id, room, publisher = %public, "QUIC publisher created");
         self.register(s);
@@ -235,37 +252,72 @@ impl Shard {
         s.quic_flow = Some(flow);
         let sid = s.id;
         self.register(s);
+        // A relay link gets each simulcast layer as a stream of its own (the other node picks
+        // for its viewers); anyone else one stream per track, the best layer its link carries.
+        let rids: Vec<Vec<String>> = match self.relay.publisher_tracks(pub_id) {
+            Some(t) if relay => t.map(|t| t.rids.clone()).collect(),
+            _ => Vec::new(),
+        };
         let mut specs = Vec::with_capacity(published.len());
+        // Per track: the index in `specs` of its copy of each layer (one without layers).
+        let mut per_track = Vec::with_capacity(published.len());
         for (i, (_, codec, mid)) in published.iter().enumerate() {
-            let (initial_seq, initial_ts) = self.viewer_numbering();
-            specs.push(ViewerTrackSpec {
-                source: TrackRef {
-                    publisher: pub_id,
-                    track: i,
-                },
-                mid: mid.clone(),
-                ssrc: self.rng.gen(),
-                payload_type: codec.payload_type,
-                ext: if relay {
-                    relay_extensions()
-                } else {
-                    ExtMap::default()
-                },
-                initial_seq,
-                initial_ts,
-                rtx: None,
-                red: None,
-            });
+            let layers = rids.get(i).map_or(0, |r| r.len().min(MAX_LAYERS));
+            let mut copies = Vec::new();
+            for layer in (0..layers.max(1)).map(|l| (layers > 1).then_some(l as u8)) {
+                let (initial_seq, initial_ts) = self.viewer_numbering();
+                copies.push(specs.len());
+                specs.push(ViewerTrackSpec {
+                    source: TrackRef {
+                        publisher: pub_id,
+                        track: i,
+                    },
+                    mid: mid.clone(),
+                    ssrc: self.rng.gen(),
+                    payload_type: codec.payload_type,
+                    ext: if relay {
+                        relay_extensions()
+                    } else {
+                        ExtMap::default()
+                    },
+                    initial_seq,
+                    initial_ts,
+                    rtx: None,
+                    red: None,
+                    layer,
+                });
+            }
+            per_track.push(copies);
         }
         let ssrcs: Vec<u32> = specs.iter().map(|s| s.ssrc).collect();
         let started = self.start_viewing(now, sid, specs);
-        let tracks = published
-            .iter()
-            .enumerate()
-            .zip(ssrcs)
-            .zip(started)
-            .filter(|(_, index)| index.is_some())
-            .map(|(((i, (kind, codec, _)), ssrc), _)| QuicTrack {
+        let mut tracks = Vec::with_capacity(published.len());
+        let mut link_copies = Vec::with_capacity(published.len());
+        for (i, ((kind, codec, _), copies)) in published.iter().zip(per_track).enumerate() {
+            let Some(indices) = copies
+                .iter()
+                .map(|&k| started[k])
+                .collect::<Option<Vec<_>>>()
+            else {
+                continue;
+            };
+            let layers = match rids.get(i) {
+                Some(r) if copies.len() > 1 => r
+                    .iter()
+                    .zip(&copies)
+                    .map(|(rid, &k)| QuicLayer {
+                        rid: rid.clone(),
+                        ssrc: ssrcs[k],
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
+            link_copies.push(if layers.is_empty() {
+                Vec::new()
+            } else {
+                indices
+            });
+            tracks.push(QuicTrack {
                 kind: match kind {
                     MediaKind::Audio => "audio".into(),
                     MediaKind::Video => "video".into(),
@@ -275,13 +327,17 @@ impl Shard {
                 clock_rate: codec.clock_rate,
                 channels: codec.channels.parse().ok(),
                 fmtp: codec.fmtp.clone(),
-                ssrc,
+                ssrc: ssrcs[copies[0]],
                 content: self
                     .relay
                     .track_is_slides(pub_id, i)
                     .then(|| "slides".into()),
-            })
-            .collect();
+                layers,
+            });
+        }
+        if let Some(s) = self.sessions.get_mut(&sid) {
+            s.link_layers.copies = link_copies;
+        }
         info!(session = sid, room, publisher = %public, "QUIC subscriber created");
         Ok((sid, public, tracks))
     }

@@ -585,6 +585,7 @@ impl Shard {
             negotiation: Negotiation::default(),
             quic_flow: None,
             origin: None,
+            link_layers: Default::default(),
         })
     }
 

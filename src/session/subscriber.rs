@@ -387,6 +387,7 @@ impl Shard {
                             ssrc,
                         }),
                         red: l.red.filter(|_| l.red_accepted),
+                        layer: None,
                     },
                 ))
             })

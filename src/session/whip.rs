@@ -239,6 +239,7 @@ impl Shard {
                 initial_ts: rng.gen(),
                 rtx,
                 red,
+                layer: None,
             });
             answers.push(a);
         }

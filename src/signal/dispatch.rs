@@ -109,6 +109,20 @@ pub enum Command {
         sessions: Vec<SessionId>,
         reply: Reply<Vec<SessionId>>,
     },
+    /// A relay link's sessions, polled: those still running, what each tells the link, and
+    /// for its subscriber sessions each one's share of the link's budget (`None`: no limit
+    /// known).
+    RelayPoll {
+        sessions: Vec<SessionId>,
+        budget: Option<u64>,
+        reply: Reply<Vec<crate::session::link_layers::LinkView>>,
+    },
+    /// The layers another node wants of a subscriber session's publisher (see
+    /// `Shard::set_link_layers`).
+    RelayLayers {
+        session: SessionId,
+        wanted: Vec<Vec<u8>>,
+    },
     /// `owner`: the token's identity (`None` in dev mode), who may end the session.
     Publish {
         room: String,

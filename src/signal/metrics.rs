@@ -93,6 +93,30 @@ pub fn render_cluster(out: &mut String, cluster: &crate::cluster::Cluster) {
     for l in &links {
         let _ = writeln!(out, "{name}{{peer=\"{}\"}} {}", l.peer, l.lost_packets);
     }
+    type Value = fn(&crate::cluster::links::LinkStats) -> u64;
+    let per_link: [(&str, &str, Value); 3] = [
+        (
+            "volna_relay_link_streams",
+            "Streams this node sends over each relay link now: audio and video tracks, each simulcast layer counted.",
+            |l| l.streams_sent,
+        ),
+        (
+            "volna_relay_link_layers_wanted",
+            "Simulcast layers this node asks of each relay link's peer now.",
+            |l| l.layers_wanted,
+        ),
+        (
+            "volna_relay_link_budget_bps",
+            "What each relay link's congestion controller lets it send, in bits per second.",
+            |l| l.budget_bps,
+        ),
+    ];
+    for (name, help, value) in per_link {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for l in &links {
+            let _ = writeln!(out, "{name}{{peer=\"{}\"}} {}", l.peer, value(l));
+        }
+    }
 }
 
 pub fn render(s: &ShardStats, webhooks: &WebhookCounters) -> String {

@@ -6,6 +6,7 @@ use bytes::Bytes;
 use super::dispatch::{Command, Workers};
 use crate::cluster::media::{BoxFut, Media, Route};
 use crate::session::connection::Origin;
+use crate::session::link_layers::LinkView;
 use crate::session::quic::{QuicTrack, RelaySource};
 use crate::session::SessionError;
 
@@ -125,7 +126,7 @@ impl Media for WorkerMedia {
         });
     }
 
-    fn live(&self, routes: Vec<Route>) -> BoxFut<'_, Vec<Route>> {
+    fn poll(&self, routes: Vec<Route>, budget: Option<u64>) -> BoxFut<'_, Vec<(Route, LinkView)>> {
         Box::pin(async move {
             let mut live = Vec::with_capacity(routes.len());
             for (worker, w) in self.0.all().iter().enumerate() {
@@ -137,13 +138,32 @@ impl Media for WorkerMedia {
                 if sessions.is_empty() {
                     continue;
                 }
-                let Some(Ok(still)) = w.call(|reply| Command::QuicLive { sessions, reply }).await
-                else {
+                let call = w.call(|reply| Command::RelayPoll {
+                    sessions,
+                    budget,
+                    reply,
+                });
+                let Some(Ok(views)) = call.await else {
                     continue;
                 };
-                live.extend(still.into_iter().map(|session| Route { worker, session }));
+                live.extend(views.into_iter().map(|v| {
+                    let route = Route {
+                        worker,
+                        session: v.session,
+                    };
+                    (route, v)
+                }));
             }
             live
+        })
+    }
+
+    fn layers(&self, route: &Route, wanted: Vec<Vec<u8>>) -> BoxFut<'_, ()> {
+        let (worker, session) = (route.worker, route.session);
+        Box::pin(async move {
+            if let Some(w) = self.0.all().get(worker) {
+                let _ = w.tx.send(Command::RelayLayers { session, wanted }).await;
+            }
         })
     }
 

@@ -80,6 +80,68 @@ after(async () => {
   for (const ns of [client, ...nodes, store, hub]) if (ns) await ns.cleanup();
 });
 
+// First, while nothing else crosses the links: three simulcast layers at 15 frames a second (as
+// in simulcast.test.mjs); a viewer behind 300 kbit/s takes the lowest, one with room the top one.
+const ENCODINGS = [
+  { rid: 'q', scaleResolutionDownBy: 2, maxBitrate: 150_000 },
+  { rid: 'h', scaleResolutionDownBy: 1.5, maxBitrate: 400_000 },
+  { rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 900_000 },
+];
+
+test('simulcast over a link: the layers node 2\'s viewers need cross, and the top one stops within 2 s of its last viewer leaving', { skip, timeout: 120000 }, async () => {
+  // The capped viewer: a namespace of its own whose side of the bridge sends at most 300 kbit/s.
+  const capped = new Netns('clc2');
+  capped.attach(hub, { addr: '10.79.0.21', hubDev: 'hc2' });
+  let browser2;
+  try {
+    hub.exec(['tc', 'qdisc', 'replace', 'dev', 'hc2', 'root', 'tbf', 'rate', '300kbit', 'burst', '16kbit', 'latency', '200ms']);
+    await startPages(capped, PAGES.slice(7));
+    browser2 = await launchChromium(capped);
+    const pub = await openPage(browser, PAGES);
+    await pub.evaluate((u, e) => window.publishSimulcast(u, e, [960, 540], 15), `http://${http(0)}/whip/layers`, ENCODINGS);
+    const sending = await waitFor(async () => {
+      const out = await pub.evaluate(() => window.outbound());
+      return out.length === 3 && out.every((o) => o.framesEncoded > 30);
+    }, 20000, 500);
+    assert.ok(sending, `three layers sent: ${JSON.stringify(await pub.evaluate(() => window.outbound()))}`);
+    const near = await openPage(browser, PAGES);
+    await near.evaluate((u) => window.view(u), `http://${http(1)}/whep/layers`);
+    const far = await openPage(browser2, PAGES);
+    await far.evaluate((u) => window.view(u), `http://${http(1)}/whep/layers`);
+    const link = () => JSON.parse(client.exec(['curl', '-fsS', `http://${http(0)}/cluster`])).links.find((l) => l.peer === 'n2');
+    // Each viewer decodes its own layer of what crossed: the top one, and a smaller one.
+    const settled = await waitFor(async () => {
+      const [n, f] = [await near.evaluate(() => window.inbound()), await far.evaluate(() => window.inbound())];
+      return n.frameWidth >= 960 && f.framesDecoded > 30 && f.frameWidth > 0 && f.frameWidth < 960 ? { n, f } : null;
+    }, 40000, 500);
+    assert.ok(settled, `near decodes the top layer, far a lower one: ${JSON.stringify(await near.evaluate(() => window.inbound()))} ${JSON.stringify(await far.evaluate(() => window.inbound()))}`);
+    // Audio and the three layers cross (the uncapped viewer wants the top one, and the layers
+    // below it stay for stepping down).
+    const before = link();
+    assert.equal(before.streams_sent, 4, JSON.stringify(before));
+    await near.evaluate(() => window.hangUp());
+    const left = Date.now();
+    const fewer = await waitFor(() => {
+      const l = link();
+      return l.streams_sent < before.streams_sent ? l : null;
+    }, 5000, 100);
+    const took = Date.now() - left;
+    console.log(`the top layer stopped crossing ${took} ms after its last viewer left: ${JSON.stringify(fewer)}`);
+    assert.ok(fewer, `the link sends fewer layers: ${JSON.stringify(link())}`);
+    assert.ok(took <= 2000, `within 2 s, not ${took} ms`);
+    // The capped viewer goes on with what still crosses.
+    const f0 = (await far.evaluate(() => window.inbound())).framesDecoded;
+    await new Promise((r) => setTimeout(r, 2000));
+    const f1 = await far.evaluate(() => window.inbound());
+    assert.ok(f1.framesDecoded > f0 + 10, `the capped viewer keeps decoding: ${f0} -> ${JSON.stringify(f1)}`);
+    for (const p of [pub, far]) await p.evaluate(() => window.hangUp());
+    for (const p of [pub, near, far]) await p.close();
+  } finally {
+    if (browser2) await browser2.close().catch(() => {});
+    await capped.cleanup();
+  }
+});
+
 test('a WHIP publisher on node 1, WHEP viewers on nodes 2 and 3: both decode', { skip, timeout: 90000 }, async () => {
   const pub = await openPage(browser, PAGES);
   await pub.evaluate((u) => window.publish(u), `http://${http(0)}/whip/stage`);

@@ -23,6 +23,38 @@ const MAX: usize = 32;
 /// How long a simulcast layer must go unneeded before its publisher is told it may stop it.
 const LAYER_OFF_AFTER: Duration = Duration::from_secs(5);
 
+/// The same for a layer relayed from another node (`PubTrack::relayed`).
+const RELAYED_LAYER_OFF_AFTER: Duration = Duration::from_millis(500);
+
+/// A relay link's copy of layer `slot` of `src` as the allocator sees it: a video of one layer,
+/// ranked by the layer's quality (the lowest goes first), on while it forwards; `None` while
+/// the other node does not want it (it stays paused).
+fn link_demand(
+    now: Instant,
+    src: &super::publisher::PubTrack,
+    slot: u8,
+    vt: &super::track::ViewerTrack,
+) -> Option<alloc::Demand> {
+    if !vt.wanted {
+        return None;
+    }
+    let layer = src.layers.get(usize::from(slot))?;
+    let mut ranked = [0usize; alloc::MAX_LAYERS];
+    let n = src.ranked(|l| l.known_bps.max(l.rate.bps(now)), &mut ranked);
+    let rank = ranked[..n]
+        .iter()
+        .position(|&s| s == usize::from(slot))
+        .unwrap_or(n);
+    let bps = layer.rate.bps(now).max(layer.known_bps);
+    let priority = (alloc::MAX_LAYERS - rank.min(alloc::MAX_LAYERS)) as u8;
+    Some(alloc::Demand::single(
+        MediaKind::Video,
+        bps,
+        priority,
+        !vt.fwd.is_paused(),
+    ))
+}
+
 /// What a round leaves to do, and its reused lists.
 pub(super) struct Round {
     /// Per source track, the layers (bit per slot) some viewer would take.
@@ -113,7 +145,9 @@ impl Round {
             || v.tracks
                 .iter()
                 .any(|t| t.live && !t.sent_transport_seq.is_empty());
-        let estimate = policy::budget(signal, v.cc.bwe.estimate_bps());
+        let estimate = v
+            .link_bps
+            .unwrap_or_else(|| policy::budget(signal, v.cc.bwe.estimate_bps()));
         // Pausing is safe only where probes can find the way back: transport-cc negotiated, an
         // RTX stream to carry them, and the viewer heard from (feedback or REMB).
         let can_probe = v.cc.has_signal()
@@ -135,6 +169,17 @@ impl Round {
             let src = &p.tracks[vt.spec.source.track];
             if n == MAX {
                 break;
+            }
+            if let Some(slot) = vt.spec.layer {
+                // A relay link's copy of one layer: on or off as a whole, lower layers first.
+                let Some(d) = link_demand(now, src, slot, vt) else {
+                    continue;
+                };
+                let mut ranked = [0; alloc::MAX_LAYERS];
+                ranked[0] = usize::from(slot);
+                (demands[n], wishes[n], index[n], wish_index[n]) = (d, d, (i, ranked), ranked);
+                n += 1;
+                continue;
             }
             let speaking = speaker == Some(vt.spec.source.publisher);
             let priority = policy::priority(vt.pinned, src.slides, speaking);
@@ -218,8 +263,13 @@ impl Round {
             let w = &wishes[k];
             want += w.layers[w.n_layers - 1];
             let may_pause = pause_video && can_probe;
-            let (choice, short_since) =
-                policy::video_choice(out[k], may_pause, vt.fwd.is_paused(), vt.short_since, now);
+            let (choice, short_since) = match vt.spec.layer {
+                // The link's budget decides at once: its other layers and audio go on.
+                Some(_) => (out[k], None),
+                None => {
+                    policy::video_choice(out[k], may_pause, vt.fwd.is_paused(), vt.short_since, now)
+                }
+            };
             vt.short_since = short_since;
             let Some(layer) = choice else {
                 if !vt.fwd.is_paused() {
@@ -269,6 +319,17 @@ impl Round {
         true
     }
 
+    /// How long a layer must go unneeded before its publisher is told it may stop it: a
+    /// relayed layer is brought back with a key frame from the origin's cache, a browser's has
+    /// to start encoding again.
+    fn layer_off_after(relayed: bool) -> Duration {
+        if relayed {
+            RELAYED_LAYER_OFF_AFTER
+        } else {
+            LAYER_OFF_AFTER
+        }
+    }
+
     /// Tells publishers which simulcast layers viewers need (see [`RelayEvent::Layers`]): a
     /// layer some viewer would take is asked for at once; one none would take is let go after
     /// [`LAYER_OFF_AFTER`]. The lowest layer stays, and layers never seen are left alone.
@@ -304,13 +365,14 @@ impl Round {
                     .fold(0u8, |m, (i, _)| m | (1 << i));
                 let need = wanted | unseen | (1 << ranked[0]);
                 let before = t.active;
+                let off_after = Self::layer_off_after(t.relayed);
                 t.active |= need;
                 for (i, l) in t.layers.iter_mut().enumerate() {
                     let bit = 1u8 << i;
                     if need & bit != 0 || t.active & bit == 0 {
                         l.unneeded_since = None;
                     } else if now.saturating_duration_since(*l.unneeded_since.get_or_insert(now))
-                        >= LAYER_OFF_AFTER
+                        >= off_after
                     {
                         t.active &= !bit;
                         l.unneeded_since = None;

@@ -199,12 +199,71 @@ impl Relay {
             spec.initial_seq,
             spec.initial_ts,
         );
-        let source = spec.source;
-        v.tracks.push(ViewerTrack::new(spec, fwd));
+        let (source, slot) = (spec.source, spec.layer.unwrap_or(0));
+        let mut track = ViewerTrack::new(spec, fwd);
+        track.fwd.set_target(slot);
+        v.tracks.push(track);
         if !self.replay_keyframe(now, viewer, index, sink) {
-            self.request_keyframe(now, source.publisher, source.track, 0, sink);
+            self.request_keyframe(now, source.publisher, source.track, slot, sink);
         }
         Ok(index)
+    }
+
+    /// Binds the simulcast layers of a publisher's track to the SSRCs it announced (in its
+    /// RID order): a QUIC publisher's, which carry no RID extension. A `relayed` track (from
+    /// another node, whose link brings a layer back with a key frame from the origin's cache)
+    /// has a layer no viewer here wants let go sooner than a browser's encoding is.
+    pub fn bind_layers(
+        &mut self,
+        publisher: SessionId,
+        track: usize,
+        ssrcs: &[u32],
+        relayed: bool,
+    ) {
+        if let Some(t) = self.pub_track_mut(publisher, track) {
+            for (l, ssrc) in t.layers.iter_mut().zip(ssrcs) {
+                l.ssrc = Some(*ssrc);
+            }
+            t.relayed = relayed;
+        }
+    }
+
+    /// Which layer copies (see [`ViewerTrackSpec::layer`]) of viewer `viewer` the other node
+    /// wants: `wanted(index)` for each of them; those it no longer wants stop at once, the
+    /// others start at the next allocation round (from a key frame).
+    pub fn set_link_layers(&mut self, viewer: SessionId, wanted: impl Fn(usize) -> bool) {
+        let Some(v) = self.viewers.get_mut(&viewer) else {
+            return;
+        };
+        for (i, t) in v.tracks.iter_mut().enumerate() {
+            if t.live && t.spec.layer.is_some() {
+                t.wanted = wanted(i);
+                if !t.wanted {
+                    t.fwd.pause();
+                }
+            }
+        }
+    }
+
+    /// A relay link's budget for viewer `viewer` (its share of the link's estimate): its
+    /// allocation keeps audio and the lowest layers within it and pauses top layers first.
+    pub fn set_link_budget(&mut self, viewer: SessionId, bps: u64) {
+        if let Some(v) = self.viewers.get_mut(&viewer) {
+            v.link_bps = Some(bps);
+        }
+    }
+
+    /// A viewer's layer copies that are on (forwarding or about to), and all of its live
+    /// tracks: what a relay link carries for it.
+    pub fn link_streams(&self, viewer: SessionId) -> (usize, usize) {
+        self.viewers.get(&viewer).map_or((0, 0), |v| {
+            let live = v.tracks.iter().filter(|t| t.live);
+            let on = live
+                .clone()
+                .filter(|t| t.spec.layer.is_none() || !t.fwd.is_paused())
+                .count();
+            (on, live.count())
+        })
     }
 
     /// Starts a viewer track that waits for a key frame from the cache (see

@@ -49,6 +49,8 @@ pub(super) struct PubTrack {
     pub slides: bool,
     /// Muted by the server API: its packets are taken in (rates, caches) but not forwarded.
     pub blocked: bool,
+    /// Relayed from another node over a relay link (see [`super::Relay::bind_layers`]).
+    pub relayed: bool,
 }
 
 /// One RTP stream of a publisher track: the track itself, or one of its simulcast layers.
@@ -156,6 +158,7 @@ impl PubTrack {
                 .map(|id| (Box::default(), id)),
             slides: false,
             blocked: false,
+            relayed: false,
             spec,
         }
     }

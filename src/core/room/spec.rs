@@ -75,6 +75,13 @@ pub struct ViewerTrackSpec {
     /// The RED payload type (RFC 2198), when the viewer negotiated audio/red for this audio:
     /// while its link loses packets, each packet also carries the previous frame.
     pub red: Option<u8>,
+    /// A copy of one simulcast layer (slot in the source's layers) for a relay link, as a
+    /// stream of its own: it never switches layers, and is on while the other node wants it and
+    /// the link's budget has room for it (see [`Relay::set_link_layers`]). `None`: the viewer
+    /// gets the best layer its link carries, as usual.
+    ///
+    /// [`Relay::set_link_layers`]: super::Relay::set_link_layers
+    pub layer: Option<u8>,
 }
 
 /// A viewer track's RTX stream.

@@ -31,6 +31,9 @@ pub(super) struct ViewerTrack {
     pub short_since: Option<Instant>,
     /// Shown large by the viewer (pinned): its video goes first.
     pub pinned: bool,
+    /// A relay link's copy of one layer (see [`ViewerTrackSpec::layer`]): whether the other node
+    /// wants it now.
+    pub wanted: bool,
     /// Audio re-encoded at a low bitrate for this viewer (its link cannot carry more), and
     /// whether it ever was (what went out then cannot be made again for a resend).
     pub low_audio: bool,
@@ -57,6 +60,7 @@ impl ViewerTrack {
             resends: resend::ResendLog::default(),
             short_since: None,
             pinned: false,
+            wanted: true,
             low_audio: false,
             ever_low: false,
             sr_sent: None,

@@ -51,6 +51,9 @@ pub(super) struct Viewer {
     pub probe_out: Option<ProbeOut>,
     /// Audio goes as RED (where negotiated) until then: set while the link loses packets.
     pub red_until: Option<Instant>,
+    /// A relay link's share of the link's estimate (from its QUIC congestion controller), which
+    /// stands for the viewer's own where set.
+    pub link_bps: Option<u64>,
     /// Its video, waiting to leave at the pacing rate.
     pacer: pacer::Pacer,
 }
@@ -78,6 +81,7 @@ impl Viewer {
             cc: ViewerCc::new(),
             probe_out: None,
             red_until: None,
+            link_bps: None,
             pacer: pacer::Pacer::new(),
         }
     }
