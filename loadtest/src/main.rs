@@ -14,6 +14,7 @@ use clap::Parser;
 use volna::core::room::{Feedback, RelayConfig, TrackSpec};
 use volna::core::rtp::ExtKind;
 use volna::testkit::{vp8_track, CountingSink, RtpBuilder, Sim, ViewerTrack};
+use volna_load::cluster_target::ClusterTarget;
 use volna_load::janus::{JanusOptions, JanusTarget};
 use volna_load::netns;
 use volna_load::report::{Report, RoundResult, TargetSummary};
@@ -47,11 +48,24 @@ struct Args {
     /// Video bitrate of each publisher.
     #[arg(long, default_value_t = 1000)]
     video_kbps: u32,
+    /// Publishers send video as two simulcast layers (a quarter of --video-kbps, and all of
+    /// it); odd-numbered participants receive on links of half --video-kbps (REMB) and take the
+    /// low layer. With volna-cluster, the report adds the relay links' bytes and those
+    /// per-link layer selection held back.
+    #[arg(long)]
+    simulcast: bool,
+    /// Every client over ICE-TCP (RFC 6544, RFC 4571 framing) instead of UDP: compare with the
+    /// same run without it.
+    #[arg(long)]
+    tcp: bool,
     /// Relay under test.
-    #[arg(long, default_value = "volna", value_parser = ["volna", "janus"])]
+    /// Relay under test: `volna-cluster` is two volna nodes sharing a Redis (Debian's
+    /// `redis-server`, started here), participants split between them.
+    #[arg(long, default_value = "volna", value_parser = ["volna", "janus", "volna-cluster"])]
     target: String,
-    /// Alternate rounds with this relay.
-    #[arg(long, value_parser = ["janus"])]
+    /// Alternate rounds with this relay (`volna-tcp`: the same volna, every client over
+    /// ICE-TCP).
+    #[arg(long, value_parser = ["janus", "volna-cluster", "volna-tcp"])]
     compare: Option<String>,
     /// Rounds per target (default 2 with --compare, else 1); the first is dropped when > 1.
     #[arg(long)]
@@ -133,6 +147,8 @@ fn churn(args: &Args) -> Result<bool, String> {
     let target = VolnaTarget::start(&VolnaOptions {
         relay_bin: args.relay_bin.clone().unwrap_or_else(default_relay_bin),
         workers: args.workers,
+        extra: Vec::new(),
+        config: String::new(),
     })?;
     let opts = volna_load::churn::ChurnOptions {
         seconds: args.seconds.unwrap_or(600.0),
@@ -274,10 +290,21 @@ fn default_relay_bin() -> PathBuf {
 
 fn start_target(name: &str, args: &Args) -> Result<Box<dyn Target>, String> {
     match name {
-        "volna" => Ok(Box::new(VolnaTarget::start(&VolnaOptions {
+        "volna" | "volna-tcp" => Ok(Box::new(VolnaTarget::start(&VolnaOptions {
             relay_bin: args.relay_bin.clone().unwrap_or_else(default_relay_bin),
             workers: args.workers,
+            extra: Vec::new(),
+            config: String::new(),
         })?)),
+        "volna-cluster" => Ok(Box::new(ClusterTarget::start(
+            &VolnaOptions {
+                relay_bin: args.relay_bin.clone().unwrap_or_else(default_relay_bin),
+                workers: args.workers,
+                extra: Vec::new(),
+                config: String::new(),
+            },
+            2,
+        )?)),
         "janus" => Ok(Box::new(JanusTarget::start(&JanusOptions::default())?)),
         other => Err(format!("unknown target {other}")),
     }
@@ -316,6 +343,8 @@ fn networked(args: &Args) -> Result<(), String> {
         seconds: args.seconds.unwrap_or(10.0).max(1.0),
         warmup: args.warmup.max(0.0),
         video_kbps: args.video_kbps,
+        simulcast: args.simulcast,
+        tcp: args.tcp,
         progress: !args.quiet,
     };
     let mut results: Vec<(String, Vec<RoundResult>)> =
@@ -331,8 +360,12 @@ fn networked(args: &Args) -> Result<(), String> {
         for (name, done) in results.iter_mut() {
             let mut target = start_target(name, args)?;
             if pin {
-                scenario::pin(target.pid(), 0);
+                for pid in target.pids() {
+                    scenario::pin(pid, 0);
+                }
             }
+            let mut opts = opts.clone();
+            opts.tcp |= name == "volna-tcp";
             let r = scenario::run_round(target.as_mut(), &rt, &identity, &opts, round + 1);
             target.stop();
             done.push(r?);
@@ -340,7 +373,20 @@ fn networked(args: &Args) -> Result<(), String> {
     }
     let report = Report {
         scenario: scenario.name().into(),
-        description: scenario.describe(args.clients, args.video_kbps),
+        description: format!(
+            "{}{}{}",
+            scenario.describe(args.clients, args.video_kbps),
+            if args.simulcast {
+                " as two simulcast layers, odd-numbered participants on half-rate links"
+            } else {
+                ""
+            },
+            if args.tcp {
+                ", every client over ICE-TCP"
+            } else {
+                ""
+            }
+        ),
         baseline,
         targets: results
             .into_iter()

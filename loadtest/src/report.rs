@@ -37,6 +37,15 @@ pub struct RoundResult {
     pub relay_cpu_s: f64,
     pub peak_rss_mb: f64,
     pub per_second: Vec<Sample>,
+    /// A cluster's relay links over the window: bytes sent, and bytes of simulcast layers held
+    /// back because no subscriber behind a link wanted them.
+    pub link: Option<LinkBytes>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LinkBytes {
+    pub sent: u64,
+    pub held: u64,
 }
 
 impl RoundResult {
@@ -118,6 +127,8 @@ impl TargetSummary {
             "baseline_p50_ms": b.p50_ms,
             "baseline_p99_ms": b.p99_ms,
             "baseline_p999_ms": b.p999_ms,
+            "link_sent_bytes": self.med(|r| r.link.map_or(f64::NAN, |l| l.sent as f64)),
+            "link_held_bytes": self.med(|r| r.link.map_or(f64::NAN, |l| l.held as f64)),
             "rounds": self.rounds.len(),
             "rounds_kept": self.kept.len(),
             "per_round": self.rounds.iter().map(|r| json!({
@@ -211,6 +222,22 @@ impl Report {
         );
         if let Some(r) = self.to_json()["ratio_pkts_per_cpu_s"].as_f64() {
             let _ = writeln!(s, "\nvolna / janus packets per CPU-second: {r:.2}");
+        }
+        for t in &self.targets {
+            let j = t.to_json(b);
+            let (sent, held) = (j["link_sent_bytes"].as_f64(), j["link_held_bytes"].as_f64());
+            if let (Some(sent), Some(held)) = (sent, held) {
+                let every = sent + held;
+                let _ = writeln!(
+                    s,
+                    "\n{}: the relay links sent {:.2} MB in the window; simulcast layers no subscriber behind a link wanted, held back: {:.2} MB. Sending every layer would have taken {:.2} MB: {:.0}% saved.",
+                    t.name,
+                    sent / 1e6,
+                    held / 1e6,
+                    every / 1e6,
+                    100.0 * held / every.max(1.0)
+                );
+            }
         }
         for t in &self.targets {
             let dups: u64 = t.rounds.iter().map(|r| r.duplicates).sum();

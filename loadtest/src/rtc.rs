@@ -2,11 +2,13 @@
 //! full ICE agent over the one remote host candidate, DTLS-SRTP as the DTLS client, and stamped
 //! media. Senders put the send time (ns since a process-wide epoch) and a per-stream counter in
 //! every payload; receivers turn them into latency and loss in the shared [`Shared`] recorder.
+//! Here: the client between signalling and start (its role, offers and answers); in `session`
+//! the running client, `ice` its checks, `sdp` the relay's SDP as read, `stats` what is
+//! measured, `tcp` the same over ICE-TCP, `baseline` the path with no relay.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -32,9 +34,30 @@ use rtc_stun::xoraddr::XorMappedAddress;
 
 use crate::target::SdpEndpoint;
 
+mod baseline;
+mod ice;
+mod sdp;
+mod session;
+mod stats;
+mod tcp;
+
+pub use baseline::baseline;
+use ice::Ice;
+use sdp::{parse_sdp, usable_pt, RemoteSdp};
+use session::{contexts, Sender, Session};
+#[cfg(test)]
+use session::{rtp_payload, write_rtp_header};
+pub use stats::{Histogram, LossTotals, RecorderInner, SecondSample, Shared};
+use stats::{LocalStats, StreamLoss};
+
 pub const OPUS_PT: u8 = 111;
 pub const VP8_PT: u8 = 96;
 const MID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:mid";
+/// The RID extension (RFC 8852) a simulcast publisher marks each layer's packets with.
+const RID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id";
+const RID_EXT_ID: u8 = 10;
+/// A simulcast publisher's layers: the low one at a quarter of the video rate, and the full one.
+const LAYERS: [&str; 2] = ["q", "f"];
 /// Extension id our offers use for the mid.
 const MID_EXT_ID: u8 = 4;
 /// Largest RTP payload a video packet carries.
@@ -228,6 +251,13 @@ pub struct Role {
     pub recv_audio: bool,
     pub recv_video: bool,
     pub video_kbps: u32,
+    /// Video as two simulcast layers ("q" at a quarter of `video_kbps`, "f" at all of it).
+    pub simulcast: bool,
+    /// A receiver that tells the relay (REMB, four times a second) its link carries this much.
+    pub remb_bps: Option<u64>,
+    /// ICE over TCP (RFC 6544: an active candidate to the relay's passive one, RFC 4571
+    /// framing) instead of UDP.
+    pub tcp: bool,
 }
 
 impl Role {
@@ -238,6 +268,9 @@ impl Role {
             recv_audio: false,
             recv_video: false,
             video_kbps,
+            simulcast: false,
+            remb_bps: None,
+            tcp: false,
         }
     }
     pub fn subscriber(video: bool) -> Self {
@@ -247,7 +280,28 @@ impl Role {
             recv_audio: true,
             recv_video: video,
             video_kbps: 0,
+            simulcast: false,
+            remb_bps: None,
+            tcp: false,
         }
+    }
+
+    /// The same sending its video as simulcast.
+    pub fn with_simulcast(mut self, on: bool) -> Self {
+        self.simulcast = on && self.send_video;
+        self
+    }
+
+    /// The same over ICE-TCP.
+    pub fn with_tcp(mut self, on: bool) -> Self {
+        self.tcp = on;
+        self
+    }
+
+    /// The same telling the relay its link carries `bps`.
+    pub fn with_remb(mut self, bps: Option<u64>) -> Self {
+        self.remb_bps = bps;
+        self
     }
 }
 
@@ -255,115 +309,6 @@ impl Role {
 pub const STATE_CONNECTING: u8 = 0;
 pub const STATE_CONNECTED: u8 = 1;
 pub const STATE_FAILED: u8 = 2;
-
-/// The remote side as its SDP describes it.
-#[derive(Debug, Clone, Default)]
-struct RemoteSdp {
-    ufrag: String,
-    pwd: String,
-    fingerprint: String,
-    setup: String,
-    candidate: Option<SocketAddr>,
-    media: Vec<RemoteMedia>,
-}
-
-#[derive(Debug, Clone, Default)]
-struct RemoteMedia {
-    kind: String,
-    port: u16,
-    proto: String,
-    formats: Vec<String>,
-    mid: String,
-    /// Payload type → encoding name (lower case).
-    rtpmap: Vec<(u8, String)>,
-    mid_ext: Option<u8>,
-}
-
-/// A line-by-line SDP reader: session attributes are defaults for every m-line.
-fn parse_sdp(text: &str, family_v4: bool) -> Result<RemoteSdp, RtcError> {
-    let mut r = RemoteSdp::default();
-    let mut cur: Option<RemoteMedia> = None;
-    for line in text.lines() {
-        let line = line.trim_end();
-        if let Some(m) = line.strip_prefix("m=") {
-            if let Some(done) = cur.take() {
-                r.media.push(done);
-            }
-            let mut f = m.split_whitespace();
-            cur = Some(RemoteMedia {
-                kind: f.next().unwrap_or("").to_owned(),
-                port: f.next().and_then(|p| p.parse().ok()).unwrap_or(0),
-                proto: f.next().unwrap_or("").to_owned(),
-                formats: f.map(str::to_owned).collect(),
-                ..Default::default()
-            });
-            continue;
-        }
-        let Some(a) = line.strip_prefix("a=") else {
-            continue;
-        };
-        let (key, value) = a.split_once(':').unwrap_or((a, ""));
-        match key {
-            "ice-ufrag" if r.ufrag.is_empty() => r.ufrag = value.to_owned(),
-            "ice-pwd" if r.pwd.is_empty() => r.pwd = value.to_owned(),
-            "fingerprint" if r.fingerprint.is_empty() => {
-                if let Some((alg, fp)) = value.split_once(' ') {
-                    if alg.eq_ignore_ascii_case("sha-256") {
-                        r.fingerprint = fp.trim().to_ascii_lowercase();
-                    }
-                }
-            }
-            "setup" if r.setup.is_empty() => r.setup = value.to_owned(),
-            "candidate" if r.candidate.is_none() => {
-                // foundation component transport priority ip port "typ" type ...
-                let f: Vec<&str> = value.split_whitespace().collect();
-                if f.len() >= 8
-                    && f[1] == "1"
-                    && f[2].eq_ignore_ascii_case("udp")
-                    && f[6] == "typ"
-                    && f[7] == "host"
-                {
-                    if let (Ok(ip), Ok(port)) = (f[4].parse::<IpAddr>(), f[5].parse::<u16>()) {
-                        if ip.is_ipv4() == family_v4 {
-                            r.candidate = Some(SocketAddr::new(ip, port));
-                        }
-                    }
-                }
-            }
-            "mid" => {
-                if let Some(m) = cur.as_mut() {
-                    m.mid = value.to_owned();
-                }
-            }
-            "rtpmap" => {
-                if let (Some(m), Some((pt, enc))) = (cur.as_mut(), value.split_once(' ')) {
-                    if let Ok(pt) = pt.parse() {
-                        let name = enc.split('/').next().unwrap_or("").to_ascii_lowercase();
-                        m.rtpmap.push((pt, name));
-                    }
-                }
-            }
-            "extmap" => {
-                if let (Some(m), Some((id, uri))) = (cur.as_mut(), value.split_once(' ')) {
-                    if uri.split_whitespace().next() == Some(MID_URI) {
-                        m.mid_ext = id.split('/').next().and_then(|i| i.parse().ok());
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    if let Some(done) = cur.take() {
-        r.media.push(done);
-    }
-    if r.ufrag.is_empty() || r.pwd.is_empty() {
-        return Err(RtcError::Sdp("no ICE credentials".into()));
-    }
-    if r.fingerprint.is_empty() {
-        return Err(RtcError::Sdp("no sha-256 fingerprint".into()));
-    }
-    Ok(r)
-}
 
 fn random_token(len: usize) -> String {
     const ALPHA: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
@@ -379,6 +324,8 @@ struct Outgoing {
     mid: String,
     ssrc: u32,
     pt: u8,
+    /// A simulcast layer's RID.
+    rid: Option<&'static str>,
 }
 
 /// A client between signalling and [`RtcClient::start`].
@@ -394,6 +341,7 @@ pub struct RtcClient {
     remote: Option<RemoteSdp>,
     controlling: bool,
     mid_ext: Option<u8>,
+    rid_ext: Option<u8>,
     video_pts: Vec<u8>,
 }
 
@@ -408,15 +356,20 @@ impl RtcClient {
                 mid: "0".into(),
                 ssrc: rand::random(),
                 pt: OPUS_PT,
+                rid: None,
             });
         }
         if role.send_video {
-            outgoing.push(Outgoing {
-                kind: Kind::Video,
-                mid: "1".into(),
-                ssrc: rand::random(),
-                pt: VP8_PT,
-            });
+            let rids: &[&'static str] = if role.simulcast { &LAYERS } else { &[""] };
+            for rid in rids {
+                outgoing.push(Outgoing {
+                    kind: Kind::Video,
+                    mid: "1".into(),
+                    ssrc: rand::random(),
+                    pt: VP8_PT,
+                    rid: (!rid.is_empty()).then_some(*rid),
+                });
+            }
         }
         Ok(Self {
             name,
@@ -430,6 +383,7 @@ impl RtcClient {
             remote: None,
             controlling: true,
             mid_ext: None,
+            rid_ext: None,
             video_pts: vec![VP8_PT],
         })
     }
@@ -457,7 +411,7 @@ impl RtcClient {
         (kind, mid, pt): (Kind, &str, u8),
         direction: &str,
         mid_ext: Option<u8>,
-        send: Option<&Outgoing>,
+        send: &[&Outgoing],
     ) {
         let ip = self.local.ip();
         let v = if ip.is_ipv4() { "IP4" } else { "IP6" };
@@ -477,6 +431,10 @@ impl RtcClient {
         if let Some(id) = mid_ext {
             let _ = write!(s, "a=extmap:{id} {MID_URI}\r\n");
         }
+        let rids: Vec<&str> = send.iter().filter_map(|o| o.rid).collect();
+        if !rids.is_empty() {
+            let _ = write!(s, "a=extmap:{RID_EXT_ID} {RID_URI}\r\n");
+        }
         let _ = write!(s, "a={direction}\r\na=rtcp-mux\r\n");
         match kind {
             Kind::Audio => {
@@ -492,18 +450,33 @@ impl RtcClient {
                 );
             }
         }
-        if let Some(o) = send {
+        if !rids.is_empty() {
+            // RFC 8853: the layers are told apart by the RID in their packets, not by SSRC.
+            let _ = write!(s, "a=msid:{0} {0}-{mid}\r\n", self.name);
+            for rid in &rids {
+                let _ = write!(s, "a=rid:{rid} send\r\n");
+            }
+            let _ = write!(s, "a=simulcast:send {}\r\n", rids.join(";"));
+        } else if let Some(o) = send.first() {
             let _ = write!(
                 s,
                 "a=msid:{0} {0}-{mid}\r\na=ssrc:{1} cname:{0}\r\na=ssrc:{1} msid:{0} {0}-{mid}\r\n",
                 self.name, o.ssrc
             );
         }
-        let _ = write!(
-            s,
-            "a=candidate:1 1 udp 2130706431 {ip} {} typ host\r\na=end-of-candidates\r\n",
-            self.local.port()
-        );
+        if self.role.tcp {
+            // An active TCP candidate has the discard port (RFC 6544 §4.5).
+            let _ = write!(
+                s,
+                "a=candidate:1 1 tcp 1518280447 {ip} 9 typ host tcptype active\r\na=end-of-candidates\r\n"
+            );
+        } else {
+            let _ = write!(
+                s,
+                "a=candidate:1 1 udp 2130706431 {ip} {} typ host\r\na=end-of-candidates\r\n",
+                self.local.port()
+            );
+        }
     }
 
     /// Starts the client's task on the current tokio runtime.
@@ -512,9 +485,15 @@ impl RtcClient {
             .remote
             .clone()
             .ok_or_else(|| RtcError::Sdp("no remote description applied".into()))?;
-        let addr = remote
-            .candidate
-            .ok_or_else(|| RtcError::Sdp("remote SDP has no usable UDP host candidate".into()))?;
+        let addr = if self.role.tcp {
+            remote.tcp_candidate.ok_or_else(|| {
+                RtcError::Sdp("remote SDP has no passive TCP host candidate".into())
+            })?
+        } else {
+            remote.candidate.ok_or_else(|| {
+                RtcError::Sdp("remote SDP has no usable UDP host candidate".into())
+            })?
+        };
         self.socket.set_nonblocking(true)?;
         let socket = tokio::net::UdpSocket::from_std(self.socket.try_clone()?)?;
         let state = Arc::new(AtomicU8::new(STATE_CONNECTING));
@@ -543,6 +522,8 @@ impl RtcClient {
                 .map(|o| Sender::new(o.clone(), self.role.video_kbps))
                 .collect(),
             mid_ext: self.mid_ext,
+            rid_ext: self.rid_ext,
+            remb: self.role.remb_bps.map(|bps| (bps, Instant::now())),
             video_pts: self.video_pts.clone(),
             state: state.clone(),
             error: error.clone(),
@@ -552,8 +533,13 @@ impl RtcClient {
             out: Vec::new(),
             rx_ns: None,
         };
+        let tcp = self.role.tcp;
         let handle = tokio::spawn(async move {
-            session.run(socket).await;
+            if tcp {
+                tcp::run(&mut session).await;
+            } else {
+                session.run(socket).await;
+            }
         });
         Ok(RunningClient {
             sent_in_window,
@@ -569,6 +555,7 @@ impl SdpEndpoint for RtcClient {
     fn offer(&mut self) -> String {
         self.controlling = true;
         self.mid_ext = Some(MID_EXT_ID);
+        self.rid_ext = self.role.simulcast.then_some(RID_EXT_ID);
         let mut lines: Vec<(Kind, String, u8, &str)> = Vec::new();
         if self.role.send_audio {
             lines.push((Kind::Audio, "0".into(), OPUS_PT, "sendonly"));
@@ -584,8 +571,8 @@ impl SdpEndpoint for RtcClient {
         let mut s = String::new();
         self.write_session(&mut s, &mids);
         for (kind, mid, pt, dir) in &lines {
-            let send = self.outgoing.iter().find(|o| o.kind == *kind);
-            self.write_media(&mut s, (*kind, mid, *pt), dir, self.mid_ext, send);
+            let send: Vec<&Outgoing> = self.outgoing.iter().filter(|o| o.kind == *kind).collect();
+            self.write_media(&mut s, (*kind, mid, *pt), dir, self.mid_ext, &send);
         }
         s
     }
@@ -595,8 +582,9 @@ impl SdpEndpoint for RtcClient {
         if remote.setup == "active" {
             return Err("the relay answered a=setup:active to our active offer".into());
         }
-        // The answer says whether the mid extension was accepted, and under which id.
+        // The answer says whether the mid (and rid) extension was accepted, and under which id.
         self.mid_ext = remote.media.iter().find_map(|m| m.mid_ext);
+        self.rid_ext = remote.media.iter().find_map(|m| m.rid_ext);
         if remote.candidate.is_none() {
             return Err("answer has no UDP host candidate".into());
         }
@@ -623,7 +611,7 @@ impl SdpEndpoint for RtcClient {
                     if kind == Kind::Video {
                         self.video_pts.push(pt);
                     }
-                    self.write_media(&mut s, (kind, &m.mid, pt), "recvonly", m.mid_ext, None);
+                    self.write_media(&mut s, (kind, &m.mid, pt), "recvonly", m.mid_ext, &[]);
                 }
                 None => {
                     let fmt = m.formats.first().map_or("0", String::as_str);
@@ -643,20 +631,6 @@ impl SdpEndpoint for RtcClient {
     }
 }
 
-/// The opus or VP8 payload type of a relay's m-line.
-fn usable_pt(m: &RemoteMedia) -> Option<(Kind, u8)> {
-    let want = match m.kind.as_str() {
-        "audio" => (Kind::Audio, "opus"),
-        "video" => (Kind::Video, "vp8"),
-        _ => return None,
-    };
-    m.formats
-        .iter()
-        .filter_map(|f| f.parse::<u8>().ok())
-        .find(|pt| m.rtpmap.iter().any(|(p, n)| p == pt && n == want.1))
-        .map(|pt| (want.0, pt))
-}
-
 /// A started client: its progress and its task.
 pub struct RunningClient {
     pub name: String,
@@ -674,830 +648,6 @@ impl RunningClient {
     pub fn error(&self) -> String {
         self.error.lock().map(|e| e.clone()).unwrap_or_default()
     }
-}
-
-/// Log-linear latency histogram in ns: 64 steps per power of two (about 1.6% resolution).
-#[derive(Clone)]
-pub struct Histogram {
-    counts: Vec<u64>,
-    total: u64,
-}
-
-const HIST_BUCKETS: usize = 64 + 58 * 64;
-
-impl Default for Histogram {
-    fn default() -> Self {
-        Self {
-            counts: vec![0; HIST_BUCKETS],
-            total: 0,
-        }
-    }
-}
-
-impl Histogram {
-    fn bucket(v: u64) -> usize {
-        if v < 64 {
-            return v as usize;
-        }
-        let e = 63 - v.leading_zeros() as usize;
-        let sub = ((v >> (e - 6)) - 64) as usize;
-        64 + (e - 6) * 64 + sub
-    }
-
-    /// Middle of a bucket's range.
-    fn value(i: usize) -> f64 {
-        if i < 64 {
-            return i as f64;
-        }
-        let e = (i - 64) / 64 + 6;
-        let sub = ((i - 64) % 64) as u64;
-        let lo = (64 + sub) << (e - 6);
-        lo as f64 + ((1u64 << (e - 6)) as f64) / 2.0
-    }
-
-    pub fn record(&mut self, v: u64) {
-        self.counts[Self::bucket(v).min(HIST_BUCKETS - 1)] += 1;
-        self.total += 1;
-    }
-
-    pub fn merge(&mut self, o: &Histogram) {
-        for (a, b) in self.counts.iter_mut().zip(&o.counts) {
-            *a += b;
-        }
-        self.total += o.total;
-    }
-
-    pub fn count(&self) -> u64 {
-        self.total
-    }
-
-    /// The q-quantile (0..1) in ns, or NaN when empty.
-    pub fn quantile(&self, q: f64) -> f64 {
-        if self.total == 0 {
-            return f64::NAN;
-        }
-        let rank = ((q * self.total as f64).ceil() as u64).clamp(1, self.total);
-        let mut seen = 0;
-        for (i, c) in self.counts.iter().enumerate() {
-            seen += c;
-            if seen >= rank {
-                return Self::value(i);
-            }
-        }
-        f64::NAN
-    }
-}
-
-/// One second of the measured window.
-#[derive(Clone, Default)]
-pub struct SecondSample {
-    pub packets: u64,
-    pub latency: Histogram,
-}
-
-/// Loss of the received streams, from the embedded counters.
-#[derive(Clone, Copy, Default, Debug)]
-pub struct LossTotals {
-    pub expected: u64,
-    pub received: u64,
-    pub streams: u64,
-    pub duplicates: u64,
-}
-
-#[derive(Default)]
-pub struct RecorderInner {
-    pub seconds: Vec<SecondSample>,
-    pub total: Histogram,
-    pub loss: LossTotals,
-}
-
-/// What every client shares: the measured window (by send time) and what was received in it.
-pub struct Shared {
-    window_start: AtomicU64,
-    window_end: AtomicU64,
-    stop: AtomicBool,
-    pub inner: Mutex<RecorderInner>,
-}
-
-impl Default for Shared {
-    fn default() -> Self {
-        Self {
-            window_start: AtomicU64::new(u64::MAX),
-            window_end: AtomicU64::new(u64::MAX),
-            stop: AtomicBool::new(false),
-            inner: Mutex::new(RecorderInner::default()),
-        }
-    }
-}
-
-impl Shared {
-    /// Packets sent from `start_ns` until `end_ns` (since [`epoch`]) are measured.
-    pub fn set_window(&self, start_ns: u64, end_ns: u64) {
-        self.window_end.store(end_ns, Ordering::Relaxed);
-        self.window_start.store(start_ns, Ordering::Relaxed);
-    }
-    pub fn stop(&self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-    fn window(&self) -> (u64, u64) {
-        (
-            self.window_start.load(Ordering::Relaxed),
-            self.window_end.load(Ordering::Relaxed),
-        )
-    }
-}
-
-#[derive(Clone, Copy)]
-struct StreamLoss {
-    min: u64,
-    max: u64,
-    received: u64,
-    /// Bit i: counter `max - i` was received (duplicates are not delivered packets).
-    seen: u128,
-    duplicates: u64,
-}
-
-impl StreamLoss {
-    /// Whether `counter` is new (it may be older than the window, which is taken as new).
-    fn note(&mut self, counter: u64) -> bool {
-        if counter > self.max {
-            let shift = counter - self.max;
-            self.seen = if shift >= 128 { 0 } else { self.seen << shift };
-            self.seen |= 1;
-            self.max = counter;
-        } else {
-            let d = self.max - counter;
-            if d < 128 {
-                if self.seen & (1 << d) != 0 {
-                    self.duplicates += 1;
-                    return false;
-                }
-                self.seen |= 1 << d;
-            }
-            self.min = self.min.min(counter);
-        }
-        self.received += 1;
-        true
-    }
-}
-
-#[derive(Default)]
-struct LocalStats {
-    /// (send ns, latency ns) of packets sent inside the window, not yet flushed.
-    pending: Vec<(u64, u64)>,
-    streams: HashMap<u32, StreamLoss>,
-    last_flush: Option<Instant>,
-}
-
-impl LocalStats {
-    fn flush(&mut self, shared: &Shared, last: bool) {
-        let Ok(mut inner) = shared.inner.lock() else {
-            return;
-        };
-        let (start, _) = shared.window();
-        for &(sent, lat) in &self.pending {
-            let sec = ((sent.saturating_sub(start)) / 1_000_000_000) as usize;
-            if inner.seconds.len() <= sec {
-                inner.seconds.resize_with(sec + 1, SecondSample::default);
-            }
-            inner.seconds[sec].packets += 1;
-            inner.seconds[sec].latency.record(lat);
-            inner.total.record(lat);
-        }
-        self.pending.clear();
-        if last {
-            for s in self.streams.values() {
-                inner.loss.expected += s.max - s.min + 1;
-                inner.loss.received += s.received;
-                inner.loss.streams += 1;
-                inner.loss.duplicates += s.duplicates;
-            }
-            self.streams.clear();
-        }
-    }
-}
-
-struct Ice {
-    local_ufrag: String,
-    local_pwd: String,
-    remote_ufrag: String,
-    remote_pwd: String,
-    controlling: bool,
-    tiebreaker: u64,
-    next_check: Instant,
-    succeeded: bool,
-}
-
-impl Ice {
-    fn request(&self, crypto: &dyn rtc_crypto::RTCCrypto) -> Option<Vec<u8>> {
-        let mut m = Message::new();
-        m.write_header();
-        let tid = TransactionId::new();
-        let user = TextAttribute::new(
-            ATTR_USERNAME,
-            format!("{}:{}", self.remote_ufrag, self.local_ufrag),
-        );
-        let head: [&dyn Setter; 3] = [&BINDING_REQUEST, &tid, &user];
-        for s in head {
-            s.add_to(&mut m).ok()?;
-        }
-        // Peer-reflexive priority of a host candidate (type preference 110), RFC 8445 §5.1.2.
-        m.add(
-            ATTR_PRIORITY,
-            &((110u32 << 24) | (65535 << 8) | 255).to_be_bytes(),
-        );
-        if self.controlling {
-            m.add(ATTR_ICE_CONTROLLING, &self.tiebreaker.to_be_bytes());
-            m.add(ATTR_USE_CANDIDATE, &[]);
-        } else {
-            m.add(ATTR_ICE_CONTROLLED, &self.tiebreaker.to_be_bytes());
-        }
-        let integrity = MessageIntegrity::new_short_term_integrity_with_provider(
-            self.remote_pwd.clone(),
-            crypto,
-        );
-        integrity.add_to(&mut m).ok()?;
-        FINGERPRINT.add_to(&mut m).ok()?;
-        Some(m.raw)
-    }
-
-    /// A success response to a peer's check, or `None` for anything else.
-    fn respond(
-        &self,
-        data: &[u8],
-        from: SocketAddr,
-        crypto: &dyn rtc_crypto::RTCCrypto,
-    ) -> Option<Vec<u8>> {
-        let mut msg = Message::new();
-        msg.unmarshal_binary(data).ok()?;
-        if msg.typ != BINDING_REQUEST {
-            return None;
-        }
-        MessageIntegrity::check(&mut msg, self.local_pwd.as_bytes(), crypto).ok()?;
-        let mut out = Message::new();
-        out.write_header();
-        let integrity = MessageIntegrity::new_short_term_integrity_with_provider(
-            self.local_pwd.clone(),
-            crypto,
-        );
-        let mapped = XorMappedAddress {
-            ip: from.ip(),
-            port: from.port(),
-        };
-        let setters: [&dyn Setter; 5] = [
-            &BINDING_SUCCESS,
-            &msg.transaction_id,
-            &mapped,
-            &integrity,
-            &FINGERPRINT,
-        ];
-        for s in setters {
-            s.add_to(&mut out).ok()?;
-        }
-        Some(out.raw)
-    }
-}
-
-/// Paces one outgoing stream.
-struct Sender {
-    out: Outgoing,
-    seq: u16,
-    ts: u32,
-    counter: u64,
-    next_due: Option<Instant>,
-    interval: Duration,
-    /// Video: payload bytes per frame.
-    frame_bytes: usize,
-}
-
-impl Sender {
-    fn new(out: Outgoing, video_kbps: u32) -> Self {
-        let (interval, frame_bytes) = match out.kind {
-            Kind::Audio => (Duration::from_millis(20), AUDIO_PAYLOAD),
-            Kind::Video => (
-                Duration::from_secs(1) / 30,
-                ((video_kbps as usize * 1000 / 8) / 30).max(2 + STAMP),
-            ),
-        };
-        Self {
-            out,
-            seq: rand::random(),
-            ts: rand::random(),
-            counter: 0,
-            next_due: None,
-            interval,
-            frame_bytes,
-        }
-    }
-}
-
-struct Session {
-    name: String,
-    remote: SocketAddr,
-    ice: Ice,
-    dtls: Option<Endpoint>,
-    identity: Identity,
-    remote_fingerprint: String,
-    srtp: Option<(Context, Context)>,
-    senders: Vec<Sender>,
-    mid_ext: Option<u8>,
-    video_pts: Vec<u8>,
-    state: Arc<AtomicU8>,
-    error: Arc<Mutex<String>>,
-    stats: LocalStats,
-    sent_in_window: Arc<AtomicU64>,
-    shared: Arc<Shared>,
-    /// Datagrams to send after the current step.
-    out: Vec<bytes::Bytes>,
-    /// Kernel arrival stamp of the datagram being handled (ns since [`epoch`]).
-    rx_ns: Option<u64>,
-}
-
-impl Session {
-    async fn run(&mut self, socket: tokio::net::UdpSocket) {
-        let mut buf = vec![0u8; 2048];
-        enable_rx_timestamps(&socket);
-        // Senders pace media on a 5 ms tick; receive-only clients need the tick only for ICE,
-        // DTLS retransmission and flushing samples, and most clients are receivers.
-        let period = if self.senders.is_empty() { 50 } else { 5 };
-        let mut tick = tokio::time::interval(Duration::from_millis(period));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        loop {
-            tokio::select! {
-                r = socket.readable() => {
-                    if r.is_ok() {
-                        // Drain what is queued: one wake-up for a burst (a video frame).
-                        for _ in 0..64 {
-                            match recv_stamped(&socket, &mut buf) {
-                                Ok((n, from, stamp)) => {
-                                    self.rx_ns = stamp;
-                                    self.handle_datagram(Instant::now(), from, &buf[..n]);
-                                }
-                                Err(_) => break,
-                            }
-                        }
-                    }
-                }
-                _ = tick.tick() => {
-                    if self.shared.stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    self.handle_tick(Instant::now());
-                }
-            }
-            for d in self.out.drain(..) {
-                let _ = socket.send_to(&d, self.remote).await;
-            }
-        }
-        self.stats.flush(&self.shared, true);
-    }
-
-    fn fail(&self, why: String) {
-        fail(&self.name, &self.error, &self.state, why);
-    }
-
-    fn handle_tick(&mut self, now: Instant) {
-        if now >= self.ice.next_check {
-            if let Some(req) = self.ice.request(self.identity.provider.crypto()) {
-                self.out.push(req.into());
-            }
-            self.ice.next_check = now
-                + if self.ice.succeeded {
-                    CHECK_SLOW
-                } else {
-                    CHECK_FAST
-                };
-        }
-        if let Some(dtls) = self.dtls.as_mut() {
-            if self.srtp.is_none() {
-                if dtls.poll_timeout(&PEER).is_some_and(|t| t <= now) {
-                    if let Err(e) = dtls.handle_timeout(PEER, now) {
-                        fail(
-                            &self.name,
-                            &self.error,
-                            &self.state,
-                            format!("DTLS timeout: {e}"),
-                        );
-                    }
-                }
-                while let Some(t) = dtls.poll_transmit() {
-                    self.out.push(t.message.freeze());
-                }
-            }
-        }
-        if self.srtp.is_some() {
-            self.send_media(now);
-        }
-        if self
-            .stats
-            .last_flush
-            .is_none_or(|t| now.duration_since(t) >= FLUSH_EVERY)
-        {
-            self.stats.last_flush = Some(now);
-            self.stats.flush(&self.shared, false);
-        }
-    }
-
-    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, d: &[u8]) {
-        let Some(&first) = d.first() else { return };
-        match first {
-            0..=3 => self.handle_stun(now, from, d),
-            20..=63 => self.handle_dtls(now, d),
-            128..=191 => self.handle_srtp(d),
-            _ => {}
-        }
-    }
-
-    fn handle_stun(&mut self, now: Instant, from: SocketAddr, d: &[u8]) {
-        let crypto = self.identity.provider.crypto();
-        if let Some(resp) = self.ice.respond(d, from, crypto) {
-            self.out.push(resp.into());
-            return;
-        }
-        let mut msg = Message::new();
-        if msg.unmarshal_binary(d).is_err() {
-            return;
-        }
-        if msg.typ == BINDING_SUCCESS && !self.ice.succeeded {
-            self.ice.succeeded = true;
-            self.ice.next_check = now + CHECK_SLOW;
-            self.start_dtls(now);
-        } else if msg.typ.class == CLASS_ERROR_RESPONSE && !self.ice.succeeded {
-            self.fail("ICE check answered with an error".into());
-        }
-    }
-
-    fn start_dtls(&mut self, now: Instant) {
-        let expected = self.remote_fingerprint.clone();
-        let provider = self.identity.provider.clone();
-        let verify = Arc::new(
-            move |certs: &[Vec<u8>],
-                  _: &[rustls::pki_types::CertificateDer<'static>]|
-                  -> rtc_shared::error::Result<()> {
-                match certs.first().and_then(|c| sha256_fingerprint(&provider, c)) {
-                    Some(fp) if fp.to_ascii_lowercase() == expected => Ok(()),
-                    _ => Err(rtc_shared::error::Error::ErrNoMatchingCertificateFingerprint),
-                }
-            },
-        );
-        let verify: rtc_dtls::config::VerifyPeerCertificateFn = verify;
-        let config: Result<HandshakeConfig, _> = ConfigBuilder::default()
-            .with_crypto_provider(self.identity.provider.clone())
-            .with_certificates(vec![self.identity.certificate.clone()])
-            .with_srtp_protection_profiles(vec![
-                SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
-                SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
-            ])
-            .with_insecure_skip_verify(true)
-            .with_verify_peer_certificate(Some(verify))
-            .with_extended_master_secret(ExtendedMasterSecretType::Request)
-            .build(true, None);
-        let config = match config {
-            Ok(c) => Arc::new(c),
-            Err(e) => return self.fail(format!("DTLS config: {e}")),
-        };
-        let local: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
-        let mut ep = Endpoint::new(local, TransportProtocol::UDP, None);
-        if let Err(e) = ep.connect(now, PEER, config, None) {
-            return self.fail(format!("DTLS connect: {e}"));
-        }
-        while let Some(t) = ep.poll_transmit() {
-            self.out.push(t.message.freeze());
-        }
-        self.dtls = Some(ep);
-    }
-
-    fn handle_dtls(&mut self, now: Instant, d: &[u8]) {
-        let Some(ep) = self.dtls.as_mut() else { return };
-        let events = match ep.read(now, PEER, None, BytesMut::from(d)) {
-            Ok(ev) => ev,
-            Err(e) => {
-                if self.srtp.is_none() {
-                    self.fail(format!("DTLS: {e}"));
-                }
-                return;
-            }
-        };
-        while let Some(t) = ep.poll_transmit() {
-            self.out.push(t.message.freeze());
-        }
-        for ev in events {
-            if let EndpointEvent::HandshakeComplete = ev {
-                match keys(ep, &self.identity) {
-                    Ok(k) => {
-                        self.srtp = Some(k);
-                        self.state.store(STATE_CONNECTED, Ordering::Relaxed);
-                    }
-                    Err(e) => fail(&self.name, &self.error, &self.state, e.to_string()),
-                }
-            }
-        }
-    }
-
-    fn handle_srtp(&mut self, d: &[u8]) {
-        // RTCP (payload type 200..=206 with the marker bit folded in) is not measured.
-        if d.len() < 12 || (192..=223).contains(&d[1]) {
-            return;
-        }
-        let Some((_, remote)) = self.srtp.as_mut() else {
-            return;
-        };
-        let Ok(plain) = remote.decrypt_rtp(d) else {
-            return;
-        };
-        // The kernel's arrival stamp when there is one: the load generator's own delay is not
-        // the relay's.
-        let now = self.rx_ns.take().unwrap_or_else(now_ns);
-        receive_rtp(&plain, &self.video_pts, now, &self.shared, &mut self.stats);
-    }
-
-    fn send_media(&mut self, now: Instant) {
-        let window = self.shared.window();
-        let Some((local, _)) = self.srtp.as_mut() else {
-            return;
-        };
-        let mut buf = Vec::with_capacity(1400);
-        for s in &mut self.senders {
-            let due = s.next_due.get_or_insert(now);
-            // After a stall, start again rather than send a burst.
-            if now.duration_since(*due) > Duration::from_secs(1) {
-                *due = now;
-            }
-            while *due <= now {
-                *due += s.interval;
-                let (sizes, kind) = match s.out.kind {
-                    Kind::Audio => (vec![AUDIO_PAYLOAD], Kind::Audio),
-                    Kind::Video => {
-                        let n = s.frame_bytes.div_ceil(MAX_VIDEO_PAYLOAD);
-                        let each = (s.frame_bytes / n).max(2 + STAMP);
-                        (vec![each; n], Kind::Video)
-                    }
-                };
-                let last = sizes.len() - 1;
-                for (i, size) in sizes.into_iter().enumerate() {
-                    buf.clear();
-                    let marker = kind == Kind::Video && i == last;
-                    write_rtp_header(&mut buf, &s.out, marker, s.seq, s.ts, self.mid_ext);
-                    if kind == Kind::Video {
-                        // VP8 descriptor with S set on the first packet, then a key-frame header
-                        // byte: every frame can start a viewer.
-                        buf.extend_from_slice(if i == 0 { &[0x10, 0x00] } else { &[0x00, 0x00] });
-                    }
-                    let stamp = now_ns();
-                    buf.extend_from_slice(&stamp.to_be_bytes());
-                    buf.extend_from_slice(&s.counter.to_be_bytes());
-                    let counted = stamp >= window.0 && stamp < window.1;
-                    let header_len = if kind == Kind::Video {
-                        2 + STAMP
-                    } else {
-                        STAMP
-                    };
-                    buf.resize(buf.len() + size.saturating_sub(header_len), 0xa5);
-                    s.seq = s.seq.wrapping_add(1);
-                    s.counter += 1;
-                    match local.encrypt_rtp(&buf) {
-                        Ok(p) => {
-                            self.out.push(p.freeze());
-                            if counted {
-                                self.sent_in_window.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                        Err(e) => {
-                            if let Ok(mut err) = self.error.lock() {
-                                *err = format!("{}: SRTP protect: {e}", self.name);
-                            }
-                        }
-                    }
-                }
-                s.ts = s.ts.wrapping_add(match kind {
-                    Kind::Audio => 960,
-                    Kind::Video => 3000,
-                });
-            }
-        }
-    }
-}
-
-/// Marks a client failed with the first reason given.
-fn fail(name: &str, error: &Mutex<String>, state: &AtomicU8, why: String) {
-    if let Ok(mut e) = error.lock() {
-        if e.is_empty() {
-            *e = format!("{name}: {why}");
-        }
-    }
-    state.store(STATE_FAILED, Ordering::Relaxed);
-}
-
-fn write_rtp_header(
-    buf: &mut Vec<u8>,
-    o: &Outgoing,
-    marker: bool,
-    seq: u16,
-    ts: u32,
-    mid_ext: Option<u8>,
-) {
-    buf.push(if mid_ext.is_some() { 0x90 } else { 0x80 });
-    buf.push(o.pt | if marker { 0x80 } else { 0 });
-    buf.extend_from_slice(&seq.to_be_bytes());
-    buf.extend_from_slice(&ts.to_be_bytes());
-    buf.extend_from_slice(&o.ssrc.to_be_bytes());
-    if let Some(id) = mid_ext {
-        // One-byte header extension (RFC 8285), padded to whole words.
-        let mid = o.mid.as_bytes();
-        let body = 1 + mid.len();
-        let words = body.div_ceil(4);
-        buf.extend_from_slice(&[0xbe, 0xde]);
-        buf.extend_from_slice(&(words as u16).to_be_bytes());
-        buf.push((id << 4) | (mid.len() as u8 - 1));
-        buf.extend_from_slice(mid);
-        buf.resize(buf.len() + words * 4 - body, 0);
-    }
-}
-
-/// Reads the stamp of one plain RTP packet into the client's stats.
-fn receive_rtp(p: &[u8], video_pts: &[u8], now: u64, shared: &Shared, stats: &mut LocalStats) {
-    let Some(payload) = rtp_payload(p) else {
-        return;
-    };
-    let pt = p[1] & 0x7f;
-    let ssrc = u32::from_be_bytes([p[8], p[9], p[10], p[11]]);
-    let at = if video_pts.contains(&pt) { 2 } else { 0 };
-    let Some(stamp) = payload.get(at..at + STAMP) else {
-        return;
-    };
-    let mut w = [0u8; 8];
-    w.copy_from_slice(&stamp[..8]);
-    let sent = u64::from_be_bytes(w);
-    w.copy_from_slice(&stamp[8..]);
-    let counter = u64::from_be_bytes(w);
-    let (start, end) = shared.window();
-    if sent < start || sent >= end {
-        return;
-    }
-    let e = stats.streams.entry(ssrc).or_insert(StreamLoss {
-        min: counter,
-        max: counter,
-        received: 0,
-        seen: 0,
-        duplicates: 0,
-    });
-    if e.note(counter) {
-        stats.pending.push((sent, now.saturating_sub(sent)));
-    }
-}
-
-/// The payload of a plain RTP packet (after CSRCs and extensions, before padding).
-fn rtp_payload(p: &[u8]) -> Option<&[u8]> {
-    if p.len() < 12 || p[0] >> 6 != 2 {
-        return None;
-    }
-    let cc = (p[0] & 0x0f) as usize;
-    let mut at = 12 + 4 * cc;
-    if p[0] & 0x10 != 0 {
-        let h = p.get(at..at + 4)?;
-        at += 4 + 4 * u16::from_be_bytes([h[2], h[3]]) as usize;
-    }
-    let mut end = p.len();
-    if p[0] & 0x20 != 0 {
-        end = end.checked_sub(*p.last()? as usize)?;
-    }
-    p.get(at..end)
-}
-
-fn keys(ep: &Endpoint, identity: &Identity) -> Result<(Context, Context), RtcError> {
-    let state = ep
-        .get_connection_state(PEER)
-        .ok_or_else(|| RtcError::Dtls("no association".into()))?;
-    // The same export as the relay's own DTLS side.
-    let (profile, k) = volna::transport::webrtc::dtls::export_srtp_keys(state)
-        .map_err(|e| RtcError::Srtp(e.to_string()))?;
-    let k = &k;
-    contexts(
-        profile,
-        (&k.local_master_key, &k.local_master_salt),
-        (&k.remote_master_key, &k.remote_master_salt),
-        identity,
-    )
-}
-
-fn contexts(
-    profile: ProtectionProfile,
-    local: (&[u8], &[u8]),
-    remote: (&[u8], &[u8]),
-    identity: &Identity,
-) -> Result<(Context, Context), RtcError> {
-    let crypto = identity.provider.crypto();
-    let l = Context::new(local.0, local.1, profile, None, None, crypto)
-        .map_err(|e| RtcError::Srtp(e.to_string()))?;
-    let r = Context::new(
-        remote.0,
-        remote.1,
-        profile,
-        Some(rtc_srtp::option::srtp_replay_protection(256)),
-        Some(rtc_srtp::option::srtcp_replay_protection(128)),
-        crypto,
-    )
-    .map_err(|e| RtcError::Srtp(e.to_string()))?;
-    Ok((l, r))
-}
-
-/// Latency of the same SRTP protect → UDP → unprotect path with no relay: two sockets on
-/// loopback, one sending stamped audio and video at the role's rates for `duration`.
-pub async fn baseline(
-    ip: IpAddr,
-    identity: &Identity,
-    video_kbps: u32,
-    duration: Duration,
-) -> Result<Histogram, RtcError> {
-    let a = std::net::UdpSocket::bind(SocketAddr::new(ip, 0))?;
-    let b = std::net::UdpSocket::bind(SocketAddr::new(ip, 0))?;
-    let (a_addr, b_addr) = (a.local_addr()?, b.local_addr()?);
-    let key = [7u8; 16];
-    let salt = [9u8; 12];
-    let profile = ProtectionProfile::AeadAes128Gcm;
-    let (send_ctx, _) = contexts(profile, (&key, &salt), (&key, &salt), identity)?;
-    let (_, recv_ctx) = contexts(profile, (&key, &salt), (&key, &salt), identity)?;
-    let shared = Arc::new(Shared::default());
-    let start = now_ns();
-    shared.set_window(start, start + duration.as_nanos() as u64);
-    let make = |sock: std::net::UdpSocket,
-                remote: SocketAddr,
-                srtp: (Context, Context),
-                senders: Vec<Sender>|
-     -> Result<(Session, tokio::net::UdpSocket), RtcError> {
-        sock.set_nonblocking(true)?;
-        let sock = tokio::net::UdpSocket::from_std(sock)?;
-        let session = Session {
-            name: "baseline".into(),
-            remote,
-            ice: Ice {
-                local_ufrag: String::new(),
-                local_pwd: String::new(),
-                remote_ufrag: String::new(),
-                remote_pwd: String::new(),
-                controlling: true,
-                tiebreaker: 0,
-                // No checks: the path is direct.
-                next_check: Instant::now() + Duration::from_secs(3600),
-                succeeded: true,
-            },
-            dtls: None,
-            identity: identity.clone(),
-            remote_fingerprint: String::new(),
-            srtp: Some(srtp),
-            senders,
-            mid_ext: Some(MID_EXT_ID),
-            video_pts: vec![VP8_PT],
-            state: Arc::new(AtomicU8::new(STATE_CONNECTED)),
-            error: Arc::new(Mutex::new(String::new())),
-            stats: LocalStats::default(),
-            sent_in_window: Arc::new(AtomicU64::new(0)),
-            shared: shared.clone(),
-            out: Vec::new(),
-            rx_ns: None,
-        };
-        Ok((session, sock))
-    };
-    let (dummy_a, _) = contexts(profile, (&key, &salt), (&key, &salt), identity)?;
-    let (_, dummy_b) = contexts(profile, (&key, &salt), (&key, &salt), identity)?;
-    // Five publishers' worth of streams, so that p99.9 rests on a few thousand samples.
-    let senders = (0..5u32)
-        .flat_map(|i| {
-            [
-                Sender::new(
-                    Outgoing {
-                        kind: Kind::Audio,
-                        mid: "0".into(),
-                        ssrc: 2 * i + 1,
-                        pt: OPUS_PT,
-                    },
-                    video_kbps,
-                ),
-                Sender::new(
-                    Outgoing {
-                        kind: Kind::Video,
-                        mid: "1".into(),
-                        ssrc: 2 * i + 2,
-                        pt: VP8_PT,
-                    },
-                    video_kbps,
-                ),
-            ]
-        })
-        .collect();
-    let (mut tx, sa) = make(a, b_addr, (send_ctx, dummy_b), senders)?;
-    let (mut rx, sb) = make(b, a_addr, (dummy_a, recv_ctx), Vec::new())?;
-    let t1 = tokio::spawn(async move { tx.run(sa).await });
-    let t2 = tokio::spawn(async move { rx.run(sb).await });
-    tokio::time::sleep(duration + Duration::from_millis(200)).await;
-    shared.stop();
-    let _ = t1.await;
-    let _ = t2.await;
-    let inner = shared
-        .inner
-        .lock()
-        .map_err(|_| RtcError::Srtp("recorder poisoned".into()))?;
-    Ok(inner.total.clone())
 }
 
 #[cfg(test)]
@@ -1556,6 +706,7 @@ a=rtpmap:109 opus/48000/2\r\na=rtpmap:0 PCMU/8000\r\na=extmap:7 urn:ietf:params:
 a=candidate:1 1 udp 2013266431 fe80::1 4000 typ host\r\n\
 a=candidate:2 1 tcp 1019216383 10.0.0.1 9 typ host tcptype active\r\n\
 a=candidate:3 1 udp 2013266431 10.0.0.1 4001 typ host\r\n\
+a=candidate:4 1 tcp 1015023871 10.0.0.1 4002 typ host tcptype passive\r\n\
 m=video 9 UDP/TLS/RTP/SAVPF 100\r\nc=IN IP4 10.0.0.1\r\na=mid:v\r\na=sendonly\r\na=rtpmap:100 VP8/90000\r\n\
 m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:d\r\n";
 
@@ -1572,6 +723,8 @@ m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:d\r\n";
         let answer = c.answer_offer(RELAY_OFFER).unwrap();
         let r = c.remote.as_ref().unwrap();
         assert_eq!(r.candidate, Some("10.0.0.1:4001".parse().unwrap()));
+        // The passive one, not the active one before it.
+        assert_eq!(r.tcp_candidate, Some("10.0.0.1:4002".parse().unwrap()));
         assert_eq!((r.ufrag.as_str(), r.pwd.as_str()), ("RU", "RPWD"));
         assert_eq!(r.fingerprint, "ab:cd");
         assert!(!c.controlling);
@@ -1624,9 +777,10 @@ m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:d\r\n";
             mid: "0".into(),
             ssrc: 9,
             pt: OPUS_PT,
+            rid: None,
         };
         let mut p = Vec::new();
-        write_rtp_header(&mut p, &o, false, 1, 2, Some(4));
+        write_rtp_header(&mut p, &o, false, (1, 2), (Some(4), None));
         p.extend_from_slice(&[1, 2, 3]);
         assert_eq!(rtp_payload(&p), Some(&[1u8, 2, 3][..]));
         p[0] |= 0x20;

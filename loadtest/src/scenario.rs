@@ -6,7 +6,7 @@ use std::io::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::report::{Baseline, RoundResult, Sample};
+use crate::report::{Baseline, LinkBytes, RoundResult, Sample};
 use crate::rtc::{
     self, Identity, Role, RtcClient, RunningClient, Shared, STATE_CONNECTED, STATE_FAILED,
 };
@@ -79,6 +79,12 @@ pub struct RoundOptions {
     pub seconds: f64,
     pub warmup: f64,
     pub video_kbps: u32,
+    /// Publishers send their video as two simulcast layers, and odd-numbered participants
+    /// receive on links that carry half the video rate (they tell the relay with REMB): they
+    /// take the low layer, the others the full one.
+    pub simulcast: bool,
+    /// Every client over ICE-TCP (RFC 6544) instead of UDP.
+    pub tcp: bool,
     /// Stderr progress line.
     pub progress: bool,
 }
@@ -163,9 +169,12 @@ pub fn run_round(
             cname.clone(),
             ip,
             identity.clone(),
-            Role::publisher(video, opts.video_kbps),
+            Role::publisher(video, opts.video_kbps)
+                .with_simulcast(opts.simulcast)
+                .with_tcp(opts.tcp),
         )
         .map_err(|e| format!("{cname}: {e}"))?;
+        target.place(p);
         let id = target
             .publish(&room, &cname, &mut c)
             .map_err(|e| format!("{name}: publishing {cname}: {e}"))?;
@@ -181,8 +190,11 @@ pub fn run_round(
     }
     for (i, &(s, p)) in subs.iter().enumerate() {
         let cname = format!("sub{s}-of-pub{p}");
-        let mut c = RtcClient::new(cname.clone(), ip, identity.clone(), Role::subscriber(video))
+        let capped = (opts.simulcast && s % 2 == 1).then_some(u64::from(opts.video_kbps) * 500);
+        let role = Role::subscriber(video).with_remb(capped).with_tcp(opts.tcp);
+        let mut c = RtcClient::new(cname.clone(), ip, identity.clone(), role)
             .map_err(|e| format!("{cname}: {e}"))?;
+        target.place(s);
         target
             .subscribe(&room, &pub_ids[p], &mut c)
             .map_err(|e| format!("{name}: subscribing {cname}: {e}"))?;
@@ -237,7 +249,9 @@ pub fn run_round(
         .iter()
         .map(|&(_, p)| sent[p].load(std::sync::atomic::Ordering::Relaxed))
         .sum();
-    r.undelivered_pct = if expected == 0 {
+    // A simulcast publisher's expected packets are its full layer's, which the subscribers on
+    // short links do not get: nothing to compare.
+    r.undelivered_pct = if expected == 0 || opts.simulcast {
         f64::NAN
     } else {
         100.0 * expected.saturating_sub(r.delivered) as f64 / expected as f64
@@ -259,7 +273,8 @@ fn measure(
     subscriptions: usize,
 ) -> Result<RoundResult, String> {
     let name = target.name();
-    let pid = target.pid();
+    let pids = target.pids();
+    let cpu = || -> Option<f64> { pids.iter().map(|&p| process_cpu_seconds(p)).sum() };
     let limit = Duration::from_secs(10) + Duration::from_millis(20) * running.len() as u32;
     let deadline = Instant::now() + limit;
     loop {
@@ -319,7 +334,8 @@ fn measure(
     let window = Duration::from_secs_f64(opts.seconds);
     let start_ns = rtc::now_ns();
     shared.set_window(start_ns, start_ns + window.as_nanos() as u64);
-    let cpu0 = process_cpu_seconds(pid);
+    let link0 = target.link_bytes();
+    let cpu0 = cpu();
     let t0 = Instant::now();
     let end = t0 + window;
     while Instant::now() < end {
@@ -347,14 +363,18 @@ fn measure(
                 .min(Duration::from_millis(250)),
         ));
     }
-    let cpu1 = process_cpu_seconds(pid);
+    let cpu1 = cpu();
+    let link1 = target.link_bytes();
     let elapsed = t0.elapsed().as_secs_f64();
     // Packets sent at the end of the window are still on their way.
     rt.block_on(tokio::time::sleep(Duration::from_millis(500)));
-    let rss = peak_rss_mb(pid).unwrap_or(f64::NAN);
+    let rss: f64 = pids
+        .iter()
+        .map(|&p| peak_rss_mb(p).unwrap_or(f64::NAN))
+        .sum();
     let relay_cpu_s = match (cpu0, cpu1) {
         (Some(a), Some(b)) => b - a,
-        _ => return Err(format!("{name}: cannot read /proc/{pid}/stat")),
+        _ => return Err(format!("{name}: cannot read /proc/{pids:?}/stat")),
     };
     // Stop the clients and wait for them, so that their last samples are flushed.
     let clients = running.len();
@@ -403,6 +423,10 @@ fn measure(
         relay_cpu_s,
         peak_rss_mb: rss,
         per_second,
+        link: link0.zip(link1).map(|(a, b)| LinkBytes {
+            sent: b.sent.saturating_sub(a.sent),
+            held: b.held.saturating_sub(a.held),
+        }),
     })
 }
 

@@ -21,6 +21,17 @@ pub trait Target {
     fn client_ip(&self) -> std::net::IpAddr;
     /// Process id of the relay, for CPU-seconds and peak RSS from /proc.
     fn pid(&self) -> u32;
+    /// Every process of the relay (several for a cluster): CPU-seconds and peak RSS are summed.
+    fn pids(&self) -> Vec<u32> {
+        vec![self.pid()]
+    }
+    /// The next `publish` or `subscribe` is for participant `index` (a cluster sends each
+    /// participant to one of its nodes).
+    fn place(&mut self, _index: usize) {}
+    /// A cluster's relay links so far: bytes sent, and simulcast bytes held back.
+    fn link_bytes(&self) -> Option<crate::report::LinkBytes> {
+        None
+    }
     /// Makes a room able to hold `publishers` publishers (a no-op where rooms are implicit).
     fn create_room(&mut self, room: &str, publishers: usize) -> Result<(), String>;
     /// Publishes the client's media into `room`; returns an id that subscribers pass to

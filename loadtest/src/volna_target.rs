@@ -14,6 +14,10 @@ pub struct VolnaOptions {
     pub relay_bin: PathBuf,
     /// `[media] workers`; `None` leaves the relay's default (and the key out of the config).
     pub workers: Option<usize>,
+    /// More command-line arguments (a cluster node's `--redis`, `--node-id`, `--relay`).
+    pub extra: Vec<String>,
+    /// More of the configuration file (a cluster node's `[cluster]` secret).
+    pub config: String,
 }
 
 pub struct VolnaTarget {
@@ -54,7 +58,8 @@ impl VolnaTarget {
         let config = format!(
             "[http]\nlisten = \"127.0.0.1:{port}\"\n\n[media]\nlisten = \"127.0.0.1:0\"\n{workers}\n\
              [quic]\nenabled = false\n\n[limits]\nmax_rooms = 1000\nmax_participants_per_room = 100000\n\n\
-             [log]\nlevel = \"warn\"\n"
+             [log]\nlevel = \"warn\"\n{}",
+            opts.config
         );
         let config_path = dir.join("volna.toml");
         std::fs::write(&config_path, config).map_err(|e| e.to_string())?;
@@ -63,6 +68,7 @@ impl VolnaTarget {
         let child = Command::new(&opts.relay_bin)
             .arg("--config")
             .arg(&config_path)
+            .args(&opts.extra)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
@@ -81,6 +87,11 @@ impl VolnaTarget {
         };
         t.wait_healthy(Duration::from_secs(10))?;
         Ok(t)
+    }
+
+    /// The relay's HTTP base URL (`http://127.0.0.1:PORT`).
+    pub fn base(&self) -> &str {
+        &self.base
     }
 
     /// The relay's HTTP port.

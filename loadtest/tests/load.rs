@@ -18,15 +18,13 @@ fn run_with(scenario: &str, clients: &str, relay: &PathBuf, extra: &[&str]) -> V
         std::env::temp_dir().join(format!("volna-load-test-{scenario}-{}", std::process::id()));
     let status = Command::new(env!("CARGO_BIN_EXE_volna-load"))
         .args(["--scenario", scenario, "--clients", clients])
-        .args([
-            "--seconds",
-            "3",
-            "--warmup",
-            "1",
-            "--rounds",
-            "1",
-            "--quiet",
-        ])
+        .args(["--seconds", "3", "--rounds", "1", "--quiet"])
+        // A second of warm-up unless the caller says otherwise.
+        .args(if extra.contains(&"--warmup") {
+            &[][..]
+        } else {
+            &["--warmup", "1"][..]
+        })
         .arg("--out")
         .arg(&out)
         .arg("--relay-bin")
@@ -115,4 +113,67 @@ fn meeting_side_by_side_with_janus() {
     check_target("meeting", &report, "janus");
     let ratio = report["ratio_pkts_per_cpu_s"].as_f64();
     assert!(ratio.is_some_and(|r| r.is_finite() && r > 0.0), "{report}");
+}
+
+/// The meeting over UDP and again with every client over ICE-TCP (RFC 6544: the relay's
+/// passive candidate, RFC 4571 framing), side by side: both deliver.
+#[test]
+fn a_meeting_over_ice_tcp_next_to_udp() {
+    let Some(relay) = relay_bin() else {
+        eprintln!("SKIPPED: no volna binary; run `cargo build --bins` first");
+        return;
+    };
+    let report = run_with("meeting", "3", &relay, &["--compare", "volna-tcp"]);
+    check_target("meeting", &report, "volna");
+    check_target("meeting", &report, "volna-tcp");
+}
+
+/// A simulcast meeting on one node and on two (Redis and two volna processes, participants
+/// split between them): both deliver every stream; the cluster's report has its relay links'
+/// bytes, and the bytes of layers held back because no subscriber behind a link wanted them
+/// (the odd-numbered participants, all on node 2, take the low layer: the full layers of node
+/// 1's publishers do not cross).
+#[test]
+fn a_simulcast_meeting_across_two_nodes_next_to_one() {
+    let Some(relay) = relay_bin() else {
+        eprintln!("SKIPPED: no volna binary; run `cargo build --bins` first");
+        return;
+    };
+    if Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED: Debian's redis-server is not installed (scripts/test.sh installs it)");
+        return;
+    }
+    let report = run_with(
+        "meeting",
+        "4",
+        &relay,
+        // Subscribers settle on their layers (a switch mid-window reads as loss) in the warm-up.
+        &[
+            "--compare",
+            "volna-cluster",
+            "--simulcast",
+            "--video-kbps",
+            "400",
+            "--warmup",
+            "3",
+        ],
+    );
+    check_target("meeting", &report, "volna");
+    check_target("meeting", &report, "volna-cluster");
+    let c = &report["targets"]["volna-cluster"];
+    let (sent, held) = (
+        c["link_sent_bytes"].as_f64().unwrap_or(0.0),
+        c["link_held_bytes"].as_f64().unwrap_or(0.0),
+    );
+    assert!(sent > 0.0, "media crossed the links: {c}");
+    // Two publishers on node 1, their full layer (400 kbps) held back for 3 s: about 300 kB.
+    assert!(held > 100_000.0, "full layers held back: {held} bytes: {c}");
+    assert!(
+        report["targets"]["volna"]["link_sent_bytes"].is_null(),
+        "one node has no links"
+    );
 }

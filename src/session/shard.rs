@@ -144,6 +144,8 @@ pub struct ShardStats {
     pub transcoded_packets: u64,
     /// Video packets sent to starting viewers from the key-frame cache (no new key frame asked).
     pub replayed_packets: u64,
+    /// Bytes of simulcast layers relay links did not carry (no viewer behind wanted them).
+    pub link_bytes_held: u64,
     pub dropped_packets: u64,
     pub keyframe_requests: u64,
     pub sessions_closed: u64,
@@ -215,6 +217,7 @@ impl ShardStats {
         self.red_packets += o.red_packets;
         self.transcoded_packets += o.transcoded_packets;
         self.replayed_packets += o.replayed_packets;
+        self.link_bytes_held += o.link_bytes_held;
         self.dropped_packets += o.dropped_packets;
         self.keyframe_requests += o.keyframe_requests;
         self.sessions_closed += o.sessions_closed;
@@ -494,6 +497,7 @@ impl Shard {
             red_packets: c.red_packets,
             transcoded_packets: c.transcoded_packets,
             replayed_packets: c.replayed_packets,
+            link_bytes_held: c.link_bytes_held,
             dropped_packets: c.dropped_packets,
             keyframe_requests: c.keyframe_requests,
             sessions_closed: self.closed,

@@ -120,7 +120,7 @@ pub fn render_cluster(out: &mut String, cluster: &crate::cluster::Cluster) {
 }
 
 pub fn render(s: &ShardStats, webhooks: &WebhookCounters) -> String {
-    let rows: [(&str, &str, &str, u64); 21] = [
+    let rows: [(&str, &str, &str, u64); 22] = [
         (
             "volna_rooms",
             "gauge",
@@ -186,6 +186,12 @@ pub fn render(s: &ShardStats, webhooks: &WebhookCounters) -> String {
             "counter",
             "Packets resent to viewers from the retransmit cache.",
             s.retransmitted_packets,
+        ),
+        (
+            "volna_relay_link_bytes_held_total",
+            "counter",
+            "Bytes of simulcast layers relay links did not carry because no viewer behind them wanted the layer (or the link had no room): what sending every layer would have added.",
+            s.link_bytes_held,
         ),
         (
             "volna_dropped_packets_total",

@@ -137,6 +137,10 @@ pub struct RelayCounters {
     pub transcoded_packets: u64,
     /// Video packets sent to starting viewers from the key-frame cache.
     pub replayed_packets: u64,
+    /// Bytes of simulcast layers a relay link did not carry: packets of a layer copy (see
+    /// [`ViewerTrackSpec::layer`]) paused because no viewer behind the link wanted the layer,
+    /// or its budget had no room. What sending every layer would have added.
+    pub link_bytes_held: u64,
     /// Resends a viewer's NACK asked for beyond its resend budget (see `resend`).
     pub resends_refused: u64,
     /// NACK, PLI and FIR messages from viewers.

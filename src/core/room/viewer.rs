@@ -124,6 +124,11 @@ impl Viewer {
             .decide_frame(now, inc.layer, view, payload, inc.frame)
         {
             Decision::Forward(rw) => rw,
+            // A relay link's copy of this very layer, off: bytes the link did not carry.
+            Decision::Drop(DropReason::Paused) if vt.spec.layer == Some(inc.layer) => {
+                counters.link_bytes_held += packet.len() as u64;
+                return None;
+            }
             // Layers the viewer does not follow and paused video are not losses.
             Decision::Drop(DropReason::OtherLayer | DropReason::Paused | DropReason::Thinned) => {
                 return None
