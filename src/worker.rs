@@ -257,17 +257,14 @@ pub fn apply(shard: &mut Shard, out: &mut Outlets, now: Instant, cmd: Command) {
         }
         Command::RelayPoll {
             sessions,
-            budget,
+            budgets,
             reply,
         } => {
-            if let Some(bps) = budget {
-                shard.set_link_budget(&sessions, bps);
-            }
+            shard.set_link_budgets(&budgets);
             let views = shard.link_views(&sessions);
-            for s in sessions
-                .iter()
-                .filter(|s| !views.iter().any(|v| v.session == **s))
-            {
+            let live: std::collections::HashSet<SessionId> =
+                views.iter().map(|v| v.session).collect();
+            for s in sessions.iter().filter(|s| !live.contains(s)) {
                 out.quic.remove(s);
             }
             let _ = reply.send(Ok(views));

@@ -108,7 +108,7 @@ fn a_link_gets_the_layers_wanted_within_its_budget_audio_first() {
     );
 
     // The other node no longer wants "f": it stops at once, the rest goes on.
-    sim.relay.set_link_layers(LINK, |i| i != 2);
+    sim.relay.set_link_layers(LINK, |i| Some(i != 2));
     let (got, _) = run(&mut sim, 2000, 3000, &ssrcs);
     assert_eq!(got[2], 0, "f stopped: {:?}", ids(&got));
     assert!(
@@ -119,7 +119,7 @@ fn a_link_gets_the_layers_wanted_within_its_budget_audio_first() {
 
     // Wanted again, on a link whose budget carries audio and "q" (about 100 kbps) but not "f"
     // (about 1 Mbps): "f" stays off.
-    sim.relay.set_link_layers(LINK, |_| true);
+    sim.relay.set_link_layers(LINK, |_| Some(true));
     sim.relay.set_link_budget(LINK, 300_000);
     let (got, _) = run(&mut sim, 3000, 4000, &ssrcs);
     assert_eq!(got[2], 0, "f does not fit: {:?}", ids(&got));

@@ -21,6 +21,7 @@ use tracing::{debug, info, warn};
 
 use super::media::{Media, Route};
 use crate::session::connection::Origin;
+use crate::session::link_layers::LinkView;
 use crate::session::quic::{QuicTrack, RelaySource};
 use crate::transport::quic::endpoint::read_frame;
 use crate::transport::quic::roq::{frame, split_datagram};
@@ -75,11 +76,14 @@ pub enum Message {
     },
 }
 
-/// How often a link polls its sessions; its publishers are listed every other time.
-const TICK: Duration = Duration::from_millis(250);
+/// How often a link polls its sessions; its publishers are listed every [`LIST_EVERY`] ticks
+/// (half a second).
+const TICK: Duration = Duration::from_millis(125);
+const LIST_EVERY: u64 = 4;
 
-/// Most tracks and layers a `layers` message names (more is a protocol error).
-const MAX_LAYER_TRACKS: usize = 64;
+/// Most tracks a `layers` message names (more, or more than a track's layers, is a protocol
+/// error).
+const MAX_LAYER_TRACKS: usize = 1024;
 
 /// What a link carries now, for its stats: streams (an audio track, a video track or one
 /// simulcast layer) sent and asked for, and the budget its congestion controller gives.
@@ -96,6 +100,27 @@ pub struct Carried {
 pub fn budget_bps(cwnd_bytes: u64, rtt: Duration) -> u64 {
     let rtt = rtt.max(Duration::from_millis(1)).as_secs_f64();
     (cwnd_bytes as f64 * 8.0 * 2.0 / rtt) as u64
+}
+
+/// Shares of a link's `budget` for its subscriptions, max-min fair: one that needs less than
+/// an equal share of what is left gets what it needs, the others split the rest; what nobody
+/// needs is shared out equally on top (so a link with room limits no one).
+pub fn shares(budget: u64, needs: &[u64]) -> Vec<u64> {
+    let n = needs.len();
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by_key(|&i| needs[i]);
+    let mut out = vec![0; n];
+    let mut left = budget;
+    for (k, &i) in order.iter().enumerate() {
+        let give = needs[i].min(left / (n - k) as u64);
+        out[i] = give;
+        left -= give;
+    }
+    let extra = left / n.max(1) as u64;
+    for o in &mut out {
+        *o += extra;
+    }
+    out
 }
 
 /// What the link manager tells a link.
@@ -226,6 +251,8 @@ struct State {
     /// Set when the link must end (the peer stopped reading its control stream).
     failed: Option<&'static str>,
     carried: Arc<Carried>,
+    /// What each subscription here would send with room for all it is asked for (last poll).
+    wants: HashMap<Route, u64>,
 }
 
 impl State {
@@ -369,8 +396,10 @@ impl State {
                 }
             }
             Message::Layers { flow, layers } => {
-                let named: usize = layers.iter().map(Vec::len).sum();
-                if layers.len() > MAX_LAYER_TRACKS || named > MAX_LAYER_TRACKS {
+                let too_many = layers
+                    .iter()
+                    .any(|l| l.len() > crate::core::room::alloc::MAX_LAYERS);
+                if layers.len() > MAX_LAYER_TRACKS || too_many {
                     self.failed = Some("a layers message too long");
                 } else if let Some(r) = self.outbound.get(&flow) {
                     self.media.layers(r, layers).await;
@@ -419,7 +448,7 @@ impl State {
     }
 
     /// Every [`TICK`]: the sessions polled (layers wanted told to the origin, the link's
-    /// budget shared out); every other one, this side's publishers listed.
+    /// budget shared out); every [`LIST_EVERY`]th, this side's publishers listed.
     async fn on_tick(&mut self, list: bool) {
         let rooms: Vec<String> = if list {
             self.shared.iter().cloned().collect()
@@ -447,10 +476,26 @@ impl State {
             self.carried.layers_wanted.store(0, Ordering::Relaxed);
             return;
         }
-        // Each subscriber session here gets an equal share of what the link may carry.
-        let share = budget / self.outbound.len().max(1) as u64;
-        let live = self.media.poll(routes, Some(share)).await;
-        let view = |r: &Route| live.iter().find(|(l, _)| l == r).map(|(_, v)| v);
+        // The subscriptions served here share what the link may carry (their needs with half
+        // again for stepping up; one not polled yet needs it all).
+        let served: Vec<Route> = self.outbound.values().copied().collect();
+        let needs: Vec<u64> = served
+            .iter()
+            .map(|r| {
+                self.wants
+                    .get(r)
+                    .map_or(budget, |w| w.saturating_mul(3) / 2)
+            })
+            .collect();
+        let budgets = served.into_iter().zip(shares(budget, &needs)).collect();
+        let live: HashMap<Route, LinkView> =
+            self.media.poll(routes, budgets).await.into_iter().collect();
+        let view = |r: &Route| live.get(r);
+        self.wants = self
+            .outbound
+            .values()
+            .filter_map(|r| Some((*r, view(r)?.want_bps)))
+            .collect();
         let dead_in: Vec<u64> = self
             .inbound
             .iter()
@@ -546,6 +591,7 @@ impl Link {
             next_flow: parity,
             failed: None,
             carried,
+            wants: HashMap::new(),
         };
         let mut tick = tokio::time::interval(TICK);
         let mut ticks = 0u64;
@@ -577,7 +623,7 @@ impl Link {
                     }
                 },
                 _ = tick.tick() => {
-                    st.on_tick(ticks.is_multiple_of(2)).await;
+                    st.on_tick(ticks.is_multiple_of(LIST_EVERY)).await;
                     ticks += 1;
                 }
             }
@@ -644,6 +690,23 @@ mod tests {
                 want,
                 "{cwnd} {rtt_ms}"
             );
+        }
+    }
+
+    #[test]
+    fn shares_are_max_min_fair_and_leave_nothing_unused() {
+        let cases: [(u64, &[u64], &[u64]); 5] = [
+            // Room for all: each its need, the rest split on top.
+            (1000, &[100, 200], &[450, 550]),
+            // Short: the small need met, the others split what is left.
+            (900, &[100, 1000, 1000], &[100, 400, 400]),
+            (300, &[1000, 1000, 1000], &[100, 100, 100]),
+            // Nobody needs anything: an equal share each.
+            (90, &[0, 0, 0], &[30, 30, 30]),
+            (500, &[], &[]),
+        ];
+        for (budget, needs, want) in cases {
+            assert_eq!(shares(budget, needs), want, "{budget} {needs:?}");
         }
     }
 

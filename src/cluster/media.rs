@@ -18,7 +18,7 @@ use crate::session::SessionError;
 pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A session on one of the workers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Route {
     pub worker: usize,
     pub session: SessionId,
@@ -48,9 +48,13 @@ pub trait Media: Send + Sync + 'static {
     fn mute<'a>(&'a self, room: &'a str, track: String, muted: bool) -> BoxFut<'a, ()>;
     /// Ends these sessions (delivered even while the workers are busy).
     fn close(&self, routes: Vec<Route>);
-    /// Which of these sessions still run, with what each tells its link; subscriber sessions
-    /// among them may each send `budget` bps (`None`: no limit known).
-    fn poll(&self, routes: Vec<Route>, budget: Option<u64>) -> BoxFut<'_, Vec<(Route, LinkView)>>;
+    /// Which of these sessions still run, with what each tells its link; the subscriber
+    /// sessions in `budgets` may each send that many bps first.
+    fn poll(
+        &self,
+        routes: Vec<Route>,
+        budgets: Vec<(Route, u64)>,
+    ) -> BoxFut<'_, Vec<(Route, LinkView)>>;
     /// The layers another node wants of the publisher a subscriber session serves it.
     fn layers(&self, route: &Route, wanted: Vec<Vec<u8>>) -> BoxFut<'_, ()>;
     fn datagram(&self, route: &Route, data: Bytes);

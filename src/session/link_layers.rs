@@ -24,8 +24,19 @@ pub struct LinkView {
     /// empty until the relay first tells (every layer, then).
     pub wanted: Vec<Vec<u8>>,
     /// For a subscriber serving another node: the streams (an audio or video track, or one
-    /// layer of a simulcast one) it forwards now.
+    /// layer of a simulcast one) it forwards now, and the bps it would send with room for
+    /// everything the other node wants.
     pub streams: usize,
+    pub want_bps: u64,
+}
+
+/// Whether `rid` is a RID as RFC 8851 writes one (`1*(ALPHA / DIGIT / "-" / "_")`), short
+/// enough for a one-byte header extension (16 bytes).
+pub fn valid_rid(rid: &str) -> bool {
+    (1..=16).contains(&rid.len())
+        && rid
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 fn bad(i: usize, what: String) -> SessionError {
@@ -53,13 +64,11 @@ pub(super) fn check_ssrcs(tracks: &[QuicTrack], i: usize) -> Result<(), SessionE
         }
         let mut rids = HashSet::new();
         for l in &t.layers {
-            let ok =
-                (1..=16).contains(&l.rid.len()) && l.rid.bytes().all(|b| b.is_ascii_alphanumeric());
-            if !ok || !rids.insert(l.rid.as_str()) {
+            if !valid_rid(&l.rid) || !rids.insert(l.rid.as_str()) {
                 return Err(bad(
                     i,
                     format!(
-                        "layer rid {:?} must be 1-16 letters or digits, one per layer",
+                        "layer rid {:?} must be 1-16 of A-Z a-z 0-9 - _, one per layer",
                         l.rid
                     ),
                 ));
@@ -81,7 +90,7 @@ pub(super) fn check_ssrcs(tracks: &[QuicTrack], i: usize) -> Result<(), SessionE
 impl Shard {
     /// The layers another node wants of the publisher its subscriber `session` serves it: per
     /// track of the subscription, the layers' indices. Entries past the tracks or layers are
-    /// ignored; a track left out keeps what it had.
+    /// ignored; a track left out (the list ends before it) keeps what it had.
     pub fn set_link_layers(&mut self, session: SessionId, wanted: &[Vec<u8>]) {
         let Some(s) = self.sessions.get(&session) else {
             return;
@@ -96,22 +105,14 @@ impl Shard {
                     .filter_map(|&l| copies.get(usize::from(l)).copied()),
             );
         }
-        let keep: HashSet<usize> = s
-            .link_layers
-            .copies
-            .iter()
-            .flatten()
-            .filter(|k| !told.contains(k))
-            .copied()
-            .collect();
         self.relay
-            .set_link_layers(session, |k| on.contains(&k) || keep.contains(&k));
+            .set_link_layers(session, |k| told.contains(&k).then(|| on.contains(&k)));
     }
 
-    /// Each of these subscriber sessions may send `bps` over its relay link.
-    pub fn set_link_budget(&mut self, sessions: &[SessionId], bps: u64) {
-        for s in sessions {
-            self.relay.set_link_budget(*s, bps);
+    /// Each of these subscriber sessions may send this many bps over its relay link.
+    pub fn set_link_budgets(&mut self, budgets: &[(SessionId, u64)]) {
+        for &(s, bps) in budgets {
+            self.relay.set_link_budget(s, bps);
         }
     }
 
@@ -138,11 +139,12 @@ impl Shard {
             .iter()
             .filter_map(|&id| {
                 let s = self.sessions.get(&id)?;
+                // A track without layers is listed empty.
                 let n_layers = |track: usize| {
                     self.relay
                         .publisher_tracks(id)
                         .and_then(|mut t| t.nth(track))
-                        .map_or(1, |t| t.rids.len().clamp(1, MAX_LAYERS))
+                        .map_or(0, |t| t.rids.len().min(MAX_LAYERS))
                 };
                 let wanted = s
                     .link_layers
@@ -155,10 +157,12 @@ impl Shard {
                             .collect()
                     })
                     .collect();
+                let (streams, want_bps) = self.relay.link_streams(id);
                 Some(LinkView {
                     session: id,
                     wanted,
-                    streams: self.relay.link_streams(id).0,
+                    streams,
+                    want_bps,
                 })
             })
             .collect()
@@ -229,9 +233,14 @@ mod tests {
                 vec![track("video", 2, &[("q", 2), ("q", 3)])],
                 Some("one per layer"),
             ),
+            (vec![track("video", 2, &[("r-0", 2), ("hi_res", 3)])], None),
             (
-                vec![track("video", 2, &[("q", 2), ("f-1", 3)])],
-                Some("letters or digits"),
+                vec![track("video", 2, &[("q", 2), ("f.1", 3)])],
+                Some("A-Z a-z 0-9 - _"),
+            ),
+            (
+                vec![track("video", 2, &[("q", 2), ("f23456789abcdefgh", 3)])],
+                Some("1-16"),
             ),
         ];
         for (tracks, want) in cases {

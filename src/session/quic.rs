@@ -302,14 +302,19 @@ impl Shard {
                 continue;
             };
             let layers = match rids.get(i) {
-                Some(r) if copies.len() > 1 => r
-                    .iter()
-                    .zip(&copies)
-                    .map(|(rid, &k)| QuicLayer {
-                        rid: rid.clone(),
-                        ssrc: ssrcs[k],
-                    })
-                    .collect(),
+                Some(r) if copies.len() > 1 => {
+                    // The publisher's RIDs where the other node takes them all (any RFC 8851
+                    // RID fits a QUIC track's rule but a long one), else the layers' indices.
+                    let usable = r.iter().all(|rid| super::link_layers::valid_rid(rid));
+                    r.iter()
+                        .zip(&copies)
+                        .enumerate()
+                        .map(|(l, (rid, &k))| QuicLayer {
+                            rid: if usable { rid.clone() } else { l.to_string() },
+                            ssrc: ssrcs[k],
+                        })
+                        .collect()
+                }
                 _ => Vec::new(),
             };
             link_copies.push(if layers.is_empty() {

@@ -144,7 +144,8 @@ pub struct ShardStats {
     pub transcoded_packets: u64,
     /// Video packets sent to starting viewers from the key-frame cache (no new key frame asked).
     pub replayed_packets: u64,
-    /// Bytes of simulcast layers relay links did not carry (no viewer behind wanted them).
+    /// Bytes of simulcast layers relay links did not carry (no viewer behind wanted them, or
+    /// the link had no room).
     pub link_bytes_held: u64,
     pub dropped_packets: u64,
     pub keyframe_requests: u64,

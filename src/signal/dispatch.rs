@@ -109,12 +109,11 @@ pub enum Command {
         sessions: Vec<SessionId>,
         reply: Reply<Vec<SessionId>>,
     },
-    /// A relay link's sessions, polled: those still running, what each tells the link, and
-    /// for its subscriber sessions each one's share of the link's budget (`None`: no limit
-    /// known).
+    /// A relay link's sessions, polled: those still running, and what each tells the link;
+    /// its subscriber sessions' shares of the link's budget are set first.
     RelayPoll {
         sessions: Vec<SessionId>,
-        budget: Option<u64>,
+        budgets: Vec<(SessionId, u64)>,
         reply: Reply<Vec<crate::session::link_layers::LinkView>>,
     },
     /// The layers another node wants of a subscriber session's publisher (see

@@ -126,7 +126,11 @@ impl Media for WorkerMedia {
         });
     }
 
-    fn poll(&self, routes: Vec<Route>, budget: Option<u64>) -> BoxFut<'_, Vec<(Route, LinkView)>> {
+    fn poll(
+        &self,
+        routes: Vec<Route>,
+        budgets: Vec<(Route, u64)>,
+    ) -> BoxFut<'_, Vec<(Route, LinkView)>> {
         Box::pin(async move {
             let mut live = Vec::with_capacity(routes.len());
             for (worker, w) in self.0.all().iter().enumerate() {
@@ -138,9 +142,14 @@ impl Media for WorkerMedia {
                 if sessions.is_empty() {
                     continue;
                 }
+                let budgets = budgets
+                    .iter()
+                    .filter(|(r, _)| r.worker == worker)
+                    .map(|(r, bps)| (r.session, *bps))
+                    .collect();
                 let call = w.call(|reply| Command::RelayPoll {
                     sessions,
-                    budget,
+                    budgets,
                     reply,
                 });
                 let Some(Ok(views)) = call.await else {

@@ -229,16 +229,19 @@ impl Relay {
     }
 
     /// Which layer copies (see [`ViewerTrackSpec::layer`]) of viewer `viewer` the other node
-    /// wants: `wanted(index)` for each of them; those it no longer wants stop at once, the
-    /// others start at the next allocation round (from a key frame).
-    pub fn set_link_layers(&mut self, viewer: SessionId, wanted: impl Fn(usize) -> bool) {
+    /// wants: `wanted(index)` for each of them (`None`: as it was); those it no longer wants
+    /// stop at once, the others start at the next allocation round (from a key frame).
+    pub fn set_link_layers(&mut self, viewer: SessionId, wanted: impl Fn(usize) -> Option<bool>) {
         let Some(v) = self.viewers.get_mut(&viewer) else {
             return;
         };
         for (i, t) in v.tracks.iter_mut().enumerate() {
-            if t.live && t.spec.layer.is_some() {
-                t.wanted = wanted(i);
-                if !t.wanted {
+            if !t.live || t.spec.layer.is_none() {
+                continue;
+            }
+            if let Some(w) = wanted(i) {
+                t.wanted = w;
+                if !w {
                     t.fwd.pause();
                 }
             }
@@ -253,17 +256,31 @@ impl Relay {
         }
     }
 
-    /// A viewer's layer copies that are on (forwarding or about to), and all of its live
-    /// tracks: what a relay link carries for it.
-    pub fn link_streams(&self, viewer: SessionId) -> (usize, usize) {
-        self.viewers.get(&viewer).map_or((0, 0), |v| {
-            let live = v.tracks.iter().filter(|t| t.live);
-            let on = live
-                .clone()
-                .filter(|t| t.spec.layer.is_none() || !t.fwd.is_paused())
-                .count();
-            (on, live.count())
-        })
+    /// What a relay link carries for a viewer: its streams on (tracks, and layer copies
+    /// forwarding or about to), and the bps of what it would send with room for it all (each
+    /// live track at its source's rate; a layer copy only while the other node wants it).
+    pub fn link_streams(&self, viewer: SessionId) -> (usize, u64) {
+        let Some(v) = self.viewers.get(&viewer) else {
+            return (0, 0);
+        };
+        let live = v.tracks.iter().filter(|t| t.live);
+        let on = live
+            .clone()
+            .filter(|t| t.spec.layer.is_none() || !t.fwd.is_paused())
+            .count();
+        let want = live
+            .filter(|t| t.wanted)
+            .filter_map(|t| {
+                let src = self.publishers.get(&t.spec.source.publisher)?;
+                let layers = &src.tracks.get(t.spec.source.track)?.layers;
+                // Each layer's rate as the last allocation round measured it.
+                Some(match t.spec.layer {
+                    Some(slot) => layers.get(usize::from(slot)).map_or(0, |l| l.known_bps),
+                    None => layers.iter().map(|l| l.known_bps).max().unwrap_or(0),
+                })
+            })
+            .sum();
+        (on, want)
     }
 
     /// Starts a viewer track that waits for a key frame from the cache (see
