@@ -31,6 +31,8 @@ echo "exit $code"; [ "$code" = 2 ]
 docker run -d --name volna-check --network host \
   -e VOLNA_HTTP_LISTEN=127.0.0.1:18090 -e VOLNA_MEDIA_LISTEN=127.0.0.1:50100 -e VOLNA_MEDIA_ADVERTISE= \
   -e VOLNA_QUIC_LISTEN=127.0.0.1:4439 -e VOLNA_QUIC_CERT_FILE= -e VOLNA_QUIC_KEY_FILE= \
+  -e VOLNA_TURN_UDP=127.0.0.1:3479 -e VOLNA_TURN_TCP=127.0.0.1:3479 -e VOLNA_TURN_TLS=127.0.0.1:5350 \
+  -e VOLNA_TURN_TLS_CERT= -e VOLNA_TURN_TLS_KEY= -e VOLNA_TURN_SECRET=container-check-turn-0123456789 \
   -e VOLNA_AUTH_KEYS=container-check-key-0123456789 volna-runtime-check >/dev/null
 for i in $(seq 60); do
   s=$(docker inspect --format '{{.State.Health.Status}}' volna-check)

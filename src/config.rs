@@ -73,6 +73,56 @@ pub struct Config {
     pub log: LogConfig,
     pub webhooks: WebhooksConfig,
     pub cluster: ClusterConfig,
+    pub turn: TurnConfig,
+}
+
+/// The embedded TURN server (docs/deploy.md, Reachability): for clients that reach nothing but
+/// a TCP or TLS port. Listener addresses are `ip:port`, or "" for none (port 0: any free port).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TurnConfig {
+    pub enabled: bool,
+    pub udp: String,
+    pub tcp: String,
+    /// TURN over TLS: the listener of the strictest networks, 443 in production.
+    pub tls: String,
+    /// PEM chain and key for `tls`; both "": `http.tls_cert` and `tls_key`, else a self-signed
+    /// certificate (which browsers refuse: for tests and development only).
+    pub tls_cert: String,
+    pub tls_key: String,
+    /// The host name (or IP) in the `turn:`/`turns:` URLs given to clients; the TLS
+    /// certificate's name. "": the first `media.advertise` address, else each listener's IP.
+    pub host: String,
+    /// Key of the credentials (TURN REST scheme); the same on every node of a cluster. "": a
+    /// random one per process.
+    pub secret: String,
+    pub realm: String,
+    /// How long the credentials handed to a client are valid.
+    pub credential_ttl_secs: u64,
+    /// Allocations one identity may hold at once (486 past it). A browser makes one per TURN
+    /// URL for each peer connection.
+    pub max_allocations_per_identity: usize,
+    /// Allocations this node holds at once (508 past it).
+    pub max_allocations: usize,
+}
+
+impl Default for TurnConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            udp: String::new(),
+            tcp: String::new(),
+            tls: String::new(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
+            host: String::new(),
+            secret: String::new(),
+            realm: "volna".into(),
+            credential_ttl_secs: 86_400,
+            max_allocations_per_identity: 12,
+            max_allocations: 10_000,
+        }
+    }
 }
 
 /// The secret configs/dev.toml ships for relay links; logged as a warning when used.
@@ -537,6 +587,30 @@ impl Config {
                 "heartbeat_ms must be at least 100 and node_ttl_ms at least twice it",
             );
         }
+        let t = &self.turn;
+        if t.enabled {
+            if let Err(e) = self.turn_listeners() {
+                return bad("turn", &e);
+            }
+            if t.tls_cert.is_empty() != t.tls_key.is_empty() {
+                return bad(
+                    "turn.tls_cert",
+                    "give both tls_cert and tls_key, or neither",
+                );
+            }
+            if !t.secret.is_empty() && t.secret.len() < 16 {
+                return bad(
+                    "turn.secret",
+                    "must be at least 16 bytes (or \"\" for a random one)",
+                );
+            }
+            if t.realm.is_empty() || t.credential_ttl_secs == 0 || t.max_allocations == 0 {
+                return bad(
+                    "turn",
+                    "realm, credential_ttl_secs and max_allocations must not be empty or 0",
+                );
+            }
+        }
         if w.queue == 0 || w.max_attempts == 0 || w.timeout_ms == 0 {
             return bad(
                 "webhooks",
@@ -563,6 +637,31 @@ impl Config {
                 Ok(ip)
             })
             .collect()
+    }
+
+    /// The TURN listeners (UDP, TCP, TLS), each `None` when "".
+    #[allow(clippy::type_complexity)]
+    pub fn turn_listeners(
+        &self,
+    ) -> Result<(Option<SocketAddr>, Option<SocketAddr>, Option<SocketAddr>), String> {
+        let one = |key: &str, v: &str| -> Result<Option<SocketAddr>, String> {
+            if v.trim().is_empty() {
+                return Ok(None);
+            }
+            resolve(v.trim())
+                .map(Some)
+                .map_err(|e| format!("{key}: {e}"))
+        };
+        let t = &self.turn;
+        let l = (
+            one("udp", &t.udp)?,
+            one("tcp", &t.tcp)?,
+            one("tls", &t.tls)?,
+        );
+        if l == (None, None, None) {
+            return Err("enabled without a listener: set udp, tcp or tls".into());
+        }
+        Ok(l)
     }
 
     /// Media workers to start: the configured count, or one per CPU core.

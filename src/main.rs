@@ -266,6 +266,7 @@ fn main() -> ExitCode {
             Err(
                 e @ (ServerError::QuicCertificate(_)
                 | ServerError::HttpCertificate(_)
+                | ServerError::Turn(_)
                 | ServerError::Cluster(_)),
             ) => {
                 eprintln!("volna: {e}");

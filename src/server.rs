@@ -36,6 +36,9 @@ pub enum ServerError {
     HttpCertificate(String),
     #[error("worker: {0}")]
     Worker(std::io::Error),
+    /// The TURN server cannot start as configured (a listener taken, a certificate unreadable).
+    #[error("TURN: {0}")]
+    Turn(String),
     /// `[cluster]` cannot be used as given (a configuration error).
     #[error("cluster: {0}")]
     Cluster(String),
@@ -69,7 +72,10 @@ pub async fn start(config: &Config) -> Result<Running, ServerError> {
             std::fs::read(p).map_err(|e| ServerError::HttpCertificate(format!("{p}: {e}")))
         };
         let (cert, key) = (read(&config.http.tls_cert)?, read(&config.http.tls_key)?);
-        Some(crate::signal::tls::acceptor(&cert, &key).map_err(ServerError::HttpCertificate)?)
+        Some(
+            crate::signal::tls::acceptor(&cert, &key, &[b"http/1.1"])
+                .map_err(ServerError::HttpCertificate)?,
+        )
     };
     let webhook_counters = std::sync::Arc::new(WebhookCounters::default());
     let hooks = Hooks::start(&config.webhooks, webhook_counters.clone());
@@ -78,6 +84,8 @@ pub async fn start(config: &Config) -> Result<Running, ServerError> {
     }
     let mut setups = Vec::new();
     let mut tcp_addrs = Vec::new();
+    let mut bound_media = Vec::new();
+    let turn_relays = crate::transport::turn::RelayMap::default();
     for worker in 0..config.worker_count() {
         let mut addr = config.media.listen;
         if addr.port() != 0 {
@@ -97,6 +105,7 @@ pub async fn start(config: &Config) -> Result<Running, ServerError> {
             source,
         })?;
         let media_addr = socket.local_addr().map_err(ServerError::Worker)?;
+        bound_media.push(media_addr);
         // TCP at the UDP port's number; if that is taken (an ephemeral UDP port), any port.
         let tcp = if config.media.ice_tcp {
             let l = std::net::TcpListener::bind(media_addr)
@@ -134,8 +143,11 @@ pub async fn start(config: &Config) -> Result<Running, ServerError> {
             cpu,
             hooks: hooks.clone(),
             tcp,
+            turn: turn_relays.clone(),
         });
     }
+    let turn =
+        crate::signal::turn::start(config, &bound_media, turn_relays).map_err(ServerError::Turn)?;
     let auth = Auth::new(config.auth.keys.clone());
     let (quic, quic_addr, quic_hash) = if config.quic.enabled {
         let id = if config.quic.cert_file.is_empty() {
@@ -213,6 +225,8 @@ pub async fn start(config: &Config) -> Result<Running, ServerError> {
         ws_join_timeout: std::time::Duration::from_secs(config.http.join_timeout_secs.max(1)),
         quic_cert_sha256: quic_hash.clone(),
         webhooks: webhook_counters,
+        ice_servers: turn.as_ref().map(|t| t.ice.clone()),
+        turn_stats: turn.as_ref().map(|t| t.stats.clone()),
     };
     let app = router(state, config.http.max_body_bytes);
     let https = !config.http.tls_cert.is_empty();

@@ -31,6 +31,10 @@ pub struct Outlets {
     hooks: Option<Hooks>,
     /// ICE-TCP connections, by peer address.
     tcp: TcpPeers,
+    /// The TURN server's relay sockets, to tell which sessions come through it.
+    turn: crate::transport::turn::RelayMap,
+    /// Sessions connected, by transport (`ShardStats::sessions_connected`).
+    connected: [u64; 6],
     /// Time spent waiting for work since `started` (the rest is the worker's load).
     idle: Duration,
     started: Option<Instant>,
@@ -42,6 +46,14 @@ static DROPPED_EVENTS: AtomicU64 = AtomicU64::new(0);
 impl Outlets {
     /// Sends what the shard has for QUIC connections and participants' sockets.
     pub fn flush(&mut self, shard: &mut Shard) {
+        while let Some(path) = shard.poll_connected_path() {
+            let i = if self.tcp.contains(path) {
+                1
+            } else {
+                self.turn.get(path).map_or(0, |p| 2 + p as usize)
+            };
+            self.connected[i] += 1;
+        }
         while let Some((sid, data)) = shard.poll_quic_transmit() {
             // A session whose connection ended has nowhere to send.
             if let Some(c) = self.quic.get(&sid) {
@@ -163,6 +175,8 @@ pub fn apply(shard: &mut Shard, out: &mut Outlets, now: Instant, cmd: Command) {
                 busy_us: out.busy().as_micros() as u64,
             });
             stats.tcp = out.tcp.stats();
+            stats.turn_sessions = out.turn.count(shard.paths());
+            stats.sessions_connected = out.connected;
             let _ = reply.send(stats);
         }
         Command::RelaySources { room, reply } => {
@@ -230,6 +244,7 @@ pub fn apply(shard: &mut Shard, out: &mut Outlets, now: Instant, cmd: Command) {
             let r = shard.quic_publish(now, &room, flow, &tracks, origin);
             if let Ok((sid, _)) = &r {
                 out.quic.insert(*sid, conn);
+                out.connected[5] += 1;
             }
             let _ = reply.send(r);
         }
@@ -244,6 +259,7 @@ pub fn apply(shard: &mut Shard, out: &mut Outlets, now: Instant, cmd: Command) {
             let r = shard.quic_subscribe(now, &room, publisher.as_deref(), flow, relay);
             if let Ok((sid, _, _)) = &r {
                 out.quic.insert(*sid, conn);
+                out.connected[5] += 1;
             }
             let _ = reply.send(r);
         }
@@ -296,6 +312,7 @@ pub struct WorkerSetup {
     pub hooks: Option<Hooks>,
     /// The ICE-TCP listener, when on.
     pub tcp: Option<std::net::TcpListener>,
+    pub turn: crate::transport::turn::RelayMap,
 }
 
 /// Starts one thread per worker; the first also runs the QUIC listener, whose connections send
@@ -412,6 +429,7 @@ async fn run(index: usize, setup: WorkerSetup, mut rx: mpsc::Receiver<Command>) 
         mut shard,
         hooks,
         tcp,
+        turn,
         ..
     } = setup;
     // Connection tasks' frames; the sender is kept so the channel stays open without TCP.
@@ -437,6 +455,7 @@ async fn run(index: usize, setup: WorkerSetup, mut rx: mpsc::Receiver<Command>) 
     let mut pool = RecvPool::new();
     let mut out = Outlets {
         hooks,
+        turn,
         started: Some(Instant::now()),
         ..Outlets::default()
     };

@@ -4,14 +4,12 @@
 //! files that cannot be used stop the start with a reason.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::Message;
 use volna::config::Config;
 
@@ -37,17 +35,8 @@ fn config(cert: String, key: String) -> Config {
 
 /// A TLS connection to `addr` that trusts only `cert_der`, as `localhost`.
 async fn connect(addr: SocketAddr, cert_der: &[u8]) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert_der.to_vec().into()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     let tcp = TcpStream::connect(addr).await.unwrap();
-    TlsConnector::from(Arc::new(tls))
+    common::tls_client(cert_der, b"http/1.1")
         .connect("localhost".try_into().unwrap(), tcp)
         .await
         .unwrap()

@@ -75,10 +75,16 @@ function removeParticipant(id) {
   refresh();
 }
 
+// Peer connections use the node's TURN server (from `joined`) when there is one: for networks
+// that let nothing but TLS to one port through.
+function pcConfig() {
+  return { bundlePolicy: app.bundlePolicy, iceServers: app.iceServers || [] };
+}
+
 // The receiving connection: volna offers, we answer. Each remote track belongs to the
 // participant named by its stream id (a=msid).
 function newSubscriber() {
-  const pc = new RTCPeerConnection({ bundlePolicy: app.bundlePolicy });
+  const pc = new RTCPeerConnection(pcConfig());
   pc.ontrack = (ev) => {
     const stream = ev.streams[0];
     const owner = stream ? stream.id : null;
@@ -263,6 +269,10 @@ async function connectTo(url, resume) {
   app.room = room;
   app.resume = joined.resume;
   app.fallbacks = joined.fallbacks || [];
+  app.iceServers = joined.ice_servers || [];
+  // The receiving connection waits for volna's offer from before the join: give it the TURN
+  // servers too (and their fresh credentials after a rejoin).
+  if (app.sub && !app.sub.remoteDescription) app.sub.setConfiguration(pcConfig());
   app.speaker = joined.active_speaker || null;
   app.metadata = joined.metadata ?? null;
   // Whoever is not listed has left meanwhile.
@@ -392,7 +402,7 @@ const simulcast = () => new URLSearchParams(location.search).get('simulcast') ==
 // The publishing connection: we offer the camera and microphone (and `extra` tracks), volna
 // answers.
 async function publish(extra) {
-  const pc = new RTCPeerConnection({ bundlePolicy: app.bundlePolicy });
+  const pc = new RTCPeerConnection(pcConfig());
   for (const track of app.local.getTracks()) {
     const init = { direction: 'sendonly', streams: [app.local] };
     if (simulcast() && track.kind === 'video') {

@@ -4,7 +4,9 @@
 //! so a crash once found stays a test.
 
 mod sessions;
+mod turn;
 pub use sessions::sessions;
+pub use turn::turn;
 
 use std::time::{Duration, Instant};
 
@@ -34,6 +36,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("srtp", srtp),
     ("relay", relay),
     ("sessions", sessions),
+    ("turn", turn),
 ];
 
 /// An RTP packet: parsed, its extensions walked, its header rewritten for a viewer with other

@@ -329,6 +329,7 @@ impl Shard {
             },
             metadata: self.metadata.get(room).cloned(),
             fallbacks: Vec::new(),
+            ice_servers: Vec::new(),
         }
     }
 

@@ -244,6 +244,10 @@ impl Shard {
                 };
                 info!(session = id, room = %s.room, peer = %from, profile = ?keys.profile, elapsed_ms = now.duration_since(s.created).as_millis() as u64, "DTLS connected");
                 s.srtp = Some(*keys);
+                // Drained by the worker every loop; the bound only matters without one.
+                if self.connected_paths.len() < 1024 {
+                    self.connected_paths.push(from);
+                }
                 self.on_connected(now, id);
             }
             Ok(Some(DtlsOutput::PeerClosed)) => self.close(now, id, CloseCause::PeerClosed),

@@ -131,7 +131,17 @@ pub struct ParticipantInfo {
     pub reconnecting: bool,
 }
 
+/// One ICE server in `joined` (the shape of WebRTC's `RTCIceServer`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IceServerInfo {
+    pub urls: Vec<String>,
+    pub username: String,
+    pub credential: String,
+}
+
 /// What the server sends.
+// `Joined` is the large one; a message lives only until it is serialized.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMessage {
@@ -158,6 +168,10 @@ pub enum ServerMessage {
         /// lost; absent without a cluster.
         #[serde(skip_serializing_if = "Vec::is_empty")]
         fallbacks: Vec<String>,
+        /// The node's TURN server for the peer connections, with credentials for this
+        /// participant (`RTCIceServer` entries); absent without one.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        ice_servers: Vec<IceServerInfo>,
     },
     /// The room's metadata changed (server API); `null` when cleared.
     RoomMetadata {

@@ -182,6 +182,12 @@ pub struct ShardStats {
     pub workers: Vec<WorkerLoad>,
     /// ICE-TCP connections, filled in by the worker.
     pub tcp: crate::transport::tcp::TcpStats,
+    /// WebRTC sessions whose path is a TURN relay socket of this node, by the client's way to
+    /// the TURN server: UDP, TCP, TLS (counted among the UDP sessions otherwise).
+    pub turn_sessions: [usize; 3],
+    /// Sessions connected since start, by transport: UDP, ICE-TCP, TURN over UDP, TCP and
+    /// TLS, QUIC (the order of `metrics::transport_mix`).
+    pub sessions_connected: [u64; 6],
 }
 
 #[derive(Debug, Clone, Copy, serde::Serialize)]
@@ -238,6 +244,12 @@ impl ShardStats {
         self.loss_per_mille.merge(&o.loss_per_mille);
         self.workers.extend(o.workers);
         self.tcp.merge(&o.tcp);
+        for (a, b) in self.turn_sessions.iter_mut().zip(o.turn_sessions) {
+            *a += b;
+        }
+        for (a, b) in self.sessions_connected.iter_mut().zip(o.sessions_connected) {
+            *a += b;
+        }
     }
 }
 
@@ -344,6 +356,8 @@ pub struct Shard {
     pub(super) relay: Relay,
     pub(super) sessions: HashMap<SessionId, Session>,
     pub(super) by_addr: HashMap<SocketAddr, SessionId>,
+    /// Paths of sessions whose DTLS just connected, for the worker to count by transport.
+    pub(super) connected_paths: Vec<SocketAddr>,
     pub(super) by_ufrag: HashMap<String, SessionId>,
     pub(super) by_resource: HashMap<String, SessionId>,
     pub(super) send: SendBatch,
@@ -442,6 +456,7 @@ impl Shard {
             identity,
             sessions: HashMap::new(),
             by_addr: HashMap::new(),
+            connected_paths: Vec::new(),
             by_ufrag: HashMap::new(),
             by_resource: HashMap::new(),
             send: SendBatch::new(),
@@ -539,6 +554,8 @@ impl Shard {
             loss_per_mille: c.loss_per_mille,
             workers: Vec::new(),
             tcp: Default::default(),
+            turn_sessions: [0; 3],
+            sessions_connected: [0; 6],
         }
     }
 
@@ -877,6 +894,16 @@ impl Shard {
 
     /// The datagrams waiting to be sent, each already protected.
     /// Whether a session sends to and takes media from `addr` (its ICE-chosen path).
+    /// The path of a session whose DTLS connected since the last call.
+    pub fn poll_connected_path(&mut self) -> Option<SocketAddr> {
+        self.connected_paths.pop()
+    }
+
+    /// The addresses sessions send their media to now.
+    pub fn paths(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.sessions.values().filter_map(|s| s.remote)
+    }
+
     pub fn uses_address(&self, addr: SocketAddr) -> bool {
         self.by_addr.contains_key(&addr)
     }

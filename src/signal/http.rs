@@ -53,11 +53,11 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/quic/cert-hash", get(cert_hash))
         .route("/stats", get(stats))
         .route("/metrics", get(metrics))
-        .route("/whip/{room}", post(whip).options(preflight))
-        .route("/whep/{room}", post(whep_latest).options(preflight))
+        .route("/whip/{room}", post(whip).options(endpoint_options))
+        .route("/whep/{room}", post(whep_latest).options(endpoint_options))
         .route(
             "/whep/{room}/{publisher}",
-            post(whep_chosen).options(preflight),
+            post(whep_chosen).options(chosen_options),
         )
         .route(
             "/whip/{room}/session/{resource}",
@@ -106,6 +106,10 @@ async fn cors(req: Request, next: Next) -> Response {
 }
 
 async fn preflight() -> Response {
+    preflight_response()
+}
+
+fn preflight_response() -> Response {
     let mut res = StatusCode::NO_CONTENT.into_response();
     let h = res.headers_mut();
     h.insert("accept-post", HeaderValue::from_static("application/sdp"));
@@ -113,6 +117,44 @@ async fn preflight() -> Response {
         "accept-patch",
         HeaderValue::from_static(sdpfrag::CONTENT_TYPE),
     );
+    res
+}
+
+/// `OPTIONS` of a WHIP or WHEP endpoint: the preflight, and the ICE servers as `Link` headers
+/// for a caller the token admits to the room (anyone in dev mode), so a client can set them
+/// before its offer (the 201 carries them too, RFC 9725 §4.6).
+async fn endpoint_options(
+    State(st): State<AppState>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    ext: axum::http::Extensions,
+) -> Response {
+    options_with_ice(&st, &room, &headers, &ext)
+}
+
+async fn chosen_options(
+    State(st): State<AppState>,
+    Path((room, _)): Path<(String, String)>,
+    headers: HeaderMap,
+    ext: axum::http::Extensions,
+) -> Response {
+    options_with_ice(&st, &room, &headers, &ext)
+}
+
+fn options_with_ice(
+    st: &AppState,
+    room: &str,
+    headers: &HeaderMap,
+    ext: &axum::http::Extensions,
+) -> Response {
+    let mut res = preflight_response();
+    if let Ok(access) = caller(st, headers, room) {
+        for l in ice_links(st, access.identity.as_deref(), ext) {
+            if let Ok(v) = HeaderValue::from_str(&l) {
+                res.headers_mut().append(header::LINK, v);
+            }
+        }
+    }
     res
 }
 
@@ -257,6 +299,13 @@ pub(super) fn admin_refused(st: &AppState, headers: &HeaderMap) -> Option<Respon
         .map(|e| auth_refusal(&e))
 }
 
+/// The TURN server's latest figures, when it runs.
+fn turn_stats(st: &AppState) -> Option<crate::transport::turn::TurnStats> {
+    st.turn_stats
+        .as_ref()
+        .and_then(|m| m.lock().ok().map(|t| *t))
+}
+
 /// A session-layer refusal as an HTTP response: its status, its text.
 fn shard_error(e: SessionError) -> Response {
     error_response(e.code, &e.message)
@@ -281,7 +330,27 @@ fn read_offer(headers: &HeaderMap, body: &Bytes) -> Result<Offer, Box<Response>>
         .map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, &format!("bad offer: {e}"))))
 }
 
-fn created(location: String, answer: String, publisher: &str) -> Response {
+/// The TURN server's ICE servers as `Link` headers (RFC 9725 §4.6), with credentials for the
+/// token's identity (the client's IP without one).
+fn ice_links(st: &AppState, identity: Option<&str>, ext: &axum::http::Extensions) -> Vec<String> {
+    let Some(ice) = &st.ice_servers else {
+        return Vec::new();
+    };
+    ice.link_headers(&turn_identity(identity, ext), unix_now())
+}
+
+/// Who TURN credentials are for: a token's identity, else the client's IP (each counts
+/// against `turn.max_allocations_per_identity`).
+pub(super) fn turn_identity(identity: Option<&str>, ext: &axum::http::Extensions) -> String {
+    match identity {
+        Some(i) => format!("id:{i}"),
+        None => ext
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map_or_else(|| "anonymous".to_owned(), |c| format!("ip:{}", c.0.ip())),
+    }
+}
+
+fn created(location: String, answer: String, publisher: &str, links: &[String]) -> Response {
     let mut res = (
         StatusCode::CREATED,
         [(header::CONTENT_TYPE, "application/sdp")],
@@ -294,6 +363,11 @@ fn created(location: String, answer: String, publisher: &str) -> Response {
     }
     if let Ok(v) = HeaderValue::from_str(publisher) {
         h.insert("x-volna-publisher", v);
+    }
+    for l in links {
+        if let Ok(v) = HeaderValue::from_str(l) {
+            h.append(header::LINK, v);
+        }
     }
     res
 }
@@ -310,6 +384,7 @@ async fn whip(
     Path(room): Path<String>,
     uri: axum::http::Uri,
     headers: HeaderMap,
+    ext: axum::http::Extensions,
     body: Bytes,
 ) -> Response {
     if !valid_name(&room) {
@@ -338,7 +413,7 @@ async fn whip(
         .call(|reply| Command::Publish {
             room: room.clone(),
             offer: Box::new(offer),
-            owner: access.identity,
+            owner: access.identity.clone(),
             reply,
         })
         .await
@@ -349,6 +424,7 @@ async fn whip(
                 format!("/whip/{room}/session/{}", c.resource),
                 c.answer,
                 &c.public_id,
+                &ice_links(&st, access.identity.as_deref(), &ext),
             )
         }
         Some(Err(e)) => shard_error(e),
@@ -362,6 +438,7 @@ async fn whep(
     publisher: Option<String>,
     uri: axum::http::Uri,
     headers: HeaderMap,
+    ext: axum::http::Extensions,
     body: Bytes,
 ) -> Response {
     if !valid_name(&room) || publisher.as_deref().is_some_and(|p| !valid_name(p)) {
@@ -417,6 +494,7 @@ async fn whep(
             format!("/whep/{room}/session/{}", c.resource),
             c.answer,
             &c.public_id,
+            &ice_links(&st, access.identity.as_deref(), &ext),
         ),
         Some(Err(e)) => shard_error(e),
         None => worker_gone(),
@@ -428,9 +506,10 @@ async fn whep_latest(
     Path(room): Path<String>,
     uri: axum::http::Uri,
     headers: HeaderMap,
+    ext: axum::http::Extensions,
     body: Bytes,
 ) -> Response {
-    whep(st, room, None, uri, headers, body).await
+    whep(st, room, None, uri, headers, ext, body).await
 }
 
 async fn whep_chosen(
@@ -438,9 +517,10 @@ async fn whep_chosen(
     Path((room, publisher)): Path<(String, String)>,
     uri: axum::http::Uri,
     headers: HeaderMap,
+    ext: axum::http::Extensions,
     body: Bytes,
 ) -> Response {
-    whep(st, room, Some(publisher), uri, headers, body).await
+    whep(st, room, Some(publisher), uri, headers, ext, body).await
 }
 
 async fn delete(
@@ -517,6 +597,21 @@ async fn stats(State(st): State<AppState>, headers: HeaderMap) -> Response {
             .map(|(k, v)| (k.to_owned(), v.into()))
             .collect();
         o.insert("webhooks".into(), hooks.into());
+        let mix: serde_json::Map<String, serde_json::Value> = super::metrics::transport_mix(&s)
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.into()))
+            .collect();
+        o.insert("transports".into(), mix.into());
+        let connected: serde_json::Map<String, serde_json::Value> =
+            super::metrics::transport_mix(&s)
+                .iter()
+                .zip(s.sessions_connected)
+                .map(|((k, _), v)| ((*k).to_owned(), v.into()))
+                .collect();
+        o.insert("transports_connected".into(), connected.into());
+        if let Some(t) = turn_stats(&st) {
+            o.insert("turn".into(), serde_json::to_value(t).unwrap_or_default());
+        }
     }
     (
         [(header::CONTENT_TYPE, "application/json")],
@@ -534,6 +629,9 @@ async fn metrics(State(st): State<AppState>, headers: HeaderMap) -> Response {
         return worker_gone();
     };
     let mut out = super::metrics::render(&s, &st.webhooks);
+    if let Some(t) = turn_stats(&st) {
+        super::metrics::render_turn(&mut out, &t);
+    }
     super::metrics::render_cluster(&mut out, &st.cluster);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

@@ -3,6 +3,7 @@
 //! transport mix, each worker's busy time, and webhook outcomes. docs/deploy.md (Metrics)
 //! lists them; deploy/grafana/volna.json charts them.
 
+use crate::transport::turn::TurnStats;
 use std::fmt::Write;
 
 use super::webhook::WebhookCounters;
@@ -117,6 +118,81 @@ pub fn render_cluster(out: &mut String, cluster: &crate::cluster::Cluster) {
             let _ = writeln!(out, "{name}{{peer=\"{}\"}} {}", l.peer, value(l));
         }
     }
+}
+
+/// Sessions by transport: UDP, ICE-TCP, TURN (by the client's transport to it), QUIC.
+pub fn transport_mix(s: &ShardStats) -> [(&'static str, usize); 6] {
+    let [tu, tt, ts] = s.turn_sessions;
+    let (quic, tcp) = (s.quic_sessions, s.tcp.in_use);
+    [
+        ("udp", s.sessions.saturating_sub(quic + tcp + tu + tt + ts)),
+        ("tcp", tcp),
+        ("turn_udp", tu),
+        ("turn_tcp", tt),
+        ("turn_tls", ts),
+        ("quic", quic),
+    ]
+}
+
+/// One metric family with one label: its HELP and TYPE lines, then a line per labelled value.
+fn family(out: &mut String, name: &str, kind: &str, help: &str, label: &str, rows: &[(&str, u64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (l, v) in rows {
+        let _ = writeln!(out, "{name}{{{label}=\"{l}\"}} {v}");
+    }
+}
+
+/// The TURN server's counters (docs/deploy.md, Metrics).
+pub fn render_turn(out: &mut String, t: &TurnStats) {
+    let now = [t.allocations_udp, t.allocations_tcp, t.allocations_tls];
+    let made = [t.allocated_udp, t.allocated_tcp, t.allocated_tls];
+    let by_transport = |v: [u64; 3]| [("udp", v[0]), ("tcp", v[1]), ("tls", v[2])];
+    family(
+        out,
+        "volna_turn_allocations",
+        "gauge",
+        "TURN allocations now, by the client's transport.",
+        "transport",
+        &by_transport(now.map(|n| n as u64)),
+    );
+    family(
+        out,
+        "volna_turn_allocations_total",
+        "counter",
+        "TURN allocations made, by the client's transport.",
+        "transport",
+        &by_transport(made),
+    );
+    family(
+        out,
+        "volna_turn_refused_total",
+        "counter",
+        "TURN requests refused and messages dropped, by reason.",
+        "reason",
+        &[
+            ("bad_credentials", t.bad_credentials),
+            ("expired_credentials", t.expired_credentials),
+            ("stale_nonce", t.stale_nonces),
+            ("forbidden_peer", t.forbidden_peers),
+            ("over_quota", t.over_quota),
+            ("at_capacity", t.at_capacity),
+            ("bad_request", t.bad_requests),
+            ("junk", t.junk),
+            ("unanswered", t.unanswered),
+        ],
+    );
+    family(
+        out,
+        "volna_turn_packets_total",
+        "counter",
+        "Packets through TURN allocations: to this node's media ports, to clients, dropped (no permission or channel).",
+        "direction",
+        &[
+            ("to_peer", t.to_peers),
+            ("to_client", t.to_clients),
+            ("dropped", t.dropped),
+        ],
+    );
 }
 
 pub fn render(s: &ShardStats, webhooks: &WebhookCounters) -> String {
@@ -268,20 +344,30 @@ pub fn render(s: &ShardStats, webhooks: &WebhookCounters) -> String {
     for (outcome, value) in webhooks.snapshot() {
         out.push_str(&format!("{name}{{outcome=\"{outcome}\"}} {value}\n"));
     }
-    // The transport mix: sessions by how their media travels.
-    let name = "volna_sessions_by_transport";
-    let _ = writeln!(
-        out,
-        "# HELP {name} Media sessions by transport.\n# TYPE {name} gauge"
+    // The transport mix: sessions by how their media travels, now and since start.
+    let mix = transport_mix(s);
+    let now: Vec<(&str, u64)> = mix.iter().map(|(t, n)| (*t, *n as u64)).collect();
+    family(
+        &mut out,
+        "volna_sessions_by_transport",
+        "gauge",
+        "Media sessions by transport (turn_*: through this node's TURN server, by the client's way to it).",
+        "transport",
+        &now,
     );
-    let (quic, tcp) = (s.quic_sessions, s.tcp.in_use);
-    let _ = writeln!(
-        out,
-        "{name}{{transport=\"udp\"}} {}",
-        s.sessions.saturating_sub(quic + tcp)
+    let connected: Vec<(&str, u64)> = mix
+        .iter()
+        .zip(s.sessions_connected)
+        .map(|((t, _), n)| (*t, n))
+        .collect();
+    family(
+        &mut out,
+        "volna_sessions_connected_total",
+        "counter",
+        "Media sessions connected since start, by transport.",
+        "transport",
+        &connected,
     );
-    let _ = writeln!(out, "{name}{{transport=\"tcp\"}} {tcp}");
-    let _ = writeln!(out, "{name}{{transport=\"quic\"}} {quic}");
     let name = "volna_ice_tcp_connections_total";
     let _ = writeln!(
         out,

@@ -13,5 +13,6 @@ pub mod quic_control;
 pub mod relay_media;
 pub mod state;
 pub mod tls;
+pub mod turn;
 pub mod webhook;
 pub mod ws;

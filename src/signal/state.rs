@@ -22,6 +22,9 @@ pub struct AppState {
     pub quic_cert_sha256: Option<String>,
     /// Webhook delivery figures (zero without webhooks).
     pub webhooks: std::sync::Arc<super::webhook::WebhookCounters>,
+    /// The TURN server's URLs and credentials for clients, and its figures; `None` without it.
+    pub ice_servers: Option<super::turn::IceServers>,
+    pub turn_stats: Option<std::sync::Arc<std::sync::Mutex<crate::transport::turn::TurnStats>>>,
 }
 
 /// A connection's place among the `max_connections`, in each of its requests' extensions. A

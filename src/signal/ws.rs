@@ -36,7 +36,10 @@ pub async fn rtc(
     Query(q): Query<RtcQuery>,
     headers: HeaderMap,
     slot: Option<Extension<ConnSlot>>,
+    ext: axum::http::Extensions,
 ) -> Response {
+    // TURN credentials of a participant without a verified identity are its IP's.
+    let guest = super::http::turn_identity(None, &ext);
     let token = q.token.or_else(|| bearer(&headers).map(str::to_owned));
     // A token given with the upgrade is checked now (its room at `join`), so a bad one gets 401.
     if let Some(t) = &token {
@@ -52,7 +55,7 @@ pub async fn rtc(
     ws.max_message_size(limit * 4)
         .max_frame_size(limit * 4)
         .on_upgrade(move |socket| async move {
-            run(socket, st, token).await;
+            run(socket, st, token, guest).await;
             drop(permit);
         })
         .into_response()
@@ -97,7 +100,7 @@ async fn send(socket: &mut WebSocket, msg: &ServerMessage) -> bool {
 /// Names each socket, so a participant's old socket closing late does not touch the new one.
 static NEXT_CONN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
-async fn run(mut socket: WebSocket, st: AppState, upgrade_token: Option<String>) {
+async fn run(mut socket: WebSocket, st: AppState, upgrade_token: Option<String>, guest: String) {
     let conn = NEXT_CONN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut joined: Option<(ParticipantId, mpsc::Receiver<ServerMessage>)> = None;
     let rate = f64::from(st.ws_messages_per_second.max(1));
@@ -154,7 +157,7 @@ async fn run(mut socket: WebSocket, st: AppState, upgrade_token: Option<String>)
                 };
                 let leaving = matches!(msg, ClientMessage::Leave { .. });
                 let id = msg.request_id();
-                let reply = match handle(&st, msg, &mut joined, upgrade_token.as_deref(), conn).await {
+                let reply = match handle(&st, msg, &mut joined, upgrade_token.as_deref(), conn, &guest).await {
                     Ok(reply) => reply,
                     Err(r) => refusal(&r, id),
                 };
@@ -223,6 +226,7 @@ async fn handle(
     joined: &mut Option<(ParticipantId, mpsc::Receiver<ServerMessage>)>,
     upgrade_token: Option<&str>,
     conn: u64,
+    guest: &str,
 ) -> Result<ServerMessage, SessionError> {
     let gone = || SessionError::new(503, "unavailable", "media worker is not running");
     let pid = joined.as_ref().map(|(p, _)| *p);
@@ -277,6 +281,10 @@ async fn handle(
                 return elsewhere(placement, id, &room);
             }
             let verified = access.identity.is_some();
+            let turn_who = access
+                .identity
+                .as_deref()
+                .map_or_else(|| guest.to_owned(), |i| format!("id:{i}"));
             let identity = access.identity.unwrap_or_else(|| {
                 if name.is_empty() {
                     "guest".into()
@@ -318,11 +326,15 @@ async fn handle(
             if let ServerMessage::Joined {
                 id: slot,
                 fallbacks,
+                ice_servers,
                 ..
             } = &mut joined_msg
             {
                 *slot = id;
                 *fallbacks = st.cluster.fallbacks();
+                if let Some(ice) = &st.ice_servers {
+                    *ice_servers = ice.for_identity(&turn_who, unix_now());
+                }
             }
             info!(room, identity, "room protocol join");
             *joined = Some((pid, rx));

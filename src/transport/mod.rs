@@ -4,5 +4,6 @@
 pub mod buffers;
 pub mod quic;
 pub mod tcp;
+pub mod turn;
 pub mod udp;
 pub mod webrtc;

@@ -91,6 +91,10 @@ impl TcpPeers {
         self.conns.is_empty()
     }
 
+    pub fn contains(&self, peer: SocketAddr) -> bool {
+        self.conns.contains_key(&peer)
+    }
+
     /// Refuses a connection from an address a UDP session already uses (its packets would be
     /// taken for that session's).
     pub fn refuse(&mut self, e: TcpEvent) {

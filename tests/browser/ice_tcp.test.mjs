@@ -7,7 +7,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Netns, isRoot, startVolna, startPages, launchChromium, openPage, relayStats, waitFor } from './lib.mjs';
+import { Netns, isRoot, startVolna, startPages, launchChromium, openPage, relayStats, waitFor, localCandidate } from './lib.mjs';
 
 const RELAY = '10.78.0.1';
 const HTTP = `${RELAY}:18140`;
@@ -36,18 +36,7 @@ after(async () => {
 });
 
 /** The protocol of a page's chosen candidate pair (`udp` or `tcp`), read from `expr`'s pc. */
-const pairProtocol = (page, expr) => page.evaluate(async (e) => {
-  // eslint-disable-next-line no-eval
-  const pc = eval(e);
-  const stats = await pc.getStats();
-  let proto = null;
-  stats.forEach((s) => {
-    if (s.type !== 'transport' || !s.selectedCandidatePairId) return;
-    const pair = stats.get(s.selectedCandidatePairId);
-    proto = stats.get(pair.localCandidateId).protocol;
-  });
-  return proto;
-}, expr);
+const pairProtocol = async (page, expr) => (await localCandidate(page, expr))?.protocol ?? null;
 
 /** WHIP publish and WHEP view from two pages; the ms to the viewer's first decoded frame. */
 async function call(room) {

@@ -239,3 +239,19 @@ export async function openPage(browser, origin) {
 export async function relayStats(page, http) {
   return page.evaluate(async (u) => (await fetch(u)).json(), `http://${http}/stats`);
 }
+
+/** The chosen local candidate of the RTCPeerConnection `expr` evaluates to in `page`: its
+ * `protocol` (udp, tcp), `type` (host, relay…) and, for a relay, `relayProtocol` (the way to
+ * the TURN server); null before a pair is chosen. */
+export const localCandidate = (page, expr) => page.evaluate(async (e) => {
+  // eslint-disable-next-line no-eval
+  const pc = eval(e);
+  const stats = await pc.getStats();
+  let out = null;
+  stats.forEach((s) => {
+    if (s.type !== 'transport' || !s.selectedCandidatePairId) return;
+    const c = stats.get(stats.get(s.selectedCandidatePairId).localCandidateId);
+    out = { protocol: c.protocol, type: c.candidateType, relayProtocol: c.relayProtocol };
+  });
+  return out;
+}, expr);

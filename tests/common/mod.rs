@@ -198,3 +198,18 @@ impl Client {
         panic!("DTLS handshake with the shard did not finish");
     }
 }
+
+/// A TLS client that trusts only `cert_der` (a self-signed certificate made by the test) and
+/// offers `alpn`.
+pub fn tls_client(cert_der: &[u8], alpn: &[u8]) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert_der.to_vec().into()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+}

@@ -1,12 +1,16 @@
 // WHIP/WHEP client used by the browser tests: plain RTCPeerConnection, non-trickle ICE.
 'use strict';
 
+// Waits for ICE gathering to end, or `window.gatherCapMs` at most: an ICE-lite relay needs none
+// of the client's candidates, and a TURN server behind a firewall that drops packets keeps
+// gathering going for tens of seconds.
 async function gathered(pc) {
   if (pc.iceGatheringState === 'complete') return;
   await new Promise((resolve) => {
     pc.addEventListener('icegatheringstatechange', () => {
       if (pc.iceGatheringState === 'complete') resolve();
     });
+    if (window.gatherCapMs) setTimeout(resolve, window.gatherCapMs);
   });
 }
 
@@ -31,10 +35,31 @@ async function negotiate(pc, url, answerVia) {
 
 window.events = [];
 
+// The ICE servers a WHIP/WHEP endpoint names in its OPTIONS response's Link headers
+// (rel="ice-server", RFC 9725 §4.6), as RTCIceServer entries.
+window.linkIceServers = async (url) => {
+  const res = await fetch(url, { method: 'OPTIONS' });
+  const links = (res.headers.get('Link') || '').split(/,(?=\s*<)/).map((l) => l.trim()).filter(Boolean);
+  const out = [];
+  for (const l of links) {
+    const m = /^<([^>]+)>(.*)$/.exec(l);
+    if (!m || !/;\s*rel="ice-server"/.test(m[2])) continue;
+    const param = (k) => {
+      const p = new RegExp(`;\\s*${k}="((?:[^"\\\\]|\\\\.)*)"`).exec(m[2]);
+      return p ? p[1].replace(/\\(.)/g, '$1') : undefined;
+    };
+    out.push({ urls: m[1], username: param('username'), credential: param('credential') });
+  }
+  return out;
+};
+
+// RTCConfiguration of the next connections (`iceServers`, `iceTransportPolicy`).
+window.rtcConfig = {};
+
 // `videoCodec` (e.g. 'video/VP9') is put first in the offer when given.
 window.publish = async (url, videoCodec) => {
   const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: true });
-  const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
+  const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle', ...window.rtcConfig });
   for (const track of stream.getTracks()) {
     const t = pc.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
     if (videoCodec && track.kind === 'video') {
@@ -57,7 +82,7 @@ window.publishSimulcast = async (url, encodings, size = [960, 540], fps = 30) =>
     audio: true,
     video: { width: size[0], height: size[1], frameRate: fps },
   });
-  const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
+  const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle', ...window.rtcConfig });
   for (const track of stream.getTracks()) {
     const init = { direction: 'sendonly', streams: [stream] };
     if (track.kind === 'video') init.sendEncodings = encodings;
@@ -76,7 +101,7 @@ window.publishSvc = async (url, mode, codec, width = 960, height = 540, fps = 30
     audio: true,
     video: { width, height, frameRate: fps },
   });
-  const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
+  const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle', ...window.rtcConfig });
   for (const track of stream.getTracks()) {
     const init = { direction: 'sendonly', streams: [stream] };
     if (track.kind === 'video') init.sendEncodings = [{ scalabilityMode: mode }];
@@ -108,7 +133,7 @@ window.outbound = async () => {
 // `withDescriptor`: also offer to receive the AV1 dependency descriptor (Chromium leaves it out
 // of receive-only offers), which SVC streams need. `answerVia`: see `negotiate`.
 window.view = async (url, withDescriptor, answerVia) => {
-  const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
+  const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle', ...window.rtcConfig });
   const video = pc.addTransceiver('video', { direction: 'recvonly' });
   if (withDescriptor) {
     const exts = video.getHeaderExtensionsToNegotiate();
