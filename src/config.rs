@@ -76,7 +76,7 @@ pub struct Config {
     pub turn: TurnConfig,
 }
 
-/// The embedded TURN server (docs/deploy.md, Reachability): for clients that reach nothing but
+/// The embedded TURN server (docs/deploy.md, What runs where): for clients that reach nothing but
 /// a TCP or TLS port. Listener addresses are `ip:port`, or "" for none (port 0: any free port).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -91,7 +91,9 @@ pub struct TurnConfig {
     pub tls_cert: String,
     pub tls_key: String,
     /// The host name (or IP) in the `turn:`/`turns:` URLs given to clients; the TLS
-    /// certificate's name. "": the first `media.advertise` address, else each listener's IP.
+    /// certificate's name. "": for a listener on a wildcard or the media address, the first
+    /// `media.advertise` address (else the media address); for one on an address of its own,
+    /// that address.
     pub host: String,
     /// Key of the credentials (TURN REST scheme); the same on every node of a cluster. "": a
     /// random one per process.
@@ -100,7 +102,8 @@ pub struct TurnConfig {
     /// How long the credentials handed to a client are valid.
     pub credential_ttl_secs: u64,
     /// Allocations one identity may hold at once (486 past it). A browser makes one per TURN
-    /// URL for each peer connection.
+    /// URL and network interface for each peer connection: a room participant on one
+    /// interface holds 6, so 48 leaves room for several devices of one token identity.
     pub max_allocations_per_identity: usize,
     /// Allocations this node holds at once (508 past it).
     pub max_allocations: usize,
@@ -119,7 +122,7 @@ impl Default for TurnConfig {
             secret: String::new(),
             realm: "volna".into(),
             credential_ttl_secs: 86_400,
-            max_allocations_per_identity: 12,
+            max_allocations_per_identity: 48,
             max_allocations: 10_000,
         }
     }

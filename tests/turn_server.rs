@@ -202,19 +202,21 @@ fn credentials_are_checked() {
         .mint("alice", NOW_UNIX + 60)
         .credential;
     assert_eq!(r.allocate(&mut wrong), Err(401));
-    // A nonce made for another address is not taken.
+    // A nonce made for another address is not taken: the sender knows the password, so it gets
+    // 438 and a nonce of its own.
     let mut stolen = Tc::new(Proto::Udp, "198.51.100.1:1003", "alice", NOW_UNIX + 60);
     let first = stolen.request(METHOD_ALLOCATE, &[udp_transport()], false);
     r.ask(&mut stolen, &first);
     good.nonce = stolen.nonce.clone();
     let m = good.request(METHOD_ALLOCATE, &[udp_transport()], true);
-    assert_eq!(r.ask(&mut good, &m), 401);
-    // A nonce of ours, ten minutes old: 438 with a fresh one, which then works.
-    let m = good.request(METHOD_ALLOCATE, &[udp_transport()], true);
-    r.unix += 600;
     assert_eq!(r.ask(&mut good, &m), 438);
+    // A nonce of ours, ten minutes old (with credentials still valid): 438 with a fresh one,
+    // which then works.
+    r.unix += 600;
     good.username = Secret::new(SECRET).mint("alice", r.unix + 60).username;
     good.password = Secret::new(SECRET).password(&good.username);
+    let m = good.request(METHOD_ALLOCATE, &[udp_transport()], true);
+    assert_eq!(r.ask(&mut good, &m), 438);
     let m = good.request(METHOD_ALLOCATE, &[udp_transport()], true);
     assert_eq!(r.ask(&mut good, &m), 0);
     let s = r.s.stats();
@@ -225,7 +227,7 @@ fn credentials_are_checked() {
             s.stale_nonces,
             s.allocations_udp
         ),
-        (1, 2, 1, 1)
+        (1, 1, 2, 1)
     );
 }
 
@@ -468,9 +470,20 @@ fn lifetimes_refresh_and_expiry() {
     assert_eq!(r.ask(&mut a, &m), 0);
     assert!(r.out.iter().any(|x| matches!(x, Action::Release(_))));
     assert_eq!(r.s.stats().allocations_udp, 0);
+    // Credentials that expire while the allocation lives: its refreshes go on; a new
+    // allocation with them is refused.
+    let mut short = Tc::new(Proto::Udp, "198.51.100.4:1000", "dora", NOW_UNIX + 60);
+    r.allocate(&mut short).unwrap();
+    r.unix += 700;
+    let m = short.request(METHOD_REFRESH, &[], true);
+    assert_eq!(r.ask(&mut short, &m), 438, "a new nonce first");
+    let m = short.request(METHOD_REFRESH, &[], true);
+    assert_eq!(r.ask(&mut short, &m), 0);
+    let mut late = Tc::new(Proto::Udp, "198.51.100.4:2000", "dora", NOW_UNIX + 60);
+    assert_eq!(r.allocate(&mut late), Err(401));
     // Another user's credentials on this client's 5-tuple: 441.
     r.allocate(&mut a).unwrap();
-    let mut b = Tc::new(Proto::Udp, "198.51.100.1:1000", "bob", NOW_UNIX + 60);
+    let mut b = Tc::new(Proto::Udp, "198.51.100.1:1000", "bob", NOW_UNIX + 7200);
     b.nonce = a.nonce.clone();
     let m = b.request(METHOD_REFRESH, &[], true);
     assert_eq!(r.ask(&mut b, &m), 441);

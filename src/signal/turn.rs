@@ -4,7 +4,8 @@
 //! headers (RFC 9725 §4.6) and in the room protocol's `joined` (docs/protocol.md).
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use rand::RngCore;
@@ -76,14 +77,18 @@ pub fn start(
     }
     let (udp, tcp, tls) = config.turn_listeners()?;
     let media_ip = config.media.listen.ip();
-    // Relay sockets send from the media socket's address (loopback when that is a wildcard),
-    // so a worker sees them as local peers.
-    let relay_ip = if media_ip.is_unspecified() {
+    let advertised = config.advertised_ips().unwrap_or_default();
+    // Relay sockets send from the media socket's address, so a worker sees them as local
+    // peers; when that is a wildcard, from loopback: IPv4's if an IPv4 address is advertised
+    // (one family is relayed), else IPv6's.
+    let relay_ip = if !media_ip.is_unspecified() {
+        media_ip
+    } else if advertised.iter().any(IpAddr::is_ipv4) || advertised.is_empty() {
         IpAddr::V4(Ipv4Addr::LOCALHOST)
     } else {
-        media_ip
+        IpAddr::V6(Ipv6Addr::LOCALHOST)
     };
-    let mut visible: Vec<IpAddr> = config.advertised_ips().unwrap_or_default();
+    let mut visible: Vec<IpAddr> = advertised;
     if !media_ip.is_unspecified() {
         visible.push(media_ip);
     }
@@ -98,6 +103,7 @@ pub fn start(
         }
     }
     let relayed_ip = visible.first().copied().unwrap_or(relay_ip);
+    let media_targets: Arc<HashSet<SocketAddr>> = Arc::new(peers.values().copied().collect());
     let secret = if t.secret.is_empty() {
         let mut k = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut k);
@@ -145,7 +151,9 @@ pub fn start(
         if !t.host.is_empty() {
             return t.host.clone();
         }
-        let ip = if a.ip().is_unspecified() {
+        // A listener on the wildcard or the media address is reached where the media is (the
+        // advertised address); one on an address of its own, there.
+        let ip = if a.ip().is_unspecified() || a.ip() == media_ip {
             relayed_ip
         } else {
             a.ip()
@@ -164,16 +172,48 @@ pub fn start(
         })
         .collect();
     let stats = Arc::new(Mutex::new(TurnStats::default()));
-    crate::transport::turn::io::spawn(TurnSetup {
+    let setup = TurnSetup {
         udp: udp_socket,
         tcp: tcp_listener,
         tls: tls_listener,
         server,
         relay_ip,
         relays,
+        media: media_targets,
         stats: stats.clone(),
-    })
-    .map_err(|e| e.to_string())?;
+    };
+    // A thread and runtime of its own: TURN traffic and its connections' handshakes never
+    // hold up signalling, nor the media workers.
+    let (started, ready) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("volna-turn".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = started.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                match crate::transport::turn::io::spawn(setup) {
+                    Ok(task) => {
+                        let _ = started.send(Ok(()));
+                        let _ = task.await;
+                    }
+                    Err(e) => {
+                        let _ = started.send(Err(e.to_string()));
+                    }
+                }
+            });
+        })
+        .map_err(|e| e.to_string())?;
+    ready
+        .recv()
+        .map_err(|_| "the TURN thread ended".to_owned())??;
     if visible.is_empty() {
         warn!("TURN: no media address of the relay sockets' family to relay to");
     }

@@ -7,7 +7,7 @@
 //! queues that drop rather than wait. TURN is the last
 //! resort of a few clients: its path copies each packet once more than a worker's.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -45,6 +45,8 @@ pub struct TurnSetup {
     /// The address relay sockets bind (and so the source the workers see).
     pub relay_ip: IpAddr,
     pub relays: RelayMap,
+    /// The media sockets' own addresses: the only sources a relay socket takes datagrams from.
+    pub media: Arc<HashSet<SocketAddr>>,
     /// Where the server's figures are published, once a second.
     pub stats: Arc<Mutex<TurnStats>>,
 }
@@ -103,6 +105,7 @@ pub fn spawn(setup: TurnSetup) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let core = Core {
         server: setup.server,
         relay_ip: setup.relay_ip,
+        media: setup.media,
         relay_map: setup.relays,
         relays: HashMap::new(),
         conns: HashMap::new(),
@@ -115,6 +118,7 @@ pub fn spawn(setup: TurnSetup) -> std::io::Result<tokio::task::JoinHandle<()>> {
 struct Core {
     server: TurnServer,
     relay_ip: IpAddr,
+    media: Arc<HashSet<SocketAddr>>,
     relay_map: RelayMap,
     relays: HashMap<SocketAddr, (Arc<UdpSocket>, AbortHandle)>,
     conns: HashMap<Client, (mpsc::Sender<Bytes>, Instant)>,
@@ -131,7 +135,7 @@ fn unix_now() -> u64 {
 
 impl Core {
     async fn run(mut self, udp: Option<UdpSocket>, mut rx: mpsc::Receiver<In>) {
-        let mut buf = vec![0u8; 2048];
+        let mut buf = vec![0u8; MAX_MESSAGE];
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut actions = Vec::new();
         loop {
@@ -177,14 +181,19 @@ impl Core {
     }
 
     fn message(&mut self, client: Client, data: &[u8], actions: &mut Vec<Action>) {
-        let (relay_ip, tx, relays, map) =
-            (self.relay_ip, &self.tx, &mut self.relays, &self.relay_map);
+        let (relay_ip, tx, relays, map, media) = (
+            self.relay_ip,
+            &self.tx,
+            &mut self.relays,
+            &self.relay_map,
+            &self.media,
+        );
         let mut bind = || -> std::io::Result<SocketAddr> {
             let s = std::net::UdpSocket::bind((relay_ip, 0))?;
             s.set_nonblocking(true)?;
             let s = Arc::new(UdpSocket::from_std(s)?);
             let addr = s.local_addr()?;
-            let task = tokio::spawn(read_relay(s.clone(), addr, tx.clone()));
+            let task = tokio::spawn(read_relay(s.clone(), addr, tx.clone(), media.clone()));
             relays.insert(addr, (s, task.abort_handle()));
             map.insert(addr, client.proto);
             Ok(addr)
@@ -222,13 +231,23 @@ impl Core {
     }
 }
 
-async fn read_relay(s: Arc<UdpSocket>, addr: SocketAddr, tx: mpsc::Sender<In>) {
-    let mut buf = BytesMut::with_capacity(64 * 1024);
+async fn read_relay(
+    s: Arc<UdpSocket>,
+    addr: SocketAddr,
+    tx: mpsc::Sender<In>,
+    media: Arc<HashSet<SocketAddr>>,
+) {
+    let mut buf = BytesMut::with_capacity(4096);
     loop {
         buf.reserve(2048);
         match s.recv_buf_from(&mut buf).await {
             Ok((_, from)) => {
                 let data = buf.split();
+                // Anyone may send to a relay socket; only the media sockets' datagrams are
+                // relayed (the server would drop the rest), so the rest never take queue room.
+                if !media.contains(&from) {
+                    continue;
+                }
                 // A full queue drops the packet, as a full socket buffer would.
                 let _ = tx.try_send(In::Peer(addr, from, data));
             }
@@ -321,7 +340,13 @@ async fn run_conn<S: AsyncRead + AsyncWrite + Unpin>(
                     match next_message(&mut buf) {
                         Ok(Some(m)) => {
                             started = true;
-                            let _ = tx.try_send(In::Message(client, m));
+                            // Requests wait for room (a stream does not retransmit them);
+                            // media (ChannelData) is dropped when the server is behind.
+                            if m[0] >> 6 == 1 {
+                                let _ = tx.try_send(In::Message(client, m));
+                            } else if tx.send(In::Message(client, m)).await.is_err() {
+                                break 'conn;
+                            }
                         }
                         Ok(None) => break,
                         Err(why) => {

@@ -21,6 +21,11 @@ use std::sync::{Arc, RwLock};
 
 pub use server::TurnServer;
 
+/// A dual-stack media socket sees an IPv4 relay socket at its IPv4-mapped IPv6 address.
+fn canonical(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(a.ip().to_canonical(), a.port())
+}
+
 /// How a client reaches the TURN server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -50,7 +55,7 @@ impl RelayMap {
 
     /// The client transport behind the relay socket at `relay`, if it is one.
     pub fn get(&self, relay: SocketAddr) -> Option<Proto> {
-        self.0.read().ok()?.get(&relay).copied()
+        self.0.read().ok()?.get(&canonical(relay)).copied()
     }
 
     /// How many of `peers` are relay sockets, by client transport (UDP, TCP, TLS).
@@ -61,7 +66,7 @@ impl RelayMap {
             return n;
         }
         for p in peers {
-            if let Some(proto) = m.get(&p) {
+            if let Some(proto) = m.get(&canonical(p)) {
                 n[*proto as usize] += 1;
             }
         }

@@ -56,6 +56,9 @@ struct Allocation {
     permissions: HashMap<IpAddr, Instant>,
     /// Channel number → (peer, expiry).
     channels: HashMap<u16, (SocketAddr, Instant)>,
+    /// For each media address sent to, the peer address the client named: what a reply from
+    /// it is tagged with (several advertised addresses may stand for one media socket).
+    named: HashMap<SocketAddr, SocketAddr>,
 }
 
 impl Allocation {
@@ -231,10 +234,15 @@ impl TurnServer {
             return;
         };
         // Name the peer as the client does: the advertised address this local one stands for.
-        let peer = self
-            .locals
+        let peer = a
+            .named
             .get(&from)
-            .and_then(|peers| peers.iter().copied().find(|p| a.permitted(now, p.ip())));
+            .copied()
+            .filter(|p| a.permitted(now, p.ip()))
+            .or_else(|| {
+                let peers = self.locals.get(&from)?;
+                peers.iter().copied().find(|p| a.permitted(now, p.ip()))
+            });
         let Some(peer) = peer else {
             self.stats.dropped += 1;
             return;
@@ -336,7 +344,7 @@ impl TurnServer {
         {
             return Err((Refusal::Bad, None));
         }
-        let user = self.authenticate(unix, client, m).map_err(|r| (r, None))?;
+        let user = self.authenticate(unix, client, m)?;
         let key = Some(user.key.clone());
         if let Some(a) = self.allocations.get(&client) {
             if a.username != user.username {
@@ -364,35 +372,44 @@ impl TurnServer {
         unix: u64,
         client: Client,
         m: &mut Message,
-    ) -> Result<User, Refusal> {
+    ) -> Result<User, (Refusal, Option<Vec<u8>>)> {
         if !m.contains(ATTR_MESSAGE_INTEGRITY) {
-            return Err(Refusal::Challenge);
+            return Err((Refusal::Challenge, None));
         }
         let text = |a| TextAttribute::get_from_as(m, a).map(|t| t.text);
         let (Ok(username), Ok(realm), Ok(nonce)) =
             (text(ATTR_USERNAME), text(ATTR_REALM), text(ATTR_NONCE))
         else {
-            return Err(Refusal::Bad);
+            return Err((Refusal::Bad, None));
         };
-        match self.nonces.check(&nonce, client.addr, unix) {
-            NonceCheck::Fresh => {}
-            NonceCheck::Stale => return Err(Refusal::Stale),
-            NonceCheck::Bad => return Err(Refusal::BadCredentials),
-        }
         if realm != self.config.realm {
-            return Err(Refusal::BadCredentials);
+            return Err((Refusal::BadCredentials, None));
         }
+        // Credentials must be valid when the allocation is made; the allocation then lives on
+        // with its refreshes, whatever the username's expiry.
+        let held = self
+            .allocations
+            .get(&client)
+            .is_some_and(|a| a.username == username);
         let identity = match auth::identity(&username, unix) {
             Ok(i) => i.to_owned(),
-            Err(UsernameError::Expired) => return Err(Refusal::Expired),
-            Err(UsernameError::Malformed) => return Err(Refusal::BadCredentials),
+            Err(UsernameError::Expired) if held => {
+                username.split_once(':').map_or("", |(_, i)| i).to_owned()
+            }
+            Err(UsernameError::Expired) => return Err((Refusal::Expired, None)),
+            Err(UsernameError::Malformed) => return Err((Refusal::BadCredentials, None)),
         };
         let password = self.secret.password(&username);
         let crypto = self.crypto.crypto();
         let key =
             MessageIntegrity::long_term_integrity_key(username.clone(), realm, password, crypto)
-                .map_err(|_| Refusal::BadCredentials)?;
-        MessageIntegrity::check(m, &key, crypto).map_err(|_| Refusal::BadCredentials)?;
+                .map_err(|_| (Refusal::BadCredentials, None))?;
+        MessageIntegrity::check(m, &key, crypto).map_err(|_| (Refusal::BadCredentials, None))?;
+        // The sender knows the password: a nonce that is old, or not ours (a restart), gets
+        // 438 and a new one, answered whatever the rate of unauthenticated answers.
+        if self.nonces.check(&nonce, client.addr, unix) != NonceCheck::Fresh {
+            return Err((Refusal::Stale, Some(key)));
+        }
         Ok(User {
             username,
             identity,
@@ -457,6 +474,7 @@ impl TurnServer {
                 txn: m.transaction_id,
                 permissions: HashMap::new(),
                 channels: HashMap::new(),
+                named: HashMap::new(),
             },
         );
         Ok(allocate_attrs(relayed, client.addr, lifetime))
@@ -612,10 +630,12 @@ impl TurnServer {
         out: &mut Vec<Action>,
     ) {
         let target = self.config.peers.get(&peer).copied();
-        let a = self.allocations.get(&client);
+        let a = self.allocations.get_mut(&client);
         match (a, target) {
             (Some(a), Some(to)) if a.permitted(now, peer.ip()) => {
                 self.stats.to_peers += 1;
+                // Bounded: one entry per media address.
+                a.named.insert(to, peer);
                 out.push(Action::Relay {
                     relay: a.relay,
                     to,
