@@ -64,7 +64,7 @@ pub struct Turn {
     pub listening: Vec<(&'static str, SocketAddr)>,
 }
 
-/// Starts the TURN server of `[turn]` (on the current runtime) relaying to `media`, the
+/// Starts the TURN server of `[turn]` on a thread of its own, relaying to `media`, the
 /// workers' UDP addresses; `relays` is shared with the workers.
 pub fn start(
     config: &Config,
