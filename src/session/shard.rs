@@ -892,8 +892,6 @@ impl Shard {
         Some(out)
     }
 
-    /// The datagrams waiting to be sent, each already protected.
-    /// Whether a session sends to and takes media from `addr` (its ICE-chosen path).
     /// The path of a session whose DTLS connected since the last call.
     pub fn poll_connected_path(&mut self) -> Option<SocketAddr> {
         self.connected_paths.pop()
@@ -904,6 +902,7 @@ impl Shard {
         self.sessions.values().filter_map(|s| s.remote)
     }
 
+    /// Whether a session sends to and takes media from `addr` (its ICE-chosen path).
     pub fn uses_address(&self, addr: SocketAddr) -> bool {
         self.by_addr.contains_key(&addr)
     }

@@ -149,13 +149,18 @@ fn options_with_ice(
 ) -> Response {
     let mut res = preflight_response();
     if let Ok(access) = caller(st, headers, room) {
-        for l in ice_links(st, access.identity.as_deref(), ext) {
-            if let Ok(v) = HeaderValue::from_str(&l) {
-                res.headers_mut().append(header::LINK, v);
-            }
-        }
+        append_links(&mut res, &ice_links(st, access.identity.as_deref(), ext));
     }
     res
+}
+
+/// Adds each of `links` as a `Link` header of its own.
+fn append_links(res: &mut Response, links: &[String]) {
+    for l in links {
+        if let Ok(v) = HeaderValue::from_str(l) {
+            res.headers_mut().append(header::LINK, v);
+        }
+    }
 }
 
 /// `PATCH` of a WHIP/WHEP session (RFC 9725 §4.3) with an `application/trickle-ice-sdpfrag`
@@ -364,11 +369,7 @@ fn created(location: String, answer: String, publisher: &str, links: &[String]) 
     if let Ok(v) = HeaderValue::from_str(publisher) {
         h.insert("x-volna-publisher", v);
     }
-    for l in links {
-        if let Ok(v) = HeaderValue::from_str(l) {
-            h.append(header::LINK, v);
-        }
-    }
+    append_links(&mut res, links);
     res
 }
 

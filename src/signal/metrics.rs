@@ -337,13 +337,14 @@ pub fn render(s: &ShardStats, webhooks: &WebhookCounters) -> String {
         ));
     }
     // Webhook deliveries (docs/api.md, Webhooks): one counter with the outcome as a label.
-    let name = "volna_webhook_events_total";
-    out.push_str(&format!(
-        "# HELP {name} Webhook events by outcome: queued (per URL), delivered, retries (failed tries), dropped (queue full), failed (given up).\n# TYPE {name} counter\n"
-    ));
-    for (outcome, value) in webhooks.snapshot() {
-        out.push_str(&format!("{name}{{outcome=\"{outcome}\"}} {value}\n"));
-    }
+    family(
+        &mut out,
+        "volna_webhook_events_total",
+        "counter",
+        "Webhook events by outcome: queued (per URL), delivered, retries (failed tries), dropped (queue full), failed (given up).",
+        "outcome",
+        &webhooks.snapshot(),
+    );
     // The transport mix: sessions by how their media travels, now and since start.
     let mix = transport_mix(s);
     let now: Vec<(&str, u64)> = mix.iter().map(|(t, n)| (*t, *n as u64)).collect();
@@ -368,20 +369,20 @@ pub fn render(s: &ShardStats, webhooks: &WebhookCounters) -> String {
         "transport",
         &connected,
     );
-    let name = "volna_ice_tcp_connections_total";
-    let _ = writeln!(
-        out,
-        "# HELP {name} ICE-TCP connections: accepted, and closed for a reason (refused at the limit, junk, no ICE in time).\n# TYPE {name} counter"
-    );
     let t = &s.tcp;
-    for (outcome, v) in [
-        ("accepted", t.accepted),
-        ("refused", t.refused),
-        ("junk", t.junk),
-        ("ice_timeout", t.ice_timeouts),
-    ] {
-        let _ = writeln!(out, "{name}{{outcome=\"{outcome}\"}} {v}");
-    }
+    family(
+        &mut out,
+        "volna_ice_tcp_connections_total",
+        "counter",
+        "ICE-TCP connections: accepted, and closed for a reason (refused at the limit, junk, no ICE in time).",
+        "outcome",
+        &[
+            ("accepted", t.accepted),
+            ("refused", t.refused),
+            ("junk", t.junk),
+            ("ice_timeout", t.ice_timeouts),
+        ],
+    );
     let name = "volna_ice_tcp_dropped_packets_total";
     let _ = writeln!(
         out,
